@@ -1,0 +1,996 @@
+//! The configuration document: typed, validated once at cold start, unknown fields rejected.
+//!
+//! Every field is documented in README.md's configuration table; keep the two in step.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Deserialize;
+
+use crate::error::{BadInputKind, Error, InputProblem, Result};
+use crate::storage::Location;
+use crate::types::ColumnType;
+
+/// The whole document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the Delta tables live: `s3://bucket/prefix`, `file:///dir` or a local path.
+    pub lake: String,
+    /// Where decoded change sets are staged for the commit stage.
+    pub staging: String,
+    /// Where error reports for quarantined files are written.
+    pub quarantine: String,
+    /// How to reach S3 (endpoint, region) and, for local runs, which folder stands for a bucket.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// One entry per DMS task (or S3 target endpoint).
+    pub sources: Vec<SourceConfig>,
+    /// Commit stage settings.
+    #[serde(default)]
+    pub commit: CommitConfig,
+    /// Limits that protect the functions from oversized input.
+    #[serde(default)]
+    pub limits: Limits,
+    /// CloudWatch metrics settings.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// An S3-compatible endpoint (otherwise `AWS_ENDPOINT_URL`, otherwise AWS).
+    pub endpoint: Option<String>,
+    /// The AWS region (otherwise `AWS_REGION` / `AWS_DEFAULT_REGION`).
+    pub region: Option<String>,
+    /// Allow plain HTTP to the endpoint (local test servers only).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Bucket name -> local folder, so that S3 events naming that bucket resolve to files on disk.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The CloudWatch namespace of the Embedded Metric Format lines.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            namespace: default_namespace(),
+        }
+    }
+}
+
+fn default_namespace() -> String {
+    "dms2delta".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest single CSV field in bytes.
+    #[serde(default = "default_max_field_bytes")]
+    pub max_field_bytes: usize,
+    /// Largest DMS object in bytes that decode accepts.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_field_bytes: default_max_field_bytes(),
+            max_file_bytes: default_max_file_bytes(),
+        }
+    }
+}
+
+fn default_max_field_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+fn default_max_file_bytes() -> u64 {
+    8 * 1024 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitConfig {
+    /// Most change sets one commit gathers for a table.
+    #[serde(default = "default_max_change_sets")]
+    pub max_change_sets: usize,
+    /// Attempts at a commit that conflicts with concurrent writers before giving up to the queue.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First backoff in milliseconds (full jitter, doubling).
+    #[serde(default = "default_backoff_base_ms")]
+    pub backoff_base_ms: u64,
+    /// Longest backoff in milliseconds.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// How long deleted keys are remembered, so a late older change cannot bring a row back.
+    #[serde(default = "default_tombstone_retention_hours")]
+    pub tombstone_retention_hours: u64,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            max_change_sets: default_max_change_sets(),
+            max_attempts: default_max_attempts(),
+            backoff_base_ms: default_backoff_base_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            tombstone_retention_hours: default_tombstone_retention_hours(),
+        }
+    }
+}
+
+fn default_max_change_sets() -> usize {
+    64
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_backoff_base_ms() -> u64 {
+    50
+}
+fn default_backoff_max_ms() -> u64 {
+    5_000
+}
+fn default_tombstone_retention_hours() -> u64 {
+    7 * 24
+}
+
+/// One DMS task writing to one prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A short unique name, used in logs and metrics.
+    pub name: String,
+    /// The bucket DMS writes to.
+    pub bucket: String,
+    /// DMS `BucketFolder`: the prefix in front of `schema/table/`.
+    #[serde(default)]
+    pub bucket_folder: Option<String>,
+    /// The first path segment of this source's Delta tables; defaults to `name`. Keeps two
+    /// sources' `public.accounts` apart.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// DMS CSV settings.
+    #[serde(default)]
+    pub csv: CsvSettings,
+    /// DMS `DatePartitionEnabled` / `DatePartitionSequence` / `DatePartitionDelimiter`.
+    #[serde(default)]
+    pub date_partitioning: DatePartitioning,
+    /// DMS `CdcPath` when `PreserveTransactions` is on (CDC_TXN files).
+    #[serde(default)]
+    pub cdc_path: Option<String>,
+    /// DMS `TimestampColumnName`, for every table of this source.
+    #[serde(default)]
+    pub timestamp_column: Option<String>,
+    /// The column added with `$AR_H_CHANGE_SEQ`, for every table of this source.
+    #[serde(default)]
+    pub sequence_column: Option<String>,
+    /// Table selection and renames, DMS table-mapping style. No rules: every table is selected.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// DMS external table definition (the `TableCount` / `Tables` / `TableColumns` JSON).
+    #[serde(default)]
+    pub table_definitions: Option<DmsTableDefinitions>,
+    /// Per-table settings.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSettings {
+    /// DMS `CsvDelimiter`.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// DMS `CsvNullValue`; unset means an empty unquoted field is NULL.
+    #[serde(default)]
+    pub null_value: Option<String>,
+    /// DMS `CsvNoSupValue`: a value that means "the source did not log this column".
+    #[serde(default)]
+    pub no_sup_value: Option<String>,
+    /// DMS `AddColumnName`: the first line of each file names the columns.
+    #[serde(default)]
+    pub header: bool,
+}
+
+impl Default for CsvSettings {
+    fn default() -> Self {
+        CsvSettings {
+            delimiter: default_delimiter(),
+            null_value: None,
+            no_sup_value: None,
+            header: false,
+        }
+    }
+}
+
+fn default_delimiter() -> String {
+    ",".to_string()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatePartitioning {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub sequence: DatePartitionSequence,
+    #[serde(default)]
+    pub delimiter: DatePartitionDelimiter,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum DatePartitionSequence {
+    #[default]
+    #[serde(rename = "YYYYMMDD")]
+    YyyyMmDd,
+    #[serde(rename = "YYYYMMDDHH")]
+    YyyyMmDdHh,
+    #[serde(rename = "YYYYMM")]
+    YyyyMm,
+    #[serde(rename = "MMYYYYDD")]
+    MmYyyyDd,
+    #[serde(rename = "DDMMYYYY")]
+    DdMmYyyy,
+}
+
+impl DatePartitionSequence {
+    /// Widths of the date parts, in order.
+    pub fn parts(self) -> &'static [usize] {
+        match self {
+            DatePartitionSequence::YyyyMmDd => &[4, 2, 2],
+            DatePartitionSequence::YyyyMmDdHh => &[4, 2, 2, 2],
+            DatePartitionSequence::YyyyMm => &[4, 2],
+            DatePartitionSequence::MmYyyyDd => &[2, 4, 2],
+            DatePartitionSequence::DdMmYyyy => &[2, 2, 4],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DatePartitionDelimiter {
+    #[default]
+    Slash,
+    Dash,
+    Underscore,
+    None,
+}
+
+/// A DMS table-mapping style rule. `%` matches any run of characters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub action: RuleAction,
+    pub schema: String,
+    pub table: String,
+    /// For `rename`: the new schema name in the lake.
+    #[serde(default)]
+    pub to_schema: Option<String>,
+    /// For `rename`: the new table name in the lake.
+    #[serde(default)]
+    pub to_table: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    Include,
+    Exclude,
+    Rename,
+}
+
+/// Per-table settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub schema: String,
+    pub table: String,
+    /// Primary key columns; otherwise the `ColumnIsPk` columns of `table_definitions`.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// The table's columns in file order (required for headerless CSV, optional types otherwise).
+    #[serde(default)]
+    pub columns: Option<Vec<ColumnConfig>>,
+    /// Overrides the source's `sequence_column`.
+    #[serde(default)]
+    pub sequence_column: Option<String>,
+    /// Overrides the source's `timestamp_column`.
+    #[serde(default)]
+    pub timestamp_column: Option<String>,
+    /// `hard` (default): deleted rows leave the table. `soft`: they stay, flagged.
+    #[serde(default)]
+    pub delete_mode: DeleteMode,
+    /// Delta partition columns.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteMode {
+    #[default]
+    Hard,
+    Soft,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    pub name: String,
+    /// A DMS type name (`INT4`, `NUMERIC`, `STRING`, `DATETIME`, …) or `DECIMAL(p,s)`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    #[serde(default)]
+    pub precision: Option<u8>,
+    #[serde(default)]
+    pub scale: Option<i8>,
+}
+
+/// DMS's external table definition document, as users already have it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmsTableDefinitions {
+    #[serde(rename = "TableCount", default)]
+    pub table_count: Option<Loose>,
+    #[serde(rename = "Tables")]
+    pub tables: Vec<DmsTable>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmsTable {
+    #[serde(rename = "TableName")]
+    pub table_name: String,
+    #[serde(rename = "TablePath", default)]
+    pub table_path: Option<String>,
+    #[serde(rename = "TableOwner")]
+    pub table_owner: String,
+    #[serde(rename = "TableColumns")]
+    pub table_columns: Vec<DmsColumn>,
+    #[serde(rename = "TableColumnsTotal", default)]
+    pub table_columns_total: Option<Loose>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DmsColumn {
+    #[serde(rename = "ColumnName")]
+    pub column_name: String,
+    #[serde(rename = "ColumnType")]
+    pub column_type: String,
+    #[serde(rename = "ColumnNullable", default)]
+    pub column_nullable: Option<Loose>,
+    #[serde(rename = "ColumnIsPk", default)]
+    pub column_is_pk: Option<Loose>,
+    #[serde(rename = "ColumnLength", default)]
+    pub column_length: Option<Loose>,
+    #[serde(rename = "ColumnPrecision", default)]
+    pub column_precision: Option<Loose>,
+    #[serde(rename = "ColumnScale", default)]
+    pub column_scale: Option<Loose>,
+    #[serde(rename = "ColumnDateFormat", default)]
+    pub column_date_format: Option<Loose>,
+}
+
+/// DMS writes numbers and booleans in its JSON as strings ("true", "10"); accept either.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Loose {
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+impl Loose {
+    fn as_bool(&self) -> Option<bool> {
+        match self {
+            Loose::Bool(b) => Some(*b),
+            Loose::Int(i) => Some(*i != 0),
+            Loose::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => Some(true),
+                "false" | "no" | "0" => Some(false),
+                _ => None,
+            },
+        }
+    }
+    fn as_int(&self) -> Option<i64> {
+        match self {
+            Loose::Bool(_) => None,
+            Loose::Int(i) => Some(*i),
+            Loose::Text(t) => t.trim().parse().ok(),
+        }
+    }
+}
+
+/// A column as the decoder uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+}
+
+/// Everything known about one selected table, resolved from the source defaults, the table's
+/// entry, the DMS table definitions and the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub source: String,
+    pub namespace: String,
+    /// Source schema and table, as DMS names them.
+    pub schema: String,
+    pub table: String,
+    /// Schema and table in the lake, after renames.
+    pub target_schema: String,
+    pub target_table: String,
+    pub keys: Vec<String>,
+    pub columns: Option<Vec<Column>>,
+    pub sequence_column: Option<String>,
+    pub timestamp_column: Option<String>,
+    pub delete_mode: DeleteMode,
+    pub partition_by: Vec<String>,
+}
+
+impl TableSpec {
+    /// `namespace.schema.table` in the lake: the table's name in logs, metrics and queries.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}.{}", self.namespace, self.target_schema, self.target_table)
+    }
+
+    /// The table's path below the lake root.
+    pub fn lake_path(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.target_schema, self.target_table)
+    }
+}
+
+/// A validated configuration with its lookups prepared.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: Config,
+    pub lake: Location,
+    pub staging: Location,
+    pub quarantine: Location,
+    tables: Vec<HashMap<(String, String), usize>>,
+    definitions: Vec<HashMap<(String, String), usize>>,
+}
+
+fn cfg_err(path: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Config {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses a JSON or YAML document. Unknown fields are errors naming the field's path.
+    pub fn parse(text: &str) -> Result<Config> {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                cfg_err(path, e.into_inner().to_string())
+            })
+        } else {
+            let de = serde_yaml_ng::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                cfg_err(path, e.into_inner().to_string())
+            })
+        }
+    }
+
+    /// Parses and validates in one step.
+    pub fn from_text(text: &str) -> Result<Validated> {
+        Config::parse(text)?.validate()
+    }
+
+    /// Checks everything that can be checked without touching storage, once.
+    pub fn validate(self) -> Result<Validated> {
+        let lake = Location::parse(&self.lake).map_err(|r| cfg_err("lake", r))?;
+        let staging = Location::parse(&self.staging).map_err(|r| cfg_err("staging", r))?;
+        let quarantine = Location::parse(&self.quarantine).map_err(|r| cfg_err("quarantine", r))?;
+        if self.sources.is_empty() {
+            return Err(cfg_err("sources", "at least one source is required"));
+        }
+        for (bucket, dir) in &self.storage.buckets {
+            if bucket.is_empty() || bucket.contains('/') {
+                return Err(cfg_err(format!("storage.buckets.{bucket}"), "not a bucket name"));
+            }
+            Location::parse(dir).map_err(|r| cfg_err(format!("storage.buckets.{bucket}"), r))?;
+        }
+        if let Some(ep) = &self.storage.endpoint {
+            let url = url::Url::parse(ep).map_err(|e| cfg_err("storage.endpoint", format!("not a URL: {e}")))?;
+            if url.scheme() == "http" && !self.storage.allow_http {
+                return Err(cfg_err(
+                    "storage.endpoint",
+                    "plain http endpoint needs `allow_http: true` (only for local test servers)",
+                ));
+            }
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return Err(cfg_err("storage.endpoint", "must be an http(s) URL"));
+            }
+        }
+        let c = &self.commit;
+        if c.max_change_sets == 0 {
+            return Err(cfg_err("commit.max_change_sets", "must be at least 1"));
+        }
+        if c.max_attempts == 0 || c.max_attempts > 100 {
+            return Err(cfg_err("commit.max_attempts", "must be between 1 and 100"));
+        }
+        if c.backoff_base_ms == 0 || c.backoff_base_ms > c.backoff_max_ms {
+            return Err(cfg_err(
+                "commit.backoff_base_ms",
+                "must be at least 1 and not above commit.backoff_max_ms",
+            ));
+        }
+        if c.tombstone_retention_hours == 0 {
+            return Err(cfg_err("commit.tombstone_retention_hours", "must be at least 1"));
+        }
+        if self.limits.max_field_bytes == 0 {
+            return Err(cfg_err("limits.max_field_bytes", "must be at least 1"));
+        }
+        if self.metrics.namespace.trim().is_empty() || self.metrics.namespace.len() > 255 {
+            return Err(cfg_err("metrics.namespace", "must be 1 to 255 characters"));
+        }
+
+        let mut names = BTreeSet::new();
+        let mut namespaces = BTreeSet::new();
+        let mut tables = Vec::new();
+        let mut definitions = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let p = format!("sources[{i}]");
+            check_name(&s.name).map_err(|r| cfg_err(format!("{p}.name"), r))?;
+            if !names.insert(s.name.clone()) {
+                return Err(cfg_err(format!("{p}.name"), format!("duplicate source name `{}`", s.name)));
+            }
+            let ns = s.namespace.clone().unwrap_or_else(|| s.name.clone());
+            check_name(&ns).map_err(|r| cfg_err(format!("{p}.namespace"), r))?;
+            if !namespaces.insert(ns.clone()) {
+                return Err(cfg_err(
+                    format!("{p}.namespace"),
+                    format!("namespace `{ns}` is used by two sources; their tables would collide"),
+                ));
+            }
+            if s.bucket.is_empty() || s.bucket.contains('/') {
+                return Err(cfg_err(format!("{p}.bucket"), "a bucket name without `s3://` or `/`"));
+            }
+            for (field, v) in [("bucket_folder", &s.bucket_folder), ("cdc_path", &s.cdc_path)] {
+                if let Some(v) = v {
+                    check_prefix(v).map_err(|r| cfg_err(format!("{p}.{field}"), r))?;
+                }
+            }
+            let d = &s.csv.delimiter;
+            if d.chars().count() != 1 || !d.is_ascii() || d == "\"" || d == "\n" || d == "\r" {
+                return Err(cfg_err(
+                    format!("{p}.csv.delimiter"),
+                    "must be one ASCII character other than a quote or a line break",
+                ));
+            }
+            if let (Some(n), Some(ns)) = (&s.csv.null_value, &s.csv.no_sup_value) {
+                if n == ns {
+                    return Err(cfg_err(format!("{p}.csv.no_sup_value"), "must differ from csv.null_value"));
+                }
+            }
+            for (j, r) in s.rules.iter().enumerate() {
+                let rp = format!("{p}.rules[{j}]");
+                if r.schema.is_empty() || r.table.is_empty() {
+                    return Err(cfg_err(rp, "schema and table patterns must not be empty (use `%`)"));
+                }
+                match r.action {
+                    RuleAction::Rename => {
+                        if r.to_schema.is_none() && r.to_table.is_none() {
+                            return Err(cfg_err(rp, "a rename needs `to_schema` or `to_table`"));
+                        }
+                        for v in [&r.to_schema, &r.to_table].into_iter().flatten() {
+                            check_name(v).map_err(|e| cfg_err(rp.clone(), e))?;
+                        }
+                    }
+                    _ => {
+                        if r.to_schema.is_some() || r.to_table.is_some() {
+                            return Err(cfg_err(rp, "`to_schema`/`to_table` belong to rename rules only"));
+                        }
+                    }
+                }
+            }
+            let mut defs = HashMap::new();
+            if let Some(td) = &s.table_definitions {
+                for (j, t) in td.tables.iter().enumerate() {
+                    let tp = format!("{p}.table_definitions.Tables[{j}]");
+                    for (k, c) in t.table_columns.iter().enumerate() {
+                        dms_column(c).map_err(|r| cfg_err(format!("{tp}.TableColumns[{k}]"), r))?;
+                    }
+                    if defs.insert((t.table_owner.clone(), t.table_name.clone()), j).is_some() {
+                        return Err(cfg_err(tp, "table defined twice"));
+                    }
+                }
+            }
+            let mut by_name = HashMap::new();
+            for (j, t) in s.tables.iter().enumerate() {
+                let tp = format!("{p}.tables[{j}]");
+                check_name(&t.schema).map_err(|r| cfg_err(format!("{tp}.schema"), r))?;
+                check_name(&t.table).map_err(|r| cfg_err(format!("{tp}.table"), r))?;
+                if by_name.insert((t.schema.clone(), t.table.clone()), j).is_some() {
+                    return Err(cfg_err(tp, format!("table {}.{} configured twice", t.schema, t.table)));
+                }
+                let mut seen = BTreeSet::new();
+                if let Some(cols) = &t.columns {
+                    if cols.is_empty() {
+                        return Err(cfg_err(format!("{tp}.columns"), "an empty column list; omit it instead"));
+                    }
+                    for (k, c) in cols.iter().enumerate() {
+                        ColumnType::from_config(&c.type_name, c.precision, c.scale)
+                            .map_err(|r| cfg_err(format!("{tp}.columns[{k}].type"), r))?;
+                        if c.name.is_empty() || !seen.insert(c.name.clone()) {
+                            return Err(cfg_err(format!("{tp}.columns[{k}].name"), "empty or duplicate column name"));
+                        }
+                    }
+                }
+                let mut key_seen = BTreeSet::new();
+                for (k, key) in t.keys.iter().enumerate() {
+                    if !key_seen.insert(key) {
+                        return Err(cfg_err(format!("{tp}.keys[{k}]"), format!("key `{key}` listed twice")));
+                    }
+                    if t.columns.is_some() && !seen.contains(key) {
+                        return Err(cfg_err(format!("{tp}.keys[{k}]"), format!("key `{key}` is not one of the table's columns")));
+                    }
+                }
+                for (k, col) in t.partition_by.iter().enumerate() {
+                    if t.columns.is_some() && !seen.contains(col) {
+                        return Err(cfg_err(
+                            format!("{tp}.partition_by[{k}]"),
+                            format!("`{col}` is not one of the table's columns"),
+                        ));
+                    }
+                }
+                let seq = t.sequence_column.as_ref().or(s.sequence_column.as_ref());
+                if let (Some(seq), Some(_)) = (seq, &t.columns) {
+                    if !seen.contains(seq) && !s.csv.header {
+                        return Err(cfg_err(
+                            format!("{tp}.columns"),
+                            format!(
+                                "the sequence column `{seq}` must be listed among the columns (at the position DMS writes it, usually last) for headerless CSV"
+                            ),
+                        ));
+                    }
+                }
+            }
+            tables.push(by_name);
+            definitions.push(defs);
+        }
+        Ok(Validated {
+            config: self,
+            lake,
+            staging,
+            quarantine,
+            tables,
+            definitions,
+        })
+    }
+}
+
+/// A name that is one safe path segment: never `.` or `..`, no separators or control characters.
+fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("`{name}` is not a usable name"));
+    }
+    if name.len() > 255 || name.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
+        return Err(format!("`{name}` must be at most 255 characters without `/`, `\\` or control characters"));
+    }
+    Ok(())
+}
+
+fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() {
+        return Err("an empty prefix; omit the field instead".into());
+    }
+    for seg in p.split('/') {
+        check_name(seg)?;
+    }
+    Ok(())
+}
+
+fn dms_column(c: &DmsColumn) -> std::result::Result<Column, String> {
+    let precision = c
+        .column_precision
+        .as_ref()
+        .and_then(Loose::as_int)
+        .map(|p| u8::try_from(p).map_err(|_| format!("ColumnPrecision {p} out of range")))
+        .transpose()?;
+    let scale = c
+        .column_scale
+        .as_ref()
+        .and_then(Loose::as_int)
+        .map(|s| i8::try_from(s).map_err(|_| format!("ColumnScale {s} out of range")))
+        .transpose()?;
+    let ty = ColumnType::from_config(&c.column_type, precision, scale)?;
+    if c.column_name.is_empty() {
+        return Err("empty ColumnName".into());
+    }
+    Ok(Column {
+        name: c.column_name.clone(),
+        ty,
+    })
+}
+
+/// `%` matches any run of characters; everything else matches itself.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('%').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    let Some((first, tail)) = parts.split_first() else {
+        return false;
+    };
+    let Some(r) = rest.strip_prefix(first) else {
+        return false;
+    };
+    rest = r;
+    let Some((last, middle)) = tail.split_last() else {
+        return false;
+    };
+    for m in middle {
+        match rest.find(m) {
+            Some(i) => rest = &rest[i + m.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+impl Validated {
+    pub fn sources(&self) -> &[SourceConfig] {
+        &self.config.sources
+    }
+
+    /// Whether the rules select `schema.table` of source `source`.
+    pub fn is_selected(&self, source: usize, schema: &str, table: &str) -> bool {
+        let s = &self.config.sources[source];
+        let matches = |r: &&Rule| wildcard_match(&r.schema, schema) && wildcard_match(&r.table, table);
+        let includes: Vec<&Rule> = s.rules.iter().filter(|r| r.action == RuleAction::Include).collect();
+        let included = includes.is_empty() || includes.iter().any(|r| matches(r));
+        let excluded = s
+            .rules
+            .iter()
+            .filter(|r| r.action == RuleAction::Exclude)
+            .any(|r| matches(&r));
+        included && !excluded
+    }
+
+    /// The table's resolved settings. `Ok(None)`: not selected by the rules.
+    /// `Err`: selected but unusable (no key), with the reason.
+    pub fn table(&self, source: usize, schema: &str, table: &str) -> std::result::Result<Option<TableSpec>, InputProblem> {
+        if !self.is_selected(source, schema, table) {
+            return Ok(None);
+        }
+        let s = &self.config.sources[source];
+        let key = (schema.to_string(), table.to_string());
+        let entry = self.tables[source].get(&key).map(|&i| &s.tables[i]);
+        let def = self.definitions[source]
+            .get(&key)
+            .and_then(|&i| s.table_definitions.as_ref().map(|d| &d.tables[i]));
+        let columns = match (entry.and_then(|t| t.columns.as_ref()), def) {
+            (Some(cols), _) => Some(
+                cols.iter()
+                    .map(|c| {
+                        ColumnType::from_config(&c.type_name, c.precision, c.scale).map(|ty| Column {
+                            name: c.name.clone(),
+                            ty,
+                        })
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|r| InputProblem::new(BadInputKind::NoColumns, r))?,
+            ),
+            (None, Some(d)) => Some(
+                d.table_columns
+                    .iter()
+                    .map(dms_column)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|r| InputProblem::new(BadInputKind::NoColumns, r))?,
+            ),
+            (None, None) => None,
+        };
+        let mut keys = entry.map(|t| t.keys.clone()).unwrap_or_default();
+        if keys.is_empty() {
+            if let Some(d) = def {
+                keys = d
+                    .table_columns
+                    .iter()
+                    .filter(|c| c.column_is_pk.as_ref().and_then(Loose::as_bool) == Some(true))
+                    .map(|c| c.column_name.clone())
+                    .collect();
+            }
+        }
+        if keys.is_empty() {
+            return Err(InputProblem::new(
+                BadInputKind::NoKey,
+                format!("table {schema}.{table} of source `{}` has no key columns configured", s.name),
+            ));
+        }
+        let (mut target_schema, mut target_table) = (schema.to_string(), table.to_string());
+        if let Some(r) = s
+            .rules
+            .iter()
+            .find(|r| r.action == RuleAction::Rename && wildcard_match(&r.schema, schema) && wildcard_match(&r.table, table))
+        {
+            if let Some(ts) = &r.to_schema {
+                target_schema = ts.clone();
+            }
+            if let Some(tt) = &r.to_table {
+                target_table = tt.clone();
+            }
+        }
+        Ok(Some(TableSpec {
+            source: s.name.clone(),
+            namespace: s.namespace.clone().unwrap_or_else(|| s.name.clone()),
+            schema: schema.to_string(),
+            table: table.to_string(),
+            target_schema,
+            target_table,
+            keys,
+            columns,
+            sequence_column: entry
+                .and_then(|t| t.sequence_column.clone())
+                .or_else(|| s.sequence_column.clone()),
+            timestamp_column: entry
+                .and_then(|t| t.timestamp_column.clone())
+                .or_else(|| s.timestamp_column.clone()),
+            delete_mode: entry.map(|t| t.delete_mode).unwrap_or_default(),
+            partition_by: entry.map(|t| t.partition_by.clone()).unwrap_or_default(),
+        }))
+    }
+
+    /// The source whose namespace is `namespace`.
+    pub fn source_by_namespace(&self, namespace: &str) -> Option<usize> {
+        self.config
+            .sources
+            .iter()
+            .position(|s| s.namespace.as_deref().unwrap_or(&s.name) == namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+lake: /tmp/lake
+staging: /tmp/staging
+quarantine: /tmp/quarantine
+sources:
+  - name: mysql
+    bucket: dms
+    bucket_folder: raw/mysql
+    sequence_column: AR_H_CHANGE_SEQ
+    rules:
+      - { action: include, schema: hr, table: "%" }
+      - { action: exclude, schema: hr, table: "audit_%" }
+      - { action: rename, schema: hr, table: emp, to_table: employees }
+    tables:
+      - schema: hr
+        table: emp
+        keys: [id]
+        columns:
+          - { name: id, type: INT4 }
+          - { name: name, type: STRING }
+          - { name: salary, type: NUMERIC, precision: 10, scale: 2 }
+          - { name: AR_H_CHANGE_SEQ, type: STRING }
+  - name: pg
+    bucket: dms
+    bucket_folder: raw/pg
+    table_definitions:
+      TableCount: "1"
+      Tables:
+        - TableName: accounts
+          TablePath: public/accounts/
+          TableOwner: public
+          TableColumns:
+            - { ColumnName: id, ColumnType: INT8, ColumnNullable: "false", ColumnIsPk: "true" }
+            - { ColumnName: balance, ColumnType: NUMERIC, ColumnPrecision: "12", ColumnScale: "2" }
+          TableColumnsTotal: "2"
+"#;
+
+    fn err_of(text: &str) -> (String, String) {
+        match Config::from_text(text) {
+            Err(Error::Config { path, reason }) => (path, reason),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_yaml_and_resolves_tables() {
+        let v = Config::from_text(BASE).unwrap();
+        let t = v.table(0, "hr", "emp").unwrap().unwrap();
+        assert_eq!(t.keys, vec!["id"]);
+        assert_eq!(t.target_table, "employees");
+        assert_eq!(t.qualified_name(), "mysql.hr.employees");
+        assert_eq!(t.sequence_column.as_deref(), Some("AR_H_CHANGE_SEQ"));
+        assert_eq!(t.columns.as_ref().unwrap().len(), 4);
+        // Excluded by a rule, and not included by any rule.
+        assert_eq!(v.table(0, "hr", "audit_log").unwrap(), None);
+        assert_eq!(v.table(0, "sales", "orders").unwrap(), None);
+        // Selected but no key configured.
+        let e = v.table(0, "hr", "dept").unwrap_err();
+        assert_eq!(e.kind, BadInputKind::NoKey);
+    }
+
+    #[test]
+    fn dms_table_definitions_give_columns_and_keys() {
+        let v = Config::from_text(BASE).unwrap();
+        let t = v.table(1, "public", "accounts").unwrap().unwrap();
+        assert_eq!(t.keys, vec!["id"]);
+        assert_eq!(t.namespace, "pg");
+        let cols = t.columns.unwrap();
+        assert_eq!(cols[1].ty, ColumnType::Decimal(12, 2));
+    }
+
+    #[test]
+    fn json_documents_are_accepted() {
+        let text = r#"{"lake":"/l","staging":"/s","quarantine":"/q","sources":[{"name":"a","bucket":"b"}]}"#;
+        let v = Config::from_text(text).unwrap();
+        assert_eq!(v.sources()[0].csv.delimiter, ",");
+    }
+
+    #[test]
+    fn unknown_fields_name_their_path() {
+        let (path, reason) = err_of(&BASE.replace("keys: [id]", "keys: [id]\n        colums: []"));
+        assert_eq!(path, "sources[0].tables[0]");
+        assert!(reason.contains("unknown field `colums`"), "{reason}");
+        let (path, reason) = err_of(&BASE.replace("staging:", "stagign: x\nstaging:"));
+        assert_eq!(path, ".");
+        assert!(reason.contains("stagign"), "{reason}");
+        let (path, _) = err_of(&BASE.replace("ColumnIsPk: \"true\"", "ColumnIsPk: \"true\", Bogus: 1"));
+        assert!(path.starts_with("sources[1].table_definitions.Tables[0].TableColumns[0]"), "{path}");
+    }
+
+    #[test]
+    fn each_kind_of_mistake_is_reported_with_its_path() {
+        let cases: Vec<(String, &str)> = vec![
+            (BASE.replace("keys: [id]", "keys: [idx]"), "sources[0].tables[0].keys[0]"),
+            (BASE.replace("type: INT4", "type: INTEGER4"), "sources[0].tables[0].columns[0].type"),
+            (BASE.replace("name: pg", "name: mysql"), "sources[1].name"),
+            (BASE.replace("lake: /tmp/lake", "lake: ftp://x/y"), "lake"),
+            (BASE.replace("bucket_folder: raw/pg", "bucket_folder: raw/../pg"), "sources[1].bucket_folder"),
+            (BASE.replace("to_table: employees", "to_table: a/b"), "sources[0].rules[2]"),
+            (BASE.replace("{ name: AR_H_CHANGE_SEQ, type: STRING }", "{ name: x, type: STRING }"), "sources[0].tables[0].columns"),
+            (BASE.replace("ColumnType: INT8", "ColumnType: WEIRD"), "sources[1].table_definitions.Tables[0].TableColumns[0]"),
+            (format!("{BASE}commit:\n  max_attempts: 0\n"), "commit.max_attempts"),
+            (format!("{BASE}storage:\n  endpoint: http://127.0.0.1:5000\n"), "storage.endpoint"),
+            (BASE.replace("    bucket_folder: raw/mysql", "    bucket_folder: raw/mysql\n    csv: {delimiter: \";;\"}"), "sources[0].csv.delimiter"),
+            (BASE.replace("sources:\n  - name: mysql", "sources:\n  - name: mysql\n    namespace: pg"), "sources[1].namespace"),
+        ];
+        for (text, want) in cases {
+            let (path, reason) = err_of(&text);
+            assert_eq!(path, want, "{reason}");
+            assert!(!reason.is_empty());
+        }
+        let (path, _) = err_of("lake: /l\nstaging: /s\nquarantine: /q\nsources: []\n");
+        assert_eq!(path, "sources");
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("%", "anything"));
+        assert!(wildcard_match("audit_%", "audit_log"));
+        assert!(!wildcard_match("audit_%", "xaudit_log"));
+        assert!(wildcard_match("%_log", "audit_log"));
+        assert!(wildcard_match("a%b%c", "aXXbYYc"));
+        assert!(!wildcard_match("a%b%c", "aXXcYYb"));
+        assert!(wildcard_match("emp", "emp"));
+        assert!(!wildcard_match("emp", "emps"));
+        assert!(!wildcard_match("ab%ba", "aba"));
+    }
+}

@@ -1,0 +1,296 @@
+//! One error type for the library. Every variant carries the context a user needs (which file,
+//! which table, which stage) and answers two questions the callers act on: can a retry help, and
+//! must the input be quarantined.
+
+use std::fmt;
+
+/// The pipeline stage an error happened in; named in error reports and quarantine files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Config,
+    Route,
+    Decode,
+    Stage,
+    Commit,
+    Compact,
+    Reprocess,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Stage::Config => "config",
+            Stage::Route => "route",
+            Stage::Decode => "decode",
+            Stage::Stage => "stage",
+            Stage::Commit => "commit",
+            Stage::Compact => "compact",
+            Stage::Reprocess => "reprocess",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why an input file cannot be used. Each kind maps to a fix the user can apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadInputKind {
+    /// The bytes are not a readable Parquet / gzip / CSV file.
+    CorruptFile,
+    /// A CSV row has a different number of fields than the table's columns imply.
+    FieldCount,
+    /// An `Op` value other than I, U or D.
+    UnknownOp,
+    /// A key column is null or empty, or missing from the file.
+    MissingKey,
+    /// A value cannot be read as its column's type.
+    BadValue,
+    /// Bytes that are not UTF-8 where text is expected.
+    InvalidUtf8,
+    /// A headerless CSV table without configured columns.
+    NoColumns,
+    /// A table without configured key columns.
+    NoKey,
+    /// The object key does not fit the DMS layout of any configured source.
+    UnroutableKey,
+    /// A change whose schema cannot be applied to the existing table.
+    IncompatibleSchema,
+    /// A table name the configuration does not know in a CDC_TXN file.
+    UnknownTable,
+    /// A field or file beyond the configured limits.
+    TooLarge,
+}
+
+impl BadInputKind {
+    /// What the user can do about it, in plain words.
+    pub fn fix(self) -> &'static str {
+        match self {
+            BadInputKind::CorruptFile => {
+                "the object is damaged or not a DMS output file: check the DMS task's S3 settings \
+                 (DataFormat, CompressionType), re-upload or reload the table, then run reprocess"
+            }
+            BadInputKind::FieldCount => {
+                "the configured columns do not match the file: update the table's `columns` (or \
+                 `table_definitions`) to the source table's current columns, or enable \
+                 AddColumnName on the DMS endpoint, then run reprocess"
+            }
+            BadInputKind::UnknownOp => {
+                "the first field must be I, U or D: check that the file is DMS CDC output and that \
+                 the configured columns match, then run reprocess"
+            }
+            BadInputKind::MissingKey => {
+                "every row needs its key columns: check the table's `keys` in the configuration and \
+                 the source table's primary key / replica identity, then run reprocess"
+            }
+            BadInputKind::BadValue => {
+                "a value does not match its configured type: correct the column's `type` in the \
+                 configuration, then run reprocess"
+            }
+            BadInputKind::InvalidUtf8 => {
+                "DMS writes UTF-8: check the source database's character set and the DMS endpoint \
+                 settings, then reload the table"
+            }
+            BadInputKind::NoColumns => {
+                "headerless CSV needs the table's columns: add `columns` (or the DMS \
+                 `table_definitions` JSON) for this table, or enable AddColumnName on the DMS \
+                 endpoint, then run reprocess"
+            }
+            BadInputKind::NoKey => {
+                "add the table with its `keys` to the source's `tables` in the configuration (or \
+                 mark ColumnIsPk in `table_definitions`), then run reprocess"
+            }
+            BadInputKind::UnroutableKey => {
+                "the key must look like [bucket_folder/]schema/table/[date folders/]file: check the \
+                 source's `bucket_folder`, `cdc_path` and `date_partitioning` settings"
+            }
+            BadInputKind::IncompatibleSchema => {
+                "the column's type changed in a way Delta cannot widen: rebuild the table (drop it \
+                 and reload from DMS) or map the column to a compatible type, then run reprocess"
+            }
+            BadInputKind::UnknownTable => {
+                "add the table to the source's `tables` (or exclude it with a rule), then run \
+                 reprocess"
+            }
+            BadInputKind::TooLarge => {
+                "the file exceeds a configured limit: raise the limit in the configuration or split \
+                 the source change, then run reprocess"
+            }
+        }
+    }
+}
+
+impl fmt::Display for BadInputKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = serde_json::to_value(self).map_err(|_| fmt::Error)?;
+        f.write_str(v.as_str().unwrap_or("bad_input"))
+    }
+}
+
+/// The library's error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration document is invalid; `path` names the offending field.
+    #[error("configuration error at `{path}`: {reason}")]
+    Config { path: String, reason: String },
+
+    /// An input file that can never be processed as it is; it gets quarantined.
+    #[error("{stage} failed for {file}{}: {kind}: {reason}. Fix: {}", table.as_ref().map(|t| format!(" (table {t})")).unwrap_or_default(), kind.fix())]
+    BadInput {
+        stage: Stage,
+        file: String,
+        table: Option<String>,
+        kind: BadInputKind,
+        reason: String,
+    },
+
+    /// A storage call failed; most of these are transient.
+    #[error("storage error during {op} on {location}: {source}")]
+    Storage {
+        op: &'static str,
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// A local file-system call failed (temporary spool files).
+    #[error("i/o error during {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The object named by an event no longer exists (e.g. DMS deleted it on a truncate).
+    #[error("{location} no longer exists")]
+    Gone { location: String },
+
+    /// An event payload that is not one of the supported shapes.
+    #[error("unsupported event: {reason}")]
+    Event { reason: String },
+
+    /// A conflict with a concurrent writer that outlived the configured retries.
+    #[error("commit to {table} still conflicting after {attempts} attempts: {reason}")]
+    Conflict {
+        table: String,
+        attempts: u32,
+        reason: String,
+    },
+
+    /// A failure inside the Delta engine or Arrow that is not about the input.
+    #[error("{stage} internal error on {context}: {reason}")]
+    Internal {
+        stage: Stage,
+        context: String,
+        reason: String,
+        retryable: bool,
+    },
+
+    /// A failpoint fired (tests only): behaves like a crash of the invocation.
+    #[error("failpoint `{0}` fired")]
+    Failpoint(String),
+}
+
+impl Error {
+    /// Whether running the same work again may succeed without anyone changing anything.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Config { .. } | Error::BadInput { .. } | Error::Event { .. } => false,
+            Error::Gone { .. } => false,
+            Error::Storage { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ),
+            Error::Io { .. } | Error::Conflict { .. } | Error::Failpoint(_) => true,
+            Error::Internal { retryable, .. } => *retryable,
+        }
+    }
+
+    /// Whether the input must be set aside with a report instead of retried.
+    pub fn is_quarantine(&self) -> bool {
+        matches!(self, Error::BadInput { .. })
+    }
+
+    pub(crate) fn storage(op: &'static str, location: impl fmt::Display) -> impl FnOnce(object_store::Error) -> Error {
+        let location = location.to_string();
+        move |source| match source {
+            object_store::Error::NotFound { .. } => Error::Gone { location },
+            source => Error::Storage { op, location, source },
+        }
+    }
+
+    pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Io { op, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where in a file a decode problem sits; turned into an [`Error::BadInput`] by the caller that
+/// knows the file's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputProblem {
+    pub kind: BadInputKind,
+    pub reason: String,
+}
+
+impl InputProblem {
+    pub fn new(kind: BadInputKind, reason: impl Into<String>) -> Self {
+        InputProblem {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn into_error(self, stage: Stage, file: &str, table: Option<&str>) -> Error {
+        Error::BadInput {
+            stage,
+            file: file.to_string(),
+            table: table.map(str::to_string),
+            kind: self.kind,
+            reason: self.reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_message_names_file_table_stage_reason_and_fix() {
+        let e = InputProblem::new(BadInputKind::UnknownOp, "row 3: Op `X`").into_error(
+            Stage::Decode,
+            "s3://b/hr/emp/20240101-000000000.csv",
+            Some("hr.emp"),
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("decode failed for s3://b/hr/emp/20240101-000000000.csv"));
+        assert!(msg.contains("table hr.emp"));
+        assert!(msg.contains("unknown_op"));
+        assert!(msg.contains("row 3: Op `X`"));
+        assert!(msg.contains("Fix: the first field must be I, U or D"));
+        assert!(!e.is_retryable());
+        assert!(e.is_quarantine());
+    }
+
+    #[test]
+    fn storage_not_found_becomes_gone_and_others_retry() {
+        let gone = Error::storage("get", "s3://b/k")(object_store::Error::NotFound {
+            path: "k".into(),
+            source: "x".into(),
+        });
+        assert!(matches!(gone, Error::Gone { .. }));
+        assert!(!gone.is_retryable());
+        let flaky = Error::storage("get", "s3://b/k")(object_store::Error::Generic {
+            store: "S3",
+            source: "503 SlowDown".into(),
+        });
+        assert!(flaky.is_retryable());
+        assert!(!flaky.is_quarantine());
+    }
+}

@@ -1,0 +1,20 @@
+//! dms2delta: replicate AWS DMS output on S3 into Delta Lake tables.
+//!
+//! Layers, each using only those below it: `events` and `route` turn notifications and object
+//! keys into work; `decode` turns a DMS file into deduplicated change sets (`changes`), which
+//! `stage` writes for the commit stage. Nothing here depends on Lambda types.
+
+pub mod changes;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod operations;
+pub mod quarantine;
+pub mod route;
+pub mod stage;
+pub mod storage;
+pub mod types;
+
+pub use error::{BadInputKind, Error, Result, Stage};

@@ -1,0 +1,288 @@
+//! Decode stage: one DMS object -> staged, deduplicated change sets (one per table), or a
+//! quarantine report when the object can never be decoded.
+
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::Validated;
+use crate::decode::{decode_file, FileContext, TableChanges};
+use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
+use crate::quarantine::{write_report, QuarantineReport};
+use crate::route::{route, Route};
+use crate::stage::{change_set_id, change_set_path, write_change_set, ChangeSetMeta};
+use crate::storage::{object_path, Stores};
+
+/// Decodes one DMS object. Build with [`DecodeBuilder::new`], set the object, `.await` it.
+#[derive(Debug)]
+pub struct DecodeBuilder<'a> {
+    config: Arc<Validated>,
+    stores: &'a Stores,
+    bucket: String,
+    key: String,
+    etag: Option<String>,
+    size: Option<u64>,
+    spool_dir: Option<PathBuf>,
+}
+
+/// What happened to one object.
+#[derive(Debug)]
+pub enum DecodeOutcome {
+    /// Change sets were staged (possibly none, for a file without rows).
+    Staged(DecodeMetrics),
+    /// Nothing to do, and that is fine (a folder marker, an unselected table, …).
+    Skipped { reason: String },
+    /// The object can never be decoded as it is; a report was written.
+    Quarantined {
+        report: Box<QuarantineReport>,
+        report_location: String,
+    },
+}
+
+/// Counts for one decoded object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeMetrics {
+    /// `s3://bucket/key`.
+    pub file: String,
+    pub bytes_read: u64,
+    pub tables: Vec<TableDecodeMetrics>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableDecodeMetrics {
+    /// `namespace.schema.table`.
+    pub table: String,
+    /// Rows in the file for this table.
+    pub rows_in: u64,
+    /// Rows left after deduplication (what was staged).
+    pub rows_out: u64,
+    /// Where the change set was staged.
+    pub staged: Option<String>,
+    pub staged_bytes: u64,
+}
+
+impl<'a> DecodeBuilder<'a> {
+    pub fn new(config: Arc<Validated>, stores: &'a Stores) -> Self {
+        DecodeBuilder {
+            config,
+            stores,
+            bucket: String::new(),
+            key: String::new(),
+            etag: None,
+            size: None,
+            spool_dir: None,
+        }
+    }
+
+    /// The object to decode (key already URL-decoded).
+    pub fn with_object(mut self, bucket: impl Into<String>, key: impl Into<String>) -> Self {
+        self.bucket = bucket.into();
+        self.key = key.into();
+        self
+    }
+
+    /// The ETag from the event: part of the staged change set's name.
+    pub fn with_etag(mut self, etag: Option<String>) -> Self {
+        self.etag = etag;
+        self
+    }
+
+    /// The size from the event, so empty objects are skipped without a request.
+    pub fn with_size(mut self, size: Option<u64>) -> Self {
+        self.size = size;
+        self
+    }
+
+    /// Where the object is spooled while it is decoded (default: the system temp folder, which
+    /// is Lambda's `/tmp`).
+    pub fn with_spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self
+    }
+
+    async fn run(self) -> Result<DecodeOutcome> {
+        let started = Instant::now();
+        let file_uri = format!("s3://{}/{}", self.bucket, self.key);
+        match self.decode(&file_uri, started).await {
+            Err(e) if e.is_quarantine() => {
+                let Some(report) = QuarantineReport::from_error(&e, &self.bucket, &self.key, self.etag.as_deref()) else {
+                    return Err(e);
+                };
+                let (store, root) = self.stores.resolve(&self.config.quarantine)?;
+                let path = write_report(store.as_ref(), &root, &report).await?;
+                tracing::warn!(
+                    stage = "decode",
+                    file = %file_uri,
+                    table = report.table.as_deref().unwrap_or(""),
+                    kind = %report.kind,
+                    reason = %report.reason,
+                    report = %path,
+                    "file quarantined"
+                );
+                Ok(DecodeOutcome::Quarantined {
+                    report: Box::new(report),
+                    report_location: path.to_string(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn decode(&self, file_uri: &str, started: Instant) -> Result<DecodeOutcome> {
+        let bad = |p: InputProblem, table: Option<&str>| p.into_error(Stage::Decode, file_uri, table);
+        let path = object_path(&self.key).map_err(|r| bad(InputProblem::new(BadInputKind::UnroutableKey, r), None))?;
+        let routed = match route(&self.config, &self.bucket, &self.key).map_err(|p| bad(p, None))? {
+            Route::Ignore(why) => return Ok(skip(why)),
+            Route::File(f) => f,
+        };
+        let spec = match (&routed.schema, &routed.table) {
+            (Some(schema), Some(table)) => {
+                let name = format!("{}.{schema}.{table}", self.config.sources()[routed.source].name);
+                match self.config.table(routed.source, schema, table) {
+                    Ok(Some(spec)) => Some(spec),
+                    Ok(None) => return Ok(skip("table not selected by the source's rules")),
+                    Err(p) => return Err(bad(p, Some(&name))),
+                }
+            }
+            _ => None,
+        };
+        let table_name = spec.as_ref().map(|s| s.qualified_name());
+        if self.size == Some(0) {
+            return Ok(skip("zero-byte object"));
+        }
+        let limits = &self.config.config.limits;
+        if self.size.is_some_and(|s| s > limits.max_file_bytes) {
+            return Err(bad(
+                InputProblem::new(BadInputKind::TooLarge, format!("{} bytes is over limits.max_file_bytes", self.size.unwrap_or(0))),
+                table_name.as_deref(),
+            ));
+        }
+
+        let store = self.stores.bucket(&self.bucket)?;
+        let spool = match &self.spool_dir {
+            Some(d) => tempfile::NamedTempFile::new_in(d),
+            None => tempfile::NamedTempFile::new(),
+        }
+        .map_err(Error::io("create spool file"))?;
+        let bytes_read = match self.download(store.as_ref(), &path, spool.path(), limits.max_file_bytes).await {
+            Ok(n) => n,
+            Err(Error::Gone { .. }) => {
+                tracing::warn!(stage = "decode", file = %file_uri, "object no longer exists (deleted after the event, e.g. by a table truncate)");
+                return Ok(skip("object no longer exists"));
+            }
+            Err(e) => return Err(e),
+        };
+        if bytes_read == 0 {
+            return Ok(skip("zero-byte object"));
+        }
+        if bytes_read > limits.max_file_bytes {
+            return Err(bad(
+                InputProblem::new(BadInputKind::TooLarge, format!("over limits.max_file_bytes ({})", limits.max_file_bytes)),
+                table_name.as_deref(),
+            ));
+        }
+
+        let file = spool.reopen().map_err(Error::io("reopen spool file"))?;
+        let config = self.config.clone();
+        let uri = file_uri.to_string();
+        let max_field_bytes = limits.max_field_bytes;
+        let routed_c = routed.clone();
+        let spec_c = spec.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let ctx = FileContext {
+                config: &config,
+                routed: &routed_c,
+                source_file: &uri,
+                table: spec_c.as_ref(),
+                max_field_bytes,
+            };
+            decode_file(file, &ctx)
+        });
+        let decoded = decoded.await.map_err(|e| Error::Internal {
+            stage: Stage::Decode,
+            context: file_uri.to_string(),
+            reason: format!("decoder task failed: {e}"),
+            retryable: true,
+        })?;
+        drop(spool);
+        let tables: Vec<TableChanges> = decoded.map_err(|p| bad(p, table_name.as_deref()))?;
+
+        let (staging, root) = self.stores.resolve(&self.config.staging)?;
+        let id = change_set_id(&self.bucket, &self.key, self.etag.as_deref());
+        let mut metrics = DecodeMetrics {
+            file: file_uri.to_string(),
+            bytes_read,
+            tables: Vec::new(),
+            duration_ms: 0,
+        };
+        for t in tables {
+            let name = t.spec.qualified_name();
+            let mut tm = TableDecodeMetrics {
+                table: name.clone(),
+                rows_in: t.rows_in,
+                ..Default::default()
+            };
+            if let Some(batch) = t.batch {
+                let p = change_set_path(&root, &t.spec, &id);
+                let meta = ChangeSetMeta {
+                    source_file: file_uri.to_string(),
+                    etag: self.etag.clone(),
+                    table: name,
+                    rows_in: t.rows_in,
+                };
+                tm.staged_bytes = write_change_set(staging.clone(), &p, &batch, &meta).await?;
+                tm.rows_out = batch.num_rows() as u64;
+                tm.staged = Some(p.to_string());
+            }
+            metrics.tables.push(tm);
+        }
+        metrics.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(DecodeOutcome::Staged(metrics))
+    }
+
+    async fn download(
+        &self,
+        store: &dyn object_store::ObjectStore,
+        path: &object_store::path::Path,
+        to: &std::path::Path,
+        max: u64,
+    ) -> Result<u64> {
+        let loc = format!("s3://{}/{}", self.bucket, self.key);
+        let got = store.get(path).await.map_err(Error::storage("get", &loc))?;
+        let mut stream = got.into_stream();
+        let mut out = tokio::fs::File::create(to).await.map_err(Error::io("write spool file"))?;
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(Error::storage("read", &loc))?;
+            n += chunk.len() as u64;
+            if n > max {
+                break;
+            }
+            out.write_all(&chunk).await.map_err(Error::io("write spool file"))?;
+        }
+        out.flush().await.map_err(Error::io("write spool file"))?;
+        Ok(n)
+    }
+}
+
+fn skip(reason: &str) -> DecodeOutcome {
+    DecodeOutcome::Skipped {
+        reason: reason.to_string(),
+    }
+}
+
+impl<'a> IntoFuture for DecodeBuilder<'a> {
+    type Output = Result<DecodeOutcome>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}

@@ -1,0 +1,4 @@
+//! The stages as operations: builders with `with_*` setters that run as futures and return
+//! metrics, in the manner of delta-rs's operations.
+
+pub mod decode;

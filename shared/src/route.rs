@@ -1,0 +1,303 @@
+//! Object key -> which source, table and kind of DMS file it is. Every layout quirk of DMS's S3
+//! output is handled here, and only here.
+
+use crate::config::{DatePartitionDelimiter, Validated};
+use crate::error::{BadInputKind, InputProblem};
+
+/// What kind of DMS file a key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `LOAD00000001…`: full-load rows, inserts.
+    Load,
+    /// `YYYYMMDD-HHMMSSmmm[m]`: one table's changes.
+    Cdc,
+    /// `CDC_TXN-YYYYMMDDHHMMSSmmm`: every table's changes in commit order.
+    CdcTxn,
+}
+
+/// A routed DMS file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// Index of the source in the configuration.
+    pub source: usize,
+    /// Schema and table from the folder names (`None` for CDC_TXN files).
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub kind: FileKind,
+    /// The file name without folders and extensions, e.g. `LOAD0000000A` or `20240528-195141380`.
+    pub stem: String,
+    /// For CDC and CDC_TXN files: the UTC time of the name as 18 digits `YYYYMMDDHHMMSSmmmm`.
+    pub time_digits: Option<String>,
+}
+
+/// The result of routing a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    File(Routed),
+    /// Not something decode should look at (folder markers, keys outside every source).
+    Ignore(&'static str),
+}
+
+const EXTENSIONS: [&str; 4] = [".csv.gz", ".parquet", ".csv", ".gz"];
+
+/// Routes `bucket/key`. A key under a source's folder that does not fit DMS's layout is an error;
+/// a key outside every source is ignored.
+pub fn route(config: &Validated, bucket: &str, key: &str) -> Result<Route, InputProblem> {
+    if key.ends_with('/') {
+        return Ok(Route::Ignore("folder marker"));
+    }
+    // The most specific source wins when two share a bucket.
+    let mut best: Option<(usize, &str)> = None;
+    for (i, s) in config.sources().iter().enumerate() {
+        if s.bucket != bucket {
+            continue;
+        }
+        let rest = match &s.bucket_folder {
+            Some(folder) => {
+                let folder = folder.trim_matches('/');
+                match key.strip_prefix(folder).and_then(|r| r.strip_prefix('/')) {
+                    Some(rest) => rest,
+                    None => continue,
+                }
+            }
+            None => key,
+        };
+        if best.is_none_or(|(_, r)| rest.len() < r.len()) {
+            best = Some((i, rest));
+        }
+    }
+    let Some((source, rest)) = best else {
+        return Ok(Route::Ignore("not under any configured source"));
+    };
+    let unroutable = |why: &str| InputProblem::new(BadInputKind::UnroutableKey, format!("key `{key}`: {why}"));
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
+        return Err(unroutable("empty, `.` or `..` path segment"));
+    }
+    let Some((file, folders)) = segments.split_last() else {
+        return Err(unroutable("no file name"));
+    };
+    let stem = strip_extension(file);
+    let src = &config.sources()[source];
+
+    if let Some(txn_time) = stem.strip_prefix("CDC_TXN-") {
+        let cdc_path = src.cdc_path.as_deref().map(|p| p.trim_matches('/'));
+        let folder = folders.join("/");
+        if cdc_path.is_none_or(|p| p != folder) {
+            return Err(unroutable(
+                "a CDC_TXN file outside the source's `cdc_path` (set `cdc_path` to DMS's CdcPath)",
+            ));
+        }
+        let digits = cdc_digits(txn_time, 17).ok_or_else(|| unroutable("CDC_TXN name is not CDC_TXN-YYYYMMDDHHMMSSmmm"))?;
+        return Ok(Route::File(Routed {
+            source,
+            schema: None,
+            table: None,
+            kind: FileKind::CdcTxn,
+            stem: stem.to_string(),
+            time_digits: Some(digits),
+        }));
+    }
+
+    if folders.len() < 2 {
+        return Err(unroutable("expected schema/table/file below the source's bucket_folder"));
+    }
+    let (schema, table) = (folders[0], folders[1]);
+    check_date_folders(&folders[2..], src.date_partitioning.enabled, &src.date_partitioning).map_err(|w| unroutable(&w))?;
+
+    let (kind, time_digits) = if stem.starts_with("LOAD") {
+        (FileKind::Load, None)
+    } else if let Some(d) = cdc_name_digits(stem) {
+        (FileKind::Cdc, Some(d))
+    } else {
+        return Err(unroutable("the file name is neither LOAD… nor a CDC name YYYYMMDD-HHMMSSmmm"));
+    };
+    Ok(Route::File(Routed {
+        source,
+        schema: Some(schema.to_string()),
+        table: Some(table.to_string()),
+        kind,
+        stem: stem.to_string(),
+        time_digits,
+    }))
+}
+
+fn strip_extension(file: &str) -> &str {
+    for ext in EXTENSIONS {
+        if let Some(s) = file.strip_suffix(ext) {
+            return s;
+        }
+    }
+    file
+}
+
+/// `YYYYMMDD-HHMMSSmmm` (9 digits after the dash in real files, 10 in the docs) -> 18 digits.
+fn cdc_name_digits(stem: &str) -> Option<String> {
+    let (date, time) = stem.split_once('-')?;
+    if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !(9..=10).contains(&time.len()) || !time.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut d = format!("{date}{time}");
+    while d.len() < 18 {
+        d.push('0');
+    }
+    Some(d)
+}
+
+fn cdc_digits(s: &str, len: usize) -> Option<String> {
+    if s.len() != len || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut d = s.to_string();
+    while d.len() < 18 {
+        d.push('0');
+    }
+    Some(d)
+}
+
+fn check_date_folders(
+    folders: &[&str],
+    enabled: bool,
+    dp: &crate::config::DatePartitioning,
+) -> Result<(), String> {
+    if folders.is_empty() {
+        return Ok(());
+    }
+    if !enabled {
+        return Err(format!(
+            "unexpected folders `{}` between the table folder and the file (if DMS DatePartitionEnabled is on, set `date_partitioning`)",
+            folders.join("/")
+        ));
+    }
+    let widths = dp.sequence.parts();
+    let digits = |s: &str, w: usize| s.len() == w && s.bytes().all(|b| b.is_ascii_digit());
+    let ok = match dp.delimiter {
+        DatePartitionDelimiter::Slash => folders.len() == widths.len() && folders.iter().zip(widths).all(|(f, w)| digits(f, *w)),
+        DatePartitionDelimiter::Dash | DatePartitionDelimiter::Underscore => {
+            let sep = if dp.delimiter == DatePartitionDelimiter::Dash { '-' } else { '_' };
+            folders.len() == 1 && {
+                let parts: Vec<&str> = folders[0].split(sep).collect();
+                parts.len() == widths.len() && parts.iter().zip(widths).all(|(p, w)| digits(p, *w))
+            }
+        }
+        DatePartitionDelimiter::None => folders.len() == 1 && digits(folders[0], widths.iter().sum()),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "date folders `{}` do not match date_partitioning ({:?}, {:?})",
+            folders.join("/"),
+            dp.sequence,
+            dp.delimiter
+        ))
+    }
+}
+
+/// The UTC time that 18 name digits stand for, in microseconds since the epoch.
+pub fn digits_to_micros(d: &str) -> Option<i64> {
+    use chrono::NaiveDate;
+    let n = |a: usize, b: usize| d.get(a..b)?.parse::<u32>().ok();
+    let date = NaiveDate::from_ymd_opt(n(0, 4)? as i32, n(4, 6)?, n(6, 8)?)?;
+    let t = date.and_hms_micro_opt(n(8, 10)?, n(10, 12)?, n(12, 14)?, n(14, 18)? * 100)?;
+    Some(t.and_utc().timestamp_micros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn cfg(extra: &str) -> Validated {
+        Config::from_text(&format!(
+            r#"
+lake: /l
+staging: /s
+quarantine: /q
+sources:
+  - name: a
+    bucket: dms
+    bucket_folder: raw
+    cdc_path: txn
+{extra}
+  - name: b
+    bucket: dms
+    bucket_folder: raw/pg
+  - name: c
+    bucket: other
+"#
+        ))
+        .unwrap()
+    }
+
+    fn file(r: Result<Route, InputProblem>) -> Routed {
+        match r {
+            Ok(Route::File(f)) => f,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn load_and_cdc_names() {
+        let c = cfg("");
+        let f = file(route(&c, "dms", "raw/hr/emp/LOAD0000000A.csv"));
+        assert_eq!((f.source, f.schema.as_deref(), f.table.as_deref(), f.kind), (0, Some("hr"), Some("emp"), FileKind::Load));
+        assert_eq!(f.stem, "LOAD0000000A");
+        let f = file(route(&c, "dms", "raw/hr/emp/20240528-195141380.parquet"));
+        assert_eq!(f.kind, FileKind::Cdc);
+        assert_eq!(f.time_digits.as_deref(), Some("202405281951413800"));
+        let f = file(route(&c, "dms", "raw/hr/emp/20240528-1951413801.csv.gz"));
+        assert_eq!(f.time_digits.as_deref(), Some("202405281951413801"));
+        // Most specific bucket folder wins.
+        assert_eq!(file(route(&c, "dms", "raw/pg/public/acc/LOAD00000001.csv")).source, 1);
+        // No bucket folder: the bucket root.
+        assert_eq!(file(route(&c, "other", "s/t/LOAD00000001.parquet")).source, 2);
+    }
+
+    #[test]
+    fn cdc_txn_files() {
+        let c = cfg("");
+        let f = file(route(&c, "dms", "raw/txn/CDC_TXN-20240528195141380.csv"));
+        assert_eq!(f.kind, FileKind::CdcTxn);
+        assert_eq!(f.schema, None);
+        assert_eq!(f.time_digits.as_deref(), Some("202405281951413800"));
+        assert_eq!(route(&c, "dms", "raw/other/CDC_TXN-20240528195141380.csv").unwrap_err().kind, BadInputKind::UnroutableKey);
+    }
+
+    #[test]
+    fn date_folders() {
+        let c = cfg("    date_partitioning: { enabled: true, sequence: YYYYMMDD, delimiter: SLASH }");
+        assert_eq!(file(route(&c, "dms", "raw/hr/emp/2024/05/28/20240528-195141380.csv")).table.as_deref(), Some("emp"));
+        assert_eq!(file(route(&c, "dms", "raw/hr/emp/LOAD00000001.csv")).kind, FileKind::Load);
+        assert!(route(&c, "dms", "raw/hr/emp/2024/05/20240528-195141380.csv").is_err());
+        let c = cfg("    date_partitioning: { enabled: true, sequence: YYYYMMDDHH, delimiter: DASH }");
+        assert!(route(&c, "dms", "raw/hr/emp/2024-05-28-13/20240528-195141380.csv").is_ok());
+        let c = cfg("    date_partitioning: { enabled: true, sequence: DDMMYYYY, delimiter: NONE }");
+        assert!(route(&c, "dms", "raw/hr/emp/28052024/20240528-195141380.csv").is_ok());
+        // Not enabled: extra folders are a configuration mismatch, said plainly.
+        let c = cfg("");
+        let e = route(&c, "dms", "raw/hr/emp/2024/05/28/20240528-195141380.csv").unwrap_err();
+        assert!(e.reason.contains("date_partitioning"), "{}", e.reason);
+    }
+
+    #[test]
+    fn ignored_and_bad_keys() {
+        let c = cfg("");
+        assert_eq!(route(&c, "dms", "raw/hr/emp/").unwrap(), Route::Ignore("folder marker"));
+        assert_eq!(route(&c, "nobody", "x/y/LOAD00000001.csv").unwrap(), Route::Ignore("not under any configured source"));
+        assert_eq!(route(&c, "dms", "elsewhere/hr/emp/LOAD00000001.csv").unwrap(), Route::Ignore("not under any configured source"));
+        for bad in ["raw/hr/emp/notes.txt", "raw/emp.csv", "raw/hr/../emp/LOAD00000001.csv", "raw/hr//emp/LOAD1.csv", "raw/hr/emp/2024-13-1.csv"] {
+            assert_eq!(route(&c, "dms", bad).unwrap_err().kind, BadInputKind::UnroutableKey, "{bad}");
+        }
+    }
+
+    #[test]
+    fn name_time_to_micros() {
+        let us = digits_to_micros("202405281951413801").unwrap();
+        assert_eq!(us, 1_716_925_901_380_100);
+        assert_eq!(digits_to_micros("202413281951413801"), None);
+    }
+}

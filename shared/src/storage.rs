@@ -1,0 +1,301 @@
+//! Where things are stored. Every stage reads and writes through `Arc<dyn ObjectStore>`, so the
+//! same code runs on S3, on a local folder and in memory.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::config::StorageConfig;
+use crate::error::{Error, Result};
+
+/// A place: a bucket and prefix on S3, a local folder, or a named in-memory store (tests).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Location {
+    S3 { bucket: String, prefix: String },
+    Local { dir: PathBuf },
+    Memory { name: String, prefix: String },
+}
+
+impl Location {
+    /// `s3://bucket/prefix`, `file:///dir`, `memory://name/prefix`, or a plain local path.
+    pub fn parse(text: &str) -> std::result::Result<Location, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("an empty location".into());
+        }
+        if let Some(rest) = text.strip_prefix("s3://").or_else(|| text.strip_prefix("s3a://")) {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("`{text}` has no bucket"));
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.to_string(),
+                prefix: clean_prefix(prefix)?,
+            });
+        }
+        if let Some(rest) = text.strip_prefix("memory://") {
+            let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            return Ok(Location::Memory {
+                name: name.to_string(),
+                prefix: clean_prefix(prefix)?,
+            });
+        }
+        if let Some(rest) = text.strip_prefix("file://") {
+            return Ok(Location::Local { dir: PathBuf::from(rest) });
+        }
+        if text.contains("://") {
+            return Err(format!("`{text}`: only s3://, file:// and local paths are supported"));
+        }
+        Ok(Location::Local { dir: PathBuf::from(text) })
+    }
+
+    /// The location `sub` below this one.
+    pub fn join(&self, sub: &str) -> Location {
+        let sub = sub.trim_matches('/');
+        match self {
+            Location::S3 { bucket, prefix } => Location::S3 {
+                bucket: bucket.clone(),
+                prefix: join_prefix(prefix, sub),
+            },
+            Location::Memory { name, prefix } => Location::Memory {
+                name: name.clone(),
+                prefix: join_prefix(prefix, sub),
+            },
+            Location::Local { dir } => Location::Local { dir: dir.join(sub) },
+        }
+    }
+
+    /// A URL for the Delta engine.
+    pub fn url(&self) -> String {
+        match self {
+            Location::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Location::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            Location::Memory { name, prefix } => format!("memory://{name}/{prefix}"),
+            Location::Local { dir } => {
+                let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+                format!("file://{}", abs.display())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local { dir } => write!(f, "{}", dir.display()),
+            other => f.write_str(&other.url()),
+        }
+    }
+}
+
+fn clean_prefix(prefix: &str) -> std::result::Result<String, String> {
+    let p = prefix.trim_matches('/');
+    if p.split('/').any(|s| s == ".." || s == ".") {
+        return Err(format!("`{prefix}`: `.` and `..` are not allowed in a prefix"));
+    }
+    Ok(p.to_string())
+}
+
+fn join_prefix(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+/// Parses an object key from an event into a store path. Keys that could climb out of a local
+/// storage root (`..`, `.`, empty segments, absolute paths, backslashes) are refused.
+pub fn object_path(key: &str) -> std::result::Result<Path, String> {
+    if key.is_empty() || key.starts_with('/') {
+        return Err(format!("object key `{key}` is empty or absolute"));
+    }
+    if key.split('/').any(|s| s.is_empty() || s == "." || s == ".." || s.contains('\\')) {
+        return Err(format!("object key `{key}` has an empty, `.`, `..` or backslash segment"));
+    }
+    Path::parse(key).map_err(|e| format!("object key `{key}`: {e}"))
+}
+
+/// Builds and caches one store per bucket or folder.
+#[derive(Debug)]
+pub struct Stores {
+    config: StorageConfig,
+    cache: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl Stores {
+    pub fn new(config: StorageConfig) -> Stores {
+        Stores {
+            config,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    /// Registers a store for a bucket name (tests use in-memory stores, fault injectors wrap).
+    pub fn insert_bucket(&self, bucket: &str, store: Arc<dyn ObjectStore>) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(format!("s3://{bucket}"), store);
+        }
+    }
+
+    /// The store holding `bucket`, honouring the local folder mapping.
+    pub fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+        let (store, _) = self.resolve(&Location::S3 {
+            bucket: bucket.to_string(),
+            prefix: String::new(),
+        })?;
+        Ok(store)
+    }
+
+    /// The store and the root path below it for a location.
+    pub fn resolve(&self, loc: &Location) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        let (cache_key, prefix) = match loc {
+            Location::S3 { bucket, prefix } => (format!("s3://{bucket}"), prefix.clone()),
+            Location::Memory { name, prefix } => (format!("memory://{name}"), prefix.clone()),
+            Location::Local { dir } => (format!("file://{}", dir.display()), String::new()),
+        };
+        let mut cache = self.cache.lock().map_err(|_| Error::Internal {
+            stage: crate::error::Stage::Config,
+            context: "store cache".into(),
+            reason: "a thread panicked while holding the store cache".into(),
+            retryable: true,
+        })?;
+        if let Some(s) = cache.get(&cache_key) {
+            return Ok((s.clone(), Path::from(prefix)));
+        }
+        let store: Arc<dyn ObjectStore> = match loc {
+            Location::S3 { bucket, .. } => match self.config.buckets.get(bucket) {
+                Some(mapped) => {
+                    let mapped = Location::parse(mapped).map_err(|reason| Error::Config {
+                        path: format!("storage.buckets.{bucket}"),
+                        reason,
+                    })?;
+                    match mapped {
+                        Location::Local { dir } => local(&dir)?,
+                        _ => {
+                            return Err(Error::Config {
+                                path: format!("storage.buckets.{bucket}"),
+                                reason: "a bucket can only be mapped to a local folder".into(),
+                            })
+                        }
+                    }
+                }
+                None => self.s3(bucket)?,
+            },
+            Location::Memory { .. } => Arc::new(InMemory::new()),
+            Location::Local { dir } => local(dir)?,
+        };
+        cache.insert(cache_key, store.clone());
+        Ok((store, Path::from(prefix)))
+    }
+
+    fn s3(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(region) = &self.config.region {
+            b = b.with_region(region);
+        }
+        let endpoint = self.config.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if let Some(ep) = endpoint {
+            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+        }
+        if self.config.allow_http {
+            b = b.with_allow_http(true);
+        }
+        let store = b.build().map_err(|e| Error::Config {
+            path: "storage".into(),
+            reason: format!("cannot reach bucket `{bucket}`: {e}"),
+        })?;
+        Ok(Arc::new(store))
+    }
+
+    /// The storage options the Delta engine needs for S3 locations.
+    pub fn delta_options(&self) -> HashMap<String, String> {
+        let mut o = HashMap::new();
+        if let Some(region) = &self.config.region {
+            o.insert("aws_region".into(), region.clone());
+        }
+        if let Some(ep) = self.config.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
+            o.insert("aws_endpoint".into(), ep);
+            o.insert("aws_virtual_hosted_style_request".into(), "false".into());
+        }
+        if self.config.allow_http {
+            o.insert("aws_allow_http".into(), "true".into());
+        }
+        o
+    }
+
+    /// The location a Delta table really lives at (mapped buckets become local folders).
+    pub fn physical(&self, loc: &Location) -> Location {
+        match loc {
+            Location::S3 { bucket, prefix } => match self.config.buckets.get(bucket).and_then(|m| Location::parse(m).ok()) {
+                Some(Location::Local { dir }) => Location::Local {
+                    dir: if prefix.is_empty() { dir } else { dir.join(prefix) },
+                },
+                _ => loc.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+fn local(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
+    std::fs::create_dir_all(dir).map_err(Error::io("create local storage folder"))?;
+    let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| Error::Config {
+        path: "storage".into(),
+        reason: format!("cannot use folder {}: {e}", dir.display()),
+    })?;
+    Ok(Arc::new(fs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    #[test]
+    fn locations() {
+        assert_eq!(
+            Location::parse("s3://b/a/b/").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(Location::parse("/tmp/x").unwrap(), Location::Local { dir: "/tmp/x".into() });
+        assert!(Location::parse("s3://b/../x").is_err());
+        assert!(Location::parse("gs://b/x").is_err());
+        assert_eq!(Location::parse("s3://b").unwrap().join("ns/t").url(), "s3://b/ns/t");
+    }
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in ["../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "a/./b", "a\\..\\b/c", ""] {
+            assert!(object_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(object_path("hr/emp/LOAD00000001.csv").unwrap().as_ref(), "hr/emp/LOAD00000001.csv");
+    }
+
+    #[tokio::test]
+    async fn mapped_bucket_is_a_local_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StorageConfig::default();
+        cfg.buckets.insert("dms".into(), dir.path().display().to_string());
+        let stores = Stores::new(cfg);
+        let s = stores.bucket("dms").unwrap();
+        s.put(&Path::from("hr/emp/x.csv"), PutPayload::from_static(b"a")).await.unwrap();
+        assert!(dir.path().join("hr/emp/x.csv").exists());
+        // Cached: the same store comes back.
+        assert!(Arc::ptr_eq(&s, &stores.bucket("dms").unwrap()));
+    }
+}
