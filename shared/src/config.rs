@@ -947,10 +947,10 @@ sources:
     #[test]
     fn unknown_fields_name_their_path() {
         let (path, reason) = err_of(&BASE.replace("keys: [id]", "keys: [id]\n        colums: []"));
-        assert_eq!(path, "sources[0].tables[0]");
+        assert_eq!(path, "sources[0].tables[0].colums");
         assert!(reason.contains("unknown field `colums`"), "{reason}");
         let (path, reason) = err_of(&BASE.replace("staging:", "stagign: x\nstaging:"));
-        assert_eq!(path, ".");
+        assert_eq!(path, "stagign");
         assert!(reason.contains("stagign"), "{reason}");
         let (path, _) = err_of(&BASE.replace("ColumnIsPk: \"true\"", "ColumnIsPk: \"true\", Bogus: 1"));
         assert!(path.starts_with("sources[1].table_definitions.Tables[0].TableColumns[0]"), "{path}");

@@ -4,6 +4,7 @@
 //! keys into work; `decode` turns a DMS file into deduplicated change sets (`changes`), which
 //! `stage` writes for the commit stage. Nothing here depends on Lambda types.
 
+pub mod bootstrap;
 pub mod changes;
 pub mod config;
 pub mod decode;

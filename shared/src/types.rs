@@ -175,11 +175,21 @@ fn time_to_text(array: &ArrayRef) -> Result<ArrayRef, String> {
 /// Whether a column of type `from` in the table can take values of type `to` from a new file
 /// without losing information (Delta's type widening, plus the widenings DMS needs).
 pub fn widening(from: &DataType, to: &DataType) -> Widening {
-    use DataType::*;
     if from == to {
-        return Widening::Same;
+        Widening::Same
+    } else if widens(from, to) {
+        Widening::Widen
+    } else if widens(to, from) {
+        // A narrower value in a wider column: the file's values are cast up to the table's type.
+        Widening::CastUp
+    } else {
+        Widening::Incompatible
     }
-    let ok = match (from, to) {
+}
+
+fn widens(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    match (from, to) {
         (Int8, Int16 | Int32 | Int64) | (Int16, Int32 | Int64) | (Int32, Int64) => true,
         (Float32, Float64) => true,
         (Int8 | Int16 | Int32, Float64) => true,
@@ -195,16 +205,6 @@ pub fn widening(from: &DataType, to: &DataType) -> Widening {
             (*p as i16 - *s as i16) >= digits
         }
         _ => false,
-    };
-    if ok {
-        return Widening::Widen;
-    }
-    // A narrower value in a wider column: the file's values are cast up to the table's type.
-    let narrower = matches!(widening(to, from), Widening::Widen);
-    if narrower {
-        Widening::CastUp
-    } else {
-        Widening::Incompatible
     }
 }
 

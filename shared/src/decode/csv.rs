@@ -92,7 +92,10 @@ pub(super) fn decode<R: Read>(reader: R, ctx: &FileContext<'_>, sink: &mut Sink,
                         .ok_or_else(|| InputProblem::new(BadInputKind::UnknownTable, "no table for this file"))?;
                     let layout = match &header {
                         Some(h) => Layout::Header(h.clone()),
-                        None => Layout::Headerless { fields: record.len() },
+                        None => Layout::Headerless {
+                            fields: record.len(),
+                            first_field: record.get(0).and_then(|f| std::str::from_utf8(f).ok()).map(str::to_string),
+                        },
                     };
                     single.insert(TableDecoder::new(spec.clone(), settings, layout, ctx)?)
                 }
@@ -128,7 +131,7 @@ fn read_error(e: ::csv::Error, gzip: bool) -> InputProblem {
 enum Layout {
     /// No header: the configured columns, after an optional Op and timestamp. The first row's
     /// field count tells whether Op is there.
-    Headerless { fields: usize },
+    Headerless { fields: usize, first_field: Option<String> },
     /// AddColumnName: the header names every field.
     Header(Vec<String>),
     /// CDC_TXN: op,table,schema,<configured columns>.
@@ -190,7 +193,8 @@ impl TableDecoder {
                     }
                 }
             }
-            Layout::Headerless { fields: first } => {
+            Layout::Headerless { fields: first, first_field } => {
+                let first_field = first_field.as_deref();
                 let cols = configured.ok_or_else(|| {
                     InputProblem::new(
                         BadInputKind::NoColumns,
@@ -199,16 +203,22 @@ impl TableDecoder {
                 })?;
                 let ts_extra = ts_name.as_ref().is_some_and(|t| !cols.iter().any(|c| &c.name == t));
                 let base = cols.len() + usize::from(ts_extra);
+                // A CDC row one field short looks like a row without Op; the Op letter in a
+                // non-text first column gives it away.
+                let looks_short = ctx.routed.kind != FileKind::Load
+                    && first == base
+                    && first_field.is_some_and(|f| matches!(f, "I" | "U" | "D"))
+                    && cols.first().is_some_and(|c| c.ty != ColumnType::Utf8);
                 let start = if first == base + 1 {
                     op_pos = Some(0);
                     1
-                } else if first == base {
+                } else if first == base && !looks_short {
                     0
                 } else {
                     return Err(InputProblem::new(
                         BadInputKind::FieldCount,
                         format!(
-                            "the first row has {first} fields, but the {} configured columns{} need {base} (or {} with Op)",
+                            "the first row has {first} fields, but the {} configured columns{} need {base} (or {} with Op); a quote left open also swallows lines",
                             cols.len(),
                             if ts_extra { " plus the timestamp column" } else { "" },
                             base + 1

@@ -137,11 +137,11 @@ impl<'a> DecodeBuilder<'a> {
 
     async fn decode(&self, file_uri: &str, started: Instant) -> Result<DecodeOutcome> {
         let bad = |p: InputProblem, table: Option<&str>| p.into_error(Stage::Decode, file_uri, table);
-        let path = object_path(&self.key).map_err(|r| bad(InputProblem::new(BadInputKind::UnroutableKey, r), None))?;
         let routed = match route(&self.config, &self.bucket, &self.key).map_err(|p| bad(p, None))? {
             Route::Ignore(why) => return Ok(skip(why)),
             Route::File(f) => f,
         };
+        let path = object_path(&self.key).map_err(|r| bad(InputProblem::new(BadInputKind::UnroutableKey, r), None))?;
         let spec = match (&routed.schema, &routed.table) {
             (Some(schema), Some(table)) => {
                 let name = format!("{}.{schema}.{table}", self.config.sources()[routed.source].name);

@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Writes the sample Lambda payloads in this folder (see README.md).
+
+    python3 events/generate.py          # rewrite the JSON files
+    python3 events/generate.py --check  # fail if a JSON file differs from what would be written
+
+Object sizes and ETags come from the real files under events/data/dms-bucket/<key> when they
+exist (ETag = MD5 of the content, as S3 computes it for a single-part upload); otherwise the
+placeholder values below are used. Run it again after adding or changing a data file, so the
+events, the SQS md5OfBody values and the files stay consistent.
+
+Everything else is fixed (seeded), so the output is reproducible: ids, request ids, receipt
+handles and signatures are made up but have the shape and length of real ones. Only the standard
+library is used.
+"""
+
+import base64
+import hashlib
+import json
+import random
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote_plus
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+BUCKET = "dms-bucket"
+BUCKET_OWNER = "A2QK8VJ9XT4EHM"
+# DMS writes with the S3 endpoint's service access role; S3 reports the assumed-role session.
+DMS_PRINCIPAL = "AWS:AROAY7Q4EXAMPLEDMS3W:dms-s3-target-mysql-shop"
+DMS_SOURCE_IP = "10.20.3.117"
+# A person creating a "folder" in the S3 console.
+CONSOLE_PRINCIPAL = "AWS:AIDAY7Q4EXAMPLEOPS7Q"
+CONSOLE_SOURCE_IP = "203.0.113.54"
+QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:dms2delta-DecodeQueue-Hq3T9xLmW2pA"
+TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:dms-bucket-object-created"
+# The notification configuration ids, as named in docs/deploy.md.
+CONFIG_ID_SQS = "dms2delta-decode"
+CONFIG_ID_SNS = "dms2delta-decode-sns"
+CONFIG_ID_LAMBDA = "dms2delta-decode-direct"
+# SenderId S3 and SNS put on the SQS messages they send (us-east-1).
+S3_SENDER_ID = "AIDAJHIPRHEMV73VRJEBU"
+SNS_SENDER_ID = "AIDAIT2UOQQY3AUEKVGXU"
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
+# key -> (placeholder size, event time). Times follow the CDC file names (UTC) by about a second.
+OBJECTS = {
+    "load": ("dms/mysql/shop/customers/LOAD00000001.csv", 18734, "2024-05-28T19:48:03.221Z"),
+    "cdc": ("dms/mysql/shop/customers/20240528-195141380.csv", 1187, "2024-05-28T19:51:42.107Z"),
+    "parquet": ("dms/mysql/shop/order items/20240528-195142001.parquet", 6342, "2024-05-28T19:51:43.012Z"),
+    "gz": ("dms/mysql/shop/customers/20240528-195143000.csv.gz", 512, "2024-05-28T19:51:43.874Z"),
+    "zero": ("dms/mysql/shop/customers/20240528-195144000.csv", 0, "2024-05-28T19:51:44.651Z"),
+    "folder": ("dms/mysql/shop/customers/", 0, "2024-05-28T19:40:12.530Z"),
+}
+TEST_EVENT_TIME = "2024-05-28T19:30:02.172Z"
+DELETE_TIME = "2024-05-29T08:15:27.440Z"
+
+rng = random.Random(20240528)
+
+
+def token(n, alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"):
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def b64(nbytes):
+    return base64.b64encode(bytes(rng.getrandbits(8) for _ in range(nbytes))).decode()
+
+
+def new_uuid():
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def epoch_ms(ts):
+    return int(datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def sequencer(ts):
+    """S3 sequencers: hex, the first digits being the event's Unix time in seconds."""
+    return f"00{epoch_ms(ts) // 1000:08X}{rng.getrandbits(32):08X}"
+
+
+def request_ids():
+    # x-amz-request-id: 16 characters; x-amz-id-2: 76 base64 characters.
+    return token(16), b64(57)
+
+
+def size_and_etag(key, placeholder_size):
+    if placeholder_size == 0:
+        return 0, EMPTY_MD5
+    f = DATA / BUCKET / key
+    if f.is_file():
+        content = f.read_bytes()
+        return len(content), hashlib.md5(content).hexdigest()
+    # A stable made-up ETag per key.
+    return placeholder_size, hashlib.md5(f"placeholder:{key}".encode()).hexdigest()
+
+
+class Put:
+    """One PutObject, described the same way by every event shape."""
+
+    def __init__(self, name, event_name="ObjectCreated:Put", principal=DMS_PRINCIPAL, source_ip=DMS_SOURCE_IP):
+        key, placeholder, ts = OBJECTS[name]
+        self.key, self.time = key, ts
+        self.size, self.etag = size_and_etag(key, placeholder)
+        self.sequencer = sequencer(ts)
+        self.request_id, self.id2 = request_ids()
+        self.event_name, self.principal, self.source_ip = event_name, principal, source_ip
+
+    def s3_record(self, configuration_id):
+        return {
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "awsRegion": REGION,
+            "eventTime": self.time,
+            "eventName": self.event_name,
+            "userIdentity": {"principalId": self.principal},
+            "requestParameters": {"sourceIPAddress": self.source_ip},
+            "responseElements": {"x-amz-request-id": self.request_id, "x-amz-id-2": self.id2},
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": configuration_id,
+                "bucket": {
+                    "name": BUCKET,
+                    "ownerIdentity": {"principalId": BUCKET_OWNER},
+                    "arn": f"arn:aws:s3:::{BUCKET}",
+                },
+                "object": {
+                    # S3 form-URL-encodes keys in notifications: space -> `+`, `/` kept.
+                    "key": quote_plus(self.key, safe="/"),
+                    "size": self.size,
+                    "eTag": self.etag,
+                    "sequencer": self.sequencer,
+                },
+            },
+        }
+
+    def eventbridge(self):
+        return {
+            "version": "0",
+            "id": new_uuid(),
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "account": ACCOUNT,
+            "time": self.time[:19] + "Z",
+            "region": REGION,
+            "resources": [f"arn:aws:s3:::{BUCKET}"],
+            "detail": {
+                "version": "0",
+                "bucket": {"name": BUCKET},
+                # EventBridge keys are not URL-encoded (unverified; see docs/dms-s3-format.md).
+                "object": {"key": self.key, "size": self.size, "etag": self.etag, "sequencer": self.sequencer},
+                "request-id": self.request_id,
+                "requester": ACCOUNT,
+                "source-ip-address": self.source_ip,
+                "reason": "PutObject",
+            },
+        }
+
+
+def removed_record(name):
+    key, _, _ = OBJECTS[name]
+    request_id, id2 = request_ids()
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": REGION,
+        "eventTime": DELETE_TIME,
+        "eventName": "ObjectRemoved:Delete",
+        "userIdentity": {"principalId": DMS_PRINCIPAL},
+        "requestParameters": {"sourceIPAddress": DMS_SOURCE_IP},
+        "responseElements": {"x-amz-request-id": request_id, "x-amz-id-2": id2},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": CONFIG_ID_LAMBDA,
+            "bucket": {
+                "name": BUCKET,
+                "ownerIdentity": {"principalId": BUCKET_OWNER},
+                "arn": f"arn:aws:s3:::{BUCKET}",
+            },
+            # Delete events carry neither size nor eTag.
+            "object": {"key": quote_plus(key, safe="/"), "sequencer": sequencer(DELETE_TIME)},
+        },
+    }
+
+
+def test_event(ts):
+    request_id, id2 = request_ids()
+    return {
+        "Service": "Amazon S3",
+        "Event": "s3:TestEvent",
+        "Time": ts,
+        "Bucket": BUCKET,
+        "RequestId": request_id,
+        "HostId": id2,
+    }
+
+
+def compact(v):
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+
+
+def sqs_record(body, sent_ms, sender_id):
+    return {
+        "messageId": new_uuid(),
+        "receiptHandle": "AQEB" + b64(240).rstrip("="),
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": str(sent_ms),
+            "SenderId": sender_id,
+            "ApproximateFirstReceiveTimestamp": str(sent_ms + rng.randint(3, 40)),
+        },
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": QUEUE_ARN,
+        "awsRegion": REGION,
+    }
+
+
+def sns_envelope(message, ts):
+    """SNS -> SQS without raw message delivery: SNS's own pretty-printed JSON, `" : "` and all."""
+    sub = new_uuid()
+    fields = [
+        ("Type", "Notification"),
+        ("MessageId", new_uuid()),
+        ("TopicArn", TOPIC_ARN),
+        ("Subject", "Amazon S3 Notification"),
+        ("Message", message),
+        ("Timestamp", ts),
+        ("SignatureVersion", "1"),
+        ("Signature", b64(256)),
+        ("SigningCertURL", f"https://sns.{REGION}.amazonaws.com/SimpleNotificationService-{rng.getrandbits(128):032x}.pem"),
+        (
+            "UnsubscribeURL",
+            f"https://sns.{REGION}.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={TOPIC_ARN}:{sub}",
+        ),
+    ]
+    return "{\n" + ",\n".join(f"  {json.dumps(k)} : {json.dumps(v)}" for k, v in fields) + "\n}"
+
+
+def build():
+    load = Put("load")
+    cdc = Put("cdc")
+    parquet = Put("parquet")
+    gz = Put("gz")
+    zero = Put("zero")
+    folder = Put("folder", principal=CONSOLE_PRINCIPAL, source_ip=CONSOLE_SOURCE_IP)
+
+    files = {}
+    files["s3-put.json"] = {"Records": [load.s3_record(CONFIG_ID_LAMBDA)]}
+    files["s3-put-url-encoded.json"] = {"Records": [parquet.s3_record(CONFIG_ID_LAMBDA)]}
+    files["s3-test-event.json"] = test_event(TEST_EVENT_TIME)
+    files["s3-folder-marker.json"] = {"Records": [folder.s3_record(CONFIG_ID_LAMBDA)]}
+    files["s3-zero-byte.json"] = {"Records": [zero.s3_record(CONFIG_ID_LAMBDA)]}
+    files["s3-object-removed.json"] = {"Records": [removed_record("load")]}
+    files["eventbridge-object-created.json"] = load.eventbridge()
+
+    # S3 -> SQS: the test event S3 sends when the notification is configured sits in the same
+    # batch as two real notifications (redelivered after a visibility timeout, say).
+    batch = []
+    for body, ts in [
+        (compact({"Records": [cdc.s3_record(CONFIG_ID_SQS)]}), cdc.time),
+        (compact(test_event("2024-05-28T19:51:40.918Z")), "2024-05-28T19:51:40.918Z"),
+        (compact({"Records": [gz.s3_record(CONFIG_ID_SQS)]}), gz.time),
+    ]:
+        batch.append(sqs_record(body, epoch_ms(ts) + rng.randint(20, 90), S3_SENDER_ID))
+    files["sqs-batch.json"] = {"Records": batch}
+
+    # S3 -> SNS -> SQS, raw message delivery off.
+    # The same PUT as the first SQS message (same request id, ETag, sequencer): only the
+    # notification configuration that routed it differs.
+    message = compact({"Records": [cdc.s3_record(CONFIG_ID_SNS)]})
+    sns_ts = datetime.fromtimestamp((epoch_ms(cdc.time) + 61) / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    body = sns_envelope(message, sns_ts)
+    files["sqs-sns-wrapped.json"] = {"Records": [sqs_record(body, epoch_ms(sns_ts) + 15, SNS_SENDER_ID)]}
+    return files
+
+
+def main():
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for name, value in build().items():
+        text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+        path = HERE / name
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote events/{name}")
+    if stale:
+        print("out of date (run python3 events/generate.py): " + ", ".join(stale), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

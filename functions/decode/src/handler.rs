@@ -1,0 +1,152 @@
+//! Turns a Lambda payload into decode operations and reports per-message outcomes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+use dms2delta::config::Validated;
+use dms2delta::events::{parse, Delivery, ObjectEventKind, Payload};
+use dms2delta::metrics::{Emf, Unit};
+use dms2delta::operations::decode::{DecodeBuilder, DecodeOutcome};
+use dms2delta::storage::Stores;
+use serde_json::{json, Value};
+
+/// What lives for the whole execution environment.
+#[derive(Debug)]
+pub struct State {
+    pub config: Arc<Validated>,
+    pub stores: Stores,
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl State {
+    pub fn new(config: Arc<Validated>) -> State {
+        let stores = Stores::new(config.config.storage.clone());
+        State {
+            config,
+            stores,
+            spool_dir: None,
+        }
+    }
+}
+
+/// Outcome counts of one delivery.
+#[derive(Debug, Default)]
+struct Tally {
+    staged: Vec<Value>,
+    skipped: Vec<Value>,
+    quarantined: Vec<Value>,
+    failed: Vec<Value>,
+}
+
+/// Handles one invocation. SQS batches answer with partial batch failures so one bad message
+/// does not fail the others; a direct invocation fails as a whole if any object failed, so
+/// Lambda's retry and on-failure destination take over.
+pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
+    match parse(&payload)? {
+        Payload::Sqs(deliveries) => {
+            let mut response = SqsBatchResponse::default();
+            for d in deliveries {
+                let id = d.message_id.clone().unwrap_or_default();
+                let tally = process(state, d).await;
+                if !tally.failed.is_empty() || !tally.quarantined.is_empty() {
+                    let mut f = BatchItemFailure::default();
+                    f.item_identifier = id;
+                    response.batch_item_failures.push(f);
+                }
+            }
+            Ok(serde_json::to_value(response)?)
+        }
+        Payload::Direct(d) => {
+            let tally = process(state, d).await;
+            let summary = json!({
+                "staged": tally.staged,
+                "skipped": tally.skipped,
+                "quarantined": tally.quarantined,
+                "failed": tally.failed,
+            });
+            if tally.failed.is_empty() && tally.quarantined.is_empty() {
+                Ok(summary)
+            } else {
+                Err(format!("decode failed for some objects: {summary}").into())
+            }
+        }
+    }
+}
+
+async fn process(state: &State, delivery: Delivery) -> Tally {
+    let mut tally = Tally::default();
+    let objects = match delivery.objects {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(stage = "decode", message_id = delivery.message_id.as_deref().unwrap_or(""), error = %e, "unreadable event");
+            tally.failed.push(json!({"error": e.to_string()}));
+            return tally;
+        }
+    };
+    let namespace = &state.config.config.metrics.namespace;
+    for o in objects {
+        if o.kind != ObjectEventKind::Created {
+            tracing::info!(stage = "decode", bucket = %o.bucket, key = %o.key, "not an object creation; ignored");
+            tally.skipped.push(json!({"key": o.key, "reason": "not an object creation"}));
+            continue;
+        }
+        let mut op = DecodeBuilder::new(state.config.clone(), &state.stores)
+            .with_object(&o.bucket, &o.key)
+            .with_etag(o.etag.clone())
+            .with_size(o.size);
+        if let Some(dir) = &state.spool_dir {
+            op = op.with_spool_dir(dir);
+        }
+        match op.await {
+            Ok(DecodeOutcome::Staged(m)) => {
+                for t in &m.tables {
+                    tracing::info!(
+                        stage = "decode",
+                        file = %m.file,
+                        table = %t.table,
+                        rows_in = t.rows_in,
+                        rows_out = t.rows_out,
+                        staged = t.staged.as_deref().unwrap_or(""),
+                        duration_ms = m.duration_ms,
+                        "file decoded"
+                    );
+                    Emf::new(namespace, "decode")
+                        .with_table(&t.table)
+                        .metric("Files", Unit::Count, 1.0)
+                        .metric("RowsIn", Unit::Count, t.rows_in as f64)
+                        .metric("RowsOut", Unit::Count, t.rows_out as f64)
+                        .metric("BytesRead", Unit::Bytes, m.bytes_read as f64)
+                        .metric("DurationMs", Unit::Milliseconds, m.duration_ms as f64)
+                        .emit();
+                }
+                tally.staged.push(json!({
+                    "file": m.file,
+                    "tables": m.tables.iter().map(|t| json!({"table": t.table, "rows_in": t.rows_in, "rows_out": t.rows_out, "staged": t.staged})).collect::<Vec<_>>(),
+                }));
+            }
+            Ok(DecodeOutcome::Skipped { reason }) => {
+                tracing::info!(stage = "decode", bucket = %o.bucket, key = %o.key, reason = %reason, "skipped");
+                Emf::new(namespace, "decode").metric("Skipped", Unit::Count, 1.0).emit();
+                tally.skipped.push(json!({"key": o.key, "reason": reason}));
+            }
+            Ok(DecodeOutcome::Quarantined { report, report_location }) => {
+                let mut emf = Emf::new(namespace, "decode");
+                if let Some(t) = &report.table {
+                    emf = emf.with_table(t);
+                }
+                emf.metric("Quarantined", Unit::Count, 1.0).emit();
+                tally.quarantined.push(json!({"file": report.file, "kind": report.kind, "reason": report.reason, "report": report_location}));
+            }
+            Err(e) => {
+                tracing::error!(stage = "decode", bucket = %o.bucket, key = %o.key, retryable = e.is_retryable(), error = %e, "decode failed");
+                Emf::new(namespace, "decode").metric("Errors", Unit::Count, 1.0).emit();
+                tally.failed.push(json!({"key": o.key, "error": e.to_string(), "retryable": e.is_retryable()}));
+            }
+        }
+    }
+    tally
+}
+
+#[cfg(test)]
+mod tests;
