@@ -557,6 +557,12 @@ impl Config {
             }
             let ns = s.namespace.clone().unwrap_or_else(|| s.name.clone());
             check_name(&ns).map_err(|r| cfg_err(format!("{p}.namespace"), r))?;
+            if ns.starts_with('_') {
+                return Err(cfg_err(
+                    format!("{p}.namespace"),
+                    "must not start with `_` (the lake keeps dms2delta's own tables under `_dms2delta/`)",
+                ));
+            }
             if !namespaces.insert(ns.clone()) {
                 return Err(cfg_err(
                     format!("{p}.namespace"),
@@ -851,6 +857,22 @@ impl Validated {
             delete_mode: entry.map(|t| t.delete_mode).unwrap_or_default(),
             partition_by: entry.map(|t| t.partition_by.clone()).unwrap_or_default(),
         }))
+    }
+
+    /// The table that lands at `namespace/schema/table` in the lake (after renames), among
+    /// the tables that have settings (only those can have staged change sets).
+    pub fn table_by_target(&self, namespace: &str, schema: &str, table: &str) -> Option<TableSpec> {
+        let source = self.source_by_namespace(namespace)?;
+        let s = &self.config.sources[source];
+        let configured = s.tables.iter().map(|t| (t.schema.as_str(), t.table.as_str()));
+        let defined = s
+            .table_definitions
+            .iter()
+            .flat_map(|d| d.tables.iter().map(|t| (t.table_owner.as_str(), t.table_name.as_str())));
+        configured
+            .chain(defined)
+            .filter_map(|(sc, tb)| self.table(source, sc, tb).ok().flatten())
+            .find(|spec| spec.target_schema == schema && spec.target_table == table)
     }
 
     /// The source whose namespace is `namespace`.

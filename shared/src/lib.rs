@@ -10,6 +10,9 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod events;
+pub mod failpoint;
+#[cfg(feature = "delta")]
+pub mod lake;
 pub mod metrics;
 pub mod operations;
 pub mod quarantine;
@@ -17,5 +20,6 @@ pub mod route;
 pub mod stage;
 pub mod storage;
 pub mod types;
+pub mod unify;
 
 pub use error::{BadInputKind, Error, Result, Stage};

@@ -123,11 +123,23 @@ pub fn object_path(key: &str) -> std::result::Result<Path, String> {
     Path::parse(key).map_err(|e| format!("object key `{key}`: {e}"))
 }
 
+/// Wraps the store the Delta engine uses (fault injection in tests).
+pub type StoreWrapper = Arc<dyn Fn(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> + Send + Sync>;
+
 /// Builds and caches one store per bucket or folder.
-#[derive(Debug)]
 pub struct Stores {
     config: StorageConfig,
     cache: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    delta_wrapper: Option<StoreWrapper>,
+}
+
+impl fmt::Debug for Stores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stores")
+            .field("config", &self.config)
+            .field("delta_wrapper", &self.delta_wrapper.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stores {
@@ -135,7 +147,18 @@ impl Stores {
         Stores {
             config,
             cache: Mutex::new(HashMap::new()),
+            delta_wrapper: None,
         }
+    }
+
+    /// Puts `wrap` between the Delta engine and local folders (tests inject faults with it).
+    pub fn with_delta_wrapper(mut self, wrap: StoreWrapper) -> Stores {
+        self.delta_wrapper = Some(wrap);
+        self
+    }
+
+    pub fn delta_wrapper(&self) -> Option<&StoreWrapper> {
+        self.delta_wrapper.as_ref()
     }
 
     pub fn config(&self) -> &StorageConfig {

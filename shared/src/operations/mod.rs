@@ -2,3 +2,5 @@
 //! metrics, in the manner of delta-rs's operations.
 
 pub mod decode;
+#[cfg(feature = "delta")]
+pub mod commit;

@@ -1,0 +1,81 @@
+//! Opening Delta tables where the configuration says the lake is, and telling the Delta engine's
+//! errors apart: conflicts are retried, everything else is reported.
+
+use std::sync::{Arc, Once};
+
+use deltalake::errors::DeltaTableError;
+use deltalake::kernel::transaction::TransactionError;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use object_store::local::LocalFileSystem;
+use url::Url;
+
+use crate::error::{Error, Result, Stage};
+use crate::storage::{Location, Stores};
+
+static REGISTER: Once = Once::new();
+
+/// The URL of a location for the Delta engine (mapped buckets become folders).
+pub fn table_url(stores: &Stores, loc: &Location) -> Result<Url> {
+    let physical = stores.physical(loc);
+    let text = match &physical {
+        Location::Local { dir } => {
+            std::fs::create_dir_all(dir).map_err(Error::io("create table folder"))?;
+            let abs = std::fs::canonicalize(dir).map_err(Error::io("resolve table folder"))?;
+            return Url::from_directory_path(&abs).map_err(|_| Error::Config {
+                path: "lake".into(),
+                reason: format!("{} is not a usable folder", abs.display()),
+            });
+        }
+        other => other.url(),
+    };
+    let text = if text.ends_with('/') { text } else { format!("{text}/") };
+    Url::parse(&text).map_err(|e| Error::Config {
+        path: "lake".into(),
+        reason: format!("`{text}`: {e}"),
+    })
+}
+
+/// A table handle, loaded at its latest version when it exists. `Ok(None)` when there is no
+/// table yet (its log is empty).
+pub async fn open(stores: &Stores, loc: &Location) -> Result<(DeltaTable, bool)> {
+    REGISTER.call_once(|| deltalake::aws::register_handlers(None));
+    let url = table_url(stores, loc)?;
+    let mut builder = DeltaTableBuilder::from_url(url.clone()).map_err(|e| delta_err(Stage::Commit, &url, e))?;
+    if let Some(wrap) = stores.delta_wrapper() {
+        // Tests put a fault injector between the engine and storage; only local folders need it.
+        let root: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new());
+        builder = builder.with_storage_backend(wrap(root), url.clone());
+    } else {
+        builder = builder.with_storage_options(stores.delta_options());
+    }
+    let mut table = builder.build().map_err(|e| delta_err(Stage::Commit, &url, e))?;
+    match table.load().await {
+        Ok(()) => Ok((table, true)),
+        Err(DeltaTableError::NotATable(_)) => Ok((table, false)),
+        Err(e) => Err(delta_err(Stage::Commit, &url, e)),
+    }
+}
+
+/// Whether an engine error means another writer got there first (re-read and retry).
+pub fn is_conflict(e: &DeltaTableError) -> bool {
+    match e {
+        DeltaTableError::VersionAlreadyExists(_) => true,
+        DeltaTableError::Transaction { source } => matches!(
+            source,
+            TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_)
+        ),
+        DeltaTableError::Generic(msg) => msg.contains("already exists"),
+        _ => false,
+    }
+}
+
+/// Maps an engine error, keeping whether a retry may help.
+pub fn delta_err(stage: Stage, context: impl std::fmt::Display, e: DeltaTableError) -> Error {
+    let retryable = matches!(e, DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. }) || is_conflict(&e);
+    Error::Internal {
+        stage,
+        context: context.to_string(),
+        reason: e.to_string(),
+        retryable,
+    }
+}

@@ -1,0 +1,789 @@
+//! Commit stage: a table's pending change sets -> one Delta commit.
+//!
+//! Group commit: the invocation gathers every pending change set of the table (up to a bound),
+//! deduplicates across them by sequence and applies them with one MERGE whose clauses carry the
+//! sequence guard, so re-applying a change set, or applying an older one late, changes nothing.
+//! Hard deletes leave a tombstone (key + sequence) in a side table that is consulted before every
+//! MERGE, so a late older change cannot bring a deleted row back.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::datafusion::common::{Column, ScalarValue};
+use deltalake::datafusion::functions::string::expr_fn::contains;
+use deltalake::datafusion::prelude::{lit, when, Expr, SessionContext};
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::transaction::{CommitBuilder as DeltaCommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::operations::merge::MergeMetrics;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use serde_json::{json, Value};
+
+use crate::changes::{COMMIT_TS, NOSUP, OP, SEQ};
+use crate::config::{DeleteMode, TableSpec, Validated};
+use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
+use crate::failpoint::{self, Failpoints};
+use crate::lake::{self, delta_err, is_conflict};
+use crate::quarantine::{write_report, QuarantineReport};
+use crate::stage::{read_change_set, table_dir, ChangeSetMeta};
+use crate::storage::{Location, Stores};
+use crate::types::UTC;
+use crate::unify::unify;
+
+/// Soft-delete flag column.
+pub const DELETED: &str = "_dms_deleted";
+/// When a soft-deleted row (or a tombstone) was deleted.
+pub const DELETED_AT: &str = "_dms_deleted_at";
+/// The key of dms2delta's entry in each commit's `commitInfo`.
+pub const COMMIT_INFO_KEY: &str = "dms2delta";
+const APP_ID: &str = "dms2delta";
+
+/// Applies a table's pending change sets. Build, set the table, `.await`.
+#[derive(Debug)]
+pub struct CommitChangesBuilder<'a> {
+    config: Arc<Validated>,
+    stores: &'a Stores,
+    namespace: String,
+    schema: String,
+    table: String,
+    max_change_sets: Option<usize>,
+    failpoints: Failpoints,
+}
+
+/// What one commit did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommitMetrics {
+    /// `namespace.schema.table`.
+    pub table: String,
+    /// The table version holding the changes; `None` when nothing was pending.
+    pub version: Option<u64>,
+    /// Change sets applied (and then removed from staging).
+    pub change_sets: usize,
+    /// The DMS files those change sets came from.
+    pub source_files: Vec<String>,
+    /// Changes after deduplication across change sets.
+    pub rows_source: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    pub rows_deleted: u64,
+    /// Changes refused because the table (or a tombstone) already had a newer sequence.
+    pub rows_stale: u64,
+    pub tombstones_written: u64,
+    pub files_added: u64,
+    pub files_removed: u64,
+    /// Attempts made (1 when there was no conflict).
+    pub attempts: u32,
+    /// Conflicts with concurrent writers that were retried.
+    pub conflicts: u32,
+    /// Change sets set aside with a report.
+    pub quarantined: Vec<String>,
+    /// Whether this commit created the table.
+    pub created_table: bool,
+    /// Now minus the newest source commit time applied.
+    pub lag_seconds: Option<f64>,
+    pub duration_ms: u64,
+}
+
+struct Pending {
+    path: Path,
+    meta: ChangeSetMeta,
+    batches: Vec<RecordBatch>,
+}
+
+enum Attempt {
+    Done(AttemptResult),
+    Conflict(String),
+    Reject(Vec<(usize, String)>),
+}
+
+#[derive(Default)]
+struct AttemptResult {
+    version: Option<u64>,
+    merge: Option<MergeMetrics>,
+    rows_source: u64,
+    tombstone_stale: u64,
+    tombstones_written: u64,
+    created_table: bool,
+    newest_commit_ts: Option<i64>,
+}
+
+impl<'a> CommitChangesBuilder<'a> {
+    pub fn new(config: Arc<Validated>, stores: &'a Stores) -> Self {
+        CommitChangesBuilder {
+            config,
+            stores,
+            namespace: String::new(),
+            schema: String::new(),
+            table: String::new(),
+            max_change_sets: None,
+            failpoints: Failpoints::default(),
+        }
+    }
+
+    /// The lake table (namespace, schema and table after renames).
+    pub fn with_table(mut self, namespace: impl Into<String>, schema: impl Into<String>, table: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self.schema = schema.into();
+        self.table = table.into();
+        self
+    }
+
+    /// Overrides `commit.max_change_sets`.
+    pub fn with_max_change_sets(mut self, n: usize) -> Self {
+        self.max_change_sets = Some(n.max(1));
+        self
+    }
+
+    /// Crash points for tests.
+    pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
+        self.failpoints = failpoints;
+        self
+    }
+
+    async fn run(self) -> Result<CommitMetrics> {
+        let started = Instant::now();
+        let spec = self
+            .config
+            .table_by_target(&self.namespace, &self.schema, &self.table)
+            .ok_or_else(|| Error::Config {
+                path: "sources".into(),
+                reason: format!(
+                    "change sets are staged for {}.{}.{} but no configured table lands there (was the configuration changed?)",
+                    self.namespace, self.schema, self.table
+                ),
+            })?;
+        let name = spec.qualified_name();
+        let mut metrics = CommitMetrics {
+            table: name.clone(),
+            ..Default::default()
+        };
+        let (stage_store, stage_root) = self.stores.resolve(&self.config.staging)?;
+        let dir = table_dir(&stage_root, &spec);
+        let mut listed: Vec<ObjectMeta> = stage_store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(Error::storage("list staged change sets", &dir))?;
+        listed.retain(|m| m.location.as_ref().ends_with(".parquet"));
+        listed.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
+        listed.truncate(self.max_change_sets.unwrap_or(self.config.config.commit.max_change_sets));
+
+        let mut pending = Vec::new();
+        for m in listed {
+            match read_change_set(stage_store.clone(), &m.location).await {
+                Ok((meta, batches)) => pending.push(Pending {
+                    path: m.location,
+                    meta,
+                    batches,
+                }),
+                // Another invocation applied it and cleaned up after its commit.
+                Err(Error::Gone { .. }) => continue,
+                Err(e) if !e.is_retryable() => {
+                    let reason = e.to_string();
+                    let meta = ChangeSetMeta {
+                        source_file: String::new(),
+                        etag: None,
+                        table: name.clone(),
+                        rows_in: 0,
+                    };
+                    let q = self
+                        .quarantine(&stage_store, &m.location, &meta, BadInputKind::CorruptFile, &reason)
+                        .await?;
+                    metrics.quarantined.push(q);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if pending.is_empty() {
+            metrics.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok(metrics);
+        }
+
+        let table_loc = self.config.lake.join(&spec.lake_path());
+        let tomb_loc = self.config.lake.join(&format!("_dms2delta/tombstones/{}", spec.lake_path()));
+        let c = &self.config.config.commit;
+        let result = loop {
+            metrics.attempts += 1;
+            match self.attempt(&spec, &pending, &table_loc, &tomb_loc).await? {
+                Attempt::Done(r) => break r,
+                Attempt::Reject(rejected) => {
+                    // Set the incompatible change sets aside and go on with the rest.
+                    let mut keep = Vec::new();
+                    for (i, p) in pending.into_iter().enumerate() {
+                        match rejected.iter().find(|(r, _)| *r == i) {
+                            Some((_, reason)) => {
+                                let q = self
+                                    .quarantine(&stage_store, &p.path, &p.meta, BadInputKind::IncompatibleSchema, reason)
+                                    .await?;
+                                metrics.quarantined.push(q);
+                            }
+                            None => keep.push(p),
+                        }
+                    }
+                    pending = keep;
+                    metrics.attempts -= 1;
+                    if pending.is_empty() {
+                        metrics.duration_ms = started.elapsed().as_millis() as u64;
+                        return Ok(metrics);
+                    }
+                }
+                Attempt::Conflict(reason) => {
+                    metrics.conflicts += 1;
+                    if metrics.attempts >= c.max_attempts {
+                        return Err(Error::Conflict {
+                            table: name,
+                            attempts: metrics.attempts,
+                            reason,
+                        });
+                    }
+                    let delay = backoff(metrics.attempts, c.backoff_base_ms, c.backoff_max_ms);
+                    tracing::info!(stage = "commit", table = %name, attempt = metrics.attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "commit conflict; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+
+        self.failpoints.check(failpoint::COMMIT_BEFORE_CLEANUP)?;
+        for p in &pending {
+            match stage_store.delete(&p.path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::storage("delete applied change set", &p.path)(e)),
+            }
+        }
+        metrics.version = result.version;
+        metrics.change_sets = pending.len();
+        metrics.source_files = pending.iter().map(|p| p.meta.source_file.clone()).collect();
+        metrics.rows_source = result.rows_source;
+        metrics.tombstones_written = result.tombstones_written;
+        metrics.created_table = result.created_table;
+        if let Some(m) = &result.merge {
+            metrics.rows_inserted = m.num_target_rows_inserted as u64;
+            metrics.rows_updated = m.num_target_rows_updated as u64;
+            metrics.rows_deleted = m.num_target_rows_deleted as u64;
+            metrics.files_added = m.num_target_files_added as u64;
+            metrics.files_removed = m.num_target_files_removed as u64;
+        }
+        let changed = metrics.rows_inserted + metrics.rows_updated + metrics.rows_deleted;
+        metrics.rows_stale = result.rows_source.saturating_sub(changed);
+        if spec.delete_mode == DeleteMode::Hard {
+            // Deletes of keys the table never held still record a tombstone: not stale.
+            metrics.rows_stale = metrics.rows_stale.saturating_sub(result.tombstones_written.min(metrics.rows_stale));
+        }
+        let _ = result.tombstone_stale;
+        metrics.lag_seconds = result
+            .newest_commit_ts
+            .map(|ts| (chrono::Utc::now().timestamp_micros() - ts) as f64 / 1e6);
+        metrics.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(metrics)
+    }
+
+    async fn quarantine(&self, store: &Arc<dyn ObjectStore>, path: &Path, meta: &ChangeSetMeta, kind: BadInputKind, reason: &str) -> Result<String> {
+        let file = if meta.source_file.is_empty() {
+            path.to_string()
+        } else {
+            meta.source_file.clone()
+        };
+        let err = InputProblem::new(kind, format!("change set {path}: {reason}")).into_error(Stage::Commit, &file, Some(&meta.table));
+        let (bucket, key) = file
+            .strip_prefix("s3://")
+            .and_then(|r| r.split_once('/'))
+            .map(|(b, k)| (b.to_string(), k.to_string()))
+            .unwrap_or_else(|| ("staging".to_string(), path.to_string()));
+        let Some(report) = QuarantineReport::from_error(&err, &bucket, &key, meta.etag.as_deref()) else {
+            return Err(err);
+        };
+        let (qstore, qroot) = self.stores.resolve(&self.config.quarantine)?;
+        let at = write_report(qstore.as_ref(), &qroot, &report).await?;
+        tracing::warn!(stage = "commit", table = %meta.table, file = %file, reason = %reason, report = %at, "change set quarantined");
+        // The change set is our own intermediate: once reported, the source file can be
+        // reprocessed; leaving it would block nothing but would be retried forever.
+        match store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::storage("delete quarantined change set", path)(e)),
+        }
+        Ok(at.to_string())
+    }
+
+    async fn attempt(&self, spec: &TableSpec, pending: &[Pending], table_loc: &Location, tomb_loc: &Location) -> Result<Attempt> {
+        let ctx_name = spec.qualified_name();
+        let derr = |e| delta_err(Stage::Commit, &ctx_name, e);
+        // Read the table first and the tombstones second: a delete records its tombstone before
+        // its table commit, so whatever this snapshot lacks is either visible in the tombstones
+        // or makes our commit conflict.
+        let (mut table, exists) = lake::open(self.stores, table_loc).await?;
+        let table_fields: Option<Vec<Field>> = if exists {
+            let schema = table.snapshot().map_err(derr)?.snapshot().arrow_schema();
+            Some(
+                schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !f.name().starts_with("_dms_"))
+                    .map(|f| f.as_ref().clone())
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let sets: Vec<Vec<RecordBatch>> = pending.iter().map(|p| p.batches.clone()).collect();
+        let unified = unify(table_fields.as_deref(), &sets, &spec.keys)
+            .map_err(|p| p.into_error(Stage::Commit, &ctx_name, Some(&ctx_name)))?;
+        if !unified.rejected.is_empty() {
+            return Ok(Attempt::Reject(unified.rejected));
+        }
+        let Some(source) = unified.batch else {
+            return Ok(Attempt::Done(AttemptResult::default()));
+        };
+        let mut result = AttemptResult {
+            rows_source: source.num_rows() as u64,
+            newest_commit_ts: newest_commit_ts(&source),
+            ..Default::default()
+        };
+
+        if exists && !unified.widen.is_empty() {
+            match widen_table(table, &unified.widen).await {
+                Ok(t) => table = t,
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) => return Err(derr(e)),
+            }
+        }
+        if !exists {
+            match create_table(&table, spec, &source).await {
+                Ok(t) => {
+                    table = t;
+                    result.created_table = true;
+                }
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) => return Err(derr(e)),
+            }
+        }
+
+        let mut source = source;
+        if spec.delete_mode == DeleteMode::Hard {
+            let (tomb, tomb_exists) = lake::open(self.stores, tomb_loc).await?;
+            if tomb_exists {
+                let before = source.num_rows();
+                source = drop_tombstoned(&tomb, source, &spec.keys).await.map_err(derr)?;
+                result.tombstone_stale = (before - source.num_rows()) as u64;
+            }
+            let deletes = delete_rows(&source)?;
+            if deletes.num_rows() > 0 {
+                match record_tombstones(tomb, tomb_exists, &deletes, &spec.keys).await {
+                    Ok(()) => result.tombstones_written = deletes.num_rows() as u64,
+                    Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                    Err(e) => return Err(derr(e)),
+                }
+            }
+        }
+        self.failpoints.check(failpoint::COMMIT_AFTER_TOMBSTONES)?;
+
+        let before = table.version();
+        let info = commit_info(pending, source.num_rows());
+        let applied = if source.num_rows() == 0 {
+            Ok((table, None))
+        } else {
+            merge(table, spec, source, &unified.new_columns, info.clone()).await
+        };
+        let (table, merge_metrics) = match applied {
+            Ok(v) => v,
+            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+            Err(e) => return Err(derr(e)),
+        };
+        result.merge = merge_metrics;
+        result.version = table.version();
+        if table.version() == before {
+            // Nothing changed (every change was stale). Record the change sets anyway, so each
+            // applied file can be traced to a version.
+            match trace_only_commit(&table, info).await {
+                Ok(v) => result.version = Some(v),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) => return Err(derr(e)),
+            }
+        }
+        Ok(Attempt::Done(result))
+    }
+}
+
+impl<'a> IntoFuture for CommitChangesBuilder<'a> {
+    type Output = Result<CommitMetrics>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// Full-jitter exponential backoff.
+fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
+    let cap = base_ms.saturating_mul(1u64 << attempt.min(20)).min(max_ms);
+    Duration::from_millis(fastrand::u64(0..=cap))
+}
+
+fn newest_commit_ts(b: &RecordBatch) -> Option<i64> {
+    let i = b.schema().index_of(COMMIT_TS).ok()?;
+    let a = b.column(i).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    arrow::compute::max(a)
+}
+
+fn commit_info(pending: &[Pending], rows: usize) -> HashMap<String, Value> {
+    let mut m = HashMap::new();
+    m.insert(
+        COMMIT_INFO_KEY.to_string(),
+        json!({
+            "change_sets": pending.iter().map(|p| p.path.to_string()).collect::<Vec<_>>(),
+            "source_files": pending.iter().map(|p| p.meta.source_file.clone()).collect::<Vec<_>>(),
+            "changes": rows,
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    m
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
+}
+
+/// The table's columns: the data columns, then the sequence and commit time (and the
+/// soft-delete flag and time).
+fn table_schema(spec: &TableSpec, source: &RecordBatch) -> Schema {
+    let mut fields: Vec<Field> = source
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| !f.name().starts_with("_dms_"))
+        .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+        .collect();
+    fields.push(Field::new(SEQ, DataType::Utf8, true));
+    fields.push(Field::new(COMMIT_TS, ts_type(), true));
+    if spec.delete_mode == DeleteMode::Soft {
+        fields.push(Field::new(DELETED, DataType::Boolean, true));
+        fields.push(Field::new(DELETED_AT, ts_type(), true));
+    }
+    Schema::new(fields)
+}
+
+async fn create_table(handle: &DeltaTable, spec: &TableSpec, source: &RecordBatch) -> deltalake::DeltaResult<DeltaTable> {
+    let schema = table_schema(spec, source);
+    let st = StructType::try_from_arrow(&schema)?;
+    let mut b = handle
+        .create()
+        .with_columns(st.fields().cloned())
+        .with_save_mode(SaveMode::ErrorIfExists)
+        .with_table_name(&spec.target_table)
+        .with_comment(format!("Replicated by dms2delta from {} {}.{}", spec.source, spec.schema, spec.table));
+    if !spec.partition_by.is_empty() {
+        b = b.with_partition_columns(spec.partition_by.clone());
+    }
+    b.await
+}
+
+fn s(name: &str) -> Expr {
+    Expr::Column(Column::new(Some("source"), name))
+}
+
+fn t(name: &str) -> Expr {
+    Expr::Column(Column::new(Some("target"), name))
+}
+
+fn target_col(name: &str) -> Column {
+    Column::new_unqualified(name)
+}
+
+async fn merge(
+    table: DeltaTable,
+    spec: &TableSpec,
+    source: RecordBatch,
+    new_columns: &[String],
+    info: HashMap<String, Value>,
+) -> deltalake::DeltaResult<(DeltaTable, Option<MergeMetrics>)> {
+    let data_cols: Vec<String> = source
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| !n.starts_with("_dms_"))
+        .collect();
+    let nosup_idx = source.schema().index_of(NOSUP).ok();
+    let any_nosup = nosup_idx.is_some_and(|i| source.column(i).null_count() < source.num_rows());
+    let ctx = SessionContext::new();
+    let df = ctx.read_batch(source)?;
+    let on = spec
+        .keys
+        .iter()
+        .map(|k| t(k).eq(s(k)))
+        .reduce(Expr::and)
+        .ok_or_else(|| deltalake::DeltaTableError::Generic("a table without keys".into()))?;
+    let newer = s(SEQ).gt(t(SEQ));
+    let is_delete = s(OP).eq(lit("D"));
+    // A column the source did not log keeps the table's value.
+    let value = |c: &str| -> Expr {
+        if any_nosup && !new_columns.iter().any(|n| n == c) {
+            when(contains(s(NOSUP), lit(format!("|{c}|"))), t(c))
+                .otherwise(s(c))
+                .unwrap_or_else(|_| s(c))
+        } else {
+            s(c)
+        }
+    };
+    let null_ts = lit(ScalarValue::TimestampMicrosecond(None, Some(UTC.into())));
+    let props = CommitProperties::default().with_metadata(info);
+    let mut m = table
+        .merge(df, on)
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_merge_schema(true)
+        .with_commit_properties(props);
+    match spec.delete_mode {
+        DeleteMode::Hard => {
+            m = m.when_matched_delete(|d| d.predicate(newer.clone().and(is_delete.clone())))?;
+            m = m.when_matched_update(|u| {
+                let mut u = u.predicate(newer.clone());
+                for c in &data_cols {
+                    u = u.update(target_col(c), value(c));
+                }
+                u.update(target_col(SEQ), s(SEQ)).update(target_col(COMMIT_TS), s(COMMIT_TS))
+            })?;
+            m = m.when_not_matched_insert(|i| {
+                let mut i = i.predicate(s(OP).not_eq(lit("D")));
+                for c in &data_cols {
+                    i = i.set(target_col(c), s(c));
+                }
+                i.set(target_col(SEQ), s(SEQ)).set(target_col(COMMIT_TS), s(COMMIT_TS))
+            })?;
+        }
+        DeleteMode::Soft => {
+            let deleted_at = Expr::ScalarFunction(deltalake::datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                deltalake::datafusion::functions::core::coalesce(),
+                vec![s(COMMIT_TS), lit(ScalarValue::TimestampMicrosecond(Some(chrono::Utc::now().timestamp_micros()), Some(UTC.into())))],
+            ));
+            m = m.when_matched_update(|u| {
+                u.predicate(newer.clone().and(is_delete.clone()))
+                    .update(target_col(DELETED), lit(true))
+                    .update(target_col(DELETED_AT), deleted_at.clone())
+                    .update(target_col(SEQ), s(SEQ))
+                    .update(target_col(COMMIT_TS), s(COMMIT_TS))
+            })?;
+            m = m.when_matched_update(|u| {
+                let mut u = u.predicate(newer.clone());
+                for c in &data_cols {
+                    u = u.update(target_col(c), value(c));
+                }
+                u.update(target_col(SEQ), s(SEQ))
+                    .update(target_col(COMMIT_TS), s(COMMIT_TS))
+                    .update(target_col(DELETED), lit(false))
+                    .update(target_col(DELETED_AT), null_ts.clone())
+            })?;
+            m = m.when_not_matched_insert(|i| {
+                let mut i = i.predicate(s(OP).not_eq(lit("D")));
+                for c in &data_cols {
+                    i = i.set(target_col(c), s(c));
+                }
+                i.set(target_col(SEQ), s(SEQ))
+                    .set(target_col(COMMIT_TS), s(COMMIT_TS))
+                    .set(target_col(DELETED), lit(false))
+                    .set(target_col(DELETED_AT), null_ts.clone())
+            })?;
+            // A delete for a key never seen leaves a deleted marker row: it is also the
+            // tombstone that keeps a late insert from bringing the key back.
+            m = m.when_not_matched_insert(|i| {
+                let mut i = i.predicate(is_delete.clone());
+                for k in &spec.keys {
+                    i = i.set(target_col(k), s(k));
+                }
+                i.set(target_col(SEQ), s(SEQ))
+                    .set(target_col(COMMIT_TS), s(COMMIT_TS))
+                    .set(target_col(DELETED), lit(true))
+                    .set(target_col(DELETED_AT), deleted_at.clone())
+            })?;
+        }
+    }
+    let (table, metrics) = m.await?;
+    Ok((table, Some(metrics)))
+}
+
+/// A commit that changes no data but records which change sets were applied.
+async fn trace_only_commit(table: &DeltaTable, info: HashMap<String, Value>) -> deltalake::DeltaResult<u64> {
+    let snapshot = table.snapshot()?;
+    let current = snapshot
+        .transaction_version(table.log_store().as_ref(), APP_ID)
+        .await?
+        .unwrap_or(0);
+    let actions = vec![Action::Txn(Transaction::new(APP_ID, current + 1))];
+    let op = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    let done = DeltaCommitBuilder::default()
+        .with_actions(actions)
+        .with_app_metadata(info)
+        .build(Some(snapshot), table.log_store(), op)
+        .await?;
+    Ok(done.version())
+}
+
+/// Source rows whose key has a tombstone with a higher sequence are dropped. An equal sequence
+/// is the same delete delivered again: it is kept, so a crash between recording the tombstone
+/// and the table commit still deletes the row on retry.
+async fn drop_tombstoned(tomb: &DeltaTable, source: RecordBatch, keys: &[String]) -> deltalake::DeltaResult<RecordBatch> {
+    let ctx = SessionContext::new();
+    tomb.update_datafusion_session(&ctx.state())?;
+    ctx.register_table("t", tomb.table_provider().await?)?;
+    let schema = source.schema();
+    ctx.register_batch("s", source)?;
+    let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    let on = keys
+        .iter()
+        .map(|k| format!("s.{} = t.{}", q(k), q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| format!("s.{}", q(f.name())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {cols} FROM s LEFT JOIN t ON {on} WHERE t.{seq} IS NULL OR s.{seq} >= t.{seq}",
+        seq = q(SEQ)
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    Ok(concat_batches(&schema, &batches)?)
+}
+
+/// The delete rows of a change set, as tombstones: keys, sequence, commit time, deletion time.
+fn delete_rows(source: &RecordBatch) -> Result<RecordBatch> {
+    let op = source
+        .column(source.schema().index_of(OP).map_err(|e| internal(e.to_string()))?)
+        .as_string::<i32>();
+    let mask: arrow::array::BooleanArray = op.iter().map(|o| Some(o == Some("D"))).collect();
+    filter_record_batch(source, &mask).map_err(|e| internal(e.to_string()))
+}
+
+fn internal(reason: String) -> Error {
+    Error::Internal {
+        stage: Stage::Commit,
+        context: "change set".into(),
+        reason,
+        retryable: false,
+    }
+}
+
+async fn record_tombstones(tomb: DeltaTable, exists: bool, deletes: &RecordBatch, keys: &[String]) -> deltalake::DeltaResult<()> {
+    let schema = deletes.schema();
+    let mut fields: Vec<Field> = Vec::new();
+    let mut cols = Vec::new();
+    for k in keys.iter().map(String::as_str).chain([SEQ, COMMIT_TS]) {
+        let i = schema.index_of(k)?;
+        fields.push(Field::new(k, schema.field(i).data_type().clone(), true));
+        cols.push(deletes.column(i).clone());
+    }
+    fields.push(Field::new(DELETED_AT, ts_type(), true));
+    let now = chrono::Utc::now().timestamp_micros();
+    cols.push(Arc::new(
+        arrow::array::TimestampMicrosecondArray::from(vec![now; deletes.num_rows()]).with_timezone(UTC),
+    ));
+    let tomb_schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(tomb_schema.clone(), cols)?;
+    let tomb = if exists {
+        tomb
+    } else {
+        let st = StructType::try_from_arrow(tomb_schema.as_ref())?;
+        tomb.create()
+            .with_columns(st.fields().cloned())
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .with_comment("dms2delta tombstones: keys deleted at the source, kept for the tombstone retention")
+            .await?
+    };
+    let ctx = SessionContext::new();
+    let df = ctx.read_batch(batch)?;
+    let on = keys
+        .iter()
+        .map(|k| t(k).eq(s(k)))
+        .reduce(Expr::and)
+        .ok_or_else(|| deltalake::DeltaTableError::Generic("a table without keys".into()))?;
+    let all: Vec<String> = tomb_schema.fields().iter().map(|f| f.name().clone()).collect();
+    tomb.merge(df, on)
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .when_matched_update(|u| {
+            u.predicate(s(SEQ).gt(t(SEQ)))
+                .update(target_col(SEQ), s(SEQ))
+                .update(target_col(COMMIT_TS), s(COMMIT_TS))
+                .update(target_col(DELETED_AT), s(DELETED_AT))
+        })?
+        .when_not_matched_insert(|i| all.iter().fold(i, |i, c| i.set(target_col(c), s(c))))?
+        .await?;
+    Ok(())
+}
+
+/// Rewrites the table with wider column types, in one commit.
+async fn widen_table(table: DeltaTable, widen: &[(String, DataType, DataType)]) -> deltalake::DeltaResult<DeltaTable> {
+    use deltalake::operations::write::SchemaMode;
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let schema = table.snapshot()?.snapshot().arrow_schema();
+    ctx.register_table("t", table.table_provider().await?)?;
+    let batches = ctx.table("t").await?.collect().await?;
+    let mut fields: Vec<Field> = Vec::new();
+    for f in schema.fields() {
+        let dt = widen
+            .iter()
+            .find(|w| &w.0 == f.name())
+            .map(|w| w.2.clone())
+            .unwrap_or_else(|| f.data_type().clone());
+        fields.push(Field::new(f.name(), dt, true));
+    }
+    let target = Arc::new(Schema::new(fields));
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let mut cols = Vec::new();
+        for f in target.fields() {
+            let c = b.column(b.schema().index_of(f.name())?);
+            cols.push(arrow::compute::kernels::cast::cast(c, f.data_type())?);
+        }
+        out.push(RecordBatch::try_new(target.clone(), cols)?);
+    }
+    if out.is_empty() {
+        out.push(RecordBatch::new_empty(target.clone()));
+    }
+    table
+        .write(out)
+        .with_save_mode(SaveMode::Overwrite)
+        .with_schema_mode(SchemaMode::Overwrite)
+        .await
+}
+
+/// Which source files each version applied, newest first (from the commits' `commitInfo`).
+pub async fn applied_files(stores: &Stores, loc: &Location, limit: Option<usize>) -> Result<Vec<(u64, Vec<String>)>> {
+    let (table, exists) = lake::open(stores, loc).await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let infos: Vec<_> = table
+        .history(limit)
+        .try_collect()
+        .await
+        .map_err(|e| delta_err(Stage::Commit, loc, e))?;
+    // History comes newest first, one commitInfo per version (delta-rs writes one in every
+    // commit), so the position tells the version.
+    let latest = table.version().unwrap_or(0);
+    Ok(infos
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, ci)| {
+            let files = ci.info.get(COMMIT_INFO_KEY)?.get("source_files")?.as_array()?;
+            let version = latest.checked_sub(i as u64)?;
+            Some((version, files.iter().filter_map(|f| f.as_str().map(str::to_string)).collect()))
+        })
+        .collect())
+}

@@ -1,0 +1,220 @@
+//! Several change sets of one table -> one deduplicated change set in the table's shape.
+//!
+//! Files written before and after a DDL change differ in columns and types. Columns a change set
+//! lacks are marked "not logged" (keep the table's value); narrower values are cast up; a column
+//! whose new type is wider than the table's asks for the table to be widened; anything else
+//! rejects that change set alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::compute::kernels::cast::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+
+use crate::changes::{is_meta, meta_fields, Deduper, NOSUP};
+use crate::error::{BadInputKind, InputProblem};
+use crate::types::{widening, Widening};
+
+/// The result of unifying change sets.
+#[derive(Debug)]
+pub struct Unified {
+    /// The deduplicated changes: data columns in table order (new ones last), then metadata.
+    pub batch: Option<RecordBatch>,
+    /// Change sets that cannot be applied, by index, with the reason.
+    pub rejected: Vec<(usize, String)>,
+    /// Table columns that must be widened first: (column, from, to).
+    pub widen: Vec<(String, DataType, DataType)>,
+    /// Columns the table does not have yet.
+    pub new_columns: Vec<String>,
+}
+
+/// `table`: the table's data columns (no metadata), or `None` for a table not created yet.
+pub fn unify(table: Option<&[Field]>, sets: &[Vec<RecordBatch>], keys: &[String]) -> Result<Unified, InputProblem> {
+    let mut order: Vec<String> = Vec::new();
+    let mut types: HashMap<String, DataType> = HashMap::new();
+    let mut in_table: HashMap<String, DataType> = HashMap::new();
+    for f in table.unwrap_or_default() {
+        order.push(f.name().clone());
+        types.insert(f.name().clone(), f.data_type().clone());
+        in_table.insert(f.name().clone(), f.data_type().clone());
+    }
+    let mut rejected = Vec::new();
+    let mut widen: Vec<(String, DataType, DataType)> = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
+        let Some(first) = set.first() else { continue };
+        let mut reason = None;
+        let mut local_widen = Vec::new();
+        let mut local_new = Vec::new();
+        for f in first.schema().fields() {
+            if is_meta(f.name()) {
+                continue;
+            }
+            match types.get(f.name()) {
+                Some(current) => match widening(current, f.data_type()) {
+                    Widening::Same | Widening::CastUp => {}
+                    Widening::Widen => local_widen.push((f.name().clone(), current.clone(), f.data_type().clone())),
+                    Widening::Incompatible => {
+                        reason = Some(format!(
+                            "column `{}` changed type from {current} to {}, which cannot be converted safely",
+                            f.name(),
+                            f.data_type()
+                        ));
+                        break;
+                    }
+                },
+                None => local_new.push((f.name().clone(), f.data_type().clone())),
+            }
+        }
+        if let Some(r) = reason {
+            rejected.push((i, r));
+            continue;
+        }
+        for (name, from, to) in local_widen {
+            types.insert(name.clone(), to.clone());
+            if let Some(w) = widen.iter_mut().find(|w| w.0 == name) {
+                w.2 = to;
+            } else if in_table.contains_key(&name) {
+                widen.push((name, from, to));
+            }
+        }
+        for (name, dt) in local_new {
+            order.push(name.clone());
+            types.insert(name, dt);
+        }
+    }
+
+    let mut fields: Vec<Field> = order.iter().map(|n| Field::new(n, types[n].clone(), true)).collect();
+    fields.extend(meta_fields());
+    let schema = Arc::new(Schema::new(fields));
+    let mut dedup: Option<Deduper> = None;
+    for (i, set) in sets.iter().enumerate() {
+        if rejected.iter().any(|(r, _)| *r == i) {
+            continue;
+        }
+        for b in set {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let aligned = align(b, &schema, &order)?;
+            let d = match &mut dedup {
+                Some(d) => d,
+                slot @ None => slot.insert(Deduper::new(schema.clone(), keys)?),
+            };
+            d.push(aligned)?;
+        }
+    }
+    let batch = match dedup {
+        Some(d) => d.finish()?,
+        None => None,
+    };
+    let new_columns = order.iter().filter(|n| !in_table.contains_key(*n)).cloned().collect();
+    Ok(Unified {
+        batch,
+        rejected,
+        widen,
+        new_columns,
+    })
+}
+
+/// One batch in the unified shape.
+fn align(b: &RecordBatch, schema: &Arc<Schema>, order: &[String]) -> Result<RecordBatch, InputProblem> {
+    let n = b.num_rows();
+    let bad = |e: String| InputProblem::new(BadInputKind::IncompatibleSchema, e);
+    let mut missing: Vec<&str> = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (name, field) in order.iter().zip(schema.fields()) {
+        match b.schema().index_of(name) {
+            Ok(i) => {
+                let c = b.column(i);
+                if c.data_type() == field.data_type() {
+                    cols.push(c.clone());
+                } else {
+                    cols.push(cast(c, field.data_type()).map_err(|e| bad(format!("column `{name}`: {e}")))?);
+                }
+            }
+            Err(_) => {
+                missing.push(name);
+                cols.push(new_null_array(field.data_type(), n));
+            }
+        }
+    }
+    for f in meta_fields() {
+        let i = b
+            .schema()
+            .index_of(f.name())
+            .map_err(|_| bad(format!("change set lacks `{}`", f.name())))?;
+        let c = b.column(i).clone();
+        if f.name() == NOSUP && !missing.is_empty() {
+            // Columns this change set never had are "not logged": the table keeps its values.
+            let extra: String = missing.iter().map(|m| format!("{m}|")).collect();
+            let old = c.as_string::<i32>();
+            let merged: StringArray = (0..n)
+                .map(|r| {
+                    Some(if old.is_null(r) {
+                        format!("|{extra}")
+                    } else {
+                        format!("{}{extra}", old.value(r))
+                    })
+                })
+                .collect();
+            cols.push(Arc::new(merged));
+        } else {
+            cols.push(c);
+        }
+    }
+    RecordBatch::try_new(schema.clone(), cols).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::tests::batch;
+    use arrow::array::Int64Array;
+
+    fn keys() -> Vec<String> {
+        vec!["id".to_string()]
+    }
+
+    #[test]
+    fn missing_columns_become_not_logged_and_new_ones_are_added() {
+        // Table has id, v, extra; the change set has id, v only.
+        let table = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("extra", DataType::Int32, true),
+        ];
+        let u = unify(Some(&table), &[vec![batch(&[(1, Some("a"), "U", "1F1", None)])]], &keys()).unwrap();
+        let b = u.batch.unwrap();
+        let nosup = b.column(b.schema().index_of(NOSUP).unwrap()).as_string::<i32>();
+        assert_eq!(nosup.value(0), "|extra|");
+        assert!(u.new_columns.is_empty());
+        // A table without `v`: the change set adds it.
+        let table = vec![Field::new("id", DataType::Int64, true)];
+        let u = unify(Some(&table), &[vec![batch(&[(1, Some("a"), "U", "1F1", None)])]], &keys()).unwrap();
+        assert_eq!(u.new_columns, vec!["v".to_string()]);
+    }
+
+    #[test]
+    fn narrower_values_are_cast_wider_types_widen_and_incompatible_sets_are_rejected() {
+        let table = vec![Field::new("id", DataType::Int64, true), Field::new("v", DataType::Int32, true)];
+        let mk = |dt: DataType, arr: ArrayRef| {
+            let base = batch(&[(7, None, "I", "1F1", None)]);
+            let mut fields: Vec<Field> = base.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[1] = Field::new("v", dt, true);
+            let mut cols = base.columns().to_vec();
+            cols[1] = arr;
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+        };
+        let wider = mk(DataType::Int64, Arc::new(Int64Array::from(vec![1i64 << 40])));
+        let text = mk(DataType::Utf8, Arc::new(StringArray::from(vec!["x"])));
+        let narrow = mk(DataType::Int16, Arc::new(arrow::array::Int16Array::from(vec![3i16])));
+        let u = unify(Some(&table), &[vec![narrow], vec![wider], vec![text]], &keys()).unwrap();
+        assert_eq!(u.rejected.len(), 1);
+        assert_eq!(u.rejected[0].0, 2);
+        assert!(u.rejected[0].1.contains("column `v`"));
+        assert_eq!(u.widen, vec![("v".to_string(), DataType::Int32, DataType::Int64)]);
+        let b = u.batch.unwrap();
+        assert_eq!(b.schema().field(1).data_type(), &DataType::Int64);
+    }
+}
