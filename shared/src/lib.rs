@@ -11,12 +11,16 @@ pub mod decode;
 pub mod error;
 pub mod events;
 pub mod failpoint;
+pub mod faults;
 #[cfg(feature = "delta")]
 pub mod lake;
 pub mod metrics;
 pub mod operations;
+#[cfg(feature = "delta")]
+pub mod pipeline;
 pub mod quarantine;
 pub mod route;
+pub mod sim;
 pub mod stage;
 pub mod storage;
 pub mod types;

@@ -71,6 +71,23 @@ pub fn parse_change_set_path(root: &Path, path: &Path) -> Option<(String, String
     }
 }
 
+/// Every table with staged change sets: `(namespace, schema, table)`.
+pub async fn pending_tables(store: &dyn ObjectStore, root: &Path) -> Result<Vec<(String, String, String)>> {
+    use futures::TryStreamExt;
+    let metas: Vec<_> = store
+        .list(Some(root))
+        .try_collect()
+        .await
+        .map_err(Error::storage("list staged change sets", root))?;
+    let mut out: Vec<(String, String, String)> = metas
+        .iter()
+        .filter_map(|m| parse_change_set_path(root, &m.location).map(|(n, s, t, _)| (n, s, t)))
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Writes one change set, streaming (multipart on S3). Returns the bytes written.
 pub async fn write_change_set(store: Arc<dyn ObjectStore>, path: &Path, batch: &RecordBatch, meta: &ChangeSetMeta) -> Result<u64> {
     let mut kv = vec![

@@ -202,6 +202,15 @@ impl TableDecoder {
                     )
                 })?;
                 let ts_extra = ts_name.as_ref().is_some_and(|t| !cols.iter().any(|c| &c.name == t));
+                // The `$AR_H_CHANGE_SEQ` add-column rule appends its column last unless the
+                // configured columns place it.
+                let mut cols = cols;
+                if let Some(sn) = seq_name.as_ref().filter(|sn| !cols.iter().any(|c| &c.name == *sn)) {
+                    cols.push(Column {
+                        name: sn.clone(),
+                        ty: ColumnType::Utf8,
+                    });
+                }
                 let base = cols.len() + usize::from(ts_extra);
                 // A CDC row one field short looks like a row without Op; the Op letter in a
                 // non-text first column gives it away.

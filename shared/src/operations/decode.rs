@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::Validated;
 use crate::decode::{decode_file, FileContext, TableChanges};
+use crate::failpoint::Failpoints;
 use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::quarantine::{write_report, QuarantineReport};
 use crate::route::{route, Route};
@@ -29,6 +30,7 @@ pub struct DecodeBuilder<'a> {
     etag: Option<String>,
     size: Option<u64>,
     spool_dir: Option<PathBuf>,
+    failpoints: Failpoints,
 }
 
 /// What happened to one object.
@@ -78,6 +80,7 @@ impl<'a> DecodeBuilder<'a> {
             etag: None,
             size: None,
             spool_dir: None,
+            failpoints: Failpoints::default(),
         }
     }
 
@@ -104,6 +107,12 @@ impl<'a> DecodeBuilder<'a> {
     /// is Lambda's `/tmp`).
     pub fn with_spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Crash points for tests.
+    pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
+        self.failpoints = failpoints;
         self
     }
 
@@ -243,6 +252,7 @@ impl<'a> DecodeBuilder<'a> {
             }
             metrics.tables.push(tm);
         }
+        self.failpoints.check(crate::failpoint::DECODE_AFTER_STAGE)?;
         metrics.duration_ms = started.elapsed().as_millis() as u64;
         Ok(DecodeOutcome::Staged(metrics))
     }

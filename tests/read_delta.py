@@ -1,0 +1,40 @@
+"""Independent reader for the tests: prints a Delta table's rows as canonical text.
+
+Usage: read_delta.py TABLE_PATH COL1,COL2,...
+One line per row, values tab-separated, in the canonical form of dms2delta::sim::Value:
+integers and booleans as text, decimals with their scale, timestamps as microseconds since
+the epoch, NULL as `null`; backslash, tab and newline escaped.
+"""
+import datetime
+import decimal
+import sys
+
+from deltalake import DeltaTable
+
+
+def canonical(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, datetime.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=datetime.timezone.utc)
+        delta = v - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+        return str((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
+    if isinstance(v, decimal.Decimal):
+        return format(v, "f")
+    return str(v)
+
+
+def main():
+    path, cols = sys.argv[1], sys.argv[2].split(",")
+    table = DeltaTable(path)
+    data = table.to_pyarrow_table(columns=cols).to_pylist()
+    for row in data:
+        text = [canonical(row[c]).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n") for c in cols]
+        print("\t".join(text))
+
+
+if __name__ == "__main__":
+    main()
