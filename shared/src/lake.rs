@@ -64,7 +64,8 @@ pub fn is_conflict(e: &DeltaTableError) -> bool {
             source,
             TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_)
         ),
-        DeltaTableError::Generic(msg) => msg.contains("already exists"),
+        // A concurrent creator won the race to version 0.
+        DeltaTableError::Generic(_) | DeltaTableError::GenericError { .. } => e.to_string().contains("already exists"),
         _ => false,
     }
 }

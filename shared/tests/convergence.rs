@@ -54,6 +54,14 @@ async fn run_case(seed: u64) -> Result<(), String> {
         keys: rng.u32(3..15),
         changes: rng.usize(5..40),
         max_file_changes: rng.usize(1..10),
+        // A random non-empty subset of the formats keeps each case short; the seeds cover all.
+        formats: {
+            let mut f: Vec<_> = dms2delta::sim::Format::ALL.iter().copied().filter(|_| rng.bool()).collect();
+            if f.is_empty() {
+                f.push(dms2delta::sim::Format::ALL[rng.usize(0..3)]);
+            }
+            f
+        },
         ..Default::default()
     };
     let fault_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)));

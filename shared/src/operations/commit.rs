@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use deltalake::datafusion::common::{Column, ScalarValue};
+use deltalake::datafusion::common::Column;
 use deltalake::datafusion::functions::string::expr_fn::contains;
 use deltalake::datafusion::prelude::{lit, when, Expr, SessionContext};
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
@@ -514,6 +514,13 @@ async fn merge(
         .collect();
     let nosup_idx = source.schema().index_of(NOSUP).ok();
     let any_nosup = nosup_idx.is_some_and(|i| source.column(i).null_count() < source.num_rows());
+    // MERGE with schema evolution wants every assigned column in the source, so the soft
+    // delete columns are computed here rather than as expressions.
+    let source = if spec.delete_mode == DeleteMode::Soft {
+        with_soft_delete_columns(source)?
+    } else {
+        source
+    };
     let ctx = SessionContext::new();
     let df = ctx.read_batch(source)?;
     let on = spec
@@ -534,13 +541,12 @@ async fn merge(
             s(c)
         }
     };
-    let null_ts = lit(ScalarValue::TimestampMicrosecond(None, Some(UTC.into())));
     let props = CommitProperties::default().with_metadata(info);
     let mut m = table
         .merge(df, on)
         .with_source_alias("source")
         .with_target_alias("target")
-        .with_merge_schema(true)
+        .with_merge_schema(!new_columns.is_empty())
         .with_commit_properties(props);
     match spec.delete_mode {
         DeleteMode::Hard => {
@@ -561,14 +567,10 @@ async fn merge(
             })?;
         }
         DeleteMode::Soft => {
-            let deleted_at = Expr::ScalarFunction(deltalake::datafusion::logical_expr::expr::ScalarFunction::new_udf(
-                deltalake::datafusion::functions::core::coalesce(),
-                vec![s(COMMIT_TS), lit(ScalarValue::TimestampMicrosecond(Some(chrono::Utc::now().timestamp_micros()), Some(UTC.into())))],
-            ));
             m = m.when_matched_update(|u| {
                 u.predicate(newer.clone().and(is_delete.clone()))
-                    .update(target_col(DELETED), lit(true))
-                    .update(target_col(DELETED_AT), deleted_at.clone())
+                    .update(target_col(DELETED), s(DELETED))
+                    .update(target_col(DELETED_AT), s(DELETED_AT))
                     .update(target_col(SEQ), s(SEQ))
                     .update(target_col(COMMIT_TS), s(COMMIT_TS))
             })?;
@@ -579,8 +581,8 @@ async fn merge(
                 }
                 u.update(target_col(SEQ), s(SEQ))
                     .update(target_col(COMMIT_TS), s(COMMIT_TS))
-                    .update(target_col(DELETED), lit(false))
-                    .update(target_col(DELETED_AT), null_ts.clone())
+                    .update(target_col(DELETED), s(DELETED))
+                    .update(target_col(DELETED_AT), s(DELETED_AT))
             })?;
             m = m.when_not_matched_insert(|i| {
                 let mut i = i.predicate(s(OP).not_eq(lit("D")));
@@ -589,8 +591,8 @@ async fn merge(
                 }
                 i.set(target_col(SEQ), s(SEQ))
                     .set(target_col(COMMIT_TS), s(COMMIT_TS))
-                    .set(target_col(DELETED), lit(false))
-                    .set(target_col(DELETED_AT), null_ts.clone())
+                    .set(target_col(DELETED), s(DELETED))
+                    .set(target_col(DELETED_AT), s(DELETED_AT))
             })?;
             // A delete for a key never seen leaves a deleted marker row: it is also the
             // tombstone that keeps a late insert from bringing the key back.
@@ -601,13 +603,35 @@ async fn merge(
                 }
                 i.set(target_col(SEQ), s(SEQ))
                     .set(target_col(COMMIT_TS), s(COMMIT_TS))
-                    .set(target_col(DELETED), lit(true))
-                    .set(target_col(DELETED_AT), deleted_at.clone())
+                    .set(target_col(DELETED), s(DELETED))
+                    .set(target_col(DELETED_AT), s(DELETED_AT))
             })?;
         }
     }
     let (table, metrics) = m.await?;
     Ok((table, Some(metrics)))
+}
+
+/// Adds `_dms_deleted` (the change is a delete) and `_dms_deleted_at` (its source commit time,
+/// or now when unknown) to a change set.
+fn with_soft_delete_columns(source: RecordBatch) -> deltalake::DeltaResult<RecordBatch> {
+    let schema = source.schema();
+    let op = source.column(schema.index_of(OP)?).as_string::<i32>();
+    let ts = source
+        .column(schema.index_of(COMMIT_TS)?)
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    let now = chrono::Utc::now().timestamp_micros();
+    let deleted: arrow::array::BooleanArray = op.iter().map(|o| Some(o == Some("D"))).collect();
+    let at: arrow::array::TimestampMicrosecondArray = (0..source.num_rows())
+        .map(|r| (op.value(r) == "D").then(|| if ts.is_null(r) { now } else { ts.value(r) }))
+        .collect();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(DELETED, DataType::Boolean, true));
+    fields.push(Field::new(DELETED_AT, ts_type(), true));
+    let mut cols = source.columns().to_vec();
+    cols.push(Arc::new(deleted));
+    cols.push(Arc::new(at.with_timezone(UTC)));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
 }
 
 /// A commit that changes no data but records which change sets were applied.

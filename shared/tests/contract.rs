@@ -1,0 +1,286 @@
+//! One test per promise of docs/replication-contract.md that the convergence test does not pin
+//! down on its own: each fails if its promise breaks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+
+use arrow::array::AsArray;
+use dms2delta::failpoint::Failpoints;
+use dms2delta::faults::{Call, FaultyStore};
+use dms2delta::operations::commit::applied_files;
+use dms2delta::operations::decode::DecodeOutcome;
+use support::Mini;
+
+/// Headerless CSV with Op and an explicit sequence column, so tests choose the order.
+const SEQ_SOURCE: &str = r#"
+  - name: my
+    bucket: dms
+    sequence_column: AR_H_CHANGE_SEQ
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+        columns:
+          - { name: id, type: INT8 }
+          - { name: name, type: STRING }
+          - { name: n, type: INT4 }
+          - { name: AR_H_CHANGE_SEQ, type: STRING }
+"#;
+
+const T: &str = "my.app.t";
+
+fn cdc(i: u32) -> String {
+    format!("app/t/20240528-1951413{i:02}.csv")
+}
+
+#[tokio::test]
+async fn a_late_older_change_never_overwrites_a_newer_one() {
+    let m = Mini::new(SEQ_SOURCE, "");
+    m.apply(&cdc(1), b"I,1,new,2,6\n").await;
+    let stale = m.apply(&cdc(2), b"U,1,old,1,4\n").await;
+    assert_eq!(stale.rows_stale, 1, "{stale:?}");
+    assert_eq!(stale.rows_updated, 0);
+    assert_eq!(m.rows(T, &["id", "name", "n"]).await, vec![vec!["1", "new", "2"]]);
+    // The stored sequence is the newest one applied.
+    let b = m.batches(T).await;
+    let seq = arrow::compute::cast(b[0].column(b[0].schema().index_of("_dms_seq").unwrap()), &arrow::datatypes::DataType::Utf8).unwrap();
+    let seq = seq.as_string::<i32>();
+    assert_eq!(seq.value(0), format!("1S{:035}", 6));
+}
+
+#[tokio::test]
+async fn a_late_change_after_a_delete_does_not_bring_the_row_back() {
+    let m = Mini::new(SEQ_SOURCE, "");
+    m.apply(&cdc(1), b"I,1,a,1,1\nI,2,b,1,2\n").await;
+    let del = m.apply(&cdc(2), b"D,1,,,5\n").await;
+    assert_eq!((del.rows_deleted, del.tombstones_written), (1, 1));
+    assert_eq!(m.rows(T, &["id"]).await, vec![vec!["2"]]);
+    // An update and an insert older than the delete arrive late: both refused.
+    m.apply(&cdc(3), b"U,1,late,9,3\n").await;
+    m.apply(&cdc(4), b"I,1,late,9,4\n").await;
+    assert_eq!(m.rows(T, &["id"]).await, vec![vec!["2"]]);
+    // A delete that arrives before the insert it follows: the insert never shows up.
+    m.apply(&cdc(5), b"D,3,,,9\n").await;
+    m.apply(&cdc(6), b"I,3,early,1,8\n").await;
+    assert_eq!(m.rows(T, &["id"]).await, vec![vec!["2"]]);
+    // A re-insert newer than the delete is applied.
+    m.apply(&cdc(7), b"I,1,back,7,10\n").await;
+    assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "back"], vec!["2", "b"]]);
+}
+
+#[tokio::test]
+async fn full_load_rows_sort_before_every_cdc_change() {
+    let m = Mini::new(SEQ_SOURCE, "");
+    m.apply(&cdc(1), b"U,1,cdc,2,100\n").await;
+    // The full load of the same table is processed afterwards (events are unordered).
+    m.apply("app/t/LOAD00000001.csv", b"1,load,1,\n2,load,1,\n").await;
+    assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "cdc"], vec!["2", "load"]]);
+}
+
+#[tokio::test]
+async fn soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes() {
+    let m = Mini::new(&SEQ_SOURCE.replace("keys: [id]", "keys: [id]\n        delete_mode: soft"), "");
+    m.apply(&cdc(1), b"I,1,a,1,1\n").await;
+    m.apply(&cdc(2), b"D,1,,,5\n").await;
+    let rows = m.rows(T, &["id", "name", "_dms_deleted"]).await;
+    assert_eq!(rows, vec![vec!["1", "a", "true"]]);
+    let b = m.batches(T).await;
+    let at = b[0].column(b[0].schema().index_of("_dms_deleted_at").unwrap());
+    assert_eq!(arrow::array::Array::null_count(at.as_ref()), 0);
+    m.apply(&cdc(3), b"U,1,late,1,3\n").await;
+    assert_eq!(m.rows(T, &["id", "name", "_dms_deleted"]).await, vec![vec!["1", "a", "true"]]);
+    m.apply(&cdc(4), b"I,1,again,1,7\n").await;
+    assert_eq!(m.rows(T, &["id", "name", "_dms_deleted"]).await, vec![vec!["1", "again", "false"]]);
+}
+
+const HEADER_SOURCE: &str = r#"
+  - name: pg
+    bucket: dms
+    csv: { header: true }
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+        columns:
+          - { name: id, type: INT8 }
+          - { name: name, type: STRING }
+          - { name: extra, type: INT4 }
+"#;
+
+#[tokio::test]
+async fn a_column_added_at_the_source_is_added_to_the_table() {
+    let m = Mini::new(HEADER_SOURCE, "");
+    m.apply("app/t/20240528-195141301.csv", b"Op,id,name\nI,1,a\nI,2,b\n").await;
+    let m2 = m.apply("app/t/20240528-195141302.csv", b"Op,id,name,extra\nU,2,b,7\nI,3,c,8\n").await;
+    assert_eq!((m2.rows_updated, m2.rows_inserted), (1, 1));
+    assert_eq!(
+        m.rows("pg.app.t", &["id", "name", "extra"]).await,
+        vec![vec!["1", "a", "null"], vec!["2", "b", "7"], vec!["3", "c", "8"]]
+    );
+    // A late file in the old shape updates what it has and keeps the new column's value.
+    m.apply("app/t/20240528-195141303.csv", b"Op,id,name\nU,3,c2\n").await;
+    assert_eq!(m.rows("pg.app.t", &["id", "name", "extra"]).await[2], vec!["3", "c2", "8"]);
+}
+
+fn parquet(fields: Vec<(&str, arrow::datatypes::DataType, arrow::array::ArrayRef)>) -> Vec<u8> {
+    let schema = Arc::new(arrow::datatypes::Schema::new(
+        fields.iter().map(|(n, dt, _)| arrow::datatypes::Field::new(*n, dt.clone(), true)).collect::<Vec<_>>(),
+    ));
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), fields.into_iter().map(|f| f.2).collect()).unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    buf
+}
+
+const PQ_SOURCE: &str = r#"
+  - name: ora
+    bucket: dms
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+"#;
+
+#[tokio::test]
+async fn safe_type_widening_is_applied_and_an_unsafe_change_is_quarantined() {
+    use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
+    use arrow::datatypes::DataType;
+    let m = Mini::new(PQ_SOURCE, "");
+    let op = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+    m.apply(
+        "app/t/20240528-195141301.parquet",
+        &parquet(vec![
+            ("Op", DataType::Utf8, op(&["I", "I"])),
+            ("id", DataType::Int64, Arc::new(Int64Array::from(vec![1, 2]))),
+            ("n", DataType::Int32, Arc::new(Int32Array::from(vec![10, 20]))),
+        ]),
+    )
+    .await;
+    // INT widened to BIGINT at the source.
+    m.apply(
+        "app/t/20240528-195141302.parquet",
+        &parquet(vec![
+            ("Op", DataType::Utf8, op(&["U"])),
+            ("id", DataType::Int64, Arc::new(Int64Array::from(vec![2]))),
+            ("n", DataType::Int64, Arc::new(Int64Array::from(vec![1i64 << 40]))),
+        ]),
+    )
+    .await;
+    assert_eq!(m.rows("ora.app.t", &["id", "n"]).await, vec![vec!["1".to_string(), "10".into()], vec!["2".into(), (1i64 << 40).to_string()]]);
+    let b = m.batches("ora.app.t").await;
+    assert_eq!(b[0].schema().field_with_name("n").unwrap().data_type(), &DataType::Int64);
+
+    // BIGINT to text is not safe: the change set is quarantined, the table untouched.
+    let loc = m.location("ora.app.t");
+    let before = applied_files(&m.pipeline.stores, &loc, None).await.unwrap().len();
+    m.put(
+        "app/t/20240528-195141303.parquet",
+        &parquet(vec![
+            ("Op", DataType::Utf8, op(&["U"])),
+            ("id", DataType::Int64, Arc::new(Int64Array::from(vec![1]))),
+            ("n", DataType::Utf8, op(&["abc"])),
+        ]),
+    );
+    m.decode("app/t/20240528-195141303.parquet").await;
+    let res = m.pipeline.commit_all().await.unwrap();
+    assert_eq!(res[0].quarantined.len(), 1, "{res:?}");
+    assert_eq!(res[0].change_sets, 0);
+    assert_eq!(applied_files(&m.pipeline.stores, &loc, None).await.unwrap().len(), before);
+    let report_path = m.dir.path().join("quarantine").join(&res[0].quarantined[0]);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report_path).unwrap()).unwrap();
+    assert_eq!(report["stage"], "commit");
+    assert_eq!(report["kind"], "incompatible_schema");
+    assert!(report["reason"].as_str().unwrap().contains("column `n`"), "{report}");
+    assert!(report["file"].as_str().unwrap().ends_with("20240528-195141303.parquet"));
+    assert_eq!(m.rows("ora.app.t", &["id", "n"]).await[0], vec!["1", "10"]);
+}
+
+#[tokio::test]
+async fn no_partial_commit_when_the_log_write_fails() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = fail.clone();
+    let m = Mini::new(SEQ_SOURCE, "");
+    let stores = dms2delta::storage::Stores::new(m.pipeline.config.config.storage.clone()).with_delta_wrapper(Arc::new(move |inner| {
+        let f = f.clone();
+        Arc::new(FaultyStore::new(inner, move |call, path| {
+            call == Call::Put && path.as_ref().contains("_delta_log/") && f.load(std::sync::atomic::Ordering::SeqCst)
+        }))
+    }));
+    let p = dms2delta::pipeline::Pipeline::new(m.pipeline.config.clone(), Arc::new(stores));
+    m.apply(&cdc(1), b"I,1,a,1,1\n").await;
+    let loc = m.location(T);
+    let versions = applied_files(&p.stores, &loc, None).await.unwrap().len();
+    m.put(&cdc(2), b"U,1,b,2,2\nI,2,c,3,3\n");
+    m.decode(&cdc(2)).await;
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = p.commit("my", "app", "t", Failpoints::default()).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // Data files may have been written, but no version references them.
+    assert_eq!(applied_files(&p.stores, &loc, None).await.unwrap().len(), versions);
+    assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "a"]]);
+    assert_eq!(p.pending().await.unwrap().len(), 1, "the change set must still be staged");
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    p.commit("my", "app", "t", Failpoints::default()).await.unwrap();
+    assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "b"], vec!["2", "c"]]);
+}
+
+#[tokio::test]
+async fn versions_and_source_files_trace_each_other() {
+    let m = Mini::new(SEQ_SOURCE, "");
+    let a = m.apply(&cdc(1), b"I,1,a,1,1\n").await;
+    let b = m.apply(&cdc(2), b"U,1,b,1,2\n").await;
+    // Even a commit whose changes were all stale is recorded.
+    let c = m.apply(&cdc(3), b"U,1,old,1,1\n").await;
+    assert_eq!(c.rows_stale, 1);
+    let trace = applied_files(&m.pipeline.stores, &m.location(T), None).await.unwrap();
+    let find = |file: &str| trace.iter().find(|(_, fs)| fs.iter().any(|f| f.ends_with(file))).map(|(v, _)| *v);
+    assert_eq!(find(&cdc(1)), a.version);
+    assert_eq!(find(&cdc(2)), b.version);
+    assert_eq!(find(&cdc(3)), c.version);
+    assert!(a.version < b.version && b.version < c.version);
+    assert_eq!(a.source_files, vec![format!("s3://dms/{}", cdc(1))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_past_the_bound_go_back_to_the_queue_and_nothing_is_lost() {
+    let m = Mini::new(SEQ_SOURCE, "");
+    m.apply(&cdc(1), b"I,0,seed,0,1\n").await;
+    let d = m.dir.path().display();
+    let strict = format!(
+        "lake: {d}/lake\nstaging: {d}/staged\nquarantine: {d}/quarantine\nstorage:\n  buckets:\n    dms: {d}/bucket\ncommit:\n  max_attempts: 1\nsources:\n{SEQ_SOURCE}"
+    );
+    let p = dms2delta::pipeline::Pipeline::new(
+        Arc::new(dms2delta::config::Config::from_text(&strict).unwrap()),
+        m.pipeline.stores.clone(),
+    );
+    // Eight files, then eight committers at once with no retries allowed.
+    for i in 0..8u32 {
+        let key = cdc(10 + i);
+        m.put(&key, format!("I,{},x,{i},{}\n", i + 1, 100 + i).as_bytes());
+        assert!(matches!(m.decode(&key).await, DecodeOutcome::Staged(_)));
+    }
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let p = p.clone();
+        handles.push(tokio::spawn(async move { p.commit("my", "app", "t", Failpoints::default()).await }));
+    }
+    let mut conflicts = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(_) => {}
+            Err(e @ dms2delta::Error::Conflict { .. }) => {
+                assert!(e.is_retryable());
+                conflicts += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The queue retries the failed ones: here, one more sweep.
+    m.pipeline.commit_all().await.unwrap();
+    assert_eq!(m.rows(T, &["id"]).await.len(), 9, "conflicts seen: {conflicts}");
+}
