@@ -57,12 +57,12 @@ async fn direct_put_of_a_full_load_file_stages_one_change_set() {
     assert_eq!(r["staged"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(r["staged"][0]["tables"][0]["table"], "mysql.shop.customers");
     assert_eq!(r["staged"][0]["tables"][0]["rows_out"], 3);
-    let staged = files_under(&out.path().join("staged"));
+    let staged = files_under(&out.path().join("lake-bucket/_dms2delta/staged"));
     assert_eq!(staged.len(), 1);
     assert!(staged[0].starts_with("mysql/shop/customers/") && staged[0].ends_with(".parquet"));
     // A redelivery rewrites the same object.
     handle(&s, event("s3-put.json")).await.unwrap();
-    assert_eq!(files_under(&out.path().join("staged")), staged);
+    assert_eq!(files_under(&out.path().join("lake-bucket/_dms2delta/staged")), staged);
 }
 
 #[tokio::test]
@@ -107,7 +107,7 @@ async fn sqs_batches_report_no_failures_when_all_succeed() {
         let r = handle(&s, event(name)).await.unwrap();
         assert_eq!(r, json!({"batchItemFailures": []}), "{name}");
     }
-    let staged = files_under(&out.path().join("staged"));
+    let staged = files_under(&out.path().join("lake-bucket/_dms2delta/staged"));
     assert!(staged.len() >= 2, "{staged:?}");
 }
 
@@ -143,11 +143,11 @@ async fn a_bad_file_in_an_sqs_batch_fails_only_its_message_and_is_quarantined() 
         .collect();
     assert_eq!(failed, vec!["bad", "garbled"]);
     // The good file was staged; the bad one stays in place with a report beside the quarantine root.
-    assert_eq!(files_under(&out.path().join("staged")).len(), 1);
+    assert_eq!(files_under(&out.path().join("lake-bucket/_dms2delta/staged")).len(), 1);
     assert!(table.join("20240601-000000001.csv").exists());
     let report_path = out
         .path()
-        .join("quarantine/dms-bucket/dms/mysql/shop/customers/20240601-000000001.csv.error.json");
+        .join("lake-bucket/_dms2delta/quarantine/dms-bucket/dms/mysql/shop/customers/20240601-000000001.csv.error.json");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(report_path).unwrap()).unwrap();
     assert_eq!(report["stage"], "decode");
     assert_eq!(report["kind"], "unknown_op");
