@@ -15,8 +15,9 @@ pub const CONFIG_ENV: &str = "DMS2DELTA_CONFIG";
 /// on ERROR lines mean something.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,deltalake_core::kernel::transaction=warn,deltalake_core::logstore=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,deltalake_core::kernel::transaction=warn,deltalake_core::logstore=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

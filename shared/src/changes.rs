@@ -28,7 +28,11 @@ pub fn meta_fields() -> Vec<Field> {
     vec![
         Field::new(OP, DataType::Utf8, false),
         Field::new(SEQ, DataType::Utf8, false),
-        Field::new(COMMIT_TS, DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())), true),
+        Field::new(
+            COMMIT_TS,
+            DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
+            true,
+        ),
         Field::new(SOURCE_FILE, DataType::Utf8, false),
         Field::new(NOSUP, DataType::Utf8, true),
     ]
@@ -97,7 +101,7 @@ struct Fill {
 struct Entry {
     at: RowRef,
     /// Only for winners with no-sup columns: where each such column's value comes from.
-    fills: Option<Box<Vec<Fill>>>,
+    fills: Option<Box<[Fill]>>,
 }
 
 /// Keeps the highest-sequence change per key over a stream of batches of one schema, with
@@ -202,7 +206,10 @@ impl Deduper {
             nosup: self.nosup_idx,
         };
         for r in 0..n {
-            let at = RowRef { batch: b, row: r as u32 };
+            let at = RowRef {
+                batch: b,
+                row: r as u32,
+            };
             let key = rows.row(r);
             match self.map.get_mut(key.as_ref()) {
                 None => {
@@ -234,7 +241,10 @@ impl Deduper {
         let mut entries: Vec<&mut Entry> = self.map.values_mut().collect();
         entries.sort_by_key(|e| e.at);
         for (i, e) in entries.into_iter().enumerate() {
-            e.at = RowRef { batch: 0, row: i as u32 };
+            e.at = RowRef {
+                batch: 0,
+                row: i as u32,
+            };
             e.fills = None;
         }
         self.retained = batch.num_rows();
@@ -248,7 +258,10 @@ impl Deduper {
         }
         let mut entries: Vec<&Entry> = self.map.values().collect();
         entries.sort_by_key(|e| e.at);
-        let winners: Vec<(usize, usize)> = entries.iter().map(|e| (e.at.batch as usize, e.at.row as usize)).collect();
+        let winners: Vec<(usize, usize)> = entries
+            .iter()
+            .map(|e| (e.at.batch as usize, e.at.row as usize))
+            .collect();
         let any_fill = entries.iter().any(|e| e.fills.is_some());
         let mut columns = Vec::with_capacity(self.schema.fields().len());
         for c in 0..self.schema.fields().len() {
@@ -315,11 +328,18 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn seq(&self, at: RowRef) -> &str {
-        self.batches[at.batch as usize].column(self.seq).as_string::<i32>().value(at.row as usize)
+        self.batches[at.batch as usize]
+            .column(self.seq)
+            .as_string::<i32>()
+            .value(at.row as usize)
     }
 
     fn is_delete(&self, at: RowRef) -> bool {
-        self.batches[at.batch as usize].column(self.op).as_string::<i32>().value(at.row as usize) == "D"
+        self.batches[at.batch as usize]
+            .column(self.op)
+            .as_string::<i32>()
+            .value(at.row as usize)
+            == "D"
     }
 
     fn nosup_cols(&self, at: RowRef) -> Vec<usize> {
@@ -329,24 +349,24 @@ impl Ctx<'_> {
         }
     }
 
-    fn initial_fills(&self, at: RowRef) -> Option<Box<Vec<Fill>>> {
+    fn initial_fills(&self, at: RowRef) -> Option<Box<[Fill]>> {
         let cols = self.nosup_cols(at);
         if cols.is_empty() {
             return None;
         }
-        Some(Box::new(cols.into_iter().map(|col| Fill { col, from: None }).collect()))
+        Some(cols.into_iter().map(|col| Fill { col, from: None }).collect())
     }
 
     /// The new winner's no-sup columns take their value from the old winner (the newest older
     /// change) or, where it lacked them too, from what the old winner's fills had found.
-    fn replacement_fills(&self, old: &Entry, new: RowRef) -> Option<Box<Vec<Fill>>> {
+    fn replacement_fills(&self, old: &Entry, new: RowRef) -> Option<Box<[Fill]>> {
         let cols = self.nosup_cols(new);
         if cols.is_empty() {
             return None;
         }
         let old_is_row = !self.is_delete(old.at);
         let old_missing = self.nosup_cols(old.at);
-        let fills = cols
+        let fills: Box<[Fill]> = cols
             .into_iter()
             .map(|col| {
                 let from = if !old_is_row {
@@ -362,7 +382,7 @@ impl Ctx<'_> {
                 Fill { col, from }
             })
             .collect();
-        Some(Box::new(fills))
+        Some(fills)
     }
 
     /// An older change can still supply a no-sup column of the winner, if it is newer than what
@@ -391,7 +411,10 @@ pub(crate) mod tests {
 
     /// A change batch with columns id, v and the metadata columns.
     pub fn batch(rows: &[(i64, Option<&str>, &str, &str, Option<&str>)]) -> RecordBatch {
-        let mut fields = vec![Field::new("id", DataType::Int64, true), Field::new("v", DataType::Utf8, true)];
+        let mut fields = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ];
         fields.extend(meta_fields());
         let schema = Arc::new(Schema::new(fields));
         let cols: Vec<ArrayRef> = vec![
@@ -445,7 +468,10 @@ pub(crate) mod tests {
         ]);
         assert_eq!(
             dedup(vec![b]),
-            vec![(1, Some("x".into()), "I".into(), None), (497, Some("c".into()), "I".into(), None)]
+            vec![
+                (1, Some("x".into()), "I".into(), None),
+                (497, Some("c".into()), "I".into(), None)
+            ]
         );
     }
 
@@ -456,7 +482,10 @@ pub(crate) mod tests {
         let fwd = dedup(vec![a.clone(), b.clone()]);
         let back = dedup(vec![b, a]);
         assert_eq!(fwd, back);
-        assert_eq!(fwd, vec![(1, Some("new".into()), "U".into(), None), (2, None, "D".into(), None)]);
+        assert_eq!(
+            fwd,
+            vec![(1, Some("new".into()), "U".into(), None), (2, None, "D".into(), None)]
+        );
     }
 
     #[test]
@@ -470,12 +499,21 @@ pub(crate) mod tests {
         ]);
         assert_eq!(
             dedup(vec![b.clone()]),
-            vec![(1, Some("second".into()), "U".into(), None), (2, None, "U".into(), Some("|v|".into()))]
+            vec![
+                (1, Some("second".into()), "U".into(), None),
+                (2, None, "U".into(), Some("|v|".into()))
+            ]
         );
         // The same when the older changes arrive after the winner.
         let newest = batch(&[(1, None, "U", "1F1:03", Some("|v|"))]);
-        let older = batch(&[(1, Some("second"), "U", "1F1:02", None), (1, Some("first"), "I", "1F1:01", None)]);
-        assert_eq!(dedup(vec![newest, older]), vec![(1, Some("second".into()), "U".into(), None)]);
+        let older = batch(&[
+            (1, Some("second"), "U", "1F1:02", None),
+            (1, Some("first"), "I", "1F1:01", None),
+        ]);
+        assert_eq!(
+            dedup(vec![newest, older]),
+            vec![(1, Some("second".into()), "U".into(), None)]
+        );
     }
 
     #[test]
@@ -500,7 +538,10 @@ pub(crate) mod tests {
 
     #[test]
     fn null_keys_are_refused() {
-        let mut fields = vec![Field::new("id", DataType::Int64, true), Field::new("v", DataType::Utf8, true)];
+        let mut fields = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ];
         fields.extend(meta_fields());
         let b = batch(&[(1, None, "I", "1", None)]);
         let mut cols = b.columns().to_vec();

@@ -553,7 +553,10 @@ impl Config {
             let p = format!("sources[{i}]");
             check_name(&s.name).map_err(|r| cfg_err(format!("{p}.name"), r))?;
             if !names.insert(s.name.clone()) {
-                return Err(cfg_err(format!("{p}.name"), format!("duplicate source name `{}`", s.name)));
+                return Err(cfg_err(
+                    format!("{p}.name"),
+                    format!("duplicate source name `{}`", s.name),
+                ));
             }
             let ns = s.namespace.clone().unwrap_or_else(|| s.name.clone());
             check_name(&ns).map_err(|r| cfg_err(format!("{p}.namespace"), r))?;
@@ -586,7 +589,10 @@ impl Config {
             }
             if let (Some(n), Some(ns)) = (&s.csv.null_value, &s.csv.no_sup_value) {
                 if n == ns {
-                    return Err(cfg_err(format!("{p}.csv.no_sup_value"), "must differ from csv.null_value"));
+                    return Err(cfg_err(
+                        format!("{p}.csv.no_sup_value"),
+                        "must differ from csv.null_value",
+                    ));
                 }
             }
             for (j, r) in s.rules.iter().enumerate() {
@@ -633,13 +639,19 @@ impl Config {
                 let mut seen = BTreeSet::new();
                 if let Some(cols) = &t.columns {
                     if cols.is_empty() {
-                        return Err(cfg_err(format!("{tp}.columns"), "an empty column list; omit it instead"));
+                        return Err(cfg_err(
+                            format!("{tp}.columns"),
+                            "an empty column list; omit it instead",
+                        ));
                     }
                     for (k, c) in cols.iter().enumerate() {
                         ColumnType::from_config(&c.type_name, c.precision, c.scale)
                             .map_err(|r| cfg_err(format!("{tp}.columns[{k}].type"), r))?;
                         if c.name.is_empty() || !seen.insert(c.name.clone()) {
-                            return Err(cfg_err(format!("{tp}.columns[{k}].name"), "empty or duplicate column name"));
+                            return Err(cfg_err(
+                                format!("{tp}.columns[{k}].name"),
+                                "empty or duplicate column name",
+                            ));
                         }
                     }
                 }
@@ -649,7 +661,10 @@ impl Config {
                         return Err(cfg_err(format!("{tp}.keys[{k}]"), format!("key `{key}` listed twice")));
                     }
                     if t.columns.is_some() && !seen.contains(key) {
-                        return Err(cfg_err(format!("{tp}.keys[{k}]"), format!("key `{key}` is not one of the table's columns")));
+                        return Err(cfg_err(
+                            format!("{tp}.keys[{k}]"),
+                            format!("key `{key}` is not one of the table's columns"),
+                        ));
                     }
                 }
                 for (k, col) in t.partition_by.iter().enumerate() {
@@ -681,7 +696,9 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
         return Err(format!("`{name}` is not a usable name"));
     }
     if name.len() > 255 || name.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
-        return Err(format!("`{name}` must be at most 255 characters without `/`, `\\` or control characters"));
+        return Err(format!(
+            "`{name}` must be at most 255 characters without `/`, `\\` or control characters"
+        ));
     }
     Ok(())
 }
@@ -756,7 +773,7 @@ impl Validated {
         let s = &self.config.sources[source];
         let matches = |r: &&Rule| wildcard_match(&r.schema, schema) && wildcard_match(&r.table, table);
         let includes: Vec<&Rule> = s.rules.iter().filter(|r| r.action == RuleAction::Include).collect();
-        let included = includes.is_empty() || includes.iter().any(|r| matches(r));
+        let included = includes.is_empty() || includes.iter().any(&matches);
         let excluded = s
             .rules
             .iter()
@@ -767,7 +784,12 @@ impl Validated {
 
     /// The table's resolved settings. `Ok(None)`: not selected by the rules.
     /// `Err`: selected but unusable (no key), with the reason.
-    pub fn table(&self, source: usize, schema: &str, table: &str) -> std::result::Result<Option<TableSpec>, InputProblem> {
+    pub fn table(
+        &self,
+        source: usize,
+        schema: &str,
+        table: &str,
+    ) -> std::result::Result<Option<TableSpec>, InputProblem> {
         if !self.is_selected(source, schema, table) {
             return Ok(None);
         }
@@ -812,15 +834,16 @@ impl Validated {
         if keys.is_empty() {
             return Err(InputProblem::new(
                 BadInputKind::NoKey,
-                format!("table {schema}.{table} of source `{}` has no key columns configured", s.name),
+                format!(
+                    "table {schema}.{table} of source `{}` has no key columns configured",
+                    s.name
+                ),
             ));
         }
         let (mut target_schema, mut target_table) = (schema.to_string(), table.to_string());
-        if let Some(r) = s
-            .rules
-            .iter()
-            .find(|r| r.action == RuleAction::Rename && wildcard_match(&r.schema, schema) && wildcard_match(&r.table, table))
-        {
+        if let Some(r) = s.rules.iter().find(|r| {
+            r.action == RuleAction::Rename && wildcard_match(&r.schema, schema) && wildcard_match(&r.table, table)
+        }) {
             if let Some(ts) = &r.to_schema {
                 target_schema = ts.clone();
             }
@@ -964,23 +987,56 @@ sources:
         assert_eq!(path, "stagign");
         assert!(reason.contains("stagign"), "{reason}");
         let (path, _) = err_of(&BASE.replace("ColumnIsPk: \"true\"", "ColumnIsPk: \"true\", Bogus: 1"));
-        assert!(path.starts_with("sources[1].table_definitions.Tables[0].TableColumns[0]"), "{path}");
+        assert!(
+            path.starts_with("sources[1].table_definitions.Tables[0].TableColumns[0]"),
+            "{path}"
+        );
     }
 
     #[test]
     fn each_kind_of_mistake_is_reported_with_its_path() {
         let cases: Vec<(String, &str)> = vec![
-            (BASE.replace("keys: [id]", "keys: [idx]"), "sources[0].tables[0].keys[0]"),
-            (BASE.replace("type: INT4", "type: INTEGER4"), "sources[0].tables[0].columns[0].type"),
+            (
+                BASE.replace("keys: [id]", "keys: [idx]"),
+                "sources[0].tables[0].keys[0]",
+            ),
+            (
+                BASE.replace("type: INT4", "type: INTEGER4"),
+                "sources[0].tables[0].columns[0].type",
+            ),
             (BASE.replace("name: pg", "name: mysql"), "sources[1].name"),
             (BASE.replace("lake: /tmp/lake", "lake: ftp://x/y"), "lake"),
-            (BASE.replace("bucket_folder: raw/pg", "bucket_folder: raw/../pg"), "sources[1].bucket_folder"),
-            (BASE.replace("to_table: employees", "to_table: a/b"), "sources[0].rules[2]"),
-            (BASE.replace("ColumnType: INT8", "ColumnType: WEIRD"), "sources[1].table_definitions.Tables[0].TableColumns[0]"),
+            (
+                BASE.replace("bucket_folder: raw/pg", "bucket_folder: raw/../pg"),
+                "sources[1].bucket_folder",
+            ),
+            (
+                BASE.replace("to_table: employees", "to_table: a/b"),
+                "sources[0].rules[2]",
+            ),
+            (
+                BASE.replace("ColumnType: INT8", "ColumnType: WEIRD"),
+                "sources[1].table_definitions.Tables[0].TableColumns[0]",
+            ),
             (format!("{BASE}commit:\n  max_attempts: 0\n"), "commit.max_attempts"),
-            (format!("{BASE}storage:\n  endpoint: http://127.0.0.1:5000\n"), "storage.endpoint"),
-            (BASE.replace("    bucket_folder: raw/mysql", "    bucket_folder: raw/mysql\n    csv: {delimiter: \";;\"}"), "sources[0].csv.delimiter"),
-            (BASE.replace("sources:\n  - name: mysql", "sources:\n  - name: mysql\n    namespace: pg"), "sources[1].namespace"),
+            (
+                format!("{BASE}storage:\n  endpoint: http://127.0.0.1:5000\n"),
+                "storage.endpoint",
+            ),
+            (
+                BASE.replace(
+                    "    bucket_folder: raw/mysql",
+                    "    bucket_folder: raw/mysql\n    csv: {delimiter: \";;\"}",
+                ),
+                "sources[0].csv.delimiter",
+            ),
+            (
+                BASE.replace(
+                    "sources:\n  - name: mysql",
+                    "sources:\n  - name: mysql\n    namespace: pg",
+                ),
+                "sources[1].namespace",
+            ),
         ];
         for (text, want) in cases {
             let (path, reason) = err_of(&text);

@@ -156,7 +156,8 @@ fn parse_value(v: &Value, depth: u8) -> Result<Vec<ObjectEvent>> {
             .get("Message")
             .and_then(Value::as_str)
             .ok_or_else(|| event_err("an SNS notification without a Message"))?;
-        let inner: Value = serde_json::from_str(msg).map_err(|e| event_err(format!("the SNS Message is not JSON: {e}")))?;
+        let inner: Value =
+            serde_json::from_str(msg).map_err(|e| event_err(format!("the SNS Message is not JSON: {e}")))?;
         return parse_value(&inner, depth + 1);
     }
     if v.get("Records").is_some() {
@@ -236,7 +237,10 @@ mod tests {
 
     #[test]
     fn keys_are_url_decoded() {
-        assert_eq!(decode_key("hr/my+table/a%2Bb%2Fc.csv").unwrap(), "hr/my table/a+b/c.csv");
+        assert_eq!(
+            decode_key("hr/my+table/a%2Bb%2Fc.csv").unwrap(),
+            "hr/my table/a+b/c.csv"
+        );
         assert_eq!(decode_key("caf%C3%A9").unwrap(), "café");
         assert!(decode_key("%FF").is_err());
         let o = objects(parse(&s3("raw/hr/emp+x/LOAD00000001.csv")).unwrap());
@@ -267,9 +271,14 @@ mod tests {
         let eb = json!({"version":"0","detail-type":"Object Created","source":"aws.s3",
             "detail":{"bucket":{"name":"dms"},"object":{"key":"hr/emp/LOAD00000001.csv","size":5,"etag":"e"}}});
         let o = objects(parse(&eb).unwrap());
-        assert_eq!((o[0].bucket.as_str(), o[0].key.as_str(), o[0].size), ("dms", "hr/emp/LOAD00000001.csv", Some(5)));
+        assert_eq!(
+            (o[0].bucket.as_str(), o[0].key.as_str(), o[0].size),
+            ("dms", "hr/emp/LOAD00000001.csv", Some(5))
+        );
         assert!(objects(parse(&json!({"Service":"Amazon S3","Event":"s3:TestEvent"})).unwrap()).is_empty());
-        let Payload::Direct(d) = parse(&json!({"hello": 1})).unwrap() else { panic!() };
+        let Payload::Direct(d) = parse(&json!({"hello": 1})).unwrap() else {
+            panic!()
+        };
         assert!(matches!(d.objects, Err(Error::Event { .. })));
     }
 }

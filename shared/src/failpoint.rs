@@ -11,7 +11,11 @@ pub struct Failpoints(Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>);
 
 impl fmt::Debug for Failpoints {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "Failpoints(set)" } else { "Failpoints(none)" })
+        f.write_str(if self.0.is_some() {
+            "Failpoints(set)"
+        } else {
+            "Failpoints(none)"
+        })
     }
 }
 

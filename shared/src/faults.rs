@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
-    PutPayload, PutResult, RenameOptions, Result,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
 /// The kind of call a fault decision is asked about.
@@ -33,7 +33,10 @@ pub struct FaultyStore {
 }
 
 impl FaultyStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, decide: impl Fn(Call, &Path) -> bool + Send + Sync + 'static) -> FaultyStore {
+    pub fn new(
+        inner: Arc<dyn ObjectStore>,
+        decide: impl Fn(Call, &Path) -> bool + Send + Sync + 'static,
+    ) -> FaultyStore {
         FaultyStore {
             inner,
             decide: Arc::new(decide),

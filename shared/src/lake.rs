@@ -62,7 +62,9 @@ pub fn is_conflict(e: &DeltaTableError) -> bool {
         DeltaTableError::VersionAlreadyExists(_) => true,
         DeltaTableError::Transaction { source } => matches!(
             source,
-            TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_)
+            TransactionError::CommitConflict(_)
+                | TransactionError::MaxCommitAttempts(_)
+                | TransactionError::VersionAlreadyExists(_)
         ),
         // A concurrent creator won the race to version 0.
         DeltaTableError::Generic(_) | DeltaTableError::GenericError { .. } => e.to_string().contains("already exists"),

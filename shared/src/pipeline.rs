@@ -28,7 +28,13 @@ impl Pipeline {
     }
 
     /// Decode stage for one object.
-    pub async fn decode(&self, bucket: &str, key: &str, etag: Option<String>, failpoints: Failpoints) -> Result<DecodeOutcome> {
+    pub async fn decode(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: Option<String>,
+        failpoints: Failpoints,
+    ) -> Result<DecodeOutcome> {
         DecodeBuilder::new(self.config.clone(), &self.stores)
             .with_object(bucket, key)
             .with_etag(etag)
@@ -37,7 +43,13 @@ impl Pipeline {
     }
 
     /// Commit stage for one table.
-    pub async fn commit(&self, namespace: &str, schema: &str, table: &str, failpoints: Failpoints) -> Result<CommitMetrics> {
+    pub async fn commit(
+        &self,
+        namespace: &str,
+        schema: &str,
+        table: &str,
+        failpoints: Failpoints,
+    ) -> Result<CommitMetrics> {
         CommitChangesBuilder::new(self.config.clone(), &self.stores)
             .with_table(namespace, schema, table)
             .with_failpoints(failpoints)

@@ -88,7 +88,8 @@ pub fn route(config: &Validated, bucket: &str, key: &str) -> Result<Route, Input
                 "a CDC_TXN file outside the source's `cdc_path` (set `cdc_path` to DMS's CdcPath)",
             ));
         }
-        let digits = cdc_digits(txn_time, 17).ok_or_else(|| unroutable("CDC_TXN name is not CDC_TXN-YYYYMMDDHHMMSSmmm"))?;
+        let digits =
+            cdc_digits(txn_time, 17).ok_or_else(|| unroutable("CDC_TXN name is not CDC_TXN-YYYYMMDDHHMMSSmmm"))?;
         return Ok(Route::File(Routed {
             source,
             schema: None,
@@ -100,17 +101,22 @@ pub fn route(config: &Validated, bucket: &str, key: &str) -> Result<Route, Input
     }
 
     if folders.len() < 2 {
-        return Err(unroutable("expected schema/table/file below the source's bucket_folder"));
+        return Err(unroutable(
+            "expected schema/table/file below the source's bucket_folder",
+        ));
     }
     let (schema, table) = (folders[0], folders[1]);
-    check_date_folders(&folders[2..], src.date_partitioning.enabled, &src.date_partitioning).map_err(|w| unroutable(&w))?;
+    check_date_folders(&folders[2..], src.date_partitioning.enabled, &src.date_partitioning)
+        .map_err(|w| unroutable(&w))?;
 
     let (kind, time_digits) = if stem.starts_with("LOAD") {
         (FileKind::Load, None)
     } else if let Some(d) = cdc_name_digits(stem) {
         (FileKind::Cdc, Some(d))
     } else {
-        return Err(unroutable("the file name is neither LOAD… nor a CDC name YYYYMMDD-HHMMSSmmm"));
+        return Err(unroutable(
+            "the file name is neither LOAD… nor a CDC name YYYYMMDD-HHMMSSmmm",
+        ));
     };
     Ok(Route::File(Routed {
         source,
@@ -158,11 +164,7 @@ fn cdc_digits(s: &str, len: usize) -> Option<String> {
     Some(d)
 }
 
-fn check_date_folders(
-    folders: &[&str],
-    enabled: bool,
-    dp: &crate::config::DatePartitioning,
-) -> Result<(), String> {
+fn check_date_folders(folders: &[&str], enabled: bool, dp: &crate::config::DatePartitioning) -> Result<(), String> {
     if folders.is_empty() {
         return Ok(());
     }
@@ -175,9 +177,15 @@ fn check_date_folders(
     let widths = dp.sequence.parts();
     let digits = |s: &str, w: usize| s.len() == w && s.bytes().all(|b| b.is_ascii_digit());
     let ok = match dp.delimiter {
-        DatePartitionDelimiter::Slash => folders.len() == widths.len() && folders.iter().zip(widths).all(|(f, w)| digits(f, *w)),
+        DatePartitionDelimiter::Slash => {
+            folders.len() == widths.len() && folders.iter().zip(widths).all(|(f, w)| digits(f, *w))
+        }
         DatePartitionDelimiter::Dash | DatePartitionDelimiter::Underscore => {
-            let sep = if dp.delimiter == DatePartitionDelimiter::Dash { '-' } else { '_' };
+            let sep = if dp.delimiter == DatePartitionDelimiter::Dash {
+                '-'
+            } else {
+                '_'
+            };
             folders.len() == 1 && {
                 let parts: Vec<&str> = folders[0].split(sep).collect();
                 parts.len() == widths.len() && parts.iter().zip(widths).all(|(p, w)| digits(p, *w))
@@ -244,7 +252,10 @@ sources:
     fn load_and_cdc_names() {
         let c = cfg("");
         let f = file(route(&c, "dms", "raw/hr/emp/LOAD0000000A.csv"));
-        assert_eq!((f.source, f.schema.as_deref(), f.table.as_deref(), f.kind), (0, Some("hr"), Some("emp"), FileKind::Load));
+        assert_eq!(
+            (f.source, f.schema.as_deref(), f.table.as_deref(), f.kind),
+            (0, Some("hr"), Some("emp"), FileKind::Load)
+        );
         assert_eq!(f.stem, "LOAD0000000A");
         let f = file(route(&c, "dms", "raw/hr/emp/20240528-195141380.parquet"));
         assert_eq!(f.kind, FileKind::Cdc);
@@ -264,14 +275,27 @@ sources:
         assert_eq!(f.kind, FileKind::CdcTxn);
         assert_eq!(f.schema, None);
         assert_eq!(f.time_digits.as_deref(), Some("202405281951413800"));
-        assert_eq!(route(&c, "dms", "raw/other/CDC_TXN-20240528195141380.csv").unwrap_err().kind, BadInputKind::UnroutableKey);
+        assert_eq!(
+            route(&c, "dms", "raw/other/CDC_TXN-20240528195141380.csv")
+                .unwrap_err()
+                .kind,
+            BadInputKind::UnroutableKey
+        );
     }
 
     #[test]
     fn date_folders() {
         let c = cfg("    date_partitioning: { enabled: true, sequence: YYYYMMDD, delimiter: SLASH }");
-        assert_eq!(file(route(&c, "dms", "raw/hr/emp/2024/05/28/20240528-195141380.csv")).table.as_deref(), Some("emp"));
-        assert_eq!(file(route(&c, "dms", "raw/hr/emp/LOAD00000001.csv")).kind, FileKind::Load);
+        assert_eq!(
+            file(route(&c, "dms", "raw/hr/emp/2024/05/28/20240528-195141380.csv"))
+                .table
+                .as_deref(),
+            Some("emp")
+        );
+        assert_eq!(
+            file(route(&c, "dms", "raw/hr/emp/LOAD00000001.csv")).kind,
+            FileKind::Load
+        );
         assert!(route(&c, "dms", "raw/hr/emp/2024/05/20240528-195141380.csv").is_err());
         let c = cfg("    date_partitioning: { enabled: true, sequence: YYYYMMDDHH, delimiter: DASH }");
         assert!(route(&c, "dms", "raw/hr/emp/2024-05-28-13/20240528-195141380.csv").is_ok());
@@ -287,10 +311,26 @@ sources:
     fn ignored_and_bad_keys() {
         let c = cfg("");
         assert_eq!(route(&c, "dms", "raw/hr/emp/").unwrap(), Route::Ignore("folder marker"));
-        assert_eq!(route(&c, "nobody", "x/y/LOAD00000001.csv").unwrap(), Route::Ignore("not under any configured source"));
-        assert_eq!(route(&c, "dms", "elsewhere/hr/emp/LOAD00000001.csv").unwrap(), Route::Ignore("not under any configured source"));
-        for bad in ["raw/hr/emp/notes.txt", "raw/emp.csv", "raw/hr/../emp/LOAD00000001.csv", "raw/hr//emp/LOAD1.csv", "raw/hr/emp/2024-13-1.csv"] {
-            assert_eq!(route(&c, "dms", bad).unwrap_err().kind, BadInputKind::UnroutableKey, "{bad}");
+        assert_eq!(
+            route(&c, "nobody", "x/y/LOAD00000001.csv").unwrap(),
+            Route::Ignore("not under any configured source")
+        );
+        assert_eq!(
+            route(&c, "dms", "elsewhere/hr/emp/LOAD00000001.csv").unwrap(),
+            Route::Ignore("not under any configured source")
+        );
+        for bad in [
+            "raw/hr/emp/notes.txt",
+            "raw/emp.csv",
+            "raw/hr/../emp/LOAD00000001.csv",
+            "raw/hr//emp/LOAD1.csv",
+            "raw/hr/emp/2024-13-1.csv",
+        ] {
+            assert_eq!(
+                route(&c, "dms", bad).unwrap_err().kind,
+                BadInputKind::UnroutableKey,
+                "{bad}"
+            );
         }
     }
 

@@ -11,7 +11,8 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
@@ -165,12 +166,26 @@ fn shape(format: Format) -> Shape {
         columns.push(("region", "STRING"));
         keys = 2;
     }
-    columns.extend([("name", "STRING"), ("amount", "NUMERIC"), ("active", "BOOLEAN"), ("updated", "DATETIME")]);
+    columns.extend([
+        ("name", "STRING"),
+        ("amount", "NUMERIC"),
+        ("active", "BOOLEAN"),
+        ("updated", "DATETIME"),
+    ]);
     Shape { columns, keys }
 }
 
 const BASE_MICROS: i64 = 1_716_900_000_000_000; // 2024-05-28 12:40:00 UTC
-const NAMES: [&str; 8] = ["Ann", "Bo, \"B\"", "Zoë", "multi\nline", "", "tab\there", "O'Neil", "日本"];
+const NAMES: [&str; 8] = [
+    "Ann",
+    "Bo, \"B\"",
+    "Zoë",
+    "multi\nline",
+    "",
+    "tab\there",
+    "O'Neil",
+    "日本",
+];
 
 /// Generates a history and renders it.
 pub fn simulate(opts: &SimOptions) -> Simulation {
@@ -186,16 +201,25 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
     for format in &opts.formats {
         let source = format.source();
         let sh = shape(*format);
-        let _ = writeln!(config, "  - name: {source}\n    bucket: dms-sim\n    bucket_folder: dms/{source}");
+        let _ = writeln!(
+            config,
+            "  - name: {source}\n    bucket: dms-sim\n    bucket_folder: dms/{source}"
+        );
         match format {
             Format::CsvSeq => {
-                let _ = writeln!(config, "    timestamp_column: dms_ts\n    sequence_column: AR_H_CHANGE_SEQ");
+                let _ = writeln!(
+                    config,
+                    "    timestamp_column: dms_ts\n    sequence_column: AR_H_CHANGE_SEQ"
+                );
             }
             Format::CsvHeader => {
                 let _ = writeln!(config, "    csv: {{ header: true }}");
             }
             Format::Parquet => {
-                let _ = writeln!(config, "    timestamp_column: dms_ts\n    sequence_column: AR_H_CHANGE_SEQ");
+                let _ = writeln!(
+                    config,
+                    "    timestamp_column: dms_ts\n    sequence_column: AR_H_CHANGE_SEQ"
+                );
             }
         }
         let _ = writeln!(config, "    tables:");
@@ -203,10 +227,17 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             let table = format!("t{t}");
             let qualified = format!("{source}.app.{table}");
             let keys: Vec<&str> = sh.columns[..sh.keys].iter().map(|c| c.0).collect();
-            let _ = writeln!(config, "      - schema: app\n        table: {table}\n        keys: [{}]\n        columns:", keys.join(", "));
+            let _ = writeln!(
+                config,
+                "      - schema: app\n        table: {table}\n        keys: [{}]\n        columns:",
+                keys.join(", ")
+            );
             for (n, ty) in &sh.columns {
                 if *ty == "NUMERIC" {
-                    let _ = writeln!(config, "          - {{ name: {n}, type: NUMERIC, precision: 12, scale: 2 }}");
+                    let _ = writeln!(
+                        config,
+                        "          - {{ name: {n}, type: NUMERIC, precision: 12, scale: 2 }}"
+                    );
                 } else {
                     let _ = writeln!(config, "          - {{ name: {n}, type: {ty} }}");
                 }
@@ -304,7 +335,11 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
 
             // Rendering.
             let folder = format!("dms/{source}/app/{table}");
-            let split = if load.len() > 3 && rng.bool() { load.len() / 2 } else { load.len() };
+            let split = if load.len() > 3 && rng.bool() {
+                load.len() / 2
+            } else {
+                load.len()
+            };
             let mut load_parts = vec![&load[..split]];
             if split < load.len() {
                 load_parts.push(&load[split..]);
@@ -319,7 +354,15 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 let chunk = &cdc[i..i + n];
                 i += n;
                 let last = chunk.last().map(|c| c.micros).unwrap_or(micros);
-                files.push(render(*format, &folder, &file_time(last + 1_000), &sh, chunk, true, &mut rng));
+                files.push(render(
+                    *format,
+                    &folder,
+                    &file_time(last + 1_000),
+                    &sh,
+                    chunk,
+                    true,
+                    &mut rng,
+                ));
             }
         }
     }
@@ -353,7 +396,15 @@ fn change_seq(c: &Change) -> String {
     format!("{t}{hundredths:02}{:019}", c.seq)
 }
 
-fn render(format: Format, folder: &str, stem: &str, sh: &Shape, changes: &[Change], cdc: bool, rng: &mut fastrand::Rng) -> SimFile {
+fn render(
+    format: Format,
+    folder: &str,
+    stem: &str,
+    sh: &Shape,
+    changes: &[Change],
+    cdc: bool,
+    rng: &mut fastrand::Rng,
+) -> SimFile {
     match format {
         Format::Parquet => SimFile {
             key: format!("{folder}/{stem}.parquet"),
@@ -424,14 +475,21 @@ fn parquet_file(sh: &Shape, changes: &[Change], cdc: bool) -> Vec<u8> {
     let mut cols: Vec<ArrayRef> = Vec::new();
     if cdc {
         fields.push(Field::new("Op", DataType::Utf8, true));
-        cols.push(Arc::new(StringArray::from_iter_values(changes.iter().map(|c| c.op.to_string()))));
+        cols.push(Arc::new(StringArray::from_iter_values(
+            changes.iter().map(|c| c.op.to_string()),
+        )));
     }
     fields.push(Field::new("dms_ts", DataType::Utf8, true));
-    cols.push(Arc::new(StringArray::from_iter_values(changes.iter().map(|c| ts_text(c.micros)))));
+    cols.push(Arc::new(StringArray::from_iter_values(
+        changes.iter().map(|c| ts_text(c.micros)),
+    )));
     for (i, (name, ty)) in sh.columns.iter().enumerate() {
         let vals = changes.iter().map(|c| &c.row[i]);
         let (dt, arr): (DataType, ArrayRef) = match *ty {
-            "INT8" => (DataType::Int64, Arc::new(vals.map(|v| as_int(v)).collect::<Int64Array>())),
+            "INT8" => (
+                DataType::Int64,
+                Arc::new(vals.map(as_int).collect::<Int64Array>()),
+            ),
             "NUMERIC" => (
                 DataType::Decimal128(12, 2),
                 Arc::new(
@@ -481,9 +539,13 @@ fn parquet_file(sh: &Shape, changes: &[Change], cdc: bool) -> Vec<u8> {
         cols.push(arr);
     }
     fields.push(Field::new("AR_H_CHANGE_SEQ", DataType::Utf8, true));
-    cols.push(Arc::new(StringArray::from_iter_values(
-        changes.iter().map(|c| if cdc { change_seq(c) } else { String::new() }),
-    )));
+    cols.push(Arc::new(StringArray::from_iter_values(changes.iter().map(|c| {
+        if cdc {
+            change_seq(c)
+        } else {
+            String::new()
+        }
+    }))));
     let schema = Arc::new(Schema::new(fields));
     let mut buf = Vec::new();
     if let Ok(batch) = RecordBatch::try_new(schema.clone(), cols) {
@@ -523,7 +585,9 @@ pub fn rows_of(batches: &[RecordBatch], columns: &[String]) -> Result<Vec<Vec<Va
                         DataType::Utf8 => Value::Str(a.as_string::<i32>().value(r).to_string()),
                         DataType::Utf8View => Value::Str(a.as_string_view().value(r).to_string()),
                         DataType::LargeUtf8 => Value::Str(a.as_string::<i64>().value(r).to_string()),
-                        DataType::Decimal128(_, _) => Value::Dec(a.as_primitive::<arrow::datatypes::Decimal128Type>().value(r)),
+                        DataType::Decimal128(_, _) => {
+                            Value::Dec(a.as_primitive::<arrow::datatypes::Decimal128Type>().value(r))
+                        }
                         DataType::Boolean => Value::Bool(a.as_boolean().value(r)),
                         DataType::Timestamp(TimeUnit::Microsecond, _) => {
                             Value::Ts(a.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(r))

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::ObjectStore;
-use object_store::buffered::BufWriter;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::AsyncArrowWriter;
@@ -51,7 +51,11 @@ pub fn change_set_id(bucket: &str, key: &str, etag: Option<&str>) -> String {
 /// The folder holding a table's pending change sets.
 pub fn table_dir(root: &Path, spec: &TableSpec) -> Path {
     let mut parts: Vec<String> = root.parts().map(|p| p.as_ref().to_string()).collect();
-    parts.extend([spec.namespace.clone(), spec.target_schema.clone(), spec.target_table.clone()]);
+    parts.extend([
+        spec.namespace.clone(),
+        spec.target_schema.clone(),
+        spec.target_table.clone(),
+    ]);
     Path::from_iter(parts)
 }
 
@@ -89,7 +93,12 @@ pub async fn pending_tables(store: &dyn ObjectStore, root: &Path) -> Result<Vec<
 }
 
 /// Writes one change set, streaming (multipart on S3). Returns the bytes written.
-pub async fn write_change_set(store: Arc<dyn ObjectStore>, path: &Path, batch: &RecordBatch, meta: &ChangeSetMeta) -> Result<u64> {
+pub async fn write_change_set(
+    store: Arc<dyn ObjectStore>,
+    path: &Path,
+    batch: &RecordBatch,
+    meta: &ChangeSetMeta,
+) -> Result<u64> {
     let mut kv = vec![
         KeyValue::new(KEY_SOURCE.into(), meta.source_file.clone()),
         KeyValue::new(KEY_TABLE.into(), meta.table.clone()),
@@ -136,7 +145,11 @@ pub async fn read_change_set(store: Arc<dyn ObjectStore>, path: &Path) -> Result
         .metadata()
         .file_metadata()
         .key_value_metadata()
-        .map(|kv| kv.iter().filter_map(|k| k.value.clone().map(|v| (k.key.clone(), v))).collect())
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|k| k.value.clone().map(|v| (k.key.clone(), v)))
+                .collect()
+        })
         .unwrap_or_default();
     let meta = ChangeSetMeta {
         source_file: kv.get(KEY_SOURCE).cloned().unwrap_or_default(),
@@ -196,7 +209,10 @@ mod tests {
             parse_change_set_path(&root, &p),
             Some(("ns".into(), "hr".into(), "employees".into(), "abc".into()))
         );
-        assert_eq!(parse_change_set_path(&root, &Path::from("other/ns/hr/e/abc.parquet")), None);
+        assert_eq!(
+            parse_change_set_path(&root, &Path::from("other/ns/hr/e/abc.parquet")),
+            None
+        );
         let meta = ChangeSetMeta {
             source_file: "s3://b/k".into(),
             etag: Some("e".into()),

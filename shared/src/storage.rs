@@ -48,12 +48,16 @@ impl Location {
             });
         }
         if let Some(rest) = text.strip_prefix("file://") {
-            return Ok(Location::Local { dir: PathBuf::from(rest) });
+            return Ok(Location::Local {
+                dir: PathBuf::from(rest),
+            });
         }
         if text.contains("://") {
             return Err(format!("`{text}`: only s3://, file:// and local paths are supported"));
         }
-        Ok(Location::Local { dir: PathBuf::from(text) })
+        Ok(Location::Local {
+            dir: PathBuf::from(text),
+        })
     }
 
     /// The location `sub` below this one.
@@ -117,8 +121,13 @@ pub fn object_path(key: &str) -> std::result::Result<Path, String> {
     if key.is_empty() || key.starts_with('/') {
         return Err(format!("object key `{key}` is empty or absolute"));
     }
-    if key.split('/').any(|s| s.is_empty() || s == "." || s == ".." || s.contains('\\')) {
-        return Err(format!("object key `{key}` has an empty, `.`, `..` or backslash segment"));
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == ".." || s.contains('\\'))
+    {
+        return Err(format!(
+            "object key `{key}` has an empty, `.`, `..` or backslash segment"
+        ));
     }
     Path::parse(key).map_err(|e| format!("object key `{key}`: {e}"))
 }
@@ -228,7 +237,11 @@ impl Stores {
         if let Some(region) = &self.config.region {
             b = b.with_region(region);
         }
-        let endpoint = self.config.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        let endpoint = self
+            .config
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
         if let Some(ep) = endpoint {
             b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
         }
@@ -248,7 +261,12 @@ impl Stores {
         if let Some(region) = &self.config.region {
             o.insert("aws_region".into(), region.clone());
         }
-        if let Some(ep) = self.config.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
+        if let Some(ep) = self
+            .config
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        {
             o.insert("aws_endpoint".into(), ep);
             o.insert("aws_virtual_hosted_style_request".into(), "false".into());
         }
@@ -261,12 +279,14 @@ impl Stores {
     /// The location a Delta table really lives at (mapped buckets become local folders).
     pub fn physical(&self, loc: &Location) -> Location {
         match loc {
-            Location::S3 { bucket, prefix } => match self.config.buckets.get(bucket).and_then(|m| Location::parse(m).ok()) {
-                Some(Location::Local { dir }) => Location::Local {
-                    dir: if prefix.is_empty() { dir } else { dir.join(prefix) },
-                },
-                _ => loc.clone(),
-            },
+            Location::S3 { bucket, prefix } => {
+                match self.config.buckets.get(bucket).and_then(|m| Location::parse(m).ok()) {
+                    Some(Location::Local { dir }) => Location::Local {
+                        dir: if prefix.is_empty() { dir } else { dir.join(prefix) },
+                    },
+                    _ => loc.clone(),
+                }
+            }
             other => other.clone(),
         }
     }
@@ -295,7 +315,10 @@ mod tests {
                 prefix: "a/b".into()
             }
         );
-        assert_eq!(Location::parse("/tmp/x").unwrap(), Location::Local { dir: "/tmp/x".into() });
+        assert_eq!(
+            Location::parse("/tmp/x").unwrap(),
+            Location::Local { dir: "/tmp/x".into() }
+        );
         assert!(Location::parse("s3://b/../x").is_err());
         assert!(Location::parse("gs://b/x").is_err());
         assert_eq!(Location::parse("s3://b").unwrap().join("ns/t").url(), "s3://b/ns/t");
@@ -303,10 +326,21 @@ mod tests {
 
     #[test]
     fn keys_cannot_escape_the_root() {
-        for bad in ["../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "a/./b", "a\\..\\b/c", ""] {
+        for bad in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "a/../../b",
+            "a//b",
+            "a/./b",
+            "a\\..\\b/c",
+            "",
+        ] {
             assert!(object_path(bad).is_err(), "{bad}");
         }
-        assert_eq!(object_path("hr/emp/LOAD00000001.csv").unwrap().as_ref(), "hr/emp/LOAD00000001.csv");
+        assert_eq!(
+            object_path("hr/emp/LOAD00000001.csv").unwrap().as_ref(),
+            "hr/emp/LOAD00000001.csv"
+        );
     }
 
     #[tokio::test]
@@ -316,7 +350,9 @@ mod tests {
         cfg.buckets.insert("dms".into(), dir.path().display().to_string());
         let stores = Stores::new(cfg);
         let s = stores.bucket("dms").unwrap();
-        s.put(&Path::from("hr/emp/x.csv"), PutPayload::from_static(b"a")).await.unwrap();
+        s.put(&Path::from("hr/emp/x.csv"), PutPayload::from_static(b"a"))
+            .await
+            .unwrap();
         assert!(dir.path().join("hr/emp/x.csv").exists());
         // Cached: the same store comes back.
         assert!(Arc::ptr_eq(&s, &stores.bucket("dms").unwrap()));

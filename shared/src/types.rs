@@ -91,7 +91,9 @@ fn decimal(p: Option<u8>, s: Option<i8>) -> Result<ColumnType, String> {
         // PostgreSQL numerics beyond Delta's 38 digits arrive as text; keep them as text.
         (Some(p), Some(_)) if p > 38 => Ok(ColumnType::Utf8),
         (Some(p), Some(s)) if p >= 1 && s >= 0 && (s as i16) <= p as i16 => Ok(ColumnType::Decimal(p, s)),
-        _ => Err(format!("decimal precision must be 1..=38 and scale 0..=precision, got {p:?},{s:?}")),
+        _ => Err(format!(
+            "decimal precision must be 1..=38 and scale 0..=precision, got {p:?},{s:?}"
+        )),
     }
 }
 
@@ -106,12 +108,16 @@ pub fn delta_type(dt: &DataType) -> Option<DataType> {
         DataType::UInt64 => DataType::Decimal128(20, 0),
         DataType::Float16 | DataType::Float32 => DataType::Float32,
         DataType::Float64 => DataType::Float64,
-        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => DataType::Decimal128(*p, *s),
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
+            DataType::Decimal128(*p, *s)
+        }
         DataType::Decimal256(p, s) if *p <= 38 => DataType::Decimal128(*p, *s),
         DataType::Decimal256(..) => DataType::Utf8,
         DataType::Boolean => DataType::Boolean,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => DataType::Binary,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            DataType::Binary
+        }
         DataType::Date32 | DataType::Date64 => DataType::Date32,
         DataType::Time32(_) | DataType::Time64(_) => DataType::Utf8,
         DataType::Timestamp(..) => DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
@@ -152,7 +158,8 @@ fn strict() -> CastOptions<'static> {
 
 /// TIME as `HH:MM:SS[.ffffff]`, the text DMS's CSV output uses.
 fn time_to_text(array: &ArrayRef) -> Result<ArrayRef, String> {
-    let micros = cast_with_options(array, &DataType::Time64(TimeUnit::Microsecond), &strict()).map_err(|e| e.to_string())?;
+    let micros =
+        cast_with_options(array, &DataType::Time64(TimeUnit::Microsecond), &strict()).map_err(|e| e.to_string())?;
     let micros = micros.as_primitive::<arrow::datatypes::Time64MicrosecondType>();
     let out: StringArray = micros
         .iter()
@@ -231,7 +238,11 @@ pub fn delta_schema(schema: &Schema) -> Result<Vec<(String, DataType)>, String> 
         .iter()
         .map(|f| match delta_type(f.data_type()) {
             Some(dt) => Ok((f.name().clone(), dt)),
-            None => Err(format!("column `{}` has type {} which Delta cannot store", f.name(), f.data_type())),
+            None => Err(format!(
+                "column `{}` has type {} which Delta cannot store",
+                f.name(),
+                f.data_type()
+            )),
         })
         .collect()
 }
@@ -244,11 +255,23 @@ mod tests {
     #[test]
     fn dms_type_names() {
         assert_eq!(ColumnType::from_config("int4", None, None), Ok(ColumnType::Int32));
-        assert_eq!(ColumnType::from_config("UINT8", None, None), Ok(ColumnType::Decimal(20, 0)));
+        assert_eq!(
+            ColumnType::from_config("UINT8", None, None),
+            Ok(ColumnType::Decimal(20, 0))
+        );
         assert_eq!(ColumnType::from_config("UINT4", None, None), Ok(ColumnType::Int64));
-        assert_eq!(ColumnType::from_config("NUMERIC", Some(10), Some(2)), Ok(ColumnType::Decimal(10, 2)));
-        assert_eq!(ColumnType::from_config("NUMERIC", Some(60), Some(2)), Ok(ColumnType::Utf8));
-        assert_eq!(ColumnType::from_config("decimal(12, 3)", None, None), Ok(ColumnType::Decimal(12, 3)));
+        assert_eq!(
+            ColumnType::from_config("NUMERIC", Some(10), Some(2)),
+            Ok(ColumnType::Decimal(10, 2))
+        );
+        assert_eq!(
+            ColumnType::from_config("NUMERIC", Some(60), Some(2)),
+            Ok(ColumnType::Utf8)
+        );
+        assert_eq!(
+            ColumnType::from_config("decimal(12, 3)", None, None),
+            Ok(ColumnType::Decimal(12, 3))
+        );
         assert_eq!(ColumnType::from_config("TIME", None, None), Ok(ColumnType::Utf8));
         assert!(ColumnType::from_config("NUMERIC", Some(5), Some(9)).is_err());
         assert!(ColumnType::from_config("GEOMETRY", None, None).is_err());
@@ -260,7 +283,10 @@ mod tests {
         assert_eq!(delta_type(&DataType::UInt16), Some(DataType::Int32));
         assert_eq!(delta_type(&DataType::UInt32), Some(DataType::Int64));
         assert_eq!(delta_type(&DataType::UInt64), Some(DataType::Decimal128(20, 0)));
-        assert_eq!(delta_type(&DataType::Time64(TimeUnit::Microsecond)), Some(DataType::Utf8));
+        assert_eq!(
+            delta_type(&DataType::Time64(TimeUnit::Microsecond)),
+            Some(DataType::Utf8)
+        );
         assert_eq!(
             delta_type(&DataType::Timestamp(TimeUnit::Millisecond, None)),
             Some(DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())))
@@ -268,9 +294,18 @@ mod tests {
 
         let u: ArrayRef = Arc::new(UInt64Array::from(vec![Some(u64::MAX), None]));
         let d = to_delta(&u, &DataType::Decimal128(20, 0)).unwrap();
-        assert_eq!(d.as_primitive::<arrow::datatypes::Decimal128Type>().value(0), u64::MAX as i128);
+        assert_eq!(
+            d.as_primitive::<arrow::datatypes::Decimal128Type>().value(0),
+            u64::MAX as i128
+        );
         let u8s: ArrayRef = Arc::new(UInt8Array::from(vec![255]));
-        assert_eq!(to_delta(&u8s, &DataType::Int16).unwrap().as_primitive::<arrow::datatypes::Int16Type>().value(0), 255);
+        assert_eq!(
+            to_delta(&u8s, &DataType::Int16)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int16Type>()
+                .value(0),
+            255
+        );
 
         let t: ArrayRef = Arc::new(Time32SecondArray::from(vec![Some(3723), None]));
         let s = to_delta(&t, &DataType::Utf8).unwrap();
@@ -280,7 +315,11 @@ mod tests {
         // Wall-clock millis keep their digits.
         let ts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![1_700_000_000_123]));
         let out = to_delta(&ts, &DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))).unwrap();
-        assert_eq!(out.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(0), 1_700_000_000_123_000);
+        assert_eq!(
+            out.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(0),
+            1_700_000_000_123_000
+        );
     }
 
     #[test]
@@ -288,8 +327,14 @@ mod tests {
         assert_eq!(widening(&DataType::Int32, &DataType::Int64), Widening::Widen);
         assert_eq!(widening(&DataType::Int64, &DataType::Int32), Widening::CastUp);
         assert_eq!(widening(&DataType::Int64, &DataType::Utf8), Widening::Incompatible);
-        assert_eq!(widening(&DataType::Decimal128(10, 2), &DataType::Decimal128(12, 2)), Widening::Widen);
-        assert_eq!(widening(&DataType::Decimal128(10, 2), &DataType::Decimal128(10, 3)), Widening::Incompatible);
+        assert_eq!(
+            widening(&DataType::Decimal128(10, 2), &DataType::Decimal128(12, 2)),
+            Widening::Widen
+        );
+        assert_eq!(
+            widening(&DataType::Decimal128(10, 2), &DataType::Decimal128(10, 3)),
+            Widening::Incompatible
+        );
         assert_eq!(widening(&DataType::Utf8, &DataType::Utf8), Widening::Same);
     }
 }

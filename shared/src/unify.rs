@@ -184,20 +184,33 @@ mod tests {
             Field::new("v", DataType::Utf8, true),
             Field::new("extra", DataType::Int32, true),
         ];
-        let u = unify(Some(&table), &[vec![batch(&[(1, Some("a"), "U", "1F1", None)])]], &keys()).unwrap();
+        let u = unify(
+            Some(&table),
+            &[vec![batch(&[(1, Some("a"), "U", "1F1", None)])]],
+            &keys(),
+        )
+        .unwrap();
         let b = u.batch.unwrap();
         let nosup = b.column(b.schema().index_of(NOSUP).unwrap()).as_string::<i32>();
         assert_eq!(nosup.value(0), "|extra|");
         assert!(u.new_columns.is_empty());
         // A table without `v`: the change set adds it.
         let table = vec![Field::new("id", DataType::Int64, true)];
-        let u = unify(Some(&table), &[vec![batch(&[(1, Some("a"), "U", "1F1", None)])]], &keys()).unwrap();
+        let u = unify(
+            Some(&table),
+            &[vec![batch(&[(1, Some("a"), "U", "1F1", None)])]],
+            &keys(),
+        )
+        .unwrap();
         assert_eq!(u.new_columns, vec!["v".to_string()]);
     }
 
     #[test]
     fn narrower_values_are_cast_wider_types_widen_and_incompatible_sets_are_rejected() {
-        let table = vec![Field::new("id", DataType::Int64, true), Field::new("v", DataType::Int32, true)];
+        let table = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Int32, true),
+        ];
         let mk = |dt: DataType, arr: ArrayRef| {
             let base = batch(&[(7, None, "I", "1F1", None)]);
             let mut fields: Vec<Field> = base.schema().fields().iter().map(|f| f.as_ref().clone()).collect();

@@ -46,7 +46,11 @@ async fn a_late_older_change_never_overwrites_a_newer_one() {
     assert_eq!(m.rows(T, &["id", "name", "n"]).await, vec![vec!["1", "new", "2"]]);
     // The stored sequence is the newest one applied.
     let b = m.batches(T).await;
-    let seq = arrow::compute::cast(b[0].column(b[0].schema().index_of("_dms_seq").unwrap()), &arrow::datatypes::DataType::Utf8).unwrap();
+    let seq = arrow::compute::cast(
+        b[0].column(b[0].schema().index_of("_dms_seq").unwrap()),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
     let seq = seq.as_string::<i32>();
     assert_eq!(seq.value(0), format!("1S{:035}", 6));
 }
@@ -68,7 +72,10 @@ async fn a_late_change_after_a_delete_does_not_bring_the_row_back() {
     assert_eq!(m.rows(T, &["id"]).await, vec![vec!["2"]]);
     // A re-insert newer than the delete is applied.
     m.apply(&cdc(7), b"I,1,back,7,10\n").await;
-    assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "back"], vec!["2", "b"]]);
+    assert_eq!(
+        m.rows(T, &["id", "name"]).await,
+        vec![vec!["1", "back"], vec!["2", "b"]]
+    );
 }
 
 #[tokio::test]
@@ -77,12 +84,18 @@ async fn full_load_rows_sort_before_every_cdc_change() {
     m.apply(&cdc(1), b"U,1,cdc,2,100\n").await;
     // The full load of the same table is processed afterwards (events are unordered).
     m.apply("app/t/LOAD00000001.csv", b"1,load,1,\n2,load,1,\n").await;
-    assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "cdc"], vec!["2", "load"]]);
+    assert_eq!(
+        m.rows(T, &["id", "name"]).await,
+        vec![vec!["1", "cdc"], vec!["2", "load"]]
+    );
 }
 
 #[tokio::test]
 async fn soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes() {
-    let m = Mini::new(&SEQ_SOURCE.replace("keys: [id]", "keys: [id]\n        delete_mode: soft"), "");
+    let m = Mini::new(
+        &SEQ_SOURCE.replace("keys: [id]", "keys: [id]\n        delete_mode: soft"),
+        "",
+    );
     m.apply(&cdc(1), b"I,1,a,1,1\n").await;
     m.apply(&cdc(2), b"D,1,,,5\n").await;
     let rows = m.rows(T, &["id", "name", "_dms_deleted"]).await;
@@ -91,9 +104,15 @@ async fn soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes() {
     let at = b[0].column(b[0].schema().index_of("_dms_deleted_at").unwrap());
     assert_eq!(arrow::array::Array::null_count(at.as_ref()), 0);
     m.apply(&cdc(3), b"U,1,late,1,3\n").await;
-    assert_eq!(m.rows(T, &["id", "name", "_dms_deleted"]).await, vec![vec!["1", "a", "true"]]);
+    assert_eq!(
+        m.rows(T, &["id", "name", "_dms_deleted"]).await,
+        vec![vec!["1", "a", "true"]]
+    );
     m.apply(&cdc(4), b"I,1,again,1,7\n").await;
-    assert_eq!(m.rows(T, &["id", "name", "_dms_deleted"]).await, vec![vec!["1", "again", "false"]]);
+    assert_eq!(
+        m.rows(T, &["id", "name", "_dms_deleted"]).await,
+        vec![vec!["1", "again", "false"]]
+    );
 }
 
 const HEADER_SOURCE: &str = r#"
@@ -113,8 +132,11 @@ const HEADER_SOURCE: &str = r#"
 #[tokio::test]
 async fn a_column_added_at_the_source_is_added_to_the_table() {
     let m = Mini::new(HEADER_SOURCE, "");
-    m.apply("app/t/20240528-195141301.csv", b"Op,id,name\nI,1,a\nI,2,b\n").await;
-    let m2 = m.apply("app/t/20240528-195141302.csv", b"Op,id,name,extra\nU,2,b,7\nI,3,c,8\n").await;
+    m.apply("app/t/20240528-195141301.csv", b"Op,id,name\nI,1,a\nI,2,b\n")
+        .await;
+    let m2 = m
+        .apply("app/t/20240528-195141302.csv", b"Op,id,name,extra\nU,2,b,7\nI,3,c,8\n")
+        .await;
     assert_eq!((m2.rows_updated, m2.rows_inserted), (1, 1));
     assert_eq!(
         m.rows("pg.app.t", &["id", "name", "extra"]).await,
@@ -122,12 +144,18 @@ async fn a_column_added_at_the_source_is_added_to_the_table() {
     );
     // A late file in the old shape updates what it has and keeps the new column's value.
     m.apply("app/t/20240528-195141303.csv", b"Op,id,name\nU,3,c2\n").await;
-    assert_eq!(m.rows("pg.app.t", &["id", "name", "extra"]).await[2], vec!["3", "c2", "8"]);
+    assert_eq!(
+        m.rows("pg.app.t", &["id", "name", "extra"]).await[2],
+        vec!["3", "c2", "8"]
+    );
 }
 
 fn parquet(fields: Vec<(&str, arrow::datatypes::DataType, arrow::array::ArrayRef)>) -> Vec<u8> {
     let schema = Arc::new(arrow::datatypes::Schema::new(
-        fields.iter().map(|(n, dt, _)| arrow::datatypes::Field::new(*n, dt.clone(), true)).collect::<Vec<_>>(),
+        fields
+            .iter()
+            .map(|(n, dt, _)| arrow::datatypes::Field::new(*n, dt.clone(), true))
+            .collect::<Vec<_>>(),
     ));
     let batch = arrow::array::RecordBatch::try_new(schema.clone(), fields.into_iter().map(|f| f.2).collect()).unwrap();
     let mut buf = Vec::new();
@@ -171,9 +199,18 @@ async fn safe_type_widening_is_applied_and_an_unsafe_change_is_quarantined() {
         ]),
     )
     .await;
-    assert_eq!(m.rows("ora.app.t", &["id", "n"]).await, vec![vec!["1".to_string(), "10".into()], vec!["2".into(), (1i64 << 40).to_string()]]);
+    assert_eq!(
+        m.rows("ora.app.t", &["id", "n"]).await,
+        vec![
+            vec!["1".to_string(), "10".into()],
+            vec!["2".into(), (1i64 << 40).to_string()]
+        ]
+    );
     let b = m.batches("ora.app.t").await;
-    assert_eq!(b[0].schema().field_with_name("n").unwrap().data_type(), &DataType::Int64);
+    assert_eq!(
+        b[0].schema().field_with_name("n").unwrap().data_type(),
+        &DataType::Int64
+    );
 
     // BIGINT to text is not safe: the change set is quarantined, the table untouched.
     let loc = m.location("ora.app.t");
@@ -190,7 +227,10 @@ async fn safe_type_widening_is_applied_and_an_unsafe_change_is_quarantined() {
     let res = m.pipeline.commit_all().await.unwrap();
     assert_eq!(res[0].quarantined.len(), 1, "{res:?}");
     assert_eq!(res[0].change_sets, 0);
-    assert_eq!(applied_files(&m.pipeline.stores, &loc, None).await.unwrap().len(), before);
+    assert_eq!(
+        applied_files(&m.pipeline.stores, &loc, None).await.unwrap().len(),
+        before
+    );
     let report_path = m.dir.path().join("quarantine").join(&res[0].quarantined[0]);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report_path).unwrap()).unwrap();
     assert_eq!(report["stage"], "commit");
@@ -205,12 +245,16 @@ async fn no_partial_commit_when_the_log_write_fails() {
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = fail.clone();
     let m = Mini::new(SEQ_SOURCE, "");
-    let stores = dms2delta::storage::Stores::new(m.pipeline.config.config.storage.clone()).with_delta_wrapper(Arc::new(move |inner| {
-        let f = f.clone();
-        Arc::new(FaultyStore::new(inner, move |call, path| {
-            call == Call::Put && path.as_ref().contains("_delta_log/") && f.load(std::sync::atomic::Ordering::SeqCst)
-        }))
-    }));
+    let stores = dms2delta::storage::Stores::new(m.pipeline.config.config.storage.clone()).with_delta_wrapper(
+        Arc::new(move |inner| {
+            let f = f.clone();
+            Arc::new(FaultyStore::new(inner, move |call, path| {
+                call == Call::Put
+                    && path.as_ref().contains("_delta_log/")
+                    && f.load(std::sync::atomic::Ordering::SeqCst)
+            }))
+        }),
+    );
     let p = dms2delta::pipeline::Pipeline::new(m.pipeline.config.clone(), Arc::new(stores));
     m.apply(&cdc(1), b"I,1,a,1,1\n").await;
     let loc = m.location(T);
@@ -223,7 +267,11 @@ async fn no_partial_commit_when_the_log_write_fails() {
     // Data files may have been written, but no version references them.
     assert_eq!(applied_files(&p.stores, &loc, None).await.unwrap().len(), versions);
     assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "a"]]);
-    assert_eq!(p.pending().await.unwrap().len(), 1, "the change set must still be staged");
+    assert_eq!(
+        p.pending().await.unwrap().len(),
+        1,
+        "the change set must still be staged"
+    );
     fail.store(false, std::sync::atomic::Ordering::SeqCst);
     p.commit("my", "app", "t", Failpoints::default()).await.unwrap();
     assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "b"], vec!["2", "c"]]);
@@ -238,7 +286,12 @@ async fn versions_and_source_files_trace_each_other() {
     let c = m.apply(&cdc(3), b"U,1,old,1,1\n").await;
     assert_eq!(c.rows_stale, 1);
     let trace = applied_files(&m.pipeline.stores, &m.location(T), None).await.unwrap();
-    let find = |file: &str| trace.iter().find(|(_, fs)| fs.iter().any(|f| f.ends_with(file))).map(|(v, _)| *v);
+    let find = |file: &str| {
+        trace
+            .iter()
+            .find(|(_, fs)| fs.iter().any(|f| f.ends_with(file)))
+            .map(|(v, _)| *v)
+    };
     assert_eq!(find(&cdc(1)), a.version);
     assert_eq!(find(&cdc(2)), b.version);
     assert_eq!(find(&cdc(3)), c.version);
@@ -267,7 +320,9 @@ async fn conflicts_past_the_bound_go_back_to_the_queue_and_nothing_is_lost() {
     let mut handles = Vec::new();
     for _ in 0..8 {
         let p = p.clone();
-        handles.push(tokio::spawn(async move { p.commit("my", "app", "t", Failpoints::default()).await }));
+        handles.push(tokio::spawn(async move {
+            p.commit("my", "app", "t", Failpoints::default()).await
+        }));
     }
     let mut conflicts = 0;
     for h in handles {

@@ -20,7 +20,11 @@ use support::Lab;
 async fn in_order_delivery_converges_and_an_independent_reader_agrees() {
     let lab = Lab::new(&SimOptions::default(), None);
     for f in &lab.sim.files {
-        let out = lab.pipeline.decode(&lab.sim.bucket, &f.key, Some("e".into()), Failpoints::default()).await.unwrap();
+        let out = lab
+            .pipeline
+            .decode(&lab.sim.bucket, &f.key, Some("e".into()), Failpoints::default())
+            .await
+            .unwrap();
         assert!(matches!(out, DecodeOutcome::Staged(_)), "{}: {out:?}", f.key);
     }
     let commits = lab.pipeline.commit_all().await.unwrap();
@@ -31,10 +35,18 @@ async fn in_order_delivery_converges_and_an_independent_reader_agrees() {
     }
     // Applying everything again changes nothing.
     for f in &lab.sim.files {
-        lab.pipeline.decode(&lab.sim.bucket, &f.key, Some("e2".into()), Failpoints::default()).await.unwrap();
+        lab.pipeline
+            .decode(&lab.sim.bucket, &f.key, Some("e2".into()), Failpoints::default())
+            .await
+            .unwrap();
     }
     let again = lab.pipeline.commit_all().await.unwrap();
-    assert!(again.iter().all(|m| m.rows_inserted + m.rows_updated + m.rows_deleted == 0), "{again:?}");
+    assert!(
+        again
+            .iter()
+            .all(|m| m.rows_inserted + m.rows_updated + m.rows_deleted == 0),
+        "{again:?}"
+    );
     lab.check().await.unwrap();
 }
 
@@ -56,13 +68,16 @@ async fn run_case(seed: u64) -> Result<(), String> {
         max_file_changes: rng.usize(1..10),
         // A random non-empty subset of the formats keeps each case short; the seeds cover all.
         formats: {
-            let mut f: Vec<_> = dms2delta::sim::Format::ALL.iter().copied().filter(|_| rng.bool()).collect();
+            let mut f: Vec<_> = dms2delta::sim::Format::ALL
+                .iter()
+                .copied()
+                .filter(|_| rng.bool())
+                .collect();
             if f.is_empty() {
                 f.push(dms2delta::sim::Format::ALL[rng.usize(0..3)]);
             }
             f
         },
-        ..Default::default()
     };
     let fault_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)));
     let log_fault = rng.f64() * 0.3;
@@ -70,7 +85,10 @@ async fn run_case(seed: u64) -> Result<(), String> {
     let wrapper: StoreWrapper = Arc::new(move |inner| {
         let fr = fr.clone();
         Arc::new(FaultyStore::new(inner, move |call, path| {
-            call == Call::Put && path.as_ref().contains("_delta_log/") && path.as_ref().ends_with(".json") && fr.lock().unwrap().f64() < log_fault
+            call == Call::Put
+                && path.as_ref().contains("_delta_log/")
+                && path.as_ref().ends_with(".json")
+                && fr.lock().unwrap().f64() < log_fault
         }))
     });
     let lab = Lab::new(&opts, Some(wrapper));
@@ -106,8 +124,15 @@ async fn run_case(seed: u64) -> Result<(), String> {
                         Ok(DecodeOutcome::Staged(m)) => {
                             for t in m.tables {
                                 let mut p = t.table.splitn(3, '.');
-                                let (a, b, c) = (p.next().unwrap_or_default(), p.next().unwrap_or_default(), p.next().unwrap_or_default());
-                                queue.lock().unwrap().push_back(Task::Commit(a.into(), b.into(), c.into()));
+                                let (a, b, c) = (
+                                    p.next().unwrap_or_default(),
+                                    p.next().unwrap_or_default(),
+                                    p.next().unwrap_or_default(),
+                                );
+                                queue
+                                    .lock()
+                                    .unwrap()
+                                    .push_back(Task::Commit(a.into(), b.into(), c.into()));
                             }
                         }
                         Ok(other) => return Err(format!("{key}: unexpected {other:?}")),
@@ -143,13 +168,24 @@ async fn run_case(seed: u64) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_order_duplicates_crashes_and_concurrency_converge() {
-    let cases: u64 = std::env::var("DMS2DELTA_CONVERGENCE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
-    let base: u64 = std::env::var("DMS2DELTA_CONVERGENCE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let cases: u64 = std::env::var("DMS2DELTA_CONVERGENCE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    let base: u64 = std::env::var("DMS2DELTA_CONVERGENCE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let mut failures = Vec::new();
     for seed in base..base + cases {
         if let Err(e) = run_case(seed).await {
             failures.push(e);
         }
     }
-    assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

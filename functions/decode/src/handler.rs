@@ -88,7 +88,9 @@ async fn process(state: &State, delivery: Delivery) -> Tally {
     for o in objects {
         if o.kind != ObjectEventKind::Created {
             tracing::info!(stage = "decode", bucket = %o.bucket, key = %o.key, "not an object creation; ignored");
-            tally.skipped.push(json!({"key": o.key, "reason": "not an object creation"}));
+            tally
+                .skipped
+                .push(json!({"key": o.key, "reason": "not an object creation"}));
             continue;
         }
         let mut op = DecodeBuilder::new(state.config.clone(), &state.stores)
@@ -130,7 +132,10 @@ async fn process(state: &State, delivery: Delivery) -> Tally {
                 Emf::new(namespace, "decode").metric("Skipped", Unit::Count, 1.0).emit();
                 tally.skipped.push(json!({"key": o.key, "reason": reason}));
             }
-            Ok(DecodeOutcome::Quarantined { report, report_location }) => {
+            Ok(DecodeOutcome::Quarantined {
+                report,
+                report_location,
+            }) => {
                 let mut emf = Emf::new(namespace, "decode");
                 if let Some(t) = &report.table {
                     emf = emf.with_table(t);
@@ -141,7 +146,9 @@ async fn process(state: &State, delivery: Delivery) -> Tally {
             Err(e) => {
                 tracing::error!(stage = "decode", bucket = %o.bucket, key = %o.key, retryable = e.is_retryable(), error = %e, "decode failed");
                 Emf::new(namespace, "decode").metric("Errors", Unit::Count, 1.0).emit();
-                tally.failed.push(json!({"key": o.key, "error": e.to_string(), "retryable": e.is_retryable()}));
+                tally
+                    .failed
+                    .push(json!({"key": o.key, "error": e.to_string(), "retryable": e.is_retryable()}));
             }
         }
     }

@@ -15,7 +15,12 @@ use crate::error::{BadInputKind, InputProblem};
 use crate::route::{digits_to_micros, FileKind};
 use crate::types::{ColumnType, UTC};
 
-pub(super) fn decode<R: Read>(reader: R, ctx: &FileContext<'_>, sink: &mut Sink, gzip: bool) -> Result<(), InputProblem> {
+pub(super) fn decode<R: Read>(
+    reader: R,
+    ctx: &FileContext<'_>,
+    sink: &mut Sink,
+    gzip: bool,
+) -> Result<(), InputProblem> {
     let settings = &ctx.source_settings().csv;
     let delimiter = settings.delimiter.as_bytes().first().copied().unwrap_or(b',');
     let mut rdr = ::csv::ReaderBuilder::new()
@@ -94,7 +99,10 @@ pub(super) fn decode<R: Read>(reader: R, ctx: &FileContext<'_>, sink: &mut Sink,
                         Some(h) => Layout::Header(h.clone()),
                         None => Layout::Headerless {
                             fields: record.len(),
-                            first_field: record.get(0).and_then(|f| std::str::from_utf8(f).ok()).map(str::to_string),
+                            first_field: record
+                                .get(0)
+                                .and_then(|f| std::str::from_utf8(f).ok())
+                                .map(str::to_string),
                         },
                     };
                     single.insert(TableDecoder::new(spec.clone(), settings, layout, ctx)?)
@@ -166,7 +174,12 @@ struct TableDecoder {
 }
 
 impl TableDecoder {
-    fn new(spec: TableSpec, settings: &CsvSettings, layout: Layout, ctx: &FileContext<'_>) -> Result<TableDecoder, InputProblem> {
+    fn new(
+        spec: TableSpec,
+        settings: &CsvSettings,
+        layout: Layout,
+        ctx: &FileContext<'_>,
+    ) -> Result<TableDecoder, InputProblem> {
         let _ = settings;
         let configured = spec.columns.clone();
         let ts_name = spec.timestamp_column.clone();
@@ -193,12 +206,18 @@ impl TableDecoder {
                     }
                 }
             }
-            Layout::Headerless { fields: first, first_field } => {
+            Layout::Headerless {
+                fields: first,
+                first_field,
+            } => {
                 let first_field = first_field.as_deref();
                 let cols = configured.ok_or_else(|| {
                     InputProblem::new(
                         BadInputKind::NoColumns,
-                        format!("headerless CSV for table {}.{} but no columns are configured", spec.schema, spec.table),
+                        format!(
+                            "headerless CSV for table {}.{} but no columns are configured",
+                            spec.schema, spec.table
+                        ),
                     )
                 })?;
                 let ts_extra = ts_name.as_ref().is_some_and(|t| !cols.iter().any(|c| &c.name == t));
@@ -253,7 +272,10 @@ impl TableDecoder {
                 let cols = configured.ok_or_else(|| {
                     InputProblem::new(
                         BadInputKind::NoColumns,
-                        format!("CDC_TXN rows for table {}.{} but no columns are configured", spec.schema, spec.table),
+                        format!(
+                            "CDC_TXN rows for table {}.{} but no columns are configured",
+                            spec.schema, spec.table
+                        ),
                     )
                 })?;
                 op_pos = Some(0);
@@ -283,7 +305,10 @@ impl TableDecoder {
                 data.iter().position(|d| &d.name == k).ok_or_else(|| {
                     InputProblem::new(
                         BadInputKind::MissingKey,
-                        format!("key column `{k}` of table {}.{} is not in the file", spec.schema, spec.table),
+                        format!(
+                            "key column `{k}` of table {}.{} is not in the file",
+                            spec.schema, spec.table
+                        ),
                     )
                 })
             })
@@ -336,10 +361,18 @@ impl TableDecoder {
             if f.len() > ctx.max_field_bytes {
                 return Err(InputProblem::new(
                     BadInputKind::TooLarge,
-                    format!("line {line}: a field of {} bytes exceeds limits.max_field_bytes", f.len()),
+                    format!(
+                        "line {line}: a field of {} bytes exceeds limits.max_field_bytes",
+                        f.len()
+                    ),
                 ));
             }
-            std::str::from_utf8(f).map_err(|_| InputProblem::new(BadInputKind::InvalidUtf8, format!("line {line}: field {} is not UTF-8", i + 1)))
+            std::str::from_utf8(f).map_err(|_| {
+                InputProblem::new(
+                    BadInputKind::InvalidUtf8,
+                    format!("line {line}: field {} is not UTF-8", i + 1),
+                )
+            })
         };
         let op = match self.op_pos {
             Some(p) => match text(p)? {
@@ -361,11 +394,18 @@ impl TableDecoder {
                 if f.len() > ctx.max_field_bytes {
                     return Err(InputProblem::new(
                         BadInputKind::TooLarge,
-                        format!("line {line}: column `{}` holds {} bytes, over limits.max_field_bytes", d.name, f.len()),
+                        format!(
+                            "line {line}: column `{}` holds {} bytes, over limits.max_field_bytes",
+                            d.name,
+                            f.len()
+                        ),
                     ));
                 }
                 std::str::from_utf8(f).map_err(|_| {
-                    InputProblem::new(BadInputKind::InvalidUtf8, format!("line {line}: column `{}` is not UTF-8", d.name))
+                    InputProblem::new(
+                        BadInputKind::InvalidUtf8,
+                        format!("line {line}: column `{}` is not UTF-8", d.name),
+                    )
                 })?
             };
             if settings.no_sup_value.as_deref() == Some(v) {
@@ -412,7 +452,10 @@ impl TableDecoder {
         }
         let ts = match self.ts_pos.map(text).transpose()?.filter(|s| !s.is_empty()) {
             Some(s) => Some(super::values::parse_timestamp_micros(s).ok_or_else(|| {
-                InputProblem::new(BadInputKind::BadValue, format!("line {line}: the timestamp column is not yyyy-MM-dd HH:mm:ss[.f]"))
+                InputProblem::new(
+                    BadInputKind::BadValue,
+                    format!("line {line}: the timestamp column is not yyyy-MM-dd HH:mm:ss[.f]"),
+                )
             })?),
             None => self.name_micros,
         };

@@ -132,7 +132,9 @@ pub fn decode_file(file: std::fs::File, ctx: &FileContext<'_>) -> Result<Vec<Tab
     }
     match format {
         Format::Parquet => {
-            let spec = ctx.table.ok_or_else(|| InputProblem::new(BadInputKind::UnknownTable, "no table"))?;
+            let spec = ctx
+                .table
+                .ok_or_else(|| InputProblem::new(BadInputKind::UnknownTable, "no table"))?;
             parquet::decode(file, ctx, spec, &mut sink)?;
         }
         Format::GzipCsv => {
@@ -150,7 +152,12 @@ fn read_head(file: &mut std::fs::File, head: &mut [u8]) -> Result<usize, InputPr
         match file.read(&mut head[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(e) => return Err(InputProblem::new(BadInputKind::CorruptFile, format!("cannot read: {e}"))),
+            Err(e) => {
+                return Err(InputProblem::new(
+                    BadInputKind::CorruptFile,
+                    format!("cannot read: {e}"),
+                ))
+            }
         }
     }
     Ok(n)

@@ -14,8 +14,15 @@ use crate::error::{BadInputKind, InputProblem};
 use crate::route::{digits_to_micros, FileKind};
 use crate::types::{delta_type, to_delta, UTC};
 
-pub(super) fn decode(file: std::fs::File, ctx: &FileContext<'_>, spec: &TableSpec, sink: &mut Sink) -> Result<(), InputProblem> {
-    let corrupt = |e: parquet::errors::ParquetError| InputProblem::new(BadInputKind::CorruptFile, format!("not a readable Parquet file: {e}"));
+pub(super) fn decode(
+    file: std::fs::File,
+    ctx: &FileContext<'_>,
+    spec: &TableSpec,
+    sink: &mut Sink,
+) -> Result<(), InputProblem> {
+    let corrupt = |e: parquet::errors::ParquetError| {
+        InputProblem::new(BadInputKind::CorruptFile, format!("not a readable Parquet file: {e}"))
+    };
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)?;
     let file_schema = builder.schema().clone();
     let plan = Plan::new(&file_schema, spec)?;
@@ -24,7 +31,8 @@ pub(super) fn decode(file: std::fs::File, ctx: &FileContext<'_>, spec: &TableSpe
     let mut row: u64 = 0;
     let mut seq_buf = String::with_capacity(64);
     for batch in reader {
-        let batch = batch.map_err(|e| InputProblem::new(BadInputKind::CorruptFile, format!("a row group cannot be read: {e}")))?;
+        let batch = batch
+            .map_err(|e| InputProblem::new(BadInputKind::CorruptFile, format!("a row group cannot be read: {e}")))?;
         let n = batch.num_rows();
         let first_row = row + 1;
         row += n as u64;
@@ -33,7 +41,10 @@ pub(super) fn decode(file: std::fs::File, ctx: &FileContext<'_>, spec: &TableSpe
             let col = to_delta(batch.column(*i), target).map_err(|e| {
                 InputProblem::new(
                     BadInputKind::BadValue,
-                    format!("column `{}` cannot be stored as {target}: {e}", file_schema.field(*i).name()),
+                    format!(
+                        "column `{}` cannot be stored as {target}: {e}",
+                        file_schema.field(*i).name()
+                    ),
                 )
             })?;
             cols.push(col);
@@ -49,12 +60,17 @@ pub(super) fn decode(file: std::fs::File, ctx: &FileContext<'_>, spec: &TableSpe
         }
         let ops: ArrayRef = match plan.op {
             Some(i) => {
-                let ops = cast(batch.column(i), &DataType::Utf8)
-                    .map_err(|e| InputProblem::new(BadInputKind::UnknownOp, format!("the Op column is not text: {e}")))?;
+                let ops = cast(batch.column(i), &DataType::Utf8).map_err(|e| {
+                    InputProblem::new(BadInputKind::UnknownOp, format!("the Op column is not text: {e}"))
+                })?;
                 let s = ops.as_string::<i32>();
                 for r in 0..n {
                     if s.is_null(r) || !matches!(s.value(r), "I" | "U" | "D") {
-                        let shown: String = if s.is_null(r) { "null".into() } else { s.value(r).chars().take(8).collect() };
+                        let shown: String = if s.is_null(r) {
+                            "null".into()
+                        } else {
+                            s.value(r).chars().take(8).collect()
+                        };
                         return Err(InputProblem::new(
                             BadInputKind::UnknownOp,
                             format!("row {}: Op `{shown}` is not I, U or D", first_row + r as u64),
@@ -96,9 +112,13 @@ pub(super) fn decode(file: std::fs::File, ctx: &FileContext<'_>, spec: &TableSpe
         cols.push(ops);
         cols.push(Arc::new(seqs.finish()));
         cols.push(ts);
-        cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(ctx.source_file, n))));
+        cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            ctx.source_file,
+            n,
+        ))));
         cols.push(arrow::array::new_null_array(&DataType::Utf8, n));
-        let out = RecordBatch::try_new(plan.schema.clone(), cols).map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
+        let out = RecordBatch::try_new(plan.schema.clone(), cols)
+            .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
         sink.push(spec, out)?;
     }
     Ok(())
@@ -170,7 +190,11 @@ impl Plan {
 }
 
 fn names(s: &Schema) -> String {
-    s.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+    s.fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The DMS timestamp column: a string `yyyy-MM-dd HH:mm:ss.SSSSSS`, or a timestamp type.
@@ -180,7 +204,8 @@ fn commit_times(col: &ArrayRef, fallback: Option<i64>, first_row: u64) -> Result
             .map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("the timestamp column: {e}")))?;
         return Ok(t);
     }
-    let text = cast(col, &DataType::Utf8).map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("the timestamp column: {e}")))?;
+    let text = cast(col, &DataType::Utf8)
+        .map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("the timestamp column: {e}")))?;
     let s = text.as_string::<i32>();
     let mut out = Vec::with_capacity(s.len());
     for r in 0..s.len() {
@@ -190,7 +215,10 @@ fn commit_times(col: &ArrayRef, fallback: Option<i64>, first_row: u64) -> Result
             let v = super::values::parse_timestamp_micros(s.value(r)).ok_or_else(|| {
                 InputProblem::new(
                     BadInputKind::BadValue,
-                    format!("row {}: the timestamp column is not yyyy-MM-dd HH:mm:ss[.f]", first_row + r as u64),
+                    format!(
+                        "row {}: the timestamp column is not yyyy-MM-dd HH:mm:ss[.f]",
+                        first_row + r as u64
+                    ),
                 )
             })?;
             out.push(Some(v));

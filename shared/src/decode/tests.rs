@@ -7,7 +7,9 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, Time64MicrosecondArray,
     TimestampMillisecondArray, UInt32Array, UInt64Array, UInt8Array,
 };
-use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Int16Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Decimal128Type, Field, Float64Type, Int16Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType,
+};
 
 use super::*;
 use crate::changes::{COMMIT_TS, NOSUP, OP, SEQ};
@@ -95,7 +97,9 @@ fn strings(b: &RecordBatch, name: &str) -> Vec<Option<String>> {
 /// Rows as text, sorted by the first column, for compact assertions.
 fn sorted_rows(b: &RecordBatch, cols: &[&str]) -> Vec<Vec<Option<String>>> {
     let c: Vec<Vec<Option<String>>> = cols.iter().map(|n| strings(b, n)).collect();
-    let mut rows: Vec<Vec<Option<String>>> = (0..b.num_rows()).map(|r| c.iter().map(|col| col[r].clone()).collect()).collect();
+    let mut rows: Vec<Vec<Option<String>>> = (0..b.num_rows())
+        .map(|r| c.iter().map(|col| col[r].clone()).collect())
+        .collect();
     rows.sort();
     rows
 }
@@ -129,7 +133,9 @@ fn full_load_headerless_csv_without_op() {
     let r2 = (0..4).find(|&i| ids.value(i) == 2).unwrap();
     assert_eq!(hired.value(r2) % 1_000_000, 123_456);
     // Full-load rows sort below CDC and carry no commit time.
-    assert!(strings(&b, SEQ).iter().all(|s| s.as_ref().unwrap().starts_with("0LLOAD00000001:")));
+    assert!(strings(&b, SEQ)
+        .iter()
+        .all(|s| s.as_ref().unwrap().starts_with("0LLOAD00000001:")));
     assert_eq!(col(&b, COMMIT_TS).null_count(), 4);
 }
 
@@ -154,7 +160,10 @@ fn key_only_delete_rows_and_garbage_in_non_key_columns_of_deletes() {
     let cfg = config_with("");
     let text = "D,7,,,,,\nD,8,,notanumber,,,\n";
     let b = one(&cfg, "raw/hr/emp/20240528-195141380.csv", text.as_bytes());
-    assert_eq!(sorted_rows(&b, &["id", OP, "salary"]), vec![vec![s("7"), s("D"), None], vec![s("8"), s("D"), None]]);
+    assert_eq!(
+        sorted_rows(&b, &["id", OP, "salary"]),
+        vec![vec![s("7"), s("D"), None], vec![s("8"), s("D"), None]]
+    );
 }
 
 #[test]
@@ -256,7 +265,10 @@ fn cdc_txn_files_are_split_by_table() {
     let dept = t[0].batch.as_ref().unwrap();
     assert_eq!(sorted_rows(dept, &["code", OP]), vec![vec![s("D1"), s("D")]]);
     let emp = t[1].batch.as_ref().unwrap();
-    assert_eq!(sorted_rows(emp, &["id", "name", OP]), vec![vec![s("1"), s("Ann B"), s("U")]]);
+    assert_eq!(
+        sorted_rows(emp, &["id", "name", OP]),
+        vec![vec![s("1"), s("Ann B"), s("U")]]
+    );
     assert_eq!(t[1].rows_in, 2);
 }
 
@@ -277,7 +289,11 @@ fn parquet_types_are_widened_for_delta() {
         Field::new("small", DataType::UInt8, true),
         Field::new("big", DataType::UInt64, true),
         Field::new("at", DataType::Time64(TimeUnit::Microsecond), true),
-        Field::new("ms", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+        Field::new(
+            "ms",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
         Field::new("flag", DataType::Boolean, true),
     ]));
     let b = RecordBatch::try_new(
@@ -299,7 +315,10 @@ fn parquet_types_are_widened_for_delta() {
     assert_eq!(col(&out, "small").data_type(), &DataType::Int16);
     assert_eq!(col(&out, "big").data_type(), &DataType::Decimal128(20, 0));
     assert_eq!(col(&out, "at").data_type(), &DataType::Utf8);
-    assert!(matches!(col(&out, "ms").data_type(), DataType::Timestamp(TimeUnit::Microsecond, Some(_))));
+    assert!(matches!(
+        col(&out, "ms").data_type(),
+        DataType::Timestamp(TimeUnit::Microsecond, Some(_))
+    ));
     let ids = col(&out, "id").as_primitive::<Int64Type>();
     let r = (0..2).find(|&i| ids.value(i) == 4_000_000_000).unwrap();
     assert_eq!(col(&out, "small").as_primitive::<Int16Type>().value(r), 255);
@@ -312,10 +331,16 @@ fn parquet_types_are_widened_for_delta() {
 #[test]
 fn parquet_full_load_without_op_and_zero_rows() {
     let cfg = config_with("");
-    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("v", DataType::Int32, true)]));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("v", DataType::Int32, true),
+    ]));
     let b = RecordBatch::try_new(
         schema.clone(),
-        vec![Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef, Arc::new(Int32Array::from(vec![10, 20]))],
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+            Arc::new(Int32Array::from(vec![10, 20])),
+        ],
     )
     .unwrap();
     let out = one(&cfg, "raw/hr/pq/LOAD00000001.parquet", &parquet_bytes(&b));
@@ -330,15 +355,27 @@ fn parquet_full_load_without_op_and_zero_rows() {
 #[test]
 fn parquet_errors() {
     let cfg = config_with("");
-    let schema = Arc::new(Schema::new(vec![Field::new("Op", DataType::Utf8, true), Field::new("id", DataType::Int64, true)]));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("Op", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, true),
+    ]));
     let mk = |ops: Vec<Option<&str>>, ids: Vec<Option<i64>>| {
         parquet_bytes(
-            &RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(ops)) as ArrayRef, Arc::new(Int64Array::from(ids))])
-                .unwrap(),
+            &RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(ops)) as ArrayRef,
+                    Arc::new(Int64Array::from(ids)),
+                ],
+            )
+            .unwrap(),
         )
     };
     let key = "raw/hr/pq/20240528-195141380.parquet";
-    assert_eq!(err(&cfg, key, &mk(vec![Some("I"), Some("X")], vec![Some(1), Some(2)])).kind, BadInputKind::UnknownOp);
+    assert_eq!(
+        err(&cfg, key, &mk(vec![Some("I"), Some("X")], vec![Some(1), Some(2)])).kind,
+        BadInputKind::UnknownOp
+    );
     let e = err(&cfg, key, &mk(vec![Some("I"), Some("I")], vec![Some(1), None]));
     assert_eq!(e.kind, BadInputKind::MissingKey);
     assert!(e.reason.contains("row 2"), "{}", e.reason);
@@ -377,7 +414,10 @@ fn csv_errors_name_the_line_and_the_problem() {
     let huge = format!("I,1,{},1,,,\n", "x".repeat(2000));
     assert_eq!(err(&cfg, key, huge.as_bytes()).kind, BadInputKind::TooLarge);
     // Headerless CSV for a table without configured columns.
-    assert_eq!(err(&cfg, "raw/hr/nocols/LOAD00000001.csv", b"1,a\n").kind, BadInputKind::NoColumns);
+    assert_eq!(
+        err(&cfg, "raw/hr/nocols/LOAD00000001.csv", b"1,a\n").kind,
+        BadInputKind::NoColumns
+    );
 }
 
 #[test]

@@ -195,10 +195,23 @@ mod tests {
         let base = parse_timestamp_micros("2024-05-28 19:51:41").unwrap();
         assert_eq!(base, 1_716_925_901_000_000);
         assert_eq!(parse_timestamp_micros("2024-05-28 19:51:41.3"), Some(base + 300_000));
-        assert_eq!(parse_timestamp_micros("2024-05-28 19:51:41.380000"), Some(base + 380_000));
-        assert_eq!(parse_timestamp_micros("2024-05-28T19:51:41.123456789"), Some(base + 123_456));
+        assert_eq!(
+            parse_timestamp_micros("2024-05-28 19:51:41.380000"),
+            Some(base + 380_000)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2024-05-28T19:51:41.123456789"),
+            Some(base + 123_456)
+        );
         assert_eq!(parse_timestamp_micros("1969-12-31 23:59:59"), Some(-1_000_000));
-        for bad in ["2024-05-28", "2024-05-28 19:51:41.", "2024-05-28 19:51:41.1234567890", "2024-05-28 25:00:00", "2024-02-30 00:00:00", "x"] {
+        for bad in [
+            "2024-05-28",
+            "2024-05-28 19:51:41.",
+            "2024-05-28 19:51:41.1234567890",
+            "2024-05-28 25:00:00",
+            "2024-02-30 00:00:00",
+            "x",
+        ] {
             assert_eq!(parse_timestamp_micros(bad), None, "{bad}");
         }
     }

@@ -131,7 +131,12 @@ impl<'a> CommitChangesBuilder<'a> {
     }
 
     /// The lake table (namespace, schema and table after renames).
-    pub fn with_table(mut self, namespace: impl Into<String>, schema: impl Into<String>, table: impl Into<String>) -> Self {
+    pub fn with_table(
+        mut self,
+        namespace: impl Into<String>,
+        schema: impl Into<String>,
+        table: impl Into<String>,
+    ) -> Self {
         self.namespace = namespace.into();
         self.schema = schema.into();
         self.table = table.into();
@@ -176,7 +181,10 @@ impl<'a> CommitChangesBuilder<'a> {
             .map_err(Error::storage("list staged change sets", &dir))?;
         listed.retain(|m| m.location.as_ref().ends_with(".parquet"));
         listed.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
-        listed.truncate(self.max_change_sets.unwrap_or(self.config.config.commit.max_change_sets));
+        listed.truncate(
+            self.max_change_sets
+                .unwrap_or(self.config.config.commit.max_change_sets),
+        );
 
         let mut pending = Vec::new();
         for m in listed {
@@ -210,7 +218,10 @@ impl<'a> CommitChangesBuilder<'a> {
         }
 
         let table_loc = self.config.lake.join(&spec.lake_path());
-        let tomb_loc = self.config.lake.join(&format!("_dms2delta/tombstones/{}", spec.lake_path()));
+        let tomb_loc = self
+            .config
+            .lake
+            .join(&format!("_dms2delta/tombstones/{}", spec.lake_path()));
         let c = &self.config.config.commit;
         let result = loop {
             metrics.attempts += 1;
@@ -223,7 +234,13 @@ impl<'a> CommitChangesBuilder<'a> {
                         match rejected.iter().find(|(r, _)| *r == i) {
                             Some((_, reason)) => {
                                 let q = self
-                                    .quarantine(&stage_store, &p.path, &p.meta, BadInputKind::IncompatibleSchema, reason)
+                                    .quarantine(
+                                        &stage_store,
+                                        &p.path,
+                                        &p.meta,
+                                        BadInputKind::IncompatibleSchema,
+                                        reason,
+                                    )
                                     .await?;
                                 metrics.quarantined.push(q);
                             }
@@ -277,7 +294,9 @@ impl<'a> CommitChangesBuilder<'a> {
         metrics.rows_stale = result.rows_source.saturating_sub(changed);
         if spec.delete_mode == DeleteMode::Hard {
             // Deletes of keys the table never held still record a tombstone: not stale.
-            metrics.rows_stale = metrics.rows_stale.saturating_sub(result.tombstones_written.min(metrics.rows_stale));
+            metrics.rows_stale = metrics
+                .rows_stale
+                .saturating_sub(result.tombstones_written.min(metrics.rows_stale));
         }
         let _ = result.tombstone_stale;
         metrics.lag_seconds = result
@@ -287,13 +306,24 @@ impl<'a> CommitChangesBuilder<'a> {
         Ok(metrics)
     }
 
-    async fn quarantine(&self, store: &Arc<dyn ObjectStore>, path: &Path, meta: &ChangeSetMeta, kind: BadInputKind, reason: &str) -> Result<String> {
+    async fn quarantine(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+        meta: &ChangeSetMeta,
+        kind: BadInputKind,
+        reason: &str,
+    ) -> Result<String> {
         let file = if meta.source_file.is_empty() {
             path.to_string()
         } else {
             meta.source_file.clone()
         };
-        let err = InputProblem::new(kind, format!("change set {path}: {reason}")).into_error(Stage::Commit, &file, Some(&meta.table));
+        let err = InputProblem::new(kind, format!("change set {path}: {reason}")).into_error(
+            Stage::Commit,
+            &file,
+            Some(&meta.table),
+        );
         let (bucket, key) = file
             .strip_prefix("s3://")
             .and_then(|r| r.split_once('/'))
@@ -314,7 +344,13 @@ impl<'a> CommitChangesBuilder<'a> {
         Ok(at.to_string())
     }
 
-    async fn attempt(&self, spec: &TableSpec, pending: &[Pending], table_loc: &Location, tomb_loc: &Location) -> Result<Attempt> {
+    async fn attempt(
+        &self,
+        spec: &TableSpec,
+        pending: &[Pending],
+        table_loc: &Location,
+        tomb_loc: &Location,
+    ) -> Result<Attempt> {
         let ctx_name = spec.qualified_name();
         let derr = |e| delta_err(Stage::Commit, &ctx_name, e);
         // Read the table first and the tombstones second: a delete records its tombstone before
@@ -471,7 +507,11 @@ fn table_schema(spec: &TableSpec, source: &RecordBatch) -> Schema {
     Schema::new(fields)
 }
 
-async fn create_table(handle: &DeltaTable, spec: &TableSpec, source: &RecordBatch) -> deltalake::DeltaResult<DeltaTable> {
+async fn create_table(
+    handle: &DeltaTable,
+    spec: &TableSpec,
+    source: &RecordBatch,
+) -> deltalake::DeltaResult<DeltaTable> {
     let schema = table_schema(spec, source);
     let st = StructType::try_from_arrow(&schema)?;
     let mut b = handle
@@ -479,7 +519,10 @@ async fn create_table(handle: &DeltaTable, spec: &TableSpec, source: &RecordBatc
         .with_columns(st.fields().cloned())
         .with_save_mode(SaveMode::ErrorIfExists)
         .with_table_name(&spec.target_table)
-        .with_comment(format!("Replicated by dms2delta from {} {}.{}", spec.source, spec.schema, spec.table));
+        .with_comment(format!(
+            "Replicated by dms2delta from {} {}.{}",
+            spec.source, spec.schema, spec.table
+        ));
     if !spec.partition_by.is_empty() {
         b = b.with_partition_columns(spec.partition_by.clone());
     }
@@ -556,7 +599,8 @@ async fn merge(
                 for c in &data_cols {
                     u = u.update(target_col(c), value(c));
                 }
-                u.update(target_col(SEQ), s(SEQ)).update(target_col(COMMIT_TS), s(COMMIT_TS))
+                u.update(target_col(SEQ), s(SEQ))
+                    .update(target_col(COMMIT_TS), s(COMMIT_TS))
             })?;
             m = m.when_not_matched_insert(|i| {
                 let mut i = i.predicate(s(OP).not_eq(lit("D")));
@@ -658,7 +702,11 @@ async fn trace_only_commit(table: &DeltaTable, info: HashMap<String, Value>) -> 
 /// Source rows whose key has a tombstone with a higher sequence are dropped. An equal sequence
 /// is the same delete delivered again: it is kept, so a crash between recording the tombstone
 /// and the table commit still deletes the row on retry.
-async fn drop_tombstoned(tomb: &DeltaTable, source: RecordBatch, keys: &[String]) -> deltalake::DeltaResult<RecordBatch> {
+async fn drop_tombstoned(
+    tomb: &DeltaTable,
+    source: RecordBatch,
+    keys: &[String],
+) -> deltalake::DeltaResult<RecordBatch> {
     let ctx = SessionContext::new();
     tomb.update_datafusion_session(&ctx.state())?;
     ctx.register_table("t", tomb.table_provider().await?)?;
@@ -702,7 +750,12 @@ fn internal(reason: String) -> Error {
     }
 }
 
-async fn record_tombstones(tomb: DeltaTable, exists: bool, deletes: &RecordBatch, keys: &[String]) -> deltalake::DeltaResult<()> {
+async fn record_tombstones(
+    tomb: DeltaTable,
+    exists: bool,
+    deletes: &RecordBatch,
+    keys: &[String],
+) -> deltalake::DeltaResult<()> {
     let schema = deletes.schema();
     let mut fields: Vec<Field> = Vec::new();
     let mut cols = Vec::new();
@@ -807,7 +860,10 @@ pub async fn applied_files(stores: &Stores, loc: &Location, limit: Option<usize>
         .filter_map(|(i, ci)| {
             let files = ci.info.get(COMMIT_INFO_KEY)?.get("source_files")?.as_array()?;
             let version = latest.checked_sub(i as u64)?;
-            Some((version, files.iter().filter_map(|f| f.as_str().map(str::to_string)).collect()))
+            Some((
+                version,
+                files.iter().filter_map(|f| f.as_str().map(str::to_string)).collect(),
+            ))
         })
         .collect())
 }

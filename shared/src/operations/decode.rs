@@ -13,8 +13,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::Validated;
 use crate::decode::{decode_file, FileContext, TableChanges};
-use crate::failpoint::Failpoints;
 use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
+use crate::failpoint::Failpoints;
 use crate::quarantine::{write_report, QuarantineReport};
 use crate::route::{route, Route};
 use crate::stage::{change_set_id, change_set_path, write_change_set, ChangeSetMeta};
@@ -121,7 +121,8 @@ impl<'a> DecodeBuilder<'a> {
         let file_uri = format!("s3://{}/{}", self.bucket, self.key);
         match self.decode(&file_uri, started).await {
             Err(e) if e.is_quarantine() => {
-                let Some(report) = QuarantineReport::from_error(&e, &self.bucket, &self.key, self.etag.as_deref()) else {
+                let Some(report) = QuarantineReport::from_error(&e, &self.bucket, &self.key, self.etag.as_deref())
+                else {
                     return Err(e);
                 };
                 let (store, root) = self.stores.resolve(&self.config.quarantine)?;
@@ -169,7 +170,10 @@ impl<'a> DecodeBuilder<'a> {
         let limits = &self.config.config.limits;
         if self.size.is_some_and(|s| s > limits.max_file_bytes) {
             return Err(bad(
-                InputProblem::new(BadInputKind::TooLarge, format!("{} bytes is over limits.max_file_bytes", self.size.unwrap_or(0))),
+                InputProblem::new(
+                    BadInputKind::TooLarge,
+                    format!("{} bytes is over limits.max_file_bytes", self.size.unwrap_or(0)),
+                ),
                 table_name.as_deref(),
             ));
         }
@@ -180,7 +184,10 @@ impl<'a> DecodeBuilder<'a> {
             None => tempfile::NamedTempFile::new(),
         }
         .map_err(Error::io("create spool file"))?;
-        let bytes_read = match self.download(store.as_ref(), &path, spool.path(), limits.max_file_bytes).await {
+        let bytes_read = match self
+            .download(store.as_ref(), &path, spool.path(), limits.max_file_bytes)
+            .await
+        {
             Ok(n) => n,
             Err(Error::Gone { .. }) => {
                 tracing::warn!(stage = "decode", file = %file_uri, "object no longer exists (deleted after the event, e.g. by a table truncate)");
@@ -193,7 +200,10 @@ impl<'a> DecodeBuilder<'a> {
         }
         if bytes_read > limits.max_file_bytes {
             return Err(bad(
-                InputProblem::new(BadInputKind::TooLarge, format!("over limits.max_file_bytes ({})", limits.max_file_bytes)),
+                InputProblem::new(
+                    BadInputKind::TooLarge,
+                    format!("over limits.max_file_bytes ({})", limits.max_file_bytes),
+                ),
                 table_name.as_deref(),
             ));
         }
@@ -267,7 +277,9 @@ impl<'a> DecodeBuilder<'a> {
         let loc = format!("s3://{}/{}", self.bucket, self.key);
         let got = store.get(path).await.map_err(Error::storage("get", &loc))?;
         let mut stream = got.into_stream();
-        let mut out = tokio::fs::File::create(to).await.map_err(Error::io("write spool file"))?;
+        let mut out = tokio::fs::File::create(to)
+            .await
+            .map_err(Error::io("write spool file"))?;
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(Error::storage("read", &loc))?;

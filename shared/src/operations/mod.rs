@@ -1,6 +1,6 @@
 //! The stages as operations: builders with `with_*` setters that run as futures and return
 //! metrics, in the manner of delta-rs's operations.
 
-pub mod decode;
 #[cfg(feature = "delta")]
 pub mod commit;
+pub mod decode;

@@ -79,17 +79,35 @@ impl Lab {
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
             if !out.status.success() {
-                return Err(format!("python reader failed on {name}: {}", String::from_utf8_lossy(&out.stderr)));
+                return Err(format!(
+                    "python reader failed on {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
             }
-            let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+            let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
             got.sort();
             let mut want: Vec<String> = expected
                 .iter()
-                .map(|r| r.iter().map(|v| v.canonical().replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n")).collect::<Vec<_>>().join("\t"))
+                .map(|r| {
+                    r.iter()
+                        .map(|v| {
+                            v.canonical()
+                                .replace('\\', "\\\\")
+                                .replace('\t', "\\t")
+                                .replace('\n', "\\n")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\t")
+                })
                 .collect();
             want.sort();
             if got != want {
-                return Err(format!("python reader: table {name} differs: expected {want:?}, got {got:?}"));
+                return Err(format!(
+                    "python reader: table {name} differs: expected {want:?}, got {got:?}"
+                ));
             }
         }
         Ok(())
@@ -148,7 +166,12 @@ impl Mini {
 
     pub async fn decode(&self, key: &str) -> dms2delta::operations::decode::DecodeOutcome {
         self.pipeline
-            .decode("dms", key, Some("etag".into()), dms2delta::failpoint::Failpoints::default())
+            .decode(
+                "dms",
+                key,
+                Some("etag".into()),
+                dms2delta::failpoint::Failpoints::default(),
+            )
             .await
             .unwrap()
     }
@@ -157,7 +180,10 @@ impl Mini {
     pub async fn apply(&self, key: &str, bytes: &[u8]) -> dms2delta::operations::commit::CommitMetrics {
         self.put(key, bytes);
         let out = self.decode(key).await;
-        assert!(matches!(out, dms2delta::operations::decode::DecodeOutcome::Staged(_)), "{out:?}");
+        assert!(
+            matches!(out, dms2delta::operations::decode::DecodeOutcome::Staged(_)),
+            "{out:?}"
+        );
         let mut m = self.pipeline.commit_all().await.unwrap();
         assert_eq!(m.len(), 1, "{m:?}");
         m.remove(0)

@@ -38,7 +38,9 @@ async fn stage_samples(cfg: &Arc<dms2delta::config::Validated>) -> Pipeline {
         "dms/mysql/shop/customers/20240528-195143000.csv.gz",
         "dms/mysql/shop/order items/20240528-195142001.parquet",
     ] {
-        p.decode("dms-bucket", key, Some("e".into()), Failpoints::default()).await.unwrap();
+        p.decode("dms-bucket", key, Some("e".into()), Failpoints::default())
+            .await
+            .unwrap();
     }
     p
 }
@@ -60,7 +62,10 @@ async fn a_direct_event_commits_every_pending_change_set_of_its_table() {
         &["id".to_string(), "email".to_string(), "balance".to_string()],
     )
     .unwrap();
-    let text: Vec<String> = rows.iter().map(|r| r.iter().map(|v| v.canonical()).collect::<Vec<_>>().join("|")).collect();
+    let text: Vec<String> = rows
+        .iter()
+        .map(|r| r.iter().map(|v| v.canonical()).collect::<Vec<_>>().join("|"))
+        .collect();
     assert_eq!(
         text,
         vec![
@@ -79,7 +84,9 @@ async fn an_sqs_batch_commits_each_table_once_and_reports_no_failures() {
     let out = tempfile::tempdir().unwrap();
     let cfg = config(out.path());
     let p = stage_samples(&cfg).await;
-    let r = handle(&State::new(cfg.clone()), event("commit-sqs-batch.json")).await.unwrap();
+    let r = handle(&State::new(cfg.clone()), event("commit-sqs-batch.json"))
+        .await
+        .unwrap();
     assert_eq!(r, json!({"batchItemFailures": []}));
     assert!(p.pending().await.unwrap().is_empty());
     let spec = cfg.table_by_target("mysql", "shop", "order items").unwrap();
@@ -102,6 +109,11 @@ async fn a_failed_table_fails_only_the_messages_that_named_it() {
     std::fs::create_dir_all(&lake).unwrap();
     std::fs::write(lake.join("customers"), b"not a folder").unwrap();
     let r = handle(&State::new(cfg), event("commit-sqs-batch.json")).await.unwrap();
-    let failed: Vec<&str> = r["batchItemFailures"].as_array().unwrap().iter().map(|f| f["itemIdentifier"].as_str().unwrap()).collect();
+    let failed: Vec<&str> = r["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect();
     assert_eq!(failed, vec!["4f9b1c2e-0a7d-4e3b-9c6f-1d2e3f4a5b6c"], "{r}");
 }

@@ -70,7 +70,10 @@ async fn url_encoded_keys_are_decoded() {
     let out = tempfile::tempdir().unwrap();
     let s = state(out.path());
     let raw = event("s3-put-url-encoded.json");
-    assert!(raw["Records"][0]["s3"]["object"]["key"].as_str().unwrap().contains("order+items"));
+    assert!(raw["Records"][0]["s3"]["object"]["key"]
+        .as_str()
+        .unwrap()
+        .contains("order+items"));
     let r = handle(&s, raw).await.unwrap();
     assert_eq!(r["staged"][0]["tables"][0]["table"], "mysql.shop.order items", "{r}");
     // Four changes on three keys: (100,1) twice.
@@ -81,7 +84,9 @@ async fn url_encoded_keys_are_decoded() {
 #[tokio::test]
 async fn eventbridge_object_created() {
     let out = tempfile::tempdir().unwrap();
-    let r = handle(&state(out.path()), event("eventbridge-object-created.json")).await.unwrap();
+    let r = handle(&state(out.path()), event("eventbridge-object-created.json"))
+        .await
+        .unwrap();
     assert_eq!(r["staged"].as_array().unwrap().len(), 1, "{r}");
 }
 
@@ -117,8 +122,16 @@ async fn a_bad_file_in_an_sqs_batch_fails_only_its_message_and_is_quarantined() 
     let data = out.path().join("data");
     let table = data.join("dms/mysql/shop/customers");
     std::fs::create_dir_all(&table).unwrap();
-    std::fs::write(table.join("20240601-000000000.csv"), "I,1,a,b,1.00,2024-01-01 00:00:00\n").unwrap();
-    std::fs::write(table.join("20240601-000000001.csv"), "X,1,a,b,1.00,2024-01-01 00:00:00\n").unwrap();
+    std::fs::write(
+        table.join("20240601-000000000.csv"),
+        "I,1,a,b,1.00,2024-01-01 00:00:00\n",
+    )
+    .unwrap();
+    std::fs::write(
+        table.join("20240601-000000001.csv"),
+        "X,1,a,b,1.00,2024-01-01 00:00:00\n",
+    )
+    .unwrap();
     let text = std::fs::read_to_string(repo().join("events/config.yaml"))
         .unwrap()
         .replace(".local/", &format!("{}/", out.path().display()))
@@ -145,14 +158,17 @@ async fn a_bad_file_in_an_sqs_batch_fails_only_its_message_and_is_quarantined() 
     // The good file was staged; the bad one stays in place with a report beside the quarantine root.
     assert_eq!(files_under(&out.path().join("lake-bucket/_dms2delta/staged")).len(), 1);
     assert!(table.join("20240601-000000001.csv").exists());
-    let report_path = out
-        .path()
-        .join("lake-bucket/_dms2delta/quarantine/dms-bucket/dms/mysql/shop/customers/20240601-000000001.csv.error.json");
+    let report_path = out.path().join(
+        "lake-bucket/_dms2delta/quarantine/dms-bucket/dms/mysql/shop/customers/20240601-000000001.csv.error.json",
+    );
     let report: Value = serde_json::from_str(&std::fs::read_to_string(report_path).unwrap()).unwrap();
     assert_eq!(report["stage"], "decode");
     assert_eq!(report["kind"], "unknown_op");
     assert_eq!(report["table"], "mysql.shop.customers");
-    assert_eq!(report["file"], "s3://dms-bucket/dms/mysql/shop/customers/20240601-000000001.csv");
+    assert_eq!(
+        report["file"],
+        "s3://dms-bucket/dms/mysql/shop/customers/20240601-000000001.csv"
+    );
     assert!(report["reason"].as_str().unwrap().contains("line 1"));
     assert!(!report["fix"].as_str().unwrap().is_empty());
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs, then runs the format check,
+# clippy with warnings denied, every test, and the template checks. README.md's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dms2delta-target}"
+VENV="${DMS2DELTA_VENV:-$HOME/.cache/dms2delta-venv}"
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+
+step "python tools (independent Delta reader, template linter) in $VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+export DMS2DELTA_PYTHON="$VENV/bin/python"
+
+step "rust components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "sample events are up to date"
+python3 events/generate.py --check
+
+step "template.yaml: cfn-lint"
+"$VENV/bin/cfn-lint" template.yaml
+
+step "cargo test"
+export DMS2DELTA_CONVERGENCE_CASES="${DMS2DELTA_CONVERGENCE_CASES:-100}"
+cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/dms2delta-test.log"
+status=${PIPESTATUS[0]}
+if [ "$status" -ne 0 ]; then
+  echo "cargo test failed"
+  exit "$status"
+fi
+step "done"
