@@ -28,6 +28,9 @@ pub struct Config {
     /// Commit stage settings.
     #[serde(default)]
     pub commit: CommitConfig,
+    /// Compaction defaults (per-table `compact` entries override them).
+    #[serde(default)]
+    pub compact: CompactConfig,
     /// Limits that protect the functions from oversized input.
     #[serde(default)]
     pub limits: Limits,
@@ -128,6 +131,91 @@ impl Default for CommitConfig {
             backoff_max_ms: default_backoff_max_ms(),
             tombstone_retention_hours: default_tombstone_retention_hours(),
         }
+    }
+}
+
+/// When and how the compact function maintains a table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactConfig {
+    /// Size compaction aims for, in MiB.
+    #[serde(default = "default_target_file_mb")]
+    pub target_file_mb: u64,
+    /// Compaction runs once this many files are under half the target size.
+    #[serde(default = "default_min_small_files")]
+    pub min_small_files: usize,
+    /// A checkpoint is written every this many commits (and old log entries expire).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// Small files are counted (which means reading the table's state) every this many commits;
+    /// other invocations only read `_last_checkpoint` and return.
+    #[serde(default = "default_check_every")]
+    pub check_every_commits: u64,
+    /// Unreferenced data files older than this are deleted. At least 168 (7 days), Delta's
+    /// safe minimum: readers and writers may still use files removed more recently.
+    #[serde(default = "default_vacuum_retention_hours")]
+    pub vacuum_retention_hours: u64,
+    /// Cluster compacted files by the key columns (z-order), so merges touch fewer files.
+    #[serde(default)]
+    pub zorder_by_keys: bool,
+}
+
+impl Default for CompactConfig {
+    fn default() -> Self {
+        CompactConfig {
+            target_file_mb: default_target_file_mb(),
+            min_small_files: default_min_small_files(),
+            checkpoint_interval: default_checkpoint_interval(),
+            check_every_commits: default_check_every(),
+            vacuum_retention_hours: default_vacuum_retention_hours(),
+            zorder_by_keys: false,
+        }
+    }
+}
+
+/// Delta's default `deletedFileRetentionDuration`.
+pub const MIN_VACUUM_RETENTION_HOURS: u64 = 168;
+
+fn default_target_file_mb() -> u64 {
+    128
+}
+fn default_min_small_files() -> usize {
+    16
+}
+fn default_checkpoint_interval() -> u64 {
+    20
+}
+fn default_check_every() -> u64 {
+    10
+}
+fn default_vacuum_retention_hours() -> u64 {
+    MIN_VACUUM_RETENTION_HOURS
+}
+
+impl CompactConfig {
+    fn check(&self, path: &str) -> Result<()> {
+        if self.target_file_mb == 0 || self.target_file_mb > 4096 {
+            return Err(cfg_err(format!("{path}.target_file_mb"), "must be between 1 and 4096"));
+        }
+        if self.min_small_files < 2 {
+            return Err(cfg_err(format!("{path}.min_small_files"), "must be at least 2"));
+        }
+        if self.checkpoint_interval == 0 || self.check_every_commits == 0 {
+            return Err(cfg_err(
+                format!("{path}.checkpoint_interval"),
+                "intervals must be at least 1",
+            ));
+        }
+        if self.vacuum_retention_hours < MIN_VACUUM_RETENTION_HOURS {
+            return Err(cfg_err(
+                format!("{path}.vacuum_retention_hours"),
+                format!(
+                    "{} is below the safe minimum of {MIN_VACUUM_RETENTION_HOURS} hours: a reader or a concurrent writer may still need files removed more recently",
+                    self.vacuum_retention_hours
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -316,6 +404,9 @@ pub struct TableConfig {
     /// Delta partition columns.
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// Overrides the top-level `compact` settings for this table.
+    #[serde(default)]
+    pub compact: Option<CompactConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -440,6 +531,7 @@ pub struct TableSpec {
     pub timestamp_column: Option<String>,
     pub delete_mode: DeleteMode,
     pub partition_by: Vec<String>,
+    pub compact: CompactConfig,
 }
 
 impl TableSpec {
@@ -538,6 +630,7 @@ impl Config {
         if c.tombstone_retention_hours == 0 {
             return Err(cfg_err("commit.tombstone_retention_hours", "must be at least 1"));
         }
+        self.compact.check("compact")?;
         if self.limits.max_field_bytes == 0 {
             return Err(cfg_err("limits.max_field_bytes", "must be at least 1"));
         }
@@ -654,6 +747,9 @@ impl Config {
                             ));
                         }
                     }
+                }
+                if let Some(c) = &t.compact {
+                    c.check(&format!("{tp}.compact"))?;
                 }
                 let mut key_seen = BTreeSet::new();
                 for (k, key) in t.keys.iter().enumerate() {
@@ -868,6 +964,9 @@ impl Validated {
                 .or_else(|| s.timestamp_column.clone()),
             delete_mode: entry.map(|t| t.delete_mode).unwrap_or_default(),
             partition_by: entry.map(|t| t.partition_by.clone()).unwrap_or_default(),
+            compact: entry
+                .and_then(|t| t.compact.clone())
+                .unwrap_or_else(|| self.config.compact.clone()),
         }))
     }
 
@@ -1019,6 +1118,10 @@ sources:
                 "sources[1].table_definitions.Tables[0].TableColumns[0]",
             ),
             (format!("{BASE}commit:\n  max_attempts: 0\n"), "commit.max_attempts"),
+            (
+                format!("{BASE}compact:\n  vacuum_retention_hours: 24\n"),
+                "compact.vacuum_retention_hours",
+            ),
             (
                 format!("{BASE}storage:\n  endpoint: http://127.0.0.1:5000\n"),
                 "storage.endpoint",

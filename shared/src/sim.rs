@@ -486,10 +486,7 @@ fn parquet_file(sh: &Shape, changes: &[Change], cdc: bool) -> Vec<u8> {
     for (i, (name, ty)) in sh.columns.iter().enumerate() {
         let vals = changes.iter().map(|c| &c.row[i]);
         let (dt, arr): (DataType, ArrayRef) = match *ty {
-            "INT8" => (
-                DataType::Int64,
-                Arc::new(vals.map(as_int).collect::<Int64Array>()),
-            ),
+            "INT8" => (DataType::Int64, Arc::new(vals.map(as_int).collect::<Int64Array>())),
             "NUMERIC" => (
                 DataType::Decimal128(12, 2),
                 Arc::new(

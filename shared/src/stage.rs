@@ -201,6 +201,7 @@ mod tests {
             timestamp_column: None,
             delete_mode: Default::default(),
             partition_by: vec![],
+            compact: Default::default(),
         };
         let root = Path::from("staged");
         let p = change_set_path(&root, &spec, "abc");

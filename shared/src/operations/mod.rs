@@ -3,4 +3,6 @@
 
 #[cfg(feature = "delta")]
 pub mod commit;
+#[cfg(feature = "delta")]
+pub mod compact;
 pub mod decode;

@@ -1,0 +1,350 @@
+//! Compact stage: keeps a table fast to read and cheap to store without blocking ingestion.
+//! Bin-packs small files (optionally z-ordered by the keys), writes checkpoints and expires old
+//! log entries, vacuums unreferenced files past the retention, and drops tombstones past the
+//! tombstone retention.
+//!
+//! Deciding is cheap: most invocations read `_delta_log/_last_checkpoint` and return. Work is
+//! bounded: optimize commits its progress every minute, so a timeout loses little and the next
+//! invocation carries on. A conflict with an ingestion commit makes compaction yield, never the
+//! ingestion commit fail (the commit stage re-reads and retries).
+
+use std::future::{Future, IntoFuture};
+use std::num::NonZeroU64;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::datafusion::common::{Column, ScalarValue};
+use deltalake::datafusion::prelude::{lit, Expr};
+use deltalake::operations::optimize::OptimizeType;
+use deltalake::operations::vacuum::Clock;
+use deltalake::DeltaTable;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+
+use crate::config::{DeleteMode, TableSpec, Validated};
+use crate::error::{Error, Result, Stage};
+use crate::lake::{self, delta_err, is_conflict};
+use crate::operations::commit::DELETED_AT;
+use crate::storage::{Location, Stores};
+use crate::types::UTC;
+
+/// Maintains one table. Build, set the table, `.await`.
+#[derive(Debug)]
+pub struct CompactBuilder<'a> {
+    config: Arc<Validated>,
+    stores: &'a Stores,
+    namespace: String,
+    schema: String,
+    table: String,
+    version_hint: Option<u64>,
+    force: bool,
+    now_millis: Option<i64>,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompactMetrics {
+    pub table: String,
+    /// Why work was due (empty: nothing to do).
+    pub due: Vec<&'static str>,
+    /// Small files rewritten, and the files written for them.
+    pub files_in: u64,
+    pub files_out: u64,
+    pub bytes_rewritten: u64,
+    pub checkpoint_written: bool,
+    pub log_files_cleaned: u64,
+    pub files_vacuumed: u64,
+    pub tombstones_dropped: u64,
+    /// Compaction gave way to a concurrent commit.
+    pub yielded: bool,
+    pub version: Option<u64>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug)]
+struct FixedClock(i64);
+
+impl Clock for FixedClock {
+    fn current_timestamp_millis(&self) -> i64 {
+        self.0
+    }
+}
+
+impl<'a> CompactBuilder<'a> {
+    pub fn new(config: Arc<Validated>, stores: &'a Stores) -> Self {
+        CompactBuilder {
+            config,
+            stores,
+            namespace: String::new(),
+            schema: String::new(),
+            table: String::new(),
+            version_hint: None,
+            force: false,
+            now_millis: None,
+        }
+    }
+
+    /// The lake table (namespace, schema and table after renames).
+    pub fn with_table(
+        mut self,
+        namespace: impl Into<String>,
+        schema: impl Into<String>,
+        table: impl Into<String>,
+    ) -> Self {
+        self.namespace = namespace.into();
+        self.schema = schema.into();
+        self.table = table.into();
+        self
+    }
+
+    /// The version of the commit that triggered this run (from the event's key): lets most runs
+    /// decide without reading the table.
+    pub fn with_version_hint(mut self, version: Option<u64>) -> Self {
+        self.version_hint = version;
+        self
+    }
+
+    /// Check everything now, whatever the commit counters say (manual runs, the CLI).
+    pub fn with_force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// The time vacuum and tombstone expiry measure retention from (tests move it forward).
+    pub fn with_now_millis(mut self, now: i64) -> Self {
+        self.now_millis = Some(now);
+        self
+    }
+
+    async fn run(self) -> Result<CompactMetrics> {
+        let started = Instant::now();
+        let spec = self
+            .config
+            .table_by_target(&self.namespace, &self.schema, &self.table)
+            .ok_or_else(|| Error::Config {
+                path: "sources".into(),
+                reason: format!(
+                    "no configured table lands at {}.{}.{}",
+                    self.namespace, self.schema, self.table
+                ),
+            })?;
+        let c = spec.compact.clone();
+        let mut m = CompactMetrics {
+            table: spec.qualified_name(),
+            ..Default::default()
+        };
+        let loc = self.config.lake.join(&spec.lake_path());
+
+        // The cheap decision: one small GET.
+        let last_cp = last_checkpoint(self.stores, &loc).await?;
+        let checkpoint_due = |v: u64| v.saturating_sub(last_cp.unwrap_or(0)) >= c.checkpoint_interval;
+        if !self.force {
+            if let Some(v) = self.version_hint {
+                let check_files = v > 0 && v % c.check_every_commits == 0;
+                if !checkpoint_due(v) && !check_files {
+                    m.duration_ms = started.elapsed().as_millis() as u64;
+                    return Ok(m);
+                }
+            }
+        }
+
+        let (table, exists) = lake::open(self.stores, &loc).await?;
+        if !exists {
+            return Ok(m);
+        }
+        let derr = |e| delta_err(Stage::Compact, &m.table, e);
+        let target = c.target_file_mb * 1024 * 1024;
+        let small = {
+            let snapshot = table.snapshot().map_err(derr)?;
+            snapshot
+                .log_data()
+                .iter()
+                .filter(|f| (f.size() as u64) < target / 2)
+                .count()
+        };
+        let version = table.version().unwrap_or(0);
+        let mut table = table;
+        if small >= c.min_small_files {
+            m.due.push("small files");
+            match optimize(table, &spec, target).await {
+                Ok((t, stats)) => {
+                    table = t;
+                    m.files_in = stats.0;
+                    m.files_out = stats.1;
+                    m.bytes_rewritten = stats.2;
+                }
+                Err(e) if is_conflict(&e) => {
+                    // An ingestion commit won; it must never be the one to fail. Next time.
+                    tracing::info!(stage = "compact", table = %m.table, "optimize conflicted with a commit; yielding");
+                    m.yielded = true;
+                    table = lake::open(self.stores, &loc).await?.0;
+                }
+                Err(e) => return Err(derr(e)),
+            }
+        }
+        let version_now = table.version().unwrap_or(version);
+        if self.force || checkpoint_due(version_now) {
+            m.due.push("checkpoint");
+            deltalake::checkpoints::create_checkpoint(&table, None)
+                .await
+                .map_err(derr)?;
+            m.checkpoint_written = true;
+            m.log_files_cleaned = deltalake::checkpoints::cleanup_metadata(&table, None)
+                .await
+                .map_err(derr)? as u64;
+            // Vacuum and tombstone expiry ride on the checkpoint cadence: often enough, cheap.
+            let now = self.now_millis.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+            match table
+                .clone()
+                .vacuum()
+                .with_retention_period(chrono::Duration::hours(c.vacuum_retention_hours as i64))
+                .with_enforce_retention_duration(true)
+                .with_clock(Arc::new(FixedClock(now)))
+                .await
+            {
+                Ok((_, v)) => m.files_vacuumed = v.files_deleted.len() as u64,
+                Err(e) if is_conflict(&e) => m.yielded = true,
+                Err(e) => return Err(derr(e)),
+            }
+            if spec.delete_mode == DeleteMode::Hard {
+                m.tombstones_dropped = self.expire_tombstones(&spec, now).await?;
+            }
+        }
+        m.version = table.version();
+        m.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(m)
+    }
+
+    async fn expire_tombstones(&self, spec: &TableSpec, now_millis: i64) -> Result<u64> {
+        let loc = self
+            .config
+            .lake
+            .join(&format!("_dms2delta/tombstones/{}", spec.lake_path()));
+        let (tomb, exists) = lake::open(self.stores, &loc).await?;
+        if !exists {
+            return Ok(0);
+        }
+        let retention = self.config.config.commit.tombstone_retention_hours as i64 * 3_600_000;
+        let cutoff = (now_millis - retention) * 1000;
+        let older = Expr::Column(Column::new_unqualified(DELETED_AT))
+            .lt(lit(ScalarValue::TimestampMicrosecond(Some(cutoff), Some(UTC.into()))));
+        match tomb.delete().with_predicate(older).await {
+            Ok((_, metrics)) => Ok(metrics.num_deleted_rows.unwrap_or(0) as u64),
+            Err(e) if is_conflict(&e) => Ok(0),
+            Err(e) => Err(delta_err(Stage::Compact, &loc, e)),
+        }
+    }
+}
+
+impl<'a> IntoFuture for CompactBuilder<'a> {
+    type Output = Result<CompactMetrics>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// Bin-packs (or z-orders) the table; returns (files in, files out, bytes rewritten).
+async fn optimize(
+    table: DeltaTable,
+    spec: &TableSpec,
+    target: u64,
+) -> deltalake::DeltaResult<(DeltaTable, (u64, u64, u64))> {
+    let kind = if spec.compact.zorder_by_keys {
+        OptimizeType::ZOrder(spec.keys.clone())
+    } else {
+        OptimizeType::Compact
+    };
+    let (table, metrics) = table
+        .optimize()
+        .with_type(kind)
+        .with_target_size(NonZeroU64::new(target).unwrap_or(NonZeroU64::MIN))
+        .with_min_commit_interval(Duration::from_secs(60))
+        .await?;
+    Ok((
+        table,
+        (
+            metrics.num_files_removed,
+            metrics.num_files_added,
+            metrics.files_removed.total_size.max(0) as u64,
+        ),
+    ))
+}
+
+/// The version of the newest checkpoint, from `_delta_log/_last_checkpoint`.
+async fn last_checkpoint(stores: &Stores, loc: &Location) -> Result<Option<u64>> {
+    let physical = stores.physical(loc);
+    let (store, root) = stores.resolve(&physical)?;
+    let mut parts: Vec<String> = root.parts().map(|p| p.as_ref().to_string()).collect();
+    if let Location::Local { .. } = physical {
+        parts.clear();
+    }
+    parts.push("_delta_log".into());
+    parts.push("_last_checkpoint".into());
+    let path = Path::from_iter(parts);
+    match store.get(&path).await {
+        Ok(r) => {
+            let bytes = r
+                .bytes()
+                .await
+                .map_err(Error::storage("read _last_checkpoint", &path))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            Ok(v.get("version").and_then(|v| v.as_u64()))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::storage("get _last_checkpoint", &path)(e)),
+    }
+}
+
+/// The table a `_delta_log/<version>.json` key belongs to: `(namespace, schema, table, version)`.
+/// Keys of dms2delta's tombstone tables map to their table.
+pub fn table_of_log_key(lake_prefix: &str, key: &str) -> Option<(String, String, String, u64)> {
+    let rest = if lake_prefix.is_empty() {
+        key
+    } else {
+        key.strip_prefix(lake_prefix.trim_end_matches('/'))?.strip_prefix('/')?
+    };
+    let rest = rest.strip_prefix("_dms2delta/tombstones/").unwrap_or(rest);
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [ns, schema, table, "_delta_log", file] => {
+            let version = file.strip_suffix(".json")?.parse().ok()?;
+            Some((ns.to_string(), schema.to_string(), table.to_string(), version))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_name_their_table() {
+        assert_eq!(
+            table_of_log_key("lake", "lake/mysql/shop/orders/_delta_log/00000000000000000012.json"),
+            Some(("mysql".into(), "shop".into(), "orders".into(), 12))
+        );
+        assert_eq!(
+            table_of_log_key(
+                "",
+                "_dms2delta/tombstones/mysql/shop/orders/_delta_log/00000000000000000003.json"
+            ),
+            Some(("mysql".into(), "shop".into(), "orders".into(), 3))
+        );
+        assert_eq!(
+            table_of_log_key("lake", "lake/mysql/shop/orders/part-0001.parquet"),
+            None
+        );
+        assert_eq!(
+            table_of_log_key("lake", "lake/mysql/shop/orders/_delta_log/_last_checkpoint"),
+            None
+        );
+        assert_eq!(
+            table_of_log_key("lake", "other/mysql/shop/orders/_delta_log/1.json"),
+            None
+        );
+    }
+}

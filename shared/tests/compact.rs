@@ -1,0 +1,202 @@
+//! The compact stage: fewer files, same rows; never a lost change while commits run; vacuum
+//! never deletes what the current version or a version inside the retention references.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+
+use dms2delta::failpoint::Failpoints;
+use dms2delta::lake;
+use dms2delta::operations::compact::{CompactBuilder, CompactMetrics};
+use dms2delta::sim::SimOptions;
+use support::{Lab, Mini};
+
+const SOURCE: &str = r#"
+  - name: my
+    bucket: dms
+    sequence_column: AR_H_CHANGE_SEQ
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+        columns:
+          - { name: id, type: INT8 }
+          - { name: name, type: STRING }
+          - { name: AR_H_CHANGE_SEQ, type: STRING }
+"#;
+
+const COMPACT: &str = "compact:\n  min_small_files: 4\n  checkpoint_interval: 5\n  check_every_commits: 2\n";
+
+async fn compact(m: &dms2delta::pipeline::Pipeline, force: bool, now: Option<i64>) -> CompactMetrics {
+    let mut b = CompactBuilder::new(m.config.clone(), &m.stores)
+        .with_table("my", "app", "t")
+        .with_force(force);
+    if let Some(n) = now {
+        b = b.with_now_millis(n);
+    }
+    b.await.unwrap()
+}
+
+async fn file_count(m: &Mini) -> usize {
+    let (t, _) = lake::open(&m.pipeline.stores, &m.location("my.app.t")).await.unwrap();
+    t.snapshot().unwrap().log_data().num_files()
+}
+
+fn data_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect()
+}
+
+#[tokio::test]
+async fn many_small_commits_are_compacted_and_the_rows_stay_the_same() {
+    let m = Mini::new(SOURCE, COMPACT);
+    for i in 0..12u32 {
+        m.apply(
+            &format!("app/t/20240528-1951413{i:02}.csv"),
+            format!("I,{i},n{i},{}\n", i + 1).as_bytes(),
+        )
+        .await;
+    }
+    let before_rows = m.rows("my.app.t", &["id", "name"]).await;
+    let before_files = file_count(&m).await;
+    assert!(before_files >= 12, "{before_files}");
+    let r = compact(&m.pipeline, true, None).await;
+    assert!(r.due.contains(&"small files"), "{r:?}");
+    assert_eq!(r.files_in as usize, before_files);
+    assert_eq!(r.files_out, 1);
+    assert!(r.checkpoint_written);
+    assert_eq!(file_count(&m).await, 1);
+    assert_eq!(m.rows("my.app.t", &["id", "name"]).await, before_rows);
+    // Nothing left to do: the next run compacts nothing.
+    let again = compact(&m.pipeline, false, None).await;
+    assert_eq!(again.files_in, 0, "{again:?}");
+}
+
+#[tokio::test]
+async fn most_invocations_decide_from_the_commit_counter_alone() {
+    let m = Mini::new(SOURCE, COMPACT);
+    m.apply("app/t/20240528-195141301.csv", b"I,1,a,1\n").await;
+    let r = CompactBuilder::new(m.pipeline.config.clone(), &m.pipeline.stores)
+        .with_table("my", "app", "t")
+        .with_version_hint(Some(1))
+        .await
+        .unwrap();
+    assert!(r.due.is_empty() && r.version.is_none(), "{r:?}");
+}
+
+#[tokio::test]
+async fn vacuum_keeps_every_file_a_version_inside_the_retention_needs() {
+    let m = Mini::new(SOURCE, COMPACT);
+    for i in 0..6u32 {
+        m.apply(
+            &format!("app/t/20240528-1951413{i:02}.csv"),
+            format!("I,{i},n{i},{}\n", i + 1).as_bytes(),
+        )
+        .await;
+    }
+    let table_dir = m.dir.path().join("lake/my/app/t");
+    let before = data_files(&table_dir);
+    let r = compact(&m.pipeline, true, None).await;
+    assert_eq!(
+        r.files_vacuumed, 0,
+        "files removed by this compaction are still inside the retention"
+    );
+    for f in &before {
+        assert!(f.exists(), "vacuum deleted {} too early", f.display());
+    }
+    // The version before compaction can still be read (time travel inside the retention).
+    let (mut old, _) = lake::open(&m.pipeline.stores, &m.location("my.app.t")).await.unwrap();
+    let v = old.version().unwrap();
+    old.load_version(v - 3).await.unwrap();
+    assert!(old.snapshot().unwrap().log_data().num_files() > 1);
+
+    // Eight days later the replaced files go; the current version still reads completely.
+    let later = chrono::Utc::now().timestamp_millis() + 8 * 24 * 3_600_000;
+    let r = compact(&m.pipeline, true, Some(later)).await;
+    assert!(r.files_vacuumed >= before.len() as u64, "{r:?}");
+    assert_eq!(m.rows("my.app.t", &["id"]).await.len(), 6);
+    let (t, _) = lake::open(&m.pipeline.stores, &m.location("my.app.t")).await.unwrap();
+    for f in t.snapshot().unwrap().log_data().iter() {
+        assert!(
+            table_dir.join(f.path().as_ref()).exists(),
+            "referenced file {} was deleted",
+            f.path()
+        );
+    }
+}
+
+#[tokio::test]
+async fn tombstones_expire_after_their_retention() {
+    let m = Mini::new(SOURCE, COMPACT);
+    m.apply("app/t/20240528-195141301.csv", b"I,1,a,1\nI,2,b,2\n").await;
+    m.apply("app/t/20240528-195141302.csv", b"D,1,,5\n").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    assert_eq!(compact(&m.pipeline, true, Some(now)).await.tombstones_dropped, 0);
+    let r = compact(&m.pipeline, true, Some(now + 8 * 24 * 3_600_000)).await;
+    assert_eq!(r.tombstones_dropped, 1, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_running_alongside_commits_loses_no_change() {
+    let lab = Lab::new(
+        &SimOptions {
+            seed: 77,
+            keys: 30,
+            changes: 60,
+            max_file_changes: 5,
+            ..Default::default()
+        },
+        None,
+    );
+    // Compact as often as possible, forced, while every file is committed.
+    let pipeline = lab.pipeline.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let tables: Vec<(String, String, String)> = lab
+        .sim
+        .expected
+        .keys()
+        .map(|k| {
+            let mut p = k.splitn(3, '.');
+            (
+                p.next().unwrap().into(),
+                p.next().unwrap().into(),
+                p.next().unwrap().into(),
+            )
+        })
+        .collect();
+    let compactor = tokio::spawn(async move {
+        let mut runs = 0u32;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            for (ns, s, t) in &tables {
+                let r = CompactBuilder::new(pipeline.config.clone(), &pipeline.stores)
+                    .with_table(ns, s, t)
+                    .with_force(true)
+                    .await;
+                if r.is_ok() {
+                    runs += 1;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        runs
+    });
+    for f in &lab.sim.files {
+        lab.pipeline
+            .decode(&lab.sim.bucket, &f.key, None, Failpoints::default())
+            .await
+            .unwrap();
+        // Ingestion commits must never fail because of compaction.
+        lab.pipeline.commit_all().await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = compactor.await.unwrap();
+    assert!(runs > 0);
+    lab.check().await.unwrap();
+}
