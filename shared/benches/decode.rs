@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int32Builder, Int64Builder,
+    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use dms2delta::config::{Config, Validated};
@@ -96,7 +96,11 @@ impl Case {
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(v) => v.trim().replace('_', "").parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+        Ok(v) => v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
         Err(_) => default,
     }
 }
@@ -128,13 +132,20 @@ struct Measured {
 fn parent() {
     let rows = env_usize(ENV_ROWS, DEFAULT_ROWS);
     let runs = env_usize(ENV_RUNS, DEFAULT_RUNS).max(1);
-    let tmp = tempfile::Builder::new().prefix("dms2delta-bench-").tempdir().expect("a temporary folder");
+    let tmp = tempfile::Builder::new()
+        .prefix("dms2delta-bench-")
+        .tempdir()
+        .expect("a temporary folder");
     let dir = tmp.path();
 
     let started = Instant::now();
     let summary = generate(dir, rows);
-    let parquet_bytes = std::fs::metadata(data_path(dir, "parquet")).map(|m| m.len()).unwrap_or(0);
-    let csv_bytes = std::fs::metadata(data_path(dir, "csv.gz")).map(|m| m.len()).unwrap_or(0);
+    let parquet_bytes = std::fs::metadata(data_path(dir, "parquet"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let csv_bytes = std::fs::metadata(data_path(dir, "csv.gz"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     println!(
         "dms2delta decode bench: {} rows, 10 data columns + Op, {:.1}% of rows repeat an earlier key ({} distinct keys, {} deletes)",
         group(rows as u64),
@@ -185,7 +196,11 @@ fn parent() {
         results.push(m);
     }
 
-    let bare = results.iter().find(|m| m.case == Case::BareParquet).map(|m| m.best_secs).unwrap_or(f64::NAN);
+    let bare = results
+        .iter()
+        .find(|m| m.case == Case::BareParquet)
+        .map(|m| m.best_secs)
+        .unwrap_or(f64::NAN);
     println!(
         "{:<26} {:>10} {:>10} {:>9} {:>12} {:>9} {:>13} {:>10}",
         "case", "rows in", "rows out", "best s", "rows/s", "runs s", "peak RSS MiB", "vs bare"
@@ -200,7 +215,9 @@ fn parent() {
             m.best_secs,
             group((m.rows_in as f64 / m.best_secs) as u64),
             runs_s.join("/"),
-            m.peak_rss_kib.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into()),
+            m.peak_rss_kib
+                .map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or_else(|| "n/a".into()),
             m.best_secs / bare
         );
     }
@@ -223,11 +240,17 @@ fn parent() {
                     verdict(mib < TARGET_RSS_MIB)
                 );
             }
-            None => println!("target peak RSS < {TARGET_RSS_MIB:.0} MiB for {}: not measurable here (no /proc)", m.case.label()),
+            None => println!(
+                "target peak RSS < {TARGET_RSS_MIB:.0} MiB for {}: not measurable here (no /proc)",
+                m.case.label()
+            ),
         }
     }
     if rows != DEFAULT_ROWS {
-        println!("note: {ENV_ROWS}={rows}; the targets are meant for {} rows", group(DEFAULT_ROWS as u64));
+        println!(
+            "note: {ENV_ROWS}={rows}; the targets are meant for {} rows",
+            group(DEFAULT_ROWS as u64)
+        );
     }
 }
 
@@ -342,7 +365,11 @@ fn decode(config: &Validated, ext: &str, dir: &Path) -> (u64, u64) {
     let file = File::open(data_path(dir, ext)).expect("the data file");
     let tables = decode_file(file, &ctx).unwrap_or_else(|p| panic!("decode failed: {p:?}"));
     let rows_in = tables.iter().map(|t| t.rows_in).sum();
-    let rows_out = tables.iter().filter_map(|t| t.batch.as_ref()).map(|b| b.num_rows() as u64).sum();
+    let rows_out = tables
+        .iter()
+        .filter_map(|t| t.batch.as_ref())
+        .map(|b| b.num_rows() as u64)
+        .sum();
     (rows_in, rows_out)
 }
 
@@ -350,7 +377,12 @@ fn decode(config: &Validated, ext: &str, dir: &Path) -> (u64, u64) {
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()
+    line.trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn bench_config(dir: &Path) -> Validated {
@@ -388,7 +420,10 @@ sources:
 }
 
 fn data_path(dir: &Path, ext: &str) -> PathBuf {
-    dir.join(BUCKET_FOLDER).join(SCHEMA).join(TABLE).join(format!("{STEM}.{ext}"))
+    dir.join(BUCKET_FOLDER)
+        .join(SCHEMA)
+        .join(TABLE)
+        .join(format!("{STEM}.{ext}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,8 +457,21 @@ impl Rng {
 
 const STATUSES: [&str; 5] = ["new", "paid", "shipped", "cancelled", "returned"];
 const WORDS: [&str; 16] = [
-    "fragile", "leave at door", "gift wrap", "call first", "back entrance", "no \"signature\"", "urgent", "weekend",
-    "second floor", "ring twice", "box, not bag", "invoice inside", "keep upright", "reused packaging", "ask for Ana",
+    "fragile",
+    "leave at door",
+    "gift wrap",
+    "call first",
+    "back entrance",
+    "no \"signature\"",
+    "urgent",
+    "weekend",
+    "second floor",
+    "ring twice",
+    "box, not bag",
+    "invoice inside",
+    "keep upright",
+    "reused packaging",
+    "ask for Ana",
     "deliver after 5pm",
 ];
 
@@ -479,7 +527,9 @@ fn generate(dir: &Path, rows: usize) -> Summary {
         .set_data_page_size_limit(1024 * 1024)
         .set_dictionary_page_size_limit(1024 * 1024)
         .build();
-    let options = ArrowWriterOptions::new().with_properties(props).with_skip_arrow_metadata(true);
+    let options = ArrowWriterOptions::new()
+        .with_properties(props)
+        .with_skip_arrow_metadata(true);
     let pq_file = File::create(data_path(dir, "parquet")).expect("create the Parquet file");
     let mut pq = ArrowWriter::try_new_with_options(BufWriter::new(pq_file), schema.clone(), options).expect("a writer");
     let csv_file = File::create(data_path(dir, "csv.gz")).expect("create the CSV file");
@@ -528,7 +578,10 @@ fn generate(dir: &Path, rows: usize) -> Summary {
         start += n;
     }
     pq.close().expect("finish the Parquet file");
-    gz.finish().expect("finish the gzip stream").flush().expect("flush the CSV file");
+    gz.finish()
+        .expect("finish the gzip stream")
+        .flush()
+        .expect("flush the CSV file");
     summary.distinct = ids.len() as u64;
     summary
 }
@@ -625,7 +678,12 @@ impl Builders {
             Arc::new(self.op.finish()),
             Arc::new(self.id.finish()),
             Arc::new(self.quantity.finish()),
-            Arc::new(self.price.finish().with_precision_and_scale(12, 2).expect("decimal(12,2)")),
+            Arc::new(
+                self.price
+                    .finish()
+                    .with_precision_and_scale(12, 2)
+                    .expect("decimal(12,2)"),
+            ),
             Arc::new(self.weight.finish()),
             Arc::new(self.customer.finish()),
             Arc::new(self.status.finish()),

@@ -42,14 +42,21 @@ async fn replicated(out: &Path, extra: &str) -> Arc<dms2delta::config::Validated
 #[tokio::test]
 async fn a_log_event_compacts_its_table_when_due() {
     let out = tempfile::tempdir().unwrap();
-    let cfg = replicated(out.path(), "compact:\n  min_small_files: 2\n  checkpoint_interval: 2\n  check_every_commits: 2\n").await;
+    let cfg = replicated(
+        out.path(),
+        "compact:\n  min_small_files: 2\n  checkpoint_interval: 2\n  check_every_commits: 2\n",
+    )
+    .await;
     let r = handle(&State::new(cfg), event("compact-s3-put.json")).await.unwrap();
     let t = &r["tables"][0];
     assert_eq!(t["table"], "mysql.shop.customers", "{r}");
     assert_eq!(t["checkpoint"], true, "{r}");
     // Copy-on-write MERGE left a single data file: nothing to bin-pack (tests in shared/ cover that).
     assert_eq!(t["due"], serde_json::json!(["checkpoint"]), "{r}");
-    assert!(out.path().join("lake-bucket/lake/mysql/shop/customers/_delta_log/_last_checkpoint").exists());
+    assert!(out
+        .path()
+        .join("lake-bucket/lake/mysql/shop/customers/_delta_log/_last_checkpoint")
+        .exists());
 }
 
 #[tokio::test]
@@ -64,6 +71,8 @@ async fn a_log_event_that_is_not_due_returns_without_work() {
 async fn tombstone_table_events_map_to_their_table() {
     let out = tempfile::tempdir().unwrap();
     let cfg = replicated(out.path(), "").await;
-    let r = handle(&State::new(cfg), event("compact-tombstones-s3-put.json")).await.unwrap();
+    let r = handle(&State::new(cfg), event("compact-tombstones-s3-put.json"))
+        .await
+        .unwrap();
     assert_eq!(r["tables"][0]["table"], "mysql.shop.customers", "{r}");
 }

@@ -1,0 +1,177 @@
+//! `dms2delta query`: SQL over every table in the lake, with DataFusion.
+//!
+//! Each Delta table at `<namespace>/<schema>/<table>/` is registered under DataFusion's
+//! three-part name `<namespace>.<schema>.<table>`: the namespace is a catalog, the schema a
+//! schema in it. Queries are read-only.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use clap::Args;
+use deltalake::datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use deltalake::datafusion::execution::context::SQLOptions;
+use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use dms2delta::storage::{Location, Stores};
+
+use crate::common::{discover_tables, load_config, require_existing, CliResult, Failure, LakeTable};
+
+pub const AFTER_HELP: &str = "\
+Tables are named <namespace>.<schema>.<table>, as in the lake's folders and in `dms2delta status`
+(each namespace is a DataFusion catalog, each schema a schema in it), for example:
+
+  dms2delta query --config config.yaml \"SELECT * FROM mysql.app.t0 ORDER BY id LIMIT 5\"
+  dms2delta query --lake ./lake \"SELECT count(*) FROM pg.public.accounts\"
+  dms2delta query --lake ./lake \"DESCRIBE mysql.app.t0\"
+
+SHOW TABLES lists them all (and DataFusion's information_schema views).
+
+Unquoted names are lower-cased, as in PostgreSQL: write \"HR\".\"EMPLOYEES\" for upper-case names.
+Every table has its data columns plus _dms_seq (the change's sequence) and _dms_commit_ts (its
+source commit time). Queries only read: DDL, INSERT/UPDATE/DELETE and SET are refused.";
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The configuration (local path or s3://bucket/key): its `lake` and `storage` settings say
+    /// where the tables are and how to reach them.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<String>,
+
+    /// The lake (local folder or s3://bucket/prefix); overrides the configuration's `lake`.
+    #[arg(long, value_name = "DIR|S3_URI")]
+    pub lake: Option<String>,
+
+    /// The SQL statement.
+    #[arg(value_name = "SQL")]
+    pub sql: String,
+}
+
+/// A session with every table of the lake registered; returns the tables too.
+pub async fn session(stores: &Stores, lake: &Location) -> CliResult<(SessionContext, Vec<LakeTable>)> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    let tables = discover_tables(stores, lake).await?;
+    for t in &tables {
+        let catalog = match ctx.catalog(&t.namespace) {
+            Some(c) => c,
+            None => {
+                let c: Arc<dyn CatalogProvider> = Arc::new(MemoryCatalogProvider::new());
+                ctx.register_catalog(&t.namespace, c.clone());
+                c
+            }
+        };
+        let schema = match catalog.schema(&t.schema) {
+            Some(s) => s,
+            None => {
+                let s: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+                catalog.register_schema(&t.schema, s.clone())?;
+                s
+            }
+        };
+        let loc = t.location(lake);
+        let (table, exists) = dms2delta::lake::open(stores, &loc).await?;
+        if !exists {
+            continue;
+        }
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| Failure::new(format!("cannot read {}: {e}", t.qualified_name())))?;
+        schema.register_table(t.table.clone(), table.table_provider().await?)?;
+    }
+    Ok((ctx, tables))
+}
+
+/// Runs a read-only statement and formats the result as a text table, with a row count.
+pub async fn query(ctx: &SessionContext, sql: &str) -> CliResult<String> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let failed = |e: deltalake::datafusion::error::DataFusionError| Failure::new(format!("the query failed: {e}"));
+    let df = ctx.sql_with_options(sql, options).await.map_err(failed)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(failed)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let table = arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)
+        .map_err(|e| Failure::new(format!("cannot format the result: {e}")))?;
+    Ok(format!("{table}\n({rows} row{})", if rows == 1 { "" } else { "s" }))
+}
+
+/// `dms2delta query`.
+pub async fn execute(args: &QueryArgs, out: &mut dyn Write) -> CliResult<()> {
+    let (stores, lake) = match (&args.config, &args.lake) {
+        (Some(config), lake) => {
+            let v = load_config(config, lake.as_deref()).await?.validate()?;
+            (Stores::new(v.config.storage.clone()), v.lake)
+        }
+        (None, Some(lake)) => (
+            Stores::new(Default::default()),
+            Location::parse(lake).map_err(|r| Failure::usage(format!("--lake {lake}: {r}")))?,
+        ),
+        (None, None) => {
+            return Err(Failure::usage(
+                "`query` needs to know where the tables are: pass --config FILE or --lake DIR|S3_URI",
+            ))
+        }
+    };
+    require_existing(&stores.physical(&lake), "lake")?;
+    let (ctx, tables) = session(&stores, &lake).await?;
+    if tables.is_empty() {
+        eprintln!("note: no Delta tables found in {lake}");
+    }
+    writeln!(out, "{}", query(&ctx, &args.sql).await?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{attach_source, run_once, RunState};
+    use dms2delta::config::Config;
+    use dms2delta::sim::{simulate, SimOptions};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_table_is_queryable_by_its_three_part_name_and_writes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = simulate(&SimOptions {
+            seed: 9,
+            tables: 1,
+            keys: 5,
+            changes: 6,
+            max_file_changes: 3,
+            formats: vec![dms2delta::sim::Format::Parquet, dms2delta::sim::Format::CsvHeader],
+        });
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        sim.write_files(&dir.path().join("source")).unwrap();
+        let mut config = Config::parse(&sim.config(&p("lake"), &p("staged"), &p("quarantine"), &p("source"))).unwrap();
+        let source = attach_source(&mut config, &p("source")).unwrap();
+        let pipeline = crate::common::pipeline(config).unwrap();
+        run_once(&pipeline, &source, &mut RunState::default(), false)
+            .await
+            .unwrap();
+
+        let lake = Location::parse(&p("lake")).unwrap();
+        let (ctx, tables) = session(&pipeline.stores, &lake).await.unwrap();
+        let names: Vec<String> = tables.iter().map(LakeTable::qualified_name).collect();
+        assert_eq!(names, vec!["oracle.app.t0", "pg.app.t0"]);
+
+        let n = sim.expected["oracle.app.t0"].len();
+        let text = query(&ctx, "SELECT count(*) AS n FROM oracle.app.t0").await.unwrap();
+        assert!(text.contains(&format!("| {n} ")), "{text}");
+        assert!(text.ends_with("(1 row)"), "{text}");
+
+        let text = query(&ctx, "SELECT id, region FROM pg.app.t0 WHERE false")
+            .await
+            .unwrap();
+        assert!(text.contains("| id | region |"), "{text}");
+        assert!(text.ends_with("(0 rows)"), "{text}");
+
+        let text = query(&ctx, "SHOW TABLES").await.unwrap();
+        assert!(text.contains("oracle"), "{text}");
+
+        let e = query(&ctx, "DELETE FROM oracle.app.t0").await.unwrap_err();
+        assert!(e.message.starts_with("the query failed:"), "{e}");
+        let e = query(&ctx, "SELEC 1").await.unwrap_err();
+        assert!(e.message.starts_with("the query failed:"), "{e}");
+        let e = query(&ctx, "SELECT * FROM nope.app.t0").await.unwrap_err();
+        assert!(e.message.contains("nope"), "{e}");
+    }
+}
