@@ -84,7 +84,7 @@ async fn most_invocations_decide_from_the_commit_counter_alone() {
     m.apply("app/t/20240528-195141301.csv", b"I,1,a,1\n").await;
     let r = CompactBuilder::new(m.pipeline.config.clone(), &m.pipeline.stores)
         .with_table("my", "app", "t")
-        .with_version_hint(Some(1))
+        .with_version_hints([1])
         .await
         .unwrap();
     assert!(r.due.is_empty() && r.version.is_none(), "{r:?}");

@@ -39,7 +39,7 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
         Payload::Sqs(d) => d.iter().collect::<Vec<_>>(),
         Payload::Direct(d) => vec![d],
     };
-    let mut tables: BTreeMap<TableId, (Option<u64>, Option<Result<CompactMetrics, String>>)> = BTreeMap::new();
+    let mut tables: BTreeMap<TableId, (Vec<u64>, Option<Result<CompactMetrics, String>>)> = BTreeMap::new();
     let mut needs: Vec<(Option<String>, Result<Vec<TableId>, String>)> = Vec::new();
     for d in &deliveries {
         let ids = d.objects.as_ref().map_err(|e| e.to_string()).map(|objects| {
@@ -48,8 +48,10 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
                 .filter(|o| o.kind == ObjectEventKind::Created && o.bucket == bucket)
                 .filter_map(|o| table_of_log_key(&prefix, &o.key))
                 .map(|(ns, s, t, v)| {
-                    let e = tables.entry((ns.clone(), s.clone(), t.clone())).or_insert((None, None));
-                    e.0 = e.0.max(Some(v));
+                    let e = tables
+                        .entry((ns.clone(), s.clone(), t.clone()))
+                        .or_insert((Vec::new(), None));
+                    e.0.push(v);
                     (ns, s, t)
                 })
                 .collect()
@@ -57,10 +59,10 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
         needs.push((d.message_id.clone(), ids));
     }
     let namespace = &state.config.config.metrics.namespace;
-    for ((ns, s, t), (hint, slot)) in tables.iter_mut() {
+    for ((ns, s, t), (hints, slot)) in tables.iter_mut() {
         let res = CompactBuilder::new(state.config.clone(), &state.stores)
             .with_table(ns, s, t)
-            .with_version_hint(*hint)
+            .with_version_hints(hints.iter().copied())
             .await;
         match &res {
             Ok(m) if !m.due.is_empty() => {

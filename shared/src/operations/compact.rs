@@ -37,7 +37,7 @@ pub struct CompactBuilder<'a> {
     namespace: String,
     schema: String,
     table: String,
-    version_hint: Option<u64>,
+    version_hints: Vec<u64>,
     force: bool,
     now_millis: Option<i64>,
 }
@@ -79,7 +79,7 @@ impl<'a> CompactBuilder<'a> {
             namespace: String::new(),
             schema: String::new(),
             table: String::new(),
-            version_hint: None,
+            version_hints: Vec::new(),
             force: false,
             now_millis: None,
         }
@@ -98,10 +98,10 @@ impl<'a> CompactBuilder<'a> {
         self
     }
 
-    /// The version of the commit that triggered this run (from the event's key): lets most runs
-    /// decide without reading the table.
-    pub fn with_version_hint(mut self, version: Option<u64>) -> Self {
-        self.version_hint = version;
+    /// The versions of the commits that triggered this run (from the events' keys): let most
+    /// runs decide without reading the table.
+    pub fn with_version_hints(mut self, versions: impl IntoIterator<Item = u64>) -> Self {
+        self.version_hints = versions.into_iter().collect();
         self
     }
 
@@ -139,13 +139,15 @@ impl<'a> CompactBuilder<'a> {
         // The cheap decision: one small GET.
         let last_cp = last_checkpoint(self.stores, &loc).await?;
         let checkpoint_due = |v: u64| v.saturating_sub(last_cp.unwrap_or(0)) >= c.checkpoint_interval;
-        if !self.force {
-            if let Some(v) = self.version_hint {
-                let check_files = v > 0 && v % c.check_every_commits == 0;
-                if !checkpoint_due(v) && !check_files {
-                    m.duration_ms = started.elapsed().as_millis() as u64;
-                    return Ok(m);
-                }
+        if !self.force && !self.version_hints.is_empty() {
+            let check_files = self
+                .version_hints
+                .iter()
+                .any(|v| *v > 0 && v % c.check_every_commits == 0);
+            let newest = self.version_hints.iter().copied().max().unwrap_or(0);
+            if !checkpoint_due(newest) && !check_files {
+                m.duration_ms = started.elapsed().as_millis() as u64;
+                return Ok(m);
             }
         }
 
@@ -208,7 +210,7 @@ impl<'a> CompactBuilder<'a> {
                 Err(e) => return Err(derr(e)),
             }
             if spec.delete_mode == DeleteMode::Hard {
-                m.tombstones_dropped = self.expire_tombstones(&spec, now).await?;
+                m.tombstones_dropped = self.maintain_tombstones(&spec, now, target).await?;
             }
         }
         m.version = table.version();
@@ -216,7 +218,9 @@ impl<'a> CompactBuilder<'a> {
         Ok(m)
     }
 
-    async fn expire_tombstones(&self, spec: &TableSpec, now_millis: i64) -> Result<u64> {
+    /// Drops expired tombstones, then compacts and checkpoints the tombstone table itself (one
+    /// small file per delete batch would pile up otherwise).
+    async fn maintain_tombstones(&self, spec: &TableSpec, now_millis: i64, target: u64) -> Result<u64> {
         let loc = self
             .config
             .lake
@@ -225,15 +229,41 @@ impl<'a> CompactBuilder<'a> {
         if !exists {
             return Ok(0);
         }
+        let derr = |e| delta_err(Stage::Compact, &loc, e);
         let retention = self.config.config.commit.tombstone_retention_hours as i64 * 3_600_000;
         let cutoff = (now_millis - retention) * 1000;
         let older = Expr::Column(Column::new_unqualified(DELETED_AT))
             .lt(lit(ScalarValue::TimestampMicrosecond(Some(cutoff), Some(UTC.into()))));
-        match tomb.delete().with_predicate(older).await {
-            Ok((_, metrics)) => Ok(metrics.num_deleted_rows.unwrap_or(0) as u64),
-            Err(e) if is_conflict(&e) => Ok(0),
-            Err(e) => Err(delta_err(Stage::Compact, &loc, e)),
-        }
+        let (tomb, dropped) = match tomb.clone().delete().with_predicate(older).await {
+            Ok((t, metrics)) => (t, metrics.num_deleted_rows.unwrap_or(0) as u64),
+            Err(e) if is_conflict(&e) => (tomb, 0),
+            Err(e) => return Err(derr(e)),
+        };
+        let small = tomb
+            .snapshot()
+            .map_err(derr)?
+            .log_data()
+            .iter()
+            .filter(|f| (f.size() as u64) < target / 2)
+            .count();
+        let tomb = if small >= spec.compact.min_small_files {
+            let mut plain = spec.clone();
+            plain.compact.zorder_by_keys = false;
+            match optimize(tomb.clone(), &plain, target).await {
+                Ok((t, _)) => t,
+                Err(e) if is_conflict(&e) => tomb,
+                Err(e) => return Err(derr(e)),
+            }
+        } else {
+            tomb
+        };
+        deltalake::checkpoints::create_checkpoint(&tomb, None)
+            .await
+            .map_err(derr)?;
+        deltalake::checkpoints::cleanup_metadata(&tomb, None)
+            .await
+            .map_err(derr)?;
+        Ok(dropped)
     }
 }
 
@@ -299,14 +329,16 @@ async fn last_checkpoint(stores: &Stores, loc: &Location) -> Result<Option<u64>>
 }
 
 /// The table a `_delta_log/<version>.json` key belongs to: `(namespace, schema, table, version)`.
-/// Keys of dms2delta's tombstone tables map to their table.
+/// Tombstone tables are maintained with their table, so their keys (and anything else) give `None`.
 pub fn table_of_log_key(lake_prefix: &str, key: &str) -> Option<(String, String, String, u64)> {
     let rest = if lake_prefix.is_empty() {
         key
     } else {
         key.strip_prefix(lake_prefix.trim_end_matches('/'))?.strip_prefix('/')?
     };
-    let rest = rest.strip_prefix("_dms2delta/tombstones/").unwrap_or(rest);
+    if rest.starts_with("_dms2delta/") {
+        return None;
+    }
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
         [ns, schema, table, "_delta_log", file] => {
@@ -332,7 +364,7 @@ mod tests {
                 "",
                 "_dms2delta/tombstones/mysql/shop/orders/_delta_log/00000000000000000003.json"
             ),
-            Some(("mysql".into(), "shop".into(), "orders".into(), 3))
+            None
         );
         assert_eq!(
             table_of_log_key("lake", "lake/mysql/shop/orders/part-0001.parquet"),
