@@ -164,7 +164,14 @@ fn parent() {
         mib(csv_bytes),
         started.elapsed().as_secs_f64()
     );
-    println!("each case runs in its own process, best of {runs} runs; batch size {BATCH_ROWS}");
+    println!(
+        "each case runs in its own process, best of {runs} runs; batch size {BATCH_ROWS}; peak RSS is VmHWM over all runs; {} CPUs, load average {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "n/a".into())
+    );
     println!();
 
     let exe = std::env::current_exe().expect("the bench binary's path");

@@ -1,12 +1,13 @@
 //! Change sets: plain Arrow data plus metadata columns, and the deduplication that keeps only the
 //! highest-sequence change per key. They know nothing about Delta tables.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{self, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
-use arrow::compute::interleave;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, StringArray};
+use arrow::compute::{concat, interleave, FilterBuilder, FilterPredicate};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 
 use crate::error::{BadInputKind, InputProblem};
@@ -53,15 +54,19 @@ pub struct Sequence;
 
 impl Sequence {
     pub fn load(out: &mut String, stem: &str, row: u64) {
-        use std::fmt::Write;
         out.clear();
-        let _ = write!(out, "0L{stem}:{row:012}");
+        out.push_str("0L");
+        out.push_str(stem);
+        out.push(':');
+        push_row(out, row);
     }
 
     pub fn file(out: &mut String, time_digits: &str, row: u64) {
-        use std::fmt::Write;
         out.clear();
-        let _ = write!(out, "1F{time_digits}:{row:012}");
+        out.push_str("1F");
+        out.push_str(time_digits);
+        out.push(':');
+        push_row(out, row);
     }
 
     /// `$AR_H_CHANGE_SEQ`: 35 digits, left-padded when a shorter number arrives.
@@ -80,6 +85,22 @@ impl Sequence {
     }
 }
 
+/// Appends `row` zero-padded to 12 digits, as `{row:012}` would (called once per decoded row, so
+/// without the formatting machinery).
+fn push_row(out: &mut String, row: u64) {
+    let mut digits = [b'0'; 20];
+    let mut v = row;
+    let mut i = digits.len();
+    while v > 0 {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    for &d in &digits[i.min(digits.len() - 12)..] {
+        out.push(char::from(d));
+    }
+}
+
 /// Parses a `|a|b|` no-sup list.
 pub fn nosup_columns(v: &str) -> impl Iterator<Item = &str> {
     v.split('|').filter(|s| !s.is_empty())
@@ -95,6 +116,54 @@ struct RowRef {
 struct Fill {
     col: usize,
     from: Option<RowRef>,
+}
+
+/// A key in the row format. Short keys (a single integer, date or timestamp key, or two of them)
+/// are stored inline, so the key map needs no allocation per key and no pointer chase to compare
+/// or rehash one.
+#[derive(Debug)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+const INLINE_KEY: usize = 22;
+
+impl Key {
+    fn new(bytes: &[u8]) -> Key {
+        if bytes.len() <= INLINE_KEY {
+            let mut inline = [0u8; INLINE_KEY];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            Key::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            }
+        } else {
+            Key::Heap(bytes.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+// Equality and hash are those of the key bytes.
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
 }
 
 #[derive(Debug)]
@@ -116,7 +185,7 @@ pub struct Deduper {
     converter: RowConverter,
     batches: Vec<RecordBatch>,
     retained: usize,
-    map: HashMap<Box<[u8]>, Entry>,
+    map: HashMap<Key, Entry>,
     rows_in: u64,
 }
 
@@ -210,13 +279,14 @@ impl Deduper {
                 batch: b,
                 row: r as u32,
             };
-            let key = rows.row(r);
-            match self.map.get_mut(key.as_ref()) {
-                None => {
+            // One hash and probe per row; only keys longer than INLINE_KEY allocate.
+            match self.map.entry(Key::new(rows.row(r).as_ref())) {
+                hash_map::Entry::Vacant(slot) => {
                     let fills = ctx.initial_fills(at);
-                    self.map.insert(key.as_ref().into(), Entry { at, fills });
+                    slot.insert(Entry { at, fills });
                 }
-                Some(e) => {
+                hash_map::Entry::Occupied(mut slot) => {
+                    let e = slot.get_mut();
                     if ctx.seq(at) > ctx.seq(e.at) {
                         let fills = ctx.replacement_fills(e, at);
                         e.at = at;
@@ -235,9 +305,16 @@ impl Deduper {
 
     /// Rewrites the surviving rows into one batch and drops the rest.
     fn compact(&mut self) -> Result<(), InputProblem> {
-        let Some(batch) = self.build()? else {
+        if self.map.is_empty() {
             return Ok(());
+        }
+        let batch = if self.any_fill() {
+            self.build_with_fills()?
+        } else {
+            let survivors = self.survivors();
+            gather(&self.schema, std::mem::take(&mut self.batches), &survivors)?
         };
+        // The batch holds the survivors in (batch, row) order.
         let mut entries: Vec<&mut Entry> = self.map.values_mut().collect();
         entries.sort_by_key(|e| e.at);
         for (i, e) in entries.into_iter().enumerate() {
@@ -252,21 +329,40 @@ impl Deduper {
         Ok(())
     }
 
-    fn build(&self) -> Result<Option<RecordBatch>, InputProblem> {
-        if self.map.is_empty() {
-            return Ok(None);
+    /// Whether some winner takes a no-sup column's value from another row.
+    fn any_fill(&self) -> bool {
+        self.map.values().any(|e| e.fills.is_some())
+    }
+
+    /// For each retained batch, which of its rows are winners.
+    fn survivors(&self) -> Vec<BooleanArray> {
+        let mut masks: Vec<BooleanBufferBuilder> = self
+            .batches
+            .iter()
+            .map(|b| {
+                let mut m = BooleanBufferBuilder::new(b.num_rows());
+                m.append_n(b.num_rows(), false);
+                m
+            })
+            .collect();
+        for e in self.map.values() {
+            masks[e.at.batch as usize].set_bit(e.at.row as usize, true);
         }
+        masks
+            .into_iter()
+            .map(|mut m| BooleanArray::new(m.finish(), None))
+            .collect()
+    }
+
+    /// The winners when some take no-sup columns from other rows: each column is gathered
+    /// row by row from wherever its value comes from.
+    fn build_with_fills(&self) -> Result<RecordBatch, InputProblem> {
         let mut entries: Vec<&Entry> = self.map.values().collect();
         entries.sort_by_key(|e| e.at);
-        let winners: Vec<(usize, usize)> = entries
-            .iter()
-            .map(|e| (e.at.batch as usize, e.at.row as usize))
-            .collect();
-        let any_fill = entries.iter().any(|e| e.fills.is_some());
         let mut columns = Vec::with_capacity(self.schema.fields().len());
         for c in 0..self.schema.fields().len() {
             let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
-            let col = if c == self.nosup_idx && any_fill {
+            let col = if c == self.nosup_idx {
                 let values: StringArray = entries
                     .iter()
                     .map(|e| match &e.fills {
@@ -282,7 +378,7 @@ impl Deduper {
                     })
                     .collect();
                 Arc::new(values) as ArrayRef
-            } else if any_fill {
+            } else {
                 let idx: Vec<(usize, usize)> = entries
                     .iter()
                     .map(|e| {
@@ -295,21 +391,66 @@ impl Deduper {
                         (from.batch as usize, from.row as usize)
                     })
                     .collect();
-                interleave(&arrays, &idx).map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?
-            } else {
-                interleave(&arrays, &winners).map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?
+                interleave(&arrays, &idx).map_err(bad_value)?
             };
             columns.push(col);
         }
-        RecordBatch::try_new(self.schema.clone(), columns)
-            .map(Some)
-            .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(bad_value)
     }
 
     /// The deduplicated change set, in first-seen order of the surviving rows.
-    pub fn finish(self) -> Result<Option<RecordBatch>, InputProblem> {
-        self.build()
+    pub fn finish(mut self) -> Result<Option<RecordBatch>, InputProblem> {
+        if self.map.is_empty() {
+            return Ok(None);
+        }
+        if self.any_fill() {
+            return self.build_with_fills().map(Some);
+        }
+        let survivors = self.survivors();
+        // Only the positions matter from here on: free the key map before building the output.
+        self.map = HashMap::new();
+        gather(&self.schema, std::mem::take(&mut self.batches), &survivors).map(Some)
     }
+}
+
+fn bad_value(e: ArrowError) -> InputProblem {
+    InputProblem::new(BadInputKind::BadValue, e.to_string())
+}
+
+/// The rows of `batches` that `survivors` marks, in (batch, row) order: the order of sorting the
+/// winners by position. Works column by column, releasing each input column once its output is
+/// built.
+fn gather(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    survivors: &[BooleanArray],
+) -> Result<RecordBatch, InputProblem> {
+    let predicates: Vec<FilterPredicate> = survivors
+        .iter()
+        .map(|m| FilterBuilder::new(m).optimize().build())
+        .collect();
+    let width = schema.fields().len();
+    let mut inputs: Vec<Vec<ArrayRef>> = (0..width).map(|_| Vec::with_capacity(batches.len())).collect();
+    for batch in batches {
+        for (c, col) in batch.columns().iter().enumerate() {
+            inputs[c].push(col.clone());
+        }
+    }
+    let mut columns = Vec::with_capacity(width);
+    for parts in &mut inputs {
+        let parts = std::mem::take(parts);
+        let kept = parts
+            .iter()
+            .zip(&predicates)
+            .filter(|(_, p)| p.count() > 0)
+            .map(|(a, p)| p.filter(a.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad_value)?;
+        drop(parts);
+        let kept: Vec<&dyn Array> = kept.iter().map(|a| a.as_ref()).collect();
+        columns.push(concat(&kept).map_err(bad_value)?);
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(bad_value)
 }
 
 fn nosup_value(batches: &[RecordBatch], idx: usize, at: RowRef) -> Option<&str> {
@@ -549,6 +690,48 @@ pub(crate) mod tests {
         let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
         let mut d = Deduper::new(b.schema(), &["id".to_string()]).unwrap();
         assert_eq!(d.push(b).unwrap_err().kind, BadInputKind::MissingKey);
+    }
+
+    #[test]
+    fn row_numbers_are_padded_like_format() {
+        for row in [0, 1, 9, 10, 12_345, 999_999_999_999, 1_000_000_000_000, u64::MAX] {
+            let mut out = String::new();
+            Sequence::file(&mut out, "202405281951413800", row);
+            assert_eq!(out, format!("1F202405281951413800:{row:012}"));
+            Sequence::load(&mut out, "LOAD0000000A", row);
+            assert_eq!(out, format!("0LLOAD0000000A:{row:012}"));
+        }
+    }
+
+    #[test]
+    fn long_and_short_keys_dedup_alike() {
+        // A key longer than INLINE_KEY bytes in the row format is stored on the heap.
+        let long = "k".repeat(100);
+        let schema = Arc::new(Schema::new(
+            [Field::new("id", DataType::Utf8, true)]
+                .into_iter()
+                .chain(meta_fields())
+                .collect::<Vec<_>>(),
+        ));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![long.as_str(), "a", long.as_str(), "a"])),
+                Arc::new(StringArray::from(vec!["I", "I", "U", "D"])),
+                Arc::new(StringArray::from(vec!["1F1:01", "1F1:02", "1F1:03", "1F1:04"])),
+                Arc::new(TimestampMicrosecondArray::from(vec![None; 4]).with_timezone(UTC)),
+                Arc::new(StringArray::from(vec!["f"; 4])),
+                Arc::new(StringArray::from(vec![None::<&str>; 4])),
+            ],
+        )
+        .unwrap();
+        let mut d = Deduper::new(schema, &["id".to_string()]).unwrap();
+        d.push(b).unwrap();
+        assert_eq!(d.len(), 2);
+        let out = d.finish().unwrap().unwrap();
+        let ids: Vec<&str> = out.column(0).as_string::<i32>().iter().map(|v| v.unwrap()).collect();
+        let ops: Vec<&str> = out.column(1).as_string::<i32>().iter().map(|v| v.unwrap()).collect();
+        assert_eq!((ids, ops), (vec![long.as_str(), "a"], vec!["U", "D"]));
     }
 
     #[test]

@@ -1,0 +1,799 @@
+//! Merge benchmark (the commit stage): a 10,000-change batch (60% updates, 20% inserts, 20%
+//! deletes) applied to tables of 1,000,000 and 10,000,000 rows, by dms2delta's commit stage (one
+//! sequence-guarded MERGE with tombstones) and, in the same run, by the straightforward Python
+//! approach (`bench/python_merge.py`: DuckDB window-function dedup, a deltalake
+//! `merge().when_matched_update_all().when_not_matched_insert_all()`, then a delete pass). Also the
+//! sustained throughput of 200 small change sets (50 changes each) with 4 concurrent committers,
+//! and the peak RSS of applying one 2,000,000-change set (a bulk UPDATE at the source).
+//!
+//! Run with `cargo bench -p dms2delta --bench merge`.
+//!
+//! The base tables are dms2delta tables (the create commit is the one the commit stage writes:
+//! data columns + `_dms_seq` + `_dms_commit_ts`) holding full-load rows `1..=N` in key order, as
+//! DMS full loads leave them, written as data files of a fixed row count (see `FILE_ROWS`). Every
+//! competitor starts from its own copy of the same table folder. Each measured apply runs in its
+//! own process (this binary again, or Python), so its peak RSS is its own; wall time covers the
+//! commit (dms2delta) or the script's work after its imports (Python). After every apply the
+//! table is checked against the state the changes must leave (row count, sum of keys, sum of a
+//! column, rows carrying the update marker, rows carrying a CDC sequence); a mismatch is printed
+//! as FAILED instead of a speed.
+//!
+//! Environment knobs (the targets are for the defaults):
+//! - `DMS2DELTA_BENCH_ROWS`: table sizes, comma-separated (default `1000000,10000000`);
+//! - `DMS2DELTA_BENCH_FILE_ROWS`: rows per data file of the base tables (default 3,400,000, about
+//!   128 MiB with these columns);
+//! - `DMS2DELTA_BENCH_CHANGES`: changes in the batch (default 10,000);
+//! - `DMS2DELTA_BENCH_STREAM_ROWS`: table size for the throughput case (default 1,000,000; 0 skips);
+//! - `DMS2DELTA_BENCH_STREAM_SETS`, `DMS2DELTA_BENCH_STREAM_SET_CHANGES`,
+//!   `DMS2DELTA_BENCH_COMMITTERS`: 200, 50 and 4 by default;
+//! - `DMS2DELTA_BENCH_BULK_ROWS`: rows (and updates) of the bulk case (default 2,000,000; 0 skips);
+//! - `DMS2DELTA_PYTHON`: the Python with `deltalake`, `pyarrow` and `duckdb` (default: the first
+//!   of `~/.cache/dms2delta-venv/bin/python`, `.venv/bin/python`, `python3` that has them);
+//!   `DMS2DELTA_SKIP_PYTHON=1` skips the baseline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dms2delta::operations::commit::CommitChangesBuilder;
+
+const ENV_ROWS: &str = "DMS2DELTA_BENCH_ROWS";
+const ENV_FILE_ROWS: &str = "DMS2DELTA_BENCH_FILE_ROWS";
+const ENV_CHANGES: &str = "DMS2DELTA_BENCH_CHANGES";
+const ENV_STREAM_ROWS: &str = "DMS2DELTA_BENCH_STREAM_ROWS";
+const ENV_STREAM_SETS: &str = "DMS2DELTA_BENCH_STREAM_SETS";
+const ENV_STREAM_SET_CHANGES: &str = "DMS2DELTA_BENCH_STREAM_SET_CHANGES";
+const ENV_COMMITTERS: &str = "DMS2DELTA_BENCH_COMMITTERS";
+const ENV_BULK_ROWS: &str = "DMS2DELTA_BENCH_BULK_ROWS";
+const ENV_SEED: &str = "DMS2DELTA_BENCH_SEED";
+
+const DEFAULT_ROWS: [usize; 2] = [1_000_000, 10_000_000];
+/// Rows per base-table data file. Chosen so a file is close to the compact stage's 128 MiB
+/// target, the layout a full load leaves once compacted (the run prints the real sizes).
+const DEFAULT_FILE_ROWS: usize = 3_400_000;
+const DEFAULT_CHANGES: usize = 10_000;
+const DEFAULT_STREAM_ROWS: usize = 1_000_000;
+const DEFAULT_STREAM_SETS: usize = 200;
+const DEFAULT_STREAM_SET_CHANGES: usize = 50;
+const DEFAULT_COMMITTERS: usize = 4;
+const DEFAULT_BULK_ROWS: usize = 2_000_000;
+
+const TARGET_SPEEDUP: f64 = 3.0;
+const TARGET_SPEEDUP_ROWS: usize = 10_000_000;
+const TARGET_REWRITE: f64 = 1.5;
+const LAMBDA_MIB: f64 = 3072.0;
+
+fn main() {
+    // `cargo bench` passes `--bench`; this harness-less bench ignores its arguments.
+    match std::env::var(ENV_CASE).as_deref() {
+        Ok("apply") => child_apply(&dir_arg()),
+        Ok("stream") => child_stream(&dir_arg()),
+        Ok(other) => panic!("unknown case `{other}`"),
+        Err(_) => parent(),
+    }
+}
+
+fn dir_arg() -> PathBuf {
+    PathBuf::from(std::env::var(ENV_DIR).expect("the parent passes the folder"))
+}
+
+fn seed() -> u64 {
+    env_usize(ENV_SEED, 0x5eed) as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Children.
+
+/// One commit of whatever is staged under `dir`.
+fn child_apply(dir: &Path) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = config(dir, "");
+    let st = stores(&cfg);
+    let started = Instant::now();
+    let m = rt
+        .block_on(async {
+            CommitChangesBuilder::new(cfg.clone(), &st)
+                .with_table(SOURCE, SCHEMA, TABLE)
+                .await
+        })
+        .unwrap_or_else(|e| panic!("commit failed: {e}"));
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "RESULT secs={secs:.6} vmhwm_kib={} version={} change_sets={} rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} files_added={} files_removed={} attempts={} conflicts={}",
+        peak_rss_kib().unwrap_or(0),
+        m.version.map(|v| v as i64).unwrap_or(-1),
+        m.change_sets,
+        m.rows_source,
+        m.rows_inserted,
+        m.rows_updated,
+        m.rows_deleted,
+        m.rows_stale,
+        m.tombstones_written,
+        m.files_added,
+        m.files_removed,
+        m.attempts,
+        m.conflicts
+    );
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct StreamStats {
+    commits: u64,
+    change_sets: u64,
+    retries: u64,
+    conflicts: u64,
+    gave_up: u64,
+    stale: u64,
+}
+
+/// The change sets of the throughput case: deterministic, so the parent knows what they leave.
+fn stream_changes(rows: i64) -> (Vec<Vec<Change>>, Model) {
+    let sets = env_usize(ENV_STREAM_SETS, DEFAULT_STREAM_SETS);
+    let per = env_usize(ENV_STREAM_SET_CHANGES, DEFAULT_STREAM_SET_CHANGES);
+    let mut g = ChangeGen::new(seed() ^ 0x57, rows);
+    let out = (0..sets).map(|_| g.batch(per)).collect();
+    (out, g.model)
+}
+
+/// A producer stages the change sets one after another (as decode invocations would) while
+/// `committers` tasks each run the commit stage in a loop until nothing is left.
+fn child_stream(dir: &Path) {
+    let rows = env_usize(ENV_STREAM_ROWS, DEFAULT_STREAM_ROWS) as i64;
+    let committers = env_usize(ENV_COMMITTERS, DEFAULT_COMMITTERS).max(1);
+    let (sets, _) = stream_changes(rows);
+    let batches: Vec<_> = sets.iter().map(|s| change_batch(s)).collect();
+    let cfg = config(dir, "");
+    let st = Arc::new(stores(&cfg));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (secs, stats, staged_secs) = rt.block_on(async move {
+        let done = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let producer = {
+            let (cfg, st, done) = (cfg.clone(), st.clone(), done.clone());
+            tokio::spawn(async move {
+                for (i, b) in batches.iter().enumerate() {
+                    stage(&cfg, &st, b, &format!("20240601-12{i:07}.parquet")).await;
+                }
+                done.store(true, Ordering::SeqCst);
+                started.elapsed().as_secs_f64()
+            })
+        };
+        let mut handles = Vec::new();
+        for _ in 0..committers {
+            let (cfg, st, done) = (cfg.clone(), st.clone(), done.clone());
+            handles.push(tokio::spawn(async move {
+                let mut s = StreamStats::default();
+                loop {
+                    let finished = done.load(Ordering::SeqCst);
+                    let r = CommitChangesBuilder::new(cfg.clone(), &st)
+                        .with_table(SOURCE, SCHEMA, TABLE)
+                        .await;
+                    match r {
+                        Ok(m) if m.change_sets > 0 => {
+                            s.commits += 1;
+                            s.change_sets += m.change_sets as u64;
+                            s.retries += u64::from(m.attempts.saturating_sub(1));
+                            s.conflicts += u64::from(m.conflicts);
+                            s.stale += m.rows_stale;
+                        }
+                        // Nothing pending, and nothing more will come.
+                        Ok(_) if finished => return s,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        // Out of attempts: the queue would redeliver; here the loop goes on.
+                        Err(e) if e.is_retryable() => s.gave_up += 1,
+                        Err(e) => panic!("commit failed: {e}"),
+                    }
+                }
+            }));
+        }
+        let staged_secs = producer.await.unwrap();
+        let mut total = StreamStats::default();
+        for h in handles {
+            let s = h.await.unwrap();
+            total.commits += s.commits;
+            total.change_sets += s.change_sets;
+            total.retries += s.retries;
+            total.conflicts += s.conflicts;
+            total.gave_up += s.gave_up;
+            total.stale += s.stale;
+        }
+        (started.elapsed().as_secs_f64(), total, staged_secs)
+    });
+    println!(
+        "RESULT secs={secs:.6} staged_secs={staged_secs:.6} vmhwm_kib={} commits={} change_sets={} retries={} conflicts={} gave_up={} stale={}",
+        peak_rss_kib().unwrap_or(0),
+        stats.commits,
+        stats.change_sets,
+        stats.retries,
+        stats.conflicts,
+        stats.gave_up,
+        stats.stale
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent.
+
+struct Base {
+    dir: PathBuf,
+    version: u64,
+    files: Vec<FileInfo>,
+}
+
+struct Bases {
+    root: PathBuf,
+    file_rows: usize,
+    built: HashMap<usize, Base>,
+}
+
+impl Bases {
+    fn get(&mut self, rt: &tokio::runtime::Runtime, rows: usize) -> &Base {
+        if !self.built.contains_key(&rows) {
+            let dir = self.root.join(format!("base-{rows}"));
+            let secs = rt.block_on(build_base(&dir, rows as i64, self.file_rows as i64));
+            let t = rt.block_on(open(&dir));
+            let files = files(&t);
+            let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+            let total: u64 = sizes.iter().sum();
+            println!(
+                "base table {} rows: {} data files, {:.1} MiB ({:.1}..{:.1} MiB per file, {} rows per file, key order), built in {:.1}s",
+                group(rows as u64),
+                files.len(),
+                mib(total),
+                mib(sizes.iter().copied().min().unwrap_or(0)),
+                mib(sizes.iter().copied().max().unwrap_or(0)),
+                group(self.file_rows.min(rows) as u64),
+                secs
+            );
+            self.built.insert(
+                rows,
+                Base {
+                    dir,
+                    version: t.version().unwrap_or(0),
+                    files,
+                },
+            );
+        }
+        &self.built[&rows]
+    }
+}
+
+/// One competitor's apply.
+#[derive(Debug, Clone)]
+struct Applied {
+    secs: f64,
+    rss_kib: Option<u64>,
+    log: LogDelta,
+    ok: Result<(), String>,
+    extra: String,
+}
+
+impl Default for Applied {
+    fn default() -> Self {
+        Applied {
+            secs: f64::NAN,
+            rss_kib: None,
+            log: LogDelta::default(),
+            ok: Err("not run".into()),
+            extra: String::new(),
+        }
+    }
+}
+
+struct SizeResult {
+    rows: usize,
+    files: usize,
+    touched_files: usize,
+    touched_bytes: u64,
+    d2d: Applied,
+    py: Option<Applied>,
+}
+
+fn parent() {
+    let sizes = env_list(ENV_ROWS, &DEFAULT_ROWS);
+    let file_rows = env_usize(ENV_FILE_ROWS, DEFAULT_FILE_ROWS).max(1);
+    let n_changes = env_usize(ENV_CHANGES, DEFAULT_CHANGES);
+    let stream_rows = env_usize(ENV_STREAM_ROWS, DEFAULT_STREAM_ROWS);
+    let bulk_rows = env_usize(ENV_BULK_ROWS, DEFAULT_BULK_ROWS);
+    let python = find_python();
+    let tmp = tempfile::Builder::new()
+        .prefix("dms2delta-merge-bench-")
+        .tempdir()
+        .expect("a temporary folder");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run_started = Instant::now();
+
+    println!("dms2delta merge bench (commit stage) on {}", machine());
+    println!(
+        "batch: {} changes = {} updates of random existing keys, {} inserts of new keys, {} deletes of random existing keys (a key may change more than once); 8 data columns (int64 key, 3 strings, decimal(12,2), int32, timestamp, bool)",
+        group(n_changes as u64),
+        group((n_changes * 6 / 10) as u64),
+        group((n_changes * 2 / 10) as u64),
+        group((n_changes - n_changes * 6 / 10 - n_changes * 2 / 10) as u64)
+    );
+    match &python {
+        Ok((p, v)) => println!("python baseline: {} ({v}), bench/python_merge.py", p.display()),
+        Err(why) => println!("python baseline: SKIPPED ({why})"),
+    }
+    println!();
+
+    let mut bases = Bases {
+        root: tmp.path().to_path_buf(),
+        file_rows,
+        built: HashMap::new(),
+    };
+    let mut results = Vec::new();
+    for &rows in &sizes {
+        results.push(merge_case(
+            &rt,
+            &mut bases,
+            tmp.path(),
+            rows,
+            n_changes,
+            python.as_ref().ok(),
+        ));
+        println!();
+    }
+
+    print_merge_table(&results);
+
+    let stream = (stream_rows > 0).then(|| {
+        println!();
+        stream_case(&rt, &mut bases, tmp.path(), stream_rows)
+    });
+    let bulk = (bulk_rows > 0).then(|| {
+        println!();
+        bulk_case(&rt, &mut bases, tmp.path(), bulk_rows)
+    });
+
+    println!();
+    println!("targets:");
+    match results
+        .iter()
+        .find(|r| r.rows == TARGET_SPEEDUP_ROWS)
+        .or_else(|| results.iter().max_by_key(|r| r.rows))
+    {
+        Some(r) => {
+            let note = if r.rows == TARGET_SPEEDUP_ROWS {
+                String::new()
+            } else {
+                format!(
+                    " (measured on {} rows; the target is for {})",
+                    group(r.rows as u64),
+                    group(TARGET_SPEEDUP_ROWS as u64)
+                )
+            };
+            match (&r.d2d.ok, r.py.as_ref()) {
+                (Ok(()), Some(py)) if py.ok.is_ok() => {
+                    let x = py.secs / r.d2d.secs;
+                    println!(
+                        "target: dms2delta >= {TARGET_SPEEDUP:.0}x faster than the Python approach on {} rows: {x:.2}x {}{note}",
+                        group(r.rows as u64),
+                        verdict(x >= TARGET_SPEEDUP)
+                    );
+                }
+                (Err(e), _) => println!("target: speed-up vs Python: not measured, dms2delta FAILED: {e}"),
+                (_, Some(py)) => println!(
+                    "target: speed-up vs Python: not measured, Python FAILED: {}",
+                    py.ok.as_ref().err().cloned().unwrap_or_default()
+                ),
+                (_, None) => println!("target: speed-up vs Python: not measured (Python baseline skipped)"),
+            }
+        }
+        None => println!("target: speed-up vs Python: no table size measured"),
+    }
+    for r in &results {
+        if r.d2d.ok.is_ok() {
+            let x = r.d2d.log.bytes_removed as f64 / r.touched_bytes.max(1) as f64;
+            println!(
+                "target: bytes rewritten <= {TARGET_REWRITE:.1}x the data files holding a touched key ({} rows): {:.1} MiB / {:.1} MiB = {x:.2}x {}",
+                group(r.rows as u64),
+                mib(r.d2d.log.bytes_removed),
+                mib(r.touched_bytes),
+                verdict(x <= TARGET_REWRITE)
+            );
+        }
+    }
+    if let Some(Some((rows, a))) = &bulk {
+        match (&a.ok, a.rss_kib) {
+            (Ok(()), Some(k)) => {
+                let m = k as f64 / 1024.0;
+                println!(
+                    "target: peak RSS of one {}-change set fits a 3 GiB Lambda ({LAMBDA_MIB:.0} MiB): {m:.0} MiB {}",
+                    group(*rows as u64),
+                    verdict(m < LAMBDA_MIB)
+                );
+            }
+            (Err(e), _) => println!("target: {}-change set peak RSS: FAILED: {e}", group(*rows as u64)),
+            (_, None) => println!("target: peak RSS: not measurable here (no /proc)"),
+        }
+    }
+    if let Some(Some(line)) = &stream {
+        println!("{line}");
+    }
+    if sizes != DEFAULT_ROWS {
+        println!(
+            "note: {ENV_ROWS}={}; the issue's table sizes are 1,000,000 and 10,000,000",
+            sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+        );
+    }
+    println!("whole run: {:.0}s", run_started.elapsed().as_secs_f64());
+}
+
+fn merge_case(
+    rt: &tokio::runtime::Runtime,
+    bases: &mut Bases,
+    tmp: &Path,
+    rows: usize,
+    n_changes: usize,
+    python: Option<&(PathBuf, String)>,
+) -> SizeResult {
+    let base = bases.get(rt, rows);
+    let (base_dir, base_version, base_files) = (base.dir.clone(), base.version, base.files.clone());
+    let mut g = ChangeGen::new(seed() ^ rows as u64, rows as i64);
+    let changes = g.batch(n_changes);
+    let expected = g.model.expected(rows as i64);
+    let batch = change_batch(&changes);
+
+    // Which data files hold a key the batch updates or deletes (keys are contiguous, so a
+    // file's id range from its stats is exactly the keys it holds).
+    let mut touched: Vec<i64> = g
+        .model
+        .finals
+        .keys()
+        .copied()
+        .filter(|k| (1..=rows as i64).contains(k))
+        .collect();
+    touched.sort_unstable();
+    let holds = |f: &FileInfo| match (f.min_id, f.max_id) {
+        (Some(lo), Some(hi)) => {
+            let i = touched.partition_point(|k| *k < lo);
+            i < touched.len() && touched[i] <= hi
+        }
+        _ => true,
+    };
+    let touched_files: Vec<&FileInfo> = base_files.iter().filter(|f| holds(f)).collect();
+    let touched_bytes: u64 = touched_files.iter().map(|f| f.size).sum();
+    println!(
+        "{} rows: the batch touches {} existing keys, held by {} of {} data files ({:.1} MiB of {:.1} MiB)",
+        group(rows as u64),
+        group(touched.len() as u64),
+        touched_files.len(),
+        base_files.len(),
+        mib(touched_bytes),
+        mib(base_files.iter().map(|f| f.size).sum())
+    );
+
+    // dms2delta: its own copy of the table, the batch staged as decode stages it, one commit.
+    let d2d_root = tmp.join(format!("run-{rows}-dms2delta"));
+    let d2d_table = table_dir(&d2d_root);
+    copy_dir(&base_dir, &d2d_table);
+    let cfg = config(&d2d_root, "");
+    let staged = rt.block_on(stage(&cfg, &stores(&cfg), &batch, "20240601-120000000.parquet"));
+    let changes_file = tmp.join(format!("changes-{rows}.parquet"));
+    std::fs::copy(&staged, &changes_file).unwrap();
+    let d2d = match run_child("apply", &d2d_root, &[]) {
+        Ok(r) => {
+            let got = rt.block_on(checksum(&d2d_table));
+            Applied {
+                secs: get(&r, "secs").unwrap_or(f64::NAN),
+                rss_kib: get(&r, "vmhwm_kib"),
+                log: log_delta(&d2d_table, base_version),
+                ok: check(&got, &expected),
+                extra: format!(
+                    "rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} attempts={} tombstone table {:.2} MiB",
+                    r["rows_source"],
+                    r["inserted"],
+                    r["updated"],
+                    r["deleted"],
+                    r["stale"],
+                    r["tombstones"],
+                    r["attempts"],
+                    mib(dir_bytes(&d2d_root.join("lake/_dms2delta")))
+                ),
+            }
+        }
+        Err(e) => Applied {
+            ok: Err(e),
+            ..Default::default()
+        },
+    };
+    let _ = std::fs::remove_dir_all(&d2d_root);
+
+    // Python: its own copy, the same change set file.
+    let py = python.map(|(exe, _)| {
+        let py_table = tmp.join(format!("run-{rows}-python"));
+        copy_dir(&base_dir, &py_table);
+        let a = run_python(exe, &py_table, &changes_file);
+        let a = match a {
+            Ok((secs, rss, wall, extra)) => {
+                let got = rt.block_on(checksum(&py_table));
+                Applied {
+                    secs,
+                    rss_kib: rss,
+                    log: log_delta(&py_table, base_version),
+                    ok: check(&got, &expected),
+                    extra: format!("{extra}; process wall time {wall:.2}s"),
+                }
+            }
+            Err(e) => Applied {
+                ok: Err(e),
+                ..Default::default()
+            },
+        };
+        let _ = std::fs::remove_dir_all(&py_table);
+        a
+    });
+
+    println!("  dms2delta: {}", d2d.extra);
+    if let Some(p) = &py {
+        println!("  python:    {}", p.extra);
+    }
+    println!("  expected:  {expected}");
+    SizeResult {
+        rows,
+        files: base_files.len(),
+        touched_files: touched_files.len(),
+        touched_bytes,
+        d2d,
+        py,
+    }
+}
+
+fn check(got: &Checksum, want: &Checksum) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("table holds {got}, expected {want}"))
+    }
+}
+
+fn print_merge_table(results: &[SizeResult]) {
+    println!(
+        "{:<30} {:>11} {:>9} {:>13} {:>8} {:>11} {:>12} {:>10} {:>16} {:>10}",
+        "apply the batch",
+        "table rows",
+        "wall s",
+        "peak RSS MiB",
+        "commits",
+        "files -/+",
+        "MiB removed",
+        "MiB added",
+        "removed/touched",
+        "vs python"
+    );
+    for r in results {
+        let mut lines: Vec<(&str, &Applied, bool)> = vec![("dms2delta commit (1 MERGE)", &r.d2d, false)];
+        if let Some(p) = &r.py {
+            lines.push(("python deltalake (2 merges)", p, true));
+        }
+        for (label, a, is_python) in lines {
+            match &a.ok {
+                Ok(()) => {
+                    let vs = match &r.py {
+                        _ if is_python => "baseline".into(),
+                        Some(p) if p.ok.is_ok() && r.d2d.ok.is_ok() => format!("{:.2}x", p.secs / a.secs),
+                        _ => "-".into(),
+                    };
+                    println!(
+                        "{:<30} {:>11} {:>9.2} {:>13} {:>8} {:>11} {:>12.1} {:>10.1} {:>15.2}x {:>10}",
+                        label,
+                        group(r.rows as u64),
+                        a.secs,
+                        rss_text(a.rss_kib),
+                        a.log.versions,
+                        format!("{}/{}", a.log.files_removed, a.log.files_added),
+                        mib(a.log.bytes_removed),
+                        mib(a.log.bytes_added),
+                        a.log.bytes_removed as f64 / r.touched_bytes.max(1) as f64,
+                        vs
+                    );
+                }
+                Err(e) => println!("{:<30} {:>11} FAILED: {e}", label, group(r.rows as u64)),
+            }
+        }
+        println!(
+            "{:<30} {:>11} data files holding a touched key: {} of {}, {:.1} MiB",
+            "",
+            "",
+            r.touched_files,
+            r.files,
+            mib(r.touched_bytes)
+        );
+    }
+    println!("(vs python: the Python approach's wall time divided by this line's; removed/touched: bytes of data files the apply removed, i.e. rewrote, over the bytes of the files that hold a touched key)");
+}
+
+/// Throughput: returns the line for the summary.
+fn stream_case(rt: &tokio::runtime::Runtime, bases: &mut Bases, tmp: &Path, rows: usize) -> Option<String> {
+    let base = bases.get(rt, rows);
+    let base_dir = base.dir.clone();
+    let committers = env_usize(ENV_COMMITTERS, DEFAULT_COMMITTERS).max(1);
+    let (sets, model) = stream_changes(rows as i64);
+    let total: usize = sets.iter().map(|s| s.len()).sum();
+    let expected = model.expected(rows as i64);
+    let root = tmp.join("stream");
+    copy_dir(&base_dir, &table_dir(&root));
+    println!(
+        "throughput: {} change sets of {} changes (60/20/20 updates/inserts/deletes, random keys) staged one after another while {committers} committers run the commit stage in a loop on one {}-row table (default commit settings: up to 64 change sets per commit, 12 attempts, 50..5000 ms jittered backoff)",
+        sets.len(),
+        sets.first().map(|s| s.len()).unwrap_or(0),
+        group(rows as u64)
+    );
+    let envs = [(ENV_STREAM_ROWS, rows.to_string())];
+    let out = match run_child("stream", &root, &envs) {
+        Ok(r) => {
+            let got = rt.block_on(checksum(&table_dir(&root)));
+            let secs: f64 = get(&r, "secs").unwrap_or(f64::NAN);
+            let line = format!(
+                "throughput ({} changes in {} change sets, {committers} committers, {}-row table): {:.0} changes/s over {:.1}s; {} commits ({:.1} change sets each); retries {} (conflicts {}), {} commits out of attempts; {} stale re-applied rows; peak RSS {} MiB; table check {}",
+                group(total as u64),
+                sets.len(),
+                group(rows as u64),
+                total as f64 / secs,
+                secs,
+                r["commits"],
+                get::<f64>(&r, "change_sets").unwrap_or(0.0) / get::<f64>(&r, "commits").unwrap_or(1.0).max(1.0),
+                r["retries"],
+                r["conflicts"],
+                r["gave_up"],
+                r["stale"],
+                rss_text(get(&r, "vmhwm_kib")),
+                match check(&got, &expected) {
+                    Ok(()) => "OK".to_string(),
+                    Err(e) => format!("FAILED: {e}"),
+                }
+            );
+            println!("{line}");
+            println!(
+                "  (staging all {} change sets took {:.2}s of that)",
+                sets.len(),
+                get::<f64>(&r, "staged_secs").unwrap_or(f64::NAN)
+            );
+            Some(line)
+        }
+        Err(e) => {
+            let line = format!("throughput: FAILED: {e}");
+            println!("{line}");
+            Some(line)
+        }
+    };
+    let _ = std::fs::remove_dir_all(&root);
+    out
+}
+
+/// One change set updating every row of a `rows`-row table.
+fn bulk_case(rt: &tokio::runtime::Runtime, bases: &mut Bases, tmp: &Path, rows: usize) -> Option<(usize, Applied)> {
+    let base = bases.get(rt, rows);
+    let (base_dir, base_version) = (base.dir.clone(), base.version);
+    let root = tmp.join("bulk");
+    copy_dir(&base_dir, &table_dir(&root));
+    let changes: Vec<Change> = (1..=rows as i64)
+        .map(|id| Change {
+            op: "U",
+            id,
+            n: id as u64,
+        })
+        .collect();
+    let mut model = Model::default();
+    for c in &changes {
+        model
+            .finals
+            .insert(c.id, Some((change_row("U", c.id, c.n).quantity, true)));
+    }
+    let expected = model.expected(rows as i64);
+    let cfg = config(&root, "");
+    let staged = rt.block_on(stage(
+        &cfg,
+        &stores(&cfg),
+        &change_batch(&changes),
+        "20240601-130000000.parquet",
+    ));
+    drop(changes);
+    let staged_bytes = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
+    let a = match run_child("apply", &root, &[]) {
+        Ok(r) => {
+            let got = rt.block_on(checksum(&table_dir(&root)));
+            Applied {
+                secs: get(&r, "secs").unwrap_or(f64::NAN),
+                rss_kib: get(&r, "vmhwm_kib"),
+                log: log_delta(&table_dir(&root), base_version),
+                ok: check(&got, &expected),
+                extra: String::new(),
+            }
+        }
+        Err(e) => Applied {
+            ok: Err(e),
+            ..Default::default()
+        },
+    };
+    match &a.ok {
+        Ok(()) => println!(
+            "bulk update: one change set of {} updates ({:.1} MiB staged) applied to a {}-row table in {:.1}s, peak RSS {} MiB; rewrote {:.1} MiB; table check OK",
+            group(rows as u64),
+            mib(staged_bytes),
+            group(rows as u64),
+            a.secs,
+            rss_text(a.rss_kib),
+            mib(a.log.bytes_removed)
+        ),
+        Err(e) => println!("bulk update of {} rows: FAILED: {e}", group(rows as u64)),
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Some((rows, a))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python.
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python to run the baseline with, and its package versions.
+fn find_python() -> Result<(PathBuf, String), String> {
+    if std::env::var("DMS2DELTA_SKIP_PYTHON").is_ok_and(|v| v == "1") {
+        return Err("DMS2DELTA_SKIP_PYTHON=1".into());
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(p) = std::env::var("DMS2DELTA_PYTHON") {
+        candidates.push(p.into());
+    } else {
+        if let Ok(home) = std::env::var("HOME") {
+            candidates.push(Path::new(&home).join(".cache/dms2delta-venv/bin/python"));
+        }
+        candidates.push(repo().join(".venv/bin/python"));
+        candidates.push("python3".into());
+    }
+    let probe = "import deltalake, duckdb, pyarrow; print(f'deltalake {deltalake.__version__}, duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}')";
+    for c in &candidates {
+        if let Ok(out) = Command::new(c).args(["-c", probe]).output() {
+            if out.status.success() {
+                return Ok((c.clone(), String::from_utf8_lossy(&out.stdout).trim().to_string()));
+            }
+        }
+    }
+    Err(format!(
+        "no Python with deltalake, duckdb and pyarrow among {}; set DMS2DELTA_PYTHON",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// (apply seconds, peak RSS KiB, process wall seconds, what it reported).
+fn run_python(exe: &Path, table: &Path, changes: &Path) -> Result<(f64, Option<u64>, f64, String), String> {
+    let started = Instant::now();
+    let out = Command::new(exe)
+        .arg(repo().join("bench/python_merge.py"))
+        .arg(table)
+        .arg(changes)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    let wall = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "python_merge.py failed ({}): {}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 1500)
+        ));
+    }
+    let r = parse_result(&stdout).ok_or_else(|| format!("python_merge.py printed no RESULT: {stdout}"))?;
+    Ok((
+        get(&r, "secs").unwrap_or(f64::NAN),
+        get(&r, "maxrss_kib"),
+        wall,
+        format!("upserts={} deletes={}", r["upserts"], r["deletes"]),
+    ))
+}
