@@ -18,7 +18,11 @@
 //! Environment knobs (the issue's numbers are the defaults):
 //! - `DMS2DELTA_BENCH_FILES`: small files (default 1,000);
 //! - `DMS2DELTA_BENCH_FILE_KIB`: size of each small file in KiB (default 1,024);
-//! - `DMS2DELTA_BENCH_RUNS`: timed runs per scan (default 3).
+//! - `DMS2DELTA_BENCH_RUNS`: timed runs per scan (default 5).
+//!
+//! The issue sets no numeric target for compaction; the `check:` lines at the end are this
+//! bench's own sanity checks (every small file compacted, memory within the compact function's
+//! default, scan time after vs before), not targets from the issue.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -38,7 +42,7 @@ const ENV_RUNS: &str = "DMS2DELTA_BENCH_RUNS";
 
 const DEFAULT_FILES: usize = 1_000;
 const DEFAULT_FILE_KIB: usize = 1_024;
-const DEFAULT_RUNS: usize = 3;
+const DEFAULT_RUNS: usize = 5;
 /// Rows of the first append, which calibrates the rest.
 const PROBE_ROWS: usize = 20_000;
 const COMPACT_YAML: &str = "compact:\n  target_file_mb: 128\n  min_small_files: 16\n";
@@ -294,11 +298,11 @@ fn parent() {
     }
 
     println!();
-    println!("targets:");
+    println!("checks (the issue sets no target for compaction; these are the bench's own):");
     if let Ok(r) = &compacted {
         let files_in: u64 = get(r, "files_in").unwrap_or(0);
         println!(
-            "target: every small file compacted ({} files in): {} {}",
+            "check: every small file compacted ({} files in): {} {}",
             before_files.len(),
             files_in,
             verdict(files_in as usize == before_files.len())
@@ -306,14 +310,14 @@ fn parent() {
         if let Some(k) = get::<u64>(r, "vmhwm_kib") {
             let m = k as f64 / 1024.0;
             println!(
-                "target: compaction peak RSS within the compact function's default memory ({COMPACT_LAMBDA_MB:.0} MB, template.yaml): {m:.0} MiB {}",
+                "check: compaction peak RSS within the compact function's default memory ({COMPACT_LAMBDA_MB:.0} MB, template.yaml): {m:.0} MiB {}",
                 verdict(m * 1.048_576 < COMPACT_LAMBDA_MB)
             );
         }
     }
     if let Some(x) = scan_ratio {
         println!(
-            "target: a full scan is faster after compaction: {x:.2}x {}",
+            "check: a full scan (local disk, warm page cache) is faster after compaction: {x:.2}x {}",
             verdict(x > 1.0)
         );
     }
