@@ -986,6 +986,17 @@ impl Validated {
             .find(|spec| spec.target_schema == schema && spec.target_table == table)
     }
 
+    /// Like [`Validated::table_by_target`], with a configuration error naming the table when
+    /// nothing lands there (the configuration changed under staged work or a table's log).
+    pub fn require_table_by_target(&self, namespace: &str, schema: &str, table: &str) -> Result<TableSpec> {
+        self.table_by_target(namespace, schema, table).ok_or_else(|| {
+            cfg_err(
+                "sources",
+                format!("no configured table lands at {namespace}.{schema}.{table} (was the configuration changed?)"),
+            )
+        })
+    }
+
     /// The source whose namespace is `namespace`.
     pub fn source_by_namespace(&self, namespace: &str) -> Option<usize> {
         self.config

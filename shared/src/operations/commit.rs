@@ -159,14 +159,7 @@ impl<'a> CommitChangesBuilder<'a> {
         let started = Instant::now();
         let spec = self
             .config
-            .table_by_target(&self.namespace, &self.schema, &self.table)
-            .ok_or_else(|| Error::Config {
-                path: "sources".into(),
-                reason: format!(
-                    "change sets are staged for {}.{}.{} but no configured table lands there (was the configuration changed?)",
-                    self.namespace, self.schema, self.table
-                ),
-            })?;
+            .require_table_by_target(&self.namespace, &self.schema, &self.table)?;
         let name = spec.qualified_name();
         let mut metrics = CommitMetrics {
             table: name.clone(),

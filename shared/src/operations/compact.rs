@@ -121,14 +121,7 @@ impl<'a> CompactBuilder<'a> {
         let started = Instant::now();
         let spec = self
             .config
-            .table_by_target(&self.namespace, &self.schema, &self.table)
-            .ok_or_else(|| Error::Config {
-                path: "sources".into(),
-                reason: format!(
-                    "no configured table lands at {}.{}.{}",
-                    self.namespace, self.schema, self.table
-                ),
-            })?;
+            .require_table_by_target(&self.namespace, &self.schema, &self.table)?;
         let c = spec.compact.clone();
         let mut m = CompactMetrics {
             table: spec.qualified_name(),
