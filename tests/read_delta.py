@@ -1,6 +1,6 @@
 """Independent reader for the tests: prints a Delta table's rows as canonical text.
 
-Usage: read_delta.py TABLE_PATH COL1,COL2,...
+Usage: read_delta.py TABLE_PATH|s3://BUCKET/PREFIX COL1,COL2,...  (for s3://, AWS_ENDPOINT_URL)
 One line per row, values tab-separated, in the canonical form of dms2delta::sim::Value:
 integers and booleans as text, decimals with their scale, timestamps as microseconds since
 the epoch, NULL as `null`; backslash, tab and newline escaped.
@@ -30,7 +30,18 @@ def canonical(v):
 
 def main():
     path, cols = sys.argv[1], sys.argv[2].split(",")
-    table = DeltaTable(path)
+    options = None
+    if path.startswith("s3://"):
+        # The tests' local endpoint: plain HTTP, path-style, moto's dummy credentials.
+        options = {
+            "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false",
+        }
+    table = DeltaTable(path, storage_options=options)
     data = table.to_pyarrow_table(columns=cols).to_pylist()
     for row in data:
         text = [canonical(row[c]).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n") for c in cols]

@@ -42,8 +42,11 @@ pub async fn open(stores: &Stores, loc: &Location) -> Result<(DeltaTable, bool)>
     let url = table_url(stores, loc)?;
     let mut builder = DeltaTableBuilder::from_url(url.clone()).map_err(|e| delta_err(Stage::Commit, &url, e))?;
     if let Some(wrap) = stores.delta_wrapper() {
-        // Tests put a fault injector between the engine and storage; only local folders need it.
-        let root: Arc<dyn object_store::ObjectStore> = Arc::new(LocalFileSystem::new());
+        // Tests put a fault injector between the engine and storage, on folders and on S3 alike.
+        let root: Arc<dyn object_store::ObjectStore> = match stores.physical(loc) {
+            Location::S3 { bucket, .. } => stores.bucket(&bucket)?,
+            _ => Arc::new(LocalFileSystem::new()),
+        };
         builder = builder.with_storage_backend(wrap(root), url.clone());
     } else {
         builder = builder.with_storage_options(stores.delta_options());

@@ -114,8 +114,8 @@ pub struct Simulation {
     pub bucket: String,
     /// Files in the order DMS wrote them.
     pub files: Vec<SimFile>,
-    /// The configuration for these sources; `{LAKE}`, `{STAGING}`, `{QUARANTINE}` and
-    /// `{DATA}` (the local folder standing for the bucket) are to be replaced.
+    /// The configuration for these sources; `{LAKE}`, `{STAGING}`, `{QUARANTINE}`, `{STORAGE}`
+    /// and `{BUCKET}` are to be replaced (see [`Simulation::config`] and [`Simulation::config_on`]).
     pub config_template: String,
     /// `namespace.schema.table` -> the source table's final rows, sorted.
     pub expected: BTreeMap<String, Vec<Vec<Value>>>,
@@ -124,13 +124,21 @@ pub struct Simulation {
 }
 
 impl Simulation {
-    /// The configuration with its placeholders filled in.
+    /// The configuration with its placeholders filled in, the bucket mapped to the local folder `data`.
     pub fn config(&self, lake: &str, staging: &str, quarantine: &str, data: &str) -> String {
+        let storage = format!("storage:\n  buckets:\n    {}: {data}\n", self.bucket);
+        self.config_on(lake, staging, quarantine, &self.bucket, &storage)
+    }
+
+    /// The configuration for files uploaded to `bucket`, with `storage` (a YAML `storage:` block,
+    /// or nothing) saying how to reach it: the form tests against an S3 endpoint use.
+    pub fn config_on(&self, lake: &str, staging: &str, quarantine: &str, bucket: &str, storage: &str) -> String {
         self.config_template
             .replace("{LAKE}", lake)
             .replace("{STAGING}", staging)
             .replace("{QUARANTINE}", quarantine)
-            .replace("{DATA}", data)
+            .replace("{STORAGE}", storage)
+            .replace("{BUCKET}", bucket)
     }
 
     /// Writes every file below `dir` (standing for the bucket).
@@ -194,16 +202,14 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
     let mut files = Vec::new();
     let mut expected = BTreeMap::new();
     let mut columns = BTreeMap::new();
-    let mut config = String::from(
-        "lake: {LAKE}\nstaging: {STAGING}\nquarantine: {QUARANTINE}\nstorage:\n  buckets:\n    dms-sim: {DATA}\nsources:\n",
-    );
+    let mut config = String::from("lake: {LAKE}\nstaging: {STAGING}\nquarantine: {QUARANTINE}\n{STORAGE}sources:\n");
     let mut seq_counter: u64 = 0;
     for format in &opts.formats {
         let source = format.source();
         let sh = shape(*format);
         let _ = writeln!(
             config,
-            "  - name: {source}\n    bucket: dms-sim\n    bucket_folder: dms/{source}"
+            "  - name: {source}\n    bucket: {{BUCKET}}\n    bucket_folder: dms/{source}"
         );
         match format {
             Format::CsvSeq => {

@@ -189,7 +189,7 @@ async fn compaction_running_alongside_commits_loses_no_change() {
     });
     for f in &lab.sim.files {
         lab.pipeline
-            .decode(&lab.sim.bucket, &f.key, None, Failpoints::default())
+            .decode(&lab.bucket, &f.key, None, Failpoints::default())
             .await
             .unwrap();
         // Ingestion commits must never fail because of compaction.

@@ -10,14 +10,46 @@ use dms2delta::config::Config;
 use dms2delta::pipeline::Pipeline;
 use dms2delta::sim::{rows_of, simulate, SimOptions, Simulation};
 use dms2delta::storage::{StoreWrapper, Stores};
+use object_store::ObjectStoreExt;
+
+fn pipeline(text: &str, wrapper: Option<StoreWrapper>) -> Pipeline {
+    let config = Arc::new(Config::from_text(text).unwrap());
+    let mut stores = Stores::new(config.config.storage.clone());
+    if let Some(w) = wrapper {
+        stores = stores.with_delta_wrapper(w);
+    }
+    Pipeline::new(config, Arc::new(stores))
+}
+
+pub mod converge;
+pub mod proxy;
+pub mod s3;
+
+/// Where a lab keeps the DMS files, staging and the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// Local folders, the bucket mapped to one of them.
+    Folders,
+    /// Buckets on the local S3 endpoint, reached the way users reach S3.
+    S3,
+}
 
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub sim: Simulation,
     pub pipeline: Pipeline,
+    /// The bucket the DMS files are in (what S3 events name).
+    pub bucket: String,
+    pub on: On,
+    /// On S3: the endpoint the Python reader must use.
+    endpoint: Option<String>,
 }
 
+// Conflicts are expected here; short backoffs keep the suite fast.
+const FAST_COMMITS: &str = "commit:\n  backoff_base_ms: 2\n  backoff_max_ms: 100\n  max_attempts: 60\n";
+
 impl Lab {
+    /// A lab on local folders.
     pub fn new(opts: &SimOptions, wrapper: Option<StoreWrapper>) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let sim = simulate(opts);
@@ -25,15 +57,70 @@ impl Lab {
         let data = dir.path().join("bucket");
         sim.write_files(&data).unwrap();
         let mut text = sim.config(&p("lake"), &p("staged"), &p("quarantine"), &data.display().to_string());
-        // Conflicts are expected here; short backoffs keep the suite fast.
-        text.push_str("commit:\n  backoff_base_ms: 2\n  backoff_max_ms: 100\n  max_attempts: 60\n");
-        let config = Arc::new(Config::from_text(&text).unwrap());
-        let mut stores = Stores::new(config.config.storage.clone());
-        if let Some(w) = wrapper {
-            stores = stores.with_delta_wrapper(w);
+        text.push_str(FAST_COMMITS);
+        let pipeline = pipeline(&text, wrapper);
+        let bucket = sim.bucket.clone();
+        Lab {
+            dir,
+            sim,
+            pipeline,
+            bucket,
+            on: On::Folders,
+            endpoint: None,
         }
-        let pipeline = Pipeline::new(config, Arc::new(stores));
-        Lab { dir, sim, pipeline }
+    }
+
+    /// A lab on the local S3 endpoint: fresh buckets for the DMS files and for the lake.
+    pub async fn on_s3(opts: &SimOptions, wrapper: Option<StoreWrapper>) -> Lab {
+        Lab::on_s3_via(opts, wrapper, None).await
+    }
+
+    /// Like [`Lab::on_s3`], with the pipeline talking to `endpoint` (a proxy in front of moto).
+    pub async fn on_s3_via(opts: &SimOptions, wrapper: Option<StoreWrapper>, endpoint: Option<&str>) -> Lab {
+        let moto = s3::moto();
+        let dir = tempfile::tempdir().unwrap();
+        let sim = simulate(opts);
+        let bucket = moto.bucket("dms").await;
+        let lake = moto.bucket("lake").await;
+        let mut text = sim.config_on(
+            &format!("s3://{lake}/lake"),
+            &format!("s3://{lake}/staged"),
+            &format!("s3://{lake}/quarantine"),
+            &bucket,
+            &s3::storage_yaml(endpoint.unwrap_or(&moto.url)),
+        );
+        text.push_str(FAST_COMMITS);
+        // Upload straight to moto, so the faults a proxy injects only hit the pipeline.
+        let direct = Stores::new(
+            Config::from_text(&sim.config_on("/l", "/s", "/q", &bucket, &moto.storage_yaml()))
+                .unwrap()
+                .config
+                .storage
+                .clone(),
+        );
+        let store = direct.bucket(&bucket).unwrap();
+        for f in &sim.files {
+            store
+                .put(&object_store::path::Path::from(f.key.as_str()), f.bytes.clone().into())
+                .await
+                .unwrap();
+        }
+        let pipeline = pipeline(&text, wrapper);
+        Lab {
+            dir,
+            sim,
+            pipeline,
+            bucket,
+            on: On::S3,
+            endpoint: Some(moto.url.clone()),
+        }
+    }
+
+    pub async fn on(on: On, opts: &SimOptions, wrapper: Option<StoreWrapper>) -> Lab {
+        match on {
+            On::Folders => Lab::new(opts, wrapper),
+            On::S3 => Lab::on_s3(opts, wrapper).await,
+        }
     }
 
     pub fn lake_dir(&self) -> PathBuf {
@@ -64,17 +151,75 @@ impl Lab {
         Ok(())
     }
 
+    /// Every table's log is whole: versions 0..=n with no gap, each entry complete JSON lines
+    /// of one action each (an interrupted commit must leave no partial version).
+    pub async fn check_log(&self) -> Result<(), String> {
+        use futures::TryStreamExt;
+        for name in self.sim.expected.keys() {
+            let mut p = name.splitn(3, '.');
+            let (ns, schema, table) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+            let spec = self.pipeline.config.table_by_target(ns, schema, table).unwrap();
+            let loc = self.pipeline.table_location(&spec);
+            let (store, root) = self
+                .pipeline
+                .stores
+                .resolve(&self.pipeline.stores.physical(&loc))
+                .map_err(|e| e.to_string())?;
+            let log = object_store::path::Path::from(format!("{root}/_delta_log"));
+            let files: Vec<_> = store.list(Some(&log)).try_collect().await.map_err(|e| e.to_string())?;
+            let mut versions = Vec::new();
+            for f in files {
+                let file = f.location.filename().unwrap_or_default().to_string();
+                let Some(v) = file.strip_suffix(".json").and_then(|v| v.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let bytes = store
+                    .get(&f.location)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let text = std::str::from_utf8(&bytes).map_err(|e| format!("{name} v{v}: {e}"))?;
+                for line in text.lines().filter(|l| !l.is_empty()) {
+                    let action: serde_json::Value =
+                        serde_json::from_str(line).map_err(|e| format!("{name} v{v}: broken entry: {e}"))?;
+                    if action.as_object().map(|o| o.len()) != Some(1) {
+                        return Err(format!("{name} v{v}: not one action per line: {line}"));
+                    }
+                }
+                versions.push(v);
+            }
+            versions.sort_unstable();
+            if versions.iter().enumerate().any(|(i, v)| *v != i as u64) {
+                return Err(format!("{name}: log versions have a gap: {versions:?}"));
+            }
+        }
+        Ok(())
+    }
+
     /// The same comparison through an independent reader: the Python `deltalake` package.
     pub fn check_with_python(&self) -> Result<(), String> {
         let Some(python) = python() else {
             return Err("no Python with the deltalake package: run `.ci/run` once or set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)".into());
         };
         for (name, expected) in &self.sim.expected {
-            let path = self.lake_dir().join(name.replace('.', "/"));
             let cols = self.sim.columns[name].join(",");
-            let out = std::process::Command::new(&python)
-                .arg(repo().join("tests/read_delta.py"))
-                .arg(&path)
+            let mut cmd = std::process::Command::new(&python);
+            cmd.arg(repo().join("tests/read_delta.py"));
+            match &self.endpoint {
+                Some(ep) => {
+                    let mut p = name.splitn(3, '.');
+                    let (ns, schema, table) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+                    let spec = self.pipeline.config.table_by_target(ns, schema, table).unwrap();
+                    cmd.arg(self.pipeline.table_location(&spec).url())
+                        .env("AWS_ENDPOINT_URL", ep);
+                }
+                None => {
+                    cmd.arg(self.lake_dir().join(name.replace('.', "/")));
+                }
+            }
+            let out = cmd
                 .arg(&cols)
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
