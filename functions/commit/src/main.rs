@@ -6,7 +6,7 @@ use std::sync::Arc;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
-mod handler;
+use commit::handler;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

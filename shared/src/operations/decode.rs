@@ -164,9 +164,8 @@ impl<'a> DecodeBuilder<'a> {
             _ => None,
         };
         let table_name = spec.as_ref().map(|s| s.qualified_name());
-        if self.size == Some(0) {
-            return Ok(skip("zero-byte object"));
-        }
+        // An event's size of 0 is not trusted to skip a file (moto reports 0 for every object,
+        // and losing a file is worse than downloading an empty one): the download decides.
         let limits = &self.config.config.limits;
         if self.size.is_some_and(|s| s > limits.max_file_bytes) {
             return Err(bad(

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use dms2delta::config::Config;
@@ -24,6 +24,8 @@ fn pipeline(text: &str, wrapper: Option<StoreWrapper>) -> Pipeline {
 pub mod converge;
 pub mod proxy;
 pub mod s3;
+
+pub use s3::{python, repo};
 
 /// Where a lab keeps the DMS files, staging and the lake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,19 @@ impl Lab {
 
     /// Like [`Lab::on_s3`], with the pipeline talking to `endpoint` (a proxy in front of moto).
     pub async fn on_s3_via(opts: &SimOptions, wrapper: Option<StoreWrapper>, endpoint: Option<&str>) -> Lab {
+        let lab = Lab::on_s3_with(opts, wrapper, endpoint, "").await;
+        lab.upload_all().await;
+        lab
+    }
+
+    /// A lab on the S3 endpoint laid out as deployed (staging and quarantine below the lake
+    /// prefix, see docs/deploy.md), `extra` appended to its configuration; nothing uploaded yet.
+    pub async fn on_s3_with(
+        opts: &SimOptions,
+        wrapper: Option<StoreWrapper>,
+        endpoint: Option<&str>,
+        extra: &str,
+    ) -> Lab {
         let moto = s3::moto();
         let dir = tempfile::tempdir().unwrap();
         let sim = simulate(opts);
@@ -84,27 +99,13 @@ impl Lab {
         let lake = moto.bucket("lake").await;
         let mut text = sim.config_on(
             &format!("s3://{lake}/lake"),
-            &format!("s3://{lake}/staged"),
-            &format!("s3://{lake}/quarantine"),
+            &format!("s3://{lake}/lake/_dms2delta/staged"),
+            &format!("s3://{lake}/lake/_dms2delta/quarantine"),
             &bucket,
             &s3::storage_yaml(endpoint.unwrap_or(&moto.url)),
         );
         text.push_str(FAST_COMMITS);
-        // Upload straight to moto, so the faults a proxy injects only hit the pipeline.
-        let direct = Stores::new(
-            Config::from_text(&sim.config_on("/l", "/s", "/q", &bucket, &moto.storage_yaml()))
-                .unwrap()
-                .config
-                .storage
-                .clone(),
-        );
-        let store = direct.bucket(&bucket).unwrap();
-        for f in &sim.files {
-            store
-                .put(&object_store::path::Path::from(f.key.as_str()), f.bytes.clone().into())
-                .await
-                .unwrap();
-        }
+        text.push_str(extra);
         let pipeline = pipeline(&text, wrapper);
         Lab {
             dir,
@@ -114,6 +115,36 @@ impl Lab {
             on: On::S3,
             endpoint: Some(moto.url.clone()),
         }
+    }
+
+    /// Puts an object into the DMS bucket straight on the endpoint (never through a proxy).
+    pub async fn upload(&self, key: &str, bytes: Vec<u8>) {
+        let moto = s3::moto();
+        let direct = Stores::new(
+            Config::from_text(&self.sim.config_on("/l", "/s", "/q", &self.bucket, &moto.storage_yaml()))
+                .unwrap()
+                .config
+                .storage
+                .clone(),
+        );
+        direct
+            .bucket(&self.bucket)
+            .unwrap()
+            .put(&object_store::path::Path::from(key), bytes.into())
+            .await
+            .unwrap();
+    }
+
+    /// Every DMS file of the history, in the order DMS wrote them.
+    pub async fn upload_all(&self) {
+        for f in &self.sim.files {
+            self.upload(&f.key, f.bytes.clone()).await;
+        }
+    }
+
+    /// The configuration every stage of this lab runs with.
+    pub fn config(&self) -> Arc<dms2delta::config::Validated> {
+        self.pipeline.config.clone()
     }
 
     pub async fn on(on: On, opts: &SimOptions, wrapper: Option<StoreWrapper>) -> Lab {
@@ -257,24 +288,6 @@ impl Lab {
         }
         Ok(())
     }
-}
-
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The Python that has the deltalake package: DMS2DELTA_PYTHON, else the repo's .venv.
-pub fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("DMS2DELTA_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = repo().join(".venv/bin/python");
-    let ok = venv.exists()
-        && std::process::Command::new(&venv)
-            .args(["-c", "import deltalake"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    ok.then_some(venv)
 }
 
 pub fn skip_python() -> bool {

@@ -1,13 +1,14 @@
 //! A real S3 API for the tests: moto's server, started once per test process on a free port of
 //! 127.0.0.1 by `tests/moto_server.py`, and stopped when the process ends however it ends (the
-//! server exits when its standard input, held by this process, closes).
+//! server exits when its standard input, held by this process, closes). Self-contained, so the
+//! event-driven tests of the functions (the `tests/` crate) include the same file.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use super::{python, repo};
+use std::path::{Path, PathBuf};
 
 pub struct Moto {
     pub url: String,
@@ -78,26 +79,6 @@ impl Moto {
         storage_yaml(&self.url)
     }
 
-    /// A call to moto's SQS JSON API (moto does not check signatures).
-    pub async fn sqs(&self, action: &str, body: serde_json::Value) -> serde_json::Value {
-        let r = reqwest::Client::new()
-            .post(&self.url)
-            .header("X-Amz-Target", format!("AmazonSQS.{action}"))
-            .header("Content-Type", "application/x-amz-json-1.0")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        assert!(status.is_success(), "SQS {action}: {status} {text}");
-        if text.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        }
-    }
-
     /// An S3 REST call with an XML body (bucket configuration).
     pub async fn s3_put_xml(&self, path_and_query: &str, xml: String) {
         let r = reqwest::Client::new()
@@ -114,4 +95,22 @@ impl Moto {
 
 pub fn storage_yaml(endpoint: &str) -> String {
     format!("storage:\n  endpoint: {endpoint}\n  region: us-east-1\n  allow_http: true\n")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python that has the deltalake package: DMS2DELTA_PYTHON, else the repo's .venv.
+pub fn python() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("DMS2DELTA_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = repo().join(".venv/bin/python");
+    let ok = venv.exists()
+        && std::process::Command::new(&venv)
+            .args(["-c", "import deltalake"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    ok.then_some(venv)
 }
