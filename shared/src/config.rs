@@ -49,9 +49,38 @@ pub struct StorageConfig {
     /// Allow plain HTTP to the endpoint (local test servers only).
     #[serde(default)]
     pub allow_http: bool,
+    /// Path-style requests (`endpoint/bucket/key`), which S3-compatible endpoints need (and
+    /// `endpoint` requires); otherwise virtual-hosted style (`bucket.s3.region.amazonaws.com`).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Server-side encryption to request on every write: `AES256` (SSE-S3) or `aws:kms`
+    /// (SSE-KMS). Needed when a bucket policy refuses writes without it; buckets with default
+    /// encryption need nothing here.
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    /// The KMS key for `aws:kms` (otherwise the bucket's or the account's default key).
+    pub kms_key_id: Option<String>,
     /// Bucket name -> local folder, so that S3 events naming that bucket resolve to files on disk.
     #[serde(default)]
     pub buckets: BTreeMap<String, String>,
+}
+
+/// The `x-amz-server-side-encryption` value writes carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ServerSideEncryption {
+    #[serde(rename = "AES256")]
+    S3,
+    #[serde(rename = "aws:kms")]
+    Kms,
+}
+
+impl ServerSideEncryption {
+    /// The header value (also object_store's and delta-rs's option value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerSideEncryption::S3 => "AES256",
+            ServerSideEncryption::Kms => "aws:kms",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -613,6 +642,18 @@ impl Config {
             if url.scheme() != "http" && url.scheme() != "https" {
                 return Err(cfg_err("storage.endpoint", "must be an http(s) URL"));
             }
+            if !self.storage.path_style {
+                return Err(cfg_err(
+                    "storage.endpoint",
+                    "an S3-compatible endpoint serves many buckets under one host name: add `path_style: true`",
+                ));
+            }
+        }
+        if self.storage.kms_key_id.is_some() && self.storage.server_side_encryption != Some(ServerSideEncryption::Kms) {
+            return Err(cfg_err(
+                "storage.kms_key_id",
+                "only used with `server_side_encryption: aws:kms`; set that too or remove the key",
+            ));
         }
         let c = &self.commit;
         if c.max_change_sets == 0 {
@@ -1134,8 +1175,20 @@ sources:
                 "compact.vacuum_retention_hours",
             ),
             (
-                format!("{BASE}storage:\n  endpoint: http://127.0.0.1:5000\n"),
+                format!("{BASE}storage:\n  endpoint: http://127.0.0.1:5000\n  path_style: true\n"),
                 "storage.endpoint",
+            ),
+            (
+                format!("{BASE}storage:\n  endpoint: https://minio.example:9000\n"),
+                "storage.endpoint",
+            ),
+            (
+                format!("{BASE}storage:\n  server_side_encryption: AES256\n  kms_key_id: k\n"),
+                "storage.kms_key_id",
+            ),
+            (
+                format!("{BASE}storage:\n  server_side_encryption: aws:sse\n"),
+                "storage.server_side_encryption",
             ),
             (
                 BASE.replace(

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -243,10 +243,24 @@ impl Stores {
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
         if let Some(ep) = endpoint {
-            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+            if !self.config.path_style {
+                // Virtual-hosted style puts the bucket in the host name, which a custom endpoint
+                // for many buckets cannot do.
+                return Err(Error::Config {
+                    path: "storage.path_style".into(),
+                    reason: format!(
+                        "endpoint {ep} (from storage.endpoint or AWS_ENDPOINT_URL) needs `path_style: true`"
+                    ),
+                });
+            }
+            b = b.with_endpoint(ep);
         }
-        if self.config.allow_http {
-            b = b.with_allow_http(true);
+        for (key, value) in self.s3_options() {
+            let key = key.parse::<AmazonS3ConfigKey>().map_err(|e| Error::Config {
+                path: "storage".into(),
+                reason: format!("{key}: {e}"),
+            })?;
+            b = b.with_config(key, value);
         }
         let store = b.build().map_err(|e| Error::Config {
             path: "storage".into(),
@@ -268,10 +282,25 @@ impl Stores {
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
         {
             o.insert("aws_endpoint".into(), ep);
-            o.insert("aws_virtual_hosted_style_request".into(), "false".into());
         }
-        if self.config.allow_http {
-            o.insert("aws_allow_http".into(), "true".into());
+        o.extend(self.s3_options());
+        o
+    }
+
+    /// The settings both our own S3 clients and the Delta engine's take, by object_store key.
+    fn s3_options(&self) -> Vec<(String, String)> {
+        let c = &self.config;
+        let mut o = Vec::new();
+        // Only what the configuration asks for: plain HTTP and path style stay off otherwise.
+        if c.allow_http {
+            o.push(("aws_allow_http".into(), "true".into()));
+        }
+        o.push(("aws_virtual_hosted_style_request".into(), (!c.path_style).to_string()));
+        if let Some(sse) = c.server_side_encryption {
+            o.push(("aws_server_side_encryption".into(), sse.as_str().into()));
+        }
+        if let Some(key) = &c.kms_key_id {
+            o.push(("aws_sse_kms_key_id".into(), key.clone()));
         }
         o
     }

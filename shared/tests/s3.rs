@@ -207,3 +207,94 @@ async fn s3_errors_and_dropped_connections_still_converge() {
     );
     assert!(injected > 0, "the proxy injected nothing");
 }
+
+/// A bucket policy may refuse writes without encryption headers: with `server_side_encryption`
+/// set, every object the pipeline writes (staged change sets, Delta data files and log entries)
+/// carries it, as the endpoint reports back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_carries_the_configured_server_side_encryption() {
+    let moto = support::s3::moto();
+    let opts = SimOptions {
+        formats: vec![Format::Parquet],
+        ..SimOptions::default()
+    };
+    let lab = Lab::on_s3_with(&opts, None, None, "").await;
+    lab.upload_all().await;
+    let lake_bucket = moto.bucket("sse").await;
+    let storage = format!(
+        "{}  server_side_encryption: aws:kms\n  kms_key_id: alias/dms2delta-test\n",
+        moto.storage_yaml()
+    );
+    let text = lab.sim.config_on(
+        &format!("s3://{lake_bucket}/lake"),
+        &format!("s3://{lake_bucket}/lake/_dms2delta/staged"),
+        &format!("s3://{lake_bucket}/lake/_dms2delta/quarantine"),
+        &lab.bucket,
+        &storage,
+    );
+    let pipeline = support::pipeline(&text, None);
+    let first = &lab.sim.files[0];
+    pipeline
+        .decode(&lab.bucket, &first.key, None, Failpoints::default())
+        .await
+        .unwrap();
+    // A staged change set, before commit takes it.
+    let store = pipeline.stores.bucket(&lake_bucket).unwrap();
+    let listed = |store: Arc<dyn ObjectStore>| async move {
+        use futures::TryStreamExt;
+        store
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    };
+    let staged = listed(store.clone()).await;
+    assert!(staged.iter().any(|k| k.contains("_dms2delta/staged/")), "{staged:?}");
+    let mut checked = 0;
+    for key in &staged {
+        let (sse, kms_key) = sse_of(moto, &lake_bucket, key).await;
+        assert_eq!(
+            (sse.as_deref(), kms_key.as_deref()),
+            (Some("aws:kms"), Some("alias/dms2delta-test")),
+            "{key}"
+        );
+        checked += 1;
+    }
+    pipeline.commit_all().await.unwrap();
+    let mut keys = listed(store).await;
+    assert!(
+        keys.iter().any(|k| k.contains("_delta_log/00000000000000000000.json")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|k| k.ends_with(".parquet") && !k.contains("_dms2delta")),
+        "{keys:?}"
+    );
+    keys.retain(|k| !k.contains("_dms2delta/staged/"));
+    for key in &keys {
+        let (sse, kms_key) = sse_of(moto, &lake_bucket, key).await;
+        assert_eq!(sse.as_deref(), Some("aws:kms"), "{key}");
+        assert_eq!(kms_key.as_deref(), Some("alias/dms2delta-test"), "{key}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "{keys:?}");
+}
+
+/// The encryption the endpoint reports for an object, and its KMS key.
+async fn sse_of(moto: &support::s3::Moto, bucket: &str, key: &str) -> (Option<String>, Option<String>) {
+    // Anonymous reads are refused; moto reads the caller from the credential scope only.
+    let r = reqwest::Client::new()
+        .head(format!("{}/{bucket}/{key}", moto.url))
+        .header("Authorization", support::s3::UNSIGNED_S3_AUTH)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "HEAD {key}: {}", r.status());
+    let h = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    (
+        h("x-amz-server-side-encryption"),
+        h("x-amz-server-side-encryption-aws-kms-key-id"),
+    )
+}

@@ -12,7 +12,7 @@ use dms2delta::sim::{rows_of, simulate, SimOptions, Simulation};
 use dms2delta::storage::{StoreWrapper, Stores};
 use object_store::ObjectStoreExt;
 
-fn pipeline(text: &str, wrapper: Option<StoreWrapper>) -> Pipeline {
+pub fn pipeline(text: &str, wrapper: Option<StoreWrapper>) -> Pipeline {
     let config = Arc::new(Config::from_text(text).unwrap());
     let mut stores = Stores::new(config.config.storage.clone());
     if let Some(w) = wrapper {

@@ -75,6 +75,11 @@ impl Moto {
     }
 
     /// The `storage:` block that reaches this endpoint, as a user would write it.
+    /// An `Authorization` header moto accepts for S3 calls: it does not check signatures, and
+    /// refuses anonymous reads.
+    pub const UNSIGNED_S3_AUTH: &str =
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+
     pub fn storage_yaml(&self) -> String {
         storage_yaml(&self.url)
     }
@@ -93,8 +98,13 @@ impl Moto {
     }
 }
 
+/// An `Authorization` header moto accepts for S3 calls: it does not check signatures, and
+/// refuses anonymous reads.
+pub const UNSIGNED_S3_AUTH: &str =
+    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+
 pub fn storage_yaml(endpoint: &str) -> String {
-    format!("storage:\n  endpoint: {endpoint}\n  region: us-east-1\n  allow_http: true\n")
+    format!("storage:\n  endpoint: {endpoint}\n  region: us-east-1\n  allow_http: true\n  path_style: true\n")
 }
 
 pub fn repo() -> PathBuf {
