@@ -5,6 +5,7 @@
 mod common;
 mod demo;
 mod query;
+mod reprocess;
 mod run;
 mod status;
 
@@ -47,6 +48,10 @@ enum Command {
     /// Run a read-only SQL query over the lake's tables (DataFusion) and print the result.
     #[command(after_help = query::AFTER_HELP)]
     Query(query::QueryArgs),
+    /// Find and finish what was missed: decode DMS files no commit applied (lost events), try
+    /// quarantined files again (after a configuration fix), commit tables with change sets
+    /// waiting. The reprocess function does the same on AWS. Safe to run at any time.
+    Reprocess(reprocess::ReprocessArgs),
 }
 
 /// dms2delta's own events at info and nothing else: the Delta engine logs harmless conditions
@@ -69,6 +74,7 @@ async fn dispatch(command: &Command, out: &mut dyn Write) -> CliResult<()> {
         Command::Run(a) => run::execute(a, out).await,
         Command::Status(a) => status::execute(a, out).await,
         Command::Query(a) => query::execute(a, out).await,
+        Command::Reprocess(a) => reprocess::execute(a, out).await,
     }
 }
 

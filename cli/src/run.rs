@@ -17,21 +17,20 @@ use std::time::Duration;
 use clap::Args;
 use dms2delta::config::{Config, Validated};
 use dms2delta::failpoint::Failpoints;
-use dms2delta::operations::commit::COMMIT_INFO_KEY;
 use dms2delta::operations::decode::DecodeOutcome;
 use dms2delta::pipeline::Pipeline;
 use dms2delta::quarantine::{list_reports, QuarantineReport};
 use dms2delta::route::{route, FileKind, Route};
 use dms2delta::stage::change_set_id;
-use dms2delta::storage::{Location, Stores};
+use dms2delta::storage::Location;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::ObjectMeta;
 use tokio::sync::Notify;
 
 use crate::common::{
-    config_required, configured_tables, human_duration, human_time, known_tables, load_config, may_exist, or_dash,
-    pipeline, report_location, table_info, text_table, CliResult, Failure, TableInfo,
+    config_required, configured_tables, human_duration, human_time, known_tables, load_config, or_dash, pipeline,
+    report_location, table_info, text_table, CliResult, Failure, TableInfo,
 };
 
 #[derive(Debug, Args)]
@@ -238,30 +237,6 @@ fn plan_file(config: &Validated, buckets: &[String], key: &str) -> Plan {
     Plan::Skip(ignored.unwrap_or("not under any configured source").to_string())
 }
 
-/// The change set ids recorded in the table's commits.
-async fn applied_change_sets(stores: &Stores, loc: &Location) -> CliResult<Vec<String>> {
-    if !may_exist(stores, loc) {
-        return Ok(Vec::new());
-    }
-    let (table, exists) = dms2delta::lake::open(stores, loc).await?;
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let infos: Vec<_> = table
-        .history(None)
-        .try_collect()
-        .await
-        .map_err(|e| Failure::new(format!("cannot read the history of {loc}: {e}")))?;
-    Ok(infos
-        .iter()
-        .filter_map(|ci| ci.info.get(COMMIT_INFO_KEY)?.get("change_sets")?.as_array())
-        .flatten()
-        .filter_map(|p| p.as_str())
-        .filter_map(|p| p.rsplit('/').next()?.strip_suffix(".parquet"))
-        .map(str::to_string)
-        .collect())
-}
-
 struct Planned {
     rank: u8,
     key: String,
@@ -290,9 +265,10 @@ pub async fn run_once(pipeline: &Pipeline, source: &Source, state: &mut RunState
     let (qstore, qroot) = pipeline.stores.resolve(&config.quarantine)?;
     if !state.loaded && !force {
         for spec in configured_tables(config) {
-            state
-                .done
-                .extend(applied_change_sets(&pipeline.stores, &pipeline.table_location(&spec)).await?);
+            state.done.extend(
+                dms2delta::operations::commit::applied_change_sets(&pipeline.stores, &pipeline.table_location(&spec))
+                    .await?,
+            );
         }
         for (_, r) in list_reports(qstore.as_ref(), &qroot).await? {
             state

@@ -860,3 +860,31 @@ pub async fn applied_files(stores: &Stores, loc: &Location, limit: Option<usize>
         })
         .collect())
 }
+
+/// The ids of the change sets the table's commits recorded (see [`crate::stage::change_set_id`]):
+/// a DMS object version is applied when its id is here. Empty when there is no table yet.
+pub async fn applied_change_sets(stores: &Stores, loc: &Location) -> Result<Vec<String>> {
+    if let Location::Local { dir } = stores.physical(loc) {
+        // Opening a folder-backed table creates its folder; a table never written has none.
+        if !dir.join("_delta_log").exists() {
+            return Ok(Vec::new());
+        }
+    }
+    let (table, exists) = lake::open(stores, loc).await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let infos: Vec<_> = table
+        .history(None)
+        .try_collect()
+        .await
+        .map_err(|e| delta_err(Stage::Commit, loc, e))?;
+    Ok(infos
+        .iter()
+        .filter_map(|ci| ci.info.get(COMMIT_INFO_KEY)?.get("change_sets")?.as_array())
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .filter_map(|p| p.rsplit('/').next()?.strip_suffix(".parquet"))
+        .map(str::to_string)
+        .collect())
+}

@@ -116,8 +116,18 @@ impl<'a> DecodeBuilder<'a> {
         self
     }
 
-    async fn run(self) -> Result<DecodeOutcome> {
+    async fn run(mut self) -> Result<DecodeOutcome> {
         let started = Instant::now();
+        if self.etag.is_none() {
+            // The change set id names the object version; without an event's ETag, ask for it,
+            // so the id matches what a listing of the bucket shows (reprocess relies on that).
+            // A failure here is reported by the download below.
+            if let (Ok(store), Ok(path)) = (self.stores.bucket(&self.bucket), object_path(&self.key)) {
+                if let Ok(meta) = store.head(&path).await {
+                    self.etag = meta.e_tag;
+                }
+            }
+        }
         let file_uri = format!("s3://{}/{}", self.bucket, self.key);
         match self.decode(&file_uri, started).await {
             Err(e) if e.is_quarantine() => {

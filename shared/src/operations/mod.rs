@@ -6,3 +6,5 @@ pub mod commit;
 #[cfg(feature = "delta")]
 pub mod compact;
 pub mod decode;
+#[cfg(feature = "delta")]
+pub mod reprocess;

@@ -43,6 +43,8 @@ pub struct Lab {
     /// The bucket the DMS files are in (what S3 events name).
     pub bucket: String,
     pub on: On,
+    /// The configuration document the pipeline runs with.
+    pub config_text: String,
     /// On S3: the endpoint the Python reader must use.
     endpoint: Option<String>,
 }
@@ -68,6 +70,7 @@ impl Lab {
             pipeline,
             bucket,
             on: On::Folders,
+            config_text: text,
             endpoint: None,
         }
     }
@@ -113,6 +116,7 @@ impl Lab {
             pipeline,
             bucket,
             on: On::S3,
+            config_text: text,
             endpoint: Some(moto.url.clone()),
         }
     }
