@@ -279,7 +279,91 @@ def build():
     sns_ts = datetime.fromtimestamp((epoch_ms(cdc.time) + 61) / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     body = sns_envelope(message, sns_ts)
     files["sqs-sns-wrapped.json"] = {"Records": [sqs_record(body, epoch_ms(sns_ts) + 15, SNS_SENDER_ID)]}
+
+    # The reprocess function: a dead-letter alarm through SNS (entering and leaving ALARM), the
+    # periodic reconcile, and a request by hand.
+    files["reprocess-alarm.json"] = alarm_event("ALARM", "OK", "2024-05-28T19:56:12.345Z")
+    files["reprocess-alarm-ok.json"] = alarm_event("OK", "ALARM", "2024-05-28T20:09:12.345Z")
+    files["reprocess-schedule.json"] = {
+        "version": "0",
+        "id": new_uuid(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT,
+        "time": "2024-05-28T20:00:00Z",
+        "region": REGION,
+        "resources": [f"arn:aws:events:{REGION}:{ACCOUNT}:rule/dms2delta-ReprocessSchedule-{token(12)}"],
+        "detail": {},
+    }
+    files["reprocess-manual.json"] = {"table": "mysql.shop.customers", "since": "2024-05-28T00:00:00Z", "dry_run": True}
     return files
+
+
+ALARM_TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT}:dms2delta-AlarmTopic-7QJ2XKD0P1LM"
+ALARM_NAME = "dms2delta-DecodeDeadLetters"
+
+
+def alarm_event(new, old, ts):
+    """A CloudWatch alarm state change, as SNS delivers it to a subscribed Lambda function."""
+    stamp = ts.replace("Z", "+0000")
+    reason = (
+        "Threshold Crossed: 1 out of the last 1 datapoints [1.0 (28/05/24 19:55:00)] was greater than or equal to the threshold (1.0) (minimum 1 datapoint for OK -> ALARM transition)."
+        if new == "ALARM"
+        else "Threshold Crossed: 1 out of the last 1 datapoints [0.0 (28/05/24 20:08:00)] was not greater than or equal to the threshold (1.0) (minimum 1 datapoint for ALARM -> OK transition)."
+    )
+    alarm = {
+        "AlarmName": ALARM_NAME,
+        "AlarmDescription": "Messages reached the decode dead-letter queue: runbook in docs/runbook.md.",
+        "AWSAccountId": ACCOUNT,
+        "AlarmConfigurationUpdatedTimestamp": "2024-05-20T08:12:44.870+0000",
+        "NewStateValue": new,
+        "NewStateReason": reason,
+        "StateChangeTime": stamp,
+        "Region": "US East (N. Virginia)",
+        "AlarmArn": f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{ALARM_NAME}",
+        "OldStateValue": old,
+        "OKActions": [ALARM_TOPIC_ARN],
+        "AlarmActions": [ALARM_TOPIC_ARN],
+        "InsufficientDataActions": [],
+        "Trigger": {
+            "MetricName": "ApproximateNumberOfMessagesVisible",
+            "Namespace": "AWS/SQS",
+            "StatisticType": "Statistic",
+            "Statistic": "MAXIMUM",
+            "Unit": None,
+            "Dimensions": [{"value": "dms2delta-DecodeDeadLetterQueue-Hq3T9xLmW2pA", "name": "QueueName"}],
+            "Period": 60,
+            "EvaluationPeriods": 1,
+            "DatapointsToAlarm": 1,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "Threshold": 1.0,
+            "TreatMissingData": "notBreaching",
+            "EvaluateLowSampleCountPercentile": "",
+        },
+    }
+    sub = new_uuid()
+    return {
+        "Records": [
+            {
+                "EventSource": "aws:sns",
+                "EventVersion": "1.0",
+                "EventSubscriptionArn": f"{ALARM_TOPIC_ARN}:{sub}",
+                "Sns": {
+                    "Type": "Notification",
+                    "MessageId": new_uuid(),
+                    "TopicArn": ALARM_TOPIC_ARN,
+                    "Subject": f'{new}: "{ALARM_NAME}" in US East (N. Virginia)',
+                    "Message": compact(alarm),
+                    "Timestamp": ts,
+                    "SignatureVersion": "1",
+                    "Signature": b64(256),
+                    "SigningCertUrl": f"https://sns.{REGION}.amazonaws.com/SimpleNotificationService-{rng.getrandbits(128):032x}.pem",
+                    "UnsubscribeUrl": f"https://sns.{REGION}.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={ALARM_TOPIC_ARN}:{sub}",
+                    "MessageAttributes": {},
+                },
+            }
+        ]
+    }
 
 
 def main():

@@ -130,6 +130,12 @@ impl Sqs {
             .unwrap_or_default())
     }
 
+    pub async fn send(&self, q: &Queue, body: &str) -> Result<(), String> {
+        self.call("SendMessage", json!({"QueueUrl": q.url, "MessageBody": body}))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn delete(&self, q: &Queue, m: &Message) -> Result<(), String> {
         self.call("DeleteMessage", json!({"QueueUrl": q.url, "ReceiptHandle": m.receipt}))
             .await

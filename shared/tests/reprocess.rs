@@ -35,7 +35,7 @@ async fn versions(lab: &Lab) -> Vec<Option<u64>> {
         let spec = lab.pipeline.config.table_by_target(ns, schema, table).unwrap();
         let loc = lab.pipeline.table_location(&spec);
         let (t, exists) = dms2delta::lake::open(&lab.pipeline.stores, &loc).await.unwrap();
-        out.push(exists.then(|| t.version().unwrap_or(0) as u64));
+        out.push(exists.then(|| t.version().unwrap_or(0)));
     }
     out
 }

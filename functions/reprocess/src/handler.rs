@@ -1,0 +1,235 @@
+//! Turns an alarm, a schedule or a request by hand into one reprocess run: dead letters back to
+//! their queues, missed files to decode, quarantined files tried again, waiting change sets
+//! committed. Reports what it did and emits it as metrics.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use dms2delta::config::Validated;
+use dms2delta::metrics::{Emf, Unit};
+use dms2delta::operations::reprocess::{ReprocessBuilder, ReprocessMetrics};
+use dms2delta::storage::Stores;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::queues::{redrive, Queues, ToDecodeQueue};
+
+/// Settings from the function's environment (see template.yaml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `DECODE_QUEUE_URL`: where missed files are sent. Without it they are decoded in this
+    /// invocation.
+    pub decode_queue_url: Option<String>,
+    /// `REDRIVE`: `dead-letter-url=source-url` pairs, comma separated.
+    pub redrive: Vec<(String, String)>,
+    /// `RECONCILE_HOURS`: how far back alarm and schedule runs look (default 48).
+    pub reconcile_hours: u64,
+    /// `MAX_FILES`: files decoded or requeued per run (default 5000; the rest next run).
+    pub max_files: usize,
+    /// `MAX_REDRIVE`: dead letters moved per queue per run (default 10000).
+    pub max_redrive: usize,
+}
+
+impl Default for Settings {
+    /// What an environment without any of the variables gives.
+    fn default() -> Self {
+        Settings {
+            decode_queue_url: None,
+            redrive: Vec::new(),
+            reconcile_hours: 48,
+            max_files: 5000,
+            max_redrive: 10_000,
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let d = Settings::default();
+        let number = |name: &str, default: u64| -> Result<u64, String> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{name}={v}: expected a positive whole number")),
+            }
+        };
+        let mut redrive = Vec::new();
+        for pair in get("REDRIVE")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
+            let (dlq, source) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("REDRIVE: `{pair}` is not `dead-letter-queue-url=source-queue-url`"))?;
+            redrive.push((dlq.trim().to_string(), source.trim().to_string()));
+        }
+        Ok(Settings {
+            decode_queue_url: get("DECODE_QUEUE_URL").filter(|u| !u.trim().is_empty()),
+            redrive,
+            reconcile_hours: number("RECONCILE_HOURS", d.reconcile_hours)?,
+            max_files: number("MAX_FILES", d.max_files as u64)? as usize,
+            max_redrive: number("MAX_REDRIVE", d.max_redrive as u64)? as usize,
+        })
+    }
+}
+
+/// What lives for the whole execution environment.
+pub struct State {
+    pub config: Arc<Validated>,
+    pub stores: Stores,
+    pub queues: Arc<dyn Queues>,
+    pub settings: Settings,
+}
+
+impl State {
+    pub fn new(config: Arc<Validated>, queues: Arc<dyn Queues>, settings: Settings) -> State {
+        let stores = Stores::new(config.config.storage.clone());
+        State {
+            config,
+            stores,
+            queues,
+            settings,
+        }
+    }
+}
+
+/// A run requested by hand: `{"table": …, "since": …, "dry_run": …}`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Only this table (`namespace.schema.table`).
+    pub table: Option<String>,
+    /// Only files written at or after this time (RFC 3339). Default: everything.
+    pub since: Option<String>,
+    /// Report only.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Move dead letters back (default true).
+    pub redrive: Option<bool>,
+}
+
+/// Why the function runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// A CloudWatch alarm's state change, through SNS.
+    Alarm {
+        name: String,
+        state: String,
+    },
+    /// The periodic reconcile (EventBridge schedule).
+    Schedule,
+    Manual(Request),
+}
+
+fn bad_event(reason: impl Into<String>) -> lambda_runtime::Error {
+    dms2delta::error::Error::Event { reason: reason.into() }.into()
+}
+
+pub fn trigger(payload: &Value) -> Result<Trigger, lambda_runtime::Error> {
+    if let Some(records) = payload.get("Records").and_then(Value::as_array) {
+        let sns = records
+            .iter()
+            .find(|r| r.get("EventSource").and_then(Value::as_str) == Some("aws:sns"))
+            .ok_or_else(|| bad_event("records that are not SNS notifications: reprocess takes alarms through SNS"))?;
+        let message = sns["Sns"]["Message"]
+            .as_str()
+            .ok_or_else(|| bad_event("an SNS record without a message"))?;
+        let alarm: Value = serde_json::from_str(message)
+            .map_err(|e| bad_event(format!("the SNS message is not a CloudWatch alarm: {e}")))?;
+        let name = alarm["AlarmName"]
+            .as_str()
+            .ok_or_else(|| bad_event("the SNS message is not a CloudWatch alarm (no AlarmName)"))?;
+        return Ok(Trigger::Alarm {
+            name: name.to_string(),
+            state: alarm["NewStateValue"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    if payload.get("source").and_then(Value::as_str) == Some("aws.events")
+        || payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+    {
+        return Ok(Trigger::Schedule);
+    }
+    let request: Request = serde_json::from_value(payload.clone()).map_err(|e| {
+        bad_event(format!(
+            "not an alarm, a schedule or a request `{{\"table\", \"since\", \"dry_run\", \"redrive\"}}`: {e}"
+        ))
+    })?;
+    Ok(Trigger::Manual(request))
+}
+
+/// Handles one invocation.
+pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
+    let trigger = trigger(&payload)?;
+    let lookback = Utc::now() - Duration::hours(state.settings.reconcile_hours as i64);
+    let (request, since) = match &trigger {
+        Trigger::Alarm { name, state: s } if s != "ALARM" => {
+            tracing::info!(stage = "reprocess", alarm = %name, state = %s, "alarm left the ALARM state: nothing to do");
+            return Ok(json!({"trigger": "alarm", "alarm": name, "state": s, "skipped": true}));
+        }
+        Trigger::Alarm { .. } | Trigger::Schedule => (Request::default(), Some(lookback)),
+        Trigger::Manual(r) => {
+            let since = match &r.since {
+                Some(t) => Some(
+                    DateTime::parse_from_rfc3339(t)
+                        .map_err(|e| bad_event(format!("since `{t}`: not an RFC 3339 time ({e})")))?
+                        .with_timezone(&Utc),
+                ),
+                None => None,
+            };
+            (r.clone(), since)
+        }
+    };
+
+    let mut redriven = Vec::new();
+    if request.redrive.unwrap_or(true) && !request.dry_run {
+        for (dlq, source) in &state.settings.redrive {
+            let n = redrive(state.queues.as_ref(), dlq, source, state.settings.max_redrive).await?;
+            redriven.push(json!({"from": dlq, "to": source, "messages": n}));
+        }
+    }
+    let to_queue = state.settings.decode_queue_url.as_deref().map(|url| ToDecodeQueue {
+        queues: state.queues.as_ref(),
+        url,
+    });
+    let mut builder = ReprocessBuilder::new(state.config.clone(), &state.stores)
+        .with_table(request.table.clone())
+        .with_since(since)
+        .with_dry_run(request.dry_run)
+        .with_max_files(state.settings.max_files);
+    if let Some(q) = &to_queue {
+        builder = builder.with_requeue(q);
+    }
+    let m = builder.await?;
+    let moved: u64 = redriven.iter().filter_map(|r| r["messages"].as_u64()).sum();
+    emit(&state.config.config.metrics.namespace, &m, moved);
+    Ok(json!({
+        "trigger": match &trigger {
+            Trigger::Alarm { .. } => "alarm",
+            Trigger::Schedule => "schedule",
+            Trigger::Manual(_) => "manual",
+        },
+        "redriven": redriven,
+        "reprocess": m,
+    }))
+}
+
+fn emit(namespace: &str, m: &ReprocessMetrics, redriven: u64) {
+    Emf::new(namespace, "reprocess")
+        .metric("DeadLettersRedriven", Unit::Count, redriven as f64)
+        .metric("FilesMissing", Unit::Count, m.files_missing as f64)
+        .metric("FilesRequeued", Unit::Count, m.files_requeued as f64)
+        .metric("QuarantineRecovered", Unit::Count, m.quarantine_recovered as f64)
+        .metric("QuarantineStillBad", Unit::Count, m.quarantine_still_bad as f64)
+        .metric("TablesCommitted", Unit::Count, m.tables_committed.len() as f64)
+        .metric("Remaining", Unit::Count, m.remaining as f64)
+        .metric("DurationMs", Unit::Milliseconds, m.duration_ms as f64)
+        .emit();
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! The reprocess handler on the sample events, over the sample DMS files on local folders.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dms2delta::config::Config;
+use dms2delta::events::{parse, Payload};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::queues::memory::Memory;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn event(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo().join("events").join(name)).unwrap()).unwrap()
+}
+
+fn config(out: &Path) -> Arc<Validated> {
+    let text = std::fs::read_to_string(repo().join("events/config.yaml"))
+        .unwrap()
+        .replace(".local/", &format!("{}/", out.display()))
+        .replace("events/data/", &format!("{}/events/data/", repo().display()));
+    Arc::new(Config::from_text(&text).unwrap())
+}
+
+fn state(out: &Path, queues: Arc<Memory>, settings: Settings) -> State {
+    State::new(config(out), queues, settings)
+}
+
+/// The sample DMS files under events/data.
+const SAMPLE_FILES: usize = 4;
+
+#[test]
+fn every_sample_event_is_understood() {
+    assert_eq!(
+        trigger(&event("reprocess-alarm.json")).unwrap(),
+        Trigger::Alarm {
+            name: "dms2delta-DecodeDeadLetters".into(),
+            state: "ALARM".into()
+        }
+    );
+    assert!(matches!(
+        trigger(&event("reprocess-alarm-ok.json")).unwrap(),
+        Trigger::Alarm { state, .. } if state == "OK"
+    ));
+    assert_eq!(trigger(&event("reprocess-schedule.json")).unwrap(), Trigger::Schedule);
+    assert_eq!(
+        trigger(&event("reprocess-manual.json")).unwrap(),
+        Trigger::Manual(Request {
+            table: Some("mysql.shop.customers".into()),
+            since: Some("2024-05-28T00:00:00Z".into()),
+            dry_run: true,
+            redrive: None,
+        })
+    );
+}
+
+#[test]
+fn other_payloads_are_refused_with_the_reason() {
+    for (payload, words) in [
+        (json!({"table": "a.b.c", "dryrun": true}), "dryrun"),
+        (event("sqs-batch.json"), "not SNS"),
+        (
+            json!({"Records": [{"EventSource": "aws:sns", "Sns": {"Message": "hello"}}]}),
+            "not a CloudWatch alarm",
+        ),
+    ] {
+        let e = trigger(&payload).unwrap_err().to_string();
+        assert!(e.contains(words), "{e}");
+    }
+}
+
+#[test]
+fn settings_come_from_the_environment_and_mistakes_are_named() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    };
+    let s = Settings::from_env(env(&[
+        ("DECODE_QUEUE_URL", "https://sqs/decode"),
+        (
+            "REDRIVE",
+            "https://sqs/decode-dlq=https://sqs/decode, https://sqs/commit-dlq=https://sqs/commit",
+        ),
+        ("RECONCILE_HOURS", "6"),
+    ]))
+    .unwrap();
+    assert_eq!(s.decode_queue_url.as_deref(), Some("https://sqs/decode"));
+    assert_eq!(s.redrive.len(), 2);
+    assert_eq!(
+        s.redrive[1],
+        ("https://sqs/commit-dlq".into(), "https://sqs/commit".into())
+    );
+    assert_eq!((s.reconcile_hours, s.max_files, s.max_redrive), (6, 5000, 10_000));
+    let e = Settings::from_env(env(&[("REDRIVE", "https://sqs/only-one")])).unwrap_err();
+    assert!(e.contains("REDRIVE"), "{e}");
+    let e = Settings::from_env(env(&[("MAX_FILES", "0")])).unwrap_err();
+    assert!(e.contains("MAX_FILES"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_redrives_dead_letters_and_sends_missed_files_to_decode() {
+    let out = tempfile::tempdir().unwrap();
+    let queues = Arc::new(Memory::default());
+    queues
+        .waiting
+        .lock()
+        .unwrap()
+        .push(("dlq".into(), r#"{"Records":[]}"#.into()));
+    let settings = Settings {
+        decode_queue_url: Some("decode".into()),
+        redrive: vec![("dlq".into(), "decode".into())],
+        // The sample files are years old: look back far enough to see them.
+        reconcile_hours: 24 * 365 * 20,
+        max_files: 100,
+        max_redrive: 100,
+    };
+    let s = state(out.path(), queues.clone(), settings);
+    let r = handle(&s, event("reprocess-alarm.json")).await.unwrap();
+    assert_eq!(r["trigger"], "alarm");
+    assert_eq!(r["redriven"][0]["messages"], 1);
+    assert_eq!(r["reprocess"]["files_missing"], SAMPLE_FILES, "{r}");
+    let sent = queues.sent.lock().unwrap().clone();
+    // The dead letter, then one notification per missed file, each naming a real sample object.
+    assert_eq!(sent.len(), SAMPLE_FILES + 1);
+    assert!(sent.iter().all(|(url, _)| url == "decode"));
+    for (_, body) in &sent[1..] {
+        let Payload::Direct(d) = parse(&serde_json::from_str(body).unwrap()).unwrap() else {
+            panic!("{body}")
+        };
+        let o = &d.objects.unwrap()[0];
+        assert_eq!(o.bucket, "dms-bucket");
+        assert!(
+            repo().join("events/data/dms-bucket").join(&o.key).is_file(),
+            "{}",
+            o.key
+        );
+    }
+    assert!(queues.waiting.lock().unwrap().is_empty());
+
+    // The alarm going back to OK does nothing.
+    let ok = handle(&s, event("reprocess-alarm-ok.json")).await.unwrap();
+    assert_eq!(ok["skipped"], true);
+    assert_eq!(queues.sent.lock().unwrap().len(), SAMPLE_FILES + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_decode_queue_missed_files_are_applied_here_and_a_rerun_finds_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let queues = Arc::new(Memory::default());
+    let s = state(out.path(), queues.clone(), Settings::default());
+    // A dry run by hand first: nothing is written.
+    let dry = handle(&s, json!({"dry_run": true})).await.unwrap();
+    assert_eq!(dry["reprocess"]["files_missing"], SAMPLE_FILES, "{dry}");
+    assert!(!out.path().join("lake-bucket/lake").exists());
+
+    let r = handle(&s, json!({})).await.unwrap();
+    assert_eq!(r["trigger"], "manual");
+    assert_eq!(r["reprocess"]["files_requeued"], SAMPLE_FILES, "{r}");
+    let committed: Vec<&str> = r["reprocess"]["tables_committed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(committed, vec!["mysql.shop.customers", "mysql.shop.order items"]);
+    assert!(out
+        .path()
+        .join("lake-bucket/lake/mysql/shop/customers/_delta_log")
+        .is_dir());
+    assert!(queues.sent.lock().unwrap().is_empty());
+
+    // Everything is applied now.
+    let again = handle(&s, json!({"table": "mysql.shop.customers"})).await.unwrap();
+    assert_eq!(again["reprocess"]["rows_changed"], 0, "{again}");
+    assert!(
+        again["reprocess"]["tables_committed"].as_array().unwrap().is_empty(),
+        "{again}"
+    );
+}
