@@ -10,7 +10,7 @@ export CARGO_TERM_COLOR=never
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 
-step "python tools (independent Delta reader, template linter) in $VENV"
+step "python tools (independent Delta reader, local S3/SQS endpoint, template checks) in $VENV"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
@@ -29,8 +29,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "sample events are up to date"
 python3 events/generate.py --check
 
-step "template.yaml: cfn-lint"
+step "template.yaml: cfn-lint, sam validate --lint, sam validate (offline; they catch different mistakes)"
 "$VENV/bin/cfn-lint" template.yaml
+SAM_CLI_TELEMETRY=0 "$VENV/bin/sam" validate --lint --template template.yaml
+SAM_CLI_TELEMETRY=0 "$VENV/bin/sam" validate --region us-east-1 --template template.yaml
 
 step "cargo test"
 export DMS2DELTA_CONVERGENCE_CASES="${DMS2DELTA_CONVERGENCE_CASES:-100}"

@@ -10,6 +10,10 @@ use crate::storage::{object_path, Location, Stores};
 /// The environment variable naming the configuration document (a path or an `s3://` URI).
 pub const CONFIG_ENV: &str = "DMS2DELTA_CONFIG";
 
+/// Every environment variable each function reads at cold start (the template test checks that
+/// template.yaml sets them all).
+pub const ENVIRONMENT: &[&str] = &[CONFIG_ENV, "RUST_LOG"];
+
 /// JSON log lines on stderr, filtered by `RUST_LOG` (default `info`). delta-rs logs every commit
 /// conflict and a harmless "No files in log segment" at ERROR; those are lowered so that alarms
 /// on ERROR lines mean something.

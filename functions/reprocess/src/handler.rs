@@ -14,6 +14,15 @@ use serde_json::{json, Value};
 
 use crate::queues::{redrive, Queues, ToDecodeQueue};
 
+/// The environment variables [`Settings::from_env`] reads, beside the common ones.
+pub const ENVIRONMENT: &[&str] = &[
+    "DECODE_QUEUE_URL",
+    "REDRIVE",
+    "RECONCILE_HOURS",
+    "MAX_FILES",
+    "MAX_REDRIVE",
+];
+
 /// Settings from the function's environment (see template.yaml).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
