@@ -134,7 +134,8 @@ fn event_err(reason: impl Into<String>) -> Error {
     Error::Event { reason: reason.into() }
 }
 
-fn parse_body(body: &str) -> Result<Vec<ObjectEvent>> {
+/// The objects an SQS message body names (an S3 notification, possibly in an SNS envelope).
+pub fn parse_body(body: &str) -> Result<Vec<ObjectEvent>> {
     if body.len() > MAX_PAYLOAD_BYTES {
         return Err(event_err(format!("a message body of {} bytes", body.len())));
     }

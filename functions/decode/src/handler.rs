@@ -39,12 +39,11 @@ struct Tally {
     failed: Vec<Value>,
 }
 
-/// Handles one invocation. SQS batches answer with partial batch failures so one failed message
+/// Handles one invocation. SQS batches answer with partial batch failures so one bad message
 /// does not fail the others; a direct invocation fails as a whole if any object failed, so
-/// Lambda's retry and on-failure destination take over. A quarantined file is a success: its
-/// report is written and no retry can change it (the `Quarantined` metric and alarm call for a
-/// person; reprocess tries it again once the cause is fixed). Dead-letter queues hold only what
-/// a retry may still fix, so redriving them is always right.
+/// Lambda's retry and on-failure destination take over. A quarantined file fails its message
+/// too, so that it ends in the dead-letter queue and its alarm calls for a person; reprocess
+/// leaves such messages there until the file decodes (after a fix), then removes them.
 pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
     match parse(&payload)? {
         Payload::Sqs(deliveries) => {
@@ -52,7 +51,7 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
             for d in deliveries {
                 let id = d.message_id.clone().unwrap_or_default();
                 let tally = process(state, d).await;
-                if !tally.failed.is_empty() {
+                if !tally.failed.is_empty() || !tally.quarantined.is_empty() {
                     let mut f = BatchItemFailure::default();
                     f.item_identifier = id;
                     response.batch_item_failures.push(f);
@@ -68,7 +67,7 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
                 "quarantined": tally.quarantined,
                 "failed": tally.failed,
             });
-            if tally.failed.is_empty() {
+            if tally.failed.is_empty() && tally.quarantined.is_empty() {
                 Ok(summary)
             } else {
                 Err(format!("decode failed for some objects: {summary}").into())

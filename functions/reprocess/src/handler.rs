@@ -13,6 +13,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::queues::{redrive, Queues, ToDecodeQueue};
+use dms2delta::events::parse_body;
+use dms2delta::quarantine::list_reports;
+use std::collections::HashSet;
 
 /// The environment variables [`Settings::from_env`] reads, beside the common ones.
 pub const ENVIRONMENT: &[&str] = &[
@@ -194,13 +197,8 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
         }
     };
 
-    let mut redriven = Vec::new();
-    if request.redrive.unwrap_or(true) && !request.dry_run {
-        for (dlq, source) in &state.settings.redrive {
-            let n = redrive(state.queues.as_ref(), dlq, source, state.settings.max_redrive).await?;
-            redriven.push(json!({"from": dlq, "to": source, "messages": n}));
-        }
-    }
+    // Quarantined files first: those that decode now lose their report, so their dead letters
+    // are redriven below; those still bad keep theirs, and their dead letters stay.
     let to_queue = state.settings.decode_queue_url.as_deref().map(|url| ToDecodeQueue {
         queues: state.queues.as_ref(),
         url,
@@ -214,6 +212,25 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
         builder = builder.with_requeue(q);
     }
     let m = builder.await?;
+
+    let mut redriven = Vec::new();
+    if request.redrive.unwrap_or(true) && !request.dry_run {
+        let still_bad = still_quarantined(state).await?;
+        let keep = |body: &str| {
+            parse_body(body).is_ok_and(|objects| {
+                objects
+                    .iter()
+                    .any(|o| still_bad.contains(&(o.bucket.clone(), o.key.clone())))
+            })
+        };
+        for (dlq, source) in &state.settings.redrive {
+            let r = redrive(state.queues.as_ref(), dlq, source, state.settings.max_redrive, &keep).await?;
+            if r.kept > 0 {
+                tracing::warn!(stage = "reprocess", queue = %dlq, kept = r.kept, "dead letters left for files still quarantined: fix the cause their reports name");
+            }
+            redriven.push(json!({"from": dlq, "to": source, "messages": r.moved, "kept": r.kept}));
+        }
+    }
     let moved: u64 = redriven.iter().filter_map(|r| r["messages"].as_u64()).sum();
     emit(&state.config.config.metrics.namespace, &m, moved);
     Ok(json!({
@@ -225,6 +242,16 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
         "redriven": redriven,
         "reprocess": m,
     }))
+}
+
+/// `(bucket, key)` of every file with a quarantine report.
+async fn still_quarantined(state: &State) -> Result<HashSet<(String, String)>, lambda_runtime::Error> {
+    let (store, root) = state.stores.resolve(&state.config.quarantine)?;
+    Ok(list_reports(store.as_ref(), &root)
+        .await?
+        .into_iter()
+        .map(|(_, r)| (r.bucket, r.key))
+        .collect())
 }
 
 fn emit(namespace: &str, m: &ReprocessMetrics, redriven: u64) {

@@ -92,23 +92,43 @@ impl Queues for Sqs {
     }
 }
 
-/// Moves up to `max` messages from a dead-letter queue back to its source queue. Each message is
-/// sent before it is deleted, so a failure in between duplicates it (harmless: every stage is
-/// idempotent) and never loses it. Returns how many were moved.
-pub async fn redrive(queues: &dyn Queues, dead_letter: &str, source: &str, max: usize) -> Result<usize> {
-    let mut moved = 0;
-    while moved < max {
+/// What a redrive did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Redriven {
+    /// Sent back to the source queue.
+    pub moved: usize,
+    /// Left in the dead-letter queue (`keep` said so).
+    pub kept: usize,
+}
+
+/// Moves up to `max` messages from a dead-letter queue back to its source queue, except those
+/// `keep` picks (they stay, invisible for the rest of this run). Each message is sent before it
+/// is deleted, so a failure in between duplicates it (harmless: every stage is idempotent) and
+/// never loses it.
+pub async fn redrive(
+    queues: &dyn Queues,
+    dead_letter: &str,
+    source: &str,
+    max: usize,
+    keep: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Redriven> {
+    let mut r = Redriven::default();
+    while r.moved + r.kept < max {
         let batch = queues.receive(dead_letter).await?;
         if batch.is_empty() {
             break;
         }
         for m in batch {
+            if keep(&m.body) {
+                r.kept += 1;
+                continue;
+            }
             queues.send(source, &m.body).await?;
             queues.delete(dead_letter, &m.receipt).await?;
-            moved += 1;
+            r.moved += 1;
         }
     }
-    Ok(moved)
+    Ok(r)
 }
 
 // S3 notifications URL-encode keys (spaces as `+`); decode reads them the same way.
@@ -165,21 +185,27 @@ pub(crate) mod memory {
         pub waiting: Mutex<Vec<(String, String)>>,
         pub sent: Mutex<Vec<(String, String)>>,
         pub fail_send_after: Option<usize>,
+        /// Received and not deleted: invisible until the test makes them visible again.
+        pub in_flight: Mutex<Vec<String>>,
     }
 
     #[async_trait]
     impl Queues for Memory {
         async fn receive(&self, url: &str) -> Result<Vec<Received>> {
             let w = self.waiting.lock().unwrap();
+            let mut in_flight = self.in_flight.lock().unwrap();
             // The body stands for the receipt handle: the tests' messages are all different.
-            Ok(w.iter()
-                .filter(|(u, _)| u == url)
+            let out: Vec<Received> = w
+                .iter()
+                .filter(|(u, b)| u == url && !in_flight.contains(b))
                 .take(10)
                 .map(|(_, b)| Received {
                     receipt: b.clone(),
                     body: b.clone(),
                 })
-                .collect())
+                .collect();
+            in_flight.extend(out.iter().map(|r| r.body.clone()));
+            Ok(out)
         }
         async fn send(&self, url: &str, body: &str) -> Result<()> {
             let mut sent = self.sent.lock().unwrap();
@@ -193,6 +219,7 @@ pub(crate) mod memory {
             let mut w = self.waiting.lock().unwrap();
             let i = w.iter().position(|(u, b)| u == url && b == receipt).unwrap();
             w.remove(i);
+            self.in_flight.lock().unwrap().retain(|b| b != receipt);
             Ok(())
         }
     }
@@ -232,8 +259,9 @@ mod tests {
             q.waiting.lock().unwrap().push(("dlq".into(), format!("m{i}")));
         }
         q.waiting.lock().unwrap().push(("other".into(), "x".into()));
-        assert_eq!(redrive(&q, "dlq", "src", 20).await.unwrap(), 20);
-        assert_eq!(redrive(&q, "dlq", "src", 100).await.unwrap(), 5);
+        let none = |_: &str| false;
+        assert_eq!(redrive(&q, "dlq", "src", 20, &none).await.unwrap().moved, 20);
+        assert_eq!(redrive(&q, "dlq", "src", 100, &none).await.unwrap().moved, 5);
         let sent = q.sent.lock().unwrap();
         assert_eq!(sent.len(), 25);
         assert!(sent.iter().all(|(u, _)| u == "src"));
@@ -245,6 +273,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn messages_picked_to_stay_stay() {
+        let q = Memory::default();
+        for b in ["good-1", "bad-1", "good-2"] {
+            q.waiting.lock().unwrap().push(("dlq".into(), b.into()));
+        }
+        let r = redrive(&q, "dlq", "src", 100, &|b: &str| b.starts_with("bad"))
+            .await
+            .unwrap();
+        assert_eq!(r, Redriven { moved: 2, kept: 1 });
+        let waiting = q.waiting.lock().unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0].1, "bad-1");
+    }
+
+    #[tokio::test]
     async fn a_failed_send_keeps_the_dead_letter() {
         let q = Memory {
             fail_send_after: Some(3),
@@ -253,7 +296,7 @@ mod tests {
         for i in 0..5 {
             q.waiting.lock().unwrap().push(("dlq".into(), format!("m{i}")));
         }
-        assert!(redrive(&q, "dlq", "src", 100).await.is_err());
+        assert!(redrive(&q, "dlq", "src", 100, &|_: &str| false).await.is_err());
         assert_eq!(q.sent.lock().unwrap().len(), 3);
         assert_eq!(
             q.waiting.lock().unwrap().len(),

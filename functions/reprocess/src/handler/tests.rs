@@ -125,10 +125,11 @@ async fn an_alarm_redrives_dead_letters_and_sends_missed_files_to_decode() {
     assert_eq!(r["redriven"][0]["messages"], 1);
     assert_eq!(r["reprocess"]["files_missing"], SAMPLE_FILES, "{r}");
     let sent = queues.sent.lock().unwrap().clone();
-    // The dead letter, then one notification per missed file, each naming a real sample object.
+    // One notification per missed file, each naming a real sample object, then the dead letter.
     assert_eq!(sent.len(), SAMPLE_FILES + 1);
     assert!(sent.iter().all(|(url, _)| url == "decode"));
-    for (_, body) in &sent[1..] {
+    assert_eq!(sent[SAMPLE_FILES].1, r#"{"Records":[]}"#);
+    for (_, body) in &sent[..SAMPLE_FILES] {
         let Payload::Direct(d) = parse(&serde_json::from_str(body).unwrap()).unwrap() else {
             panic!("{body}")
         };
@@ -181,4 +182,56 @@ async fn without_a_decode_queue_missed_files_are_applied_here_and_a_rerun_finds_
         again["reprocess"]["tables_committed"].as_array().unwrap().is_empty(),
         "{again}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_files_still_quarantined_stay_and_the_others_go_back() {
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().join("data");
+    let table = data.join("dms-bucket/dms/mysql/shop/customers");
+    std::fs::create_dir_all(&table).unwrap();
+    std::fs::write(
+        table.join("20240601-000000000.csv"),
+        "I,1,a,b,1.00,2024-01-01 00:00:00\n",
+    )
+    .unwrap();
+    std::fs::write(
+        table.join("20240601-000000001.csv"),
+        "X,1,a,b,1.00,2024-01-01 00:00:00\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(repo().join("events/config.yaml"))
+        .unwrap()
+        .replace(".local/", &format!("{}/", out.path().display()))
+        .replace("events/data/", &format!("{}/", data.display()));
+    let config = Arc::new(Config::from_text(&text).unwrap());
+    let queues = Arc::new(Memory::default());
+    let body = |name: &str| {
+        json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": "dms-bucket"}, "object": {"key": format!("dms/mysql/shop/customers/{name}")}}}]})
+        .to_string()
+    };
+    for name in ["20240601-000000000.csv", "20240601-000000001.csv"] {
+        queues.waiting.lock().unwrap().push(("dlq".into(), body(name)));
+    }
+    let settings = Settings {
+        redrive: vec![("dlq".into(), "decode".into())],
+        ..Settings::default()
+    };
+    let s = State::new(config, queues.clone(), settings);
+    let r = handle(&s, json!({})).await.unwrap();
+    // The bad file was decoded here (its event looked lost) and quarantined: its dead letter stays.
+    assert_eq!(r["reprocess"]["files_requeued"], 2, "{r}");
+    assert_eq!(r["redriven"][0]["messages"], 1, "{r}");
+    assert_eq!(r["redriven"][0]["kept"], 1, "{r}");
+    let waiting = queues.waiting.lock().unwrap().clone();
+    assert_eq!(waiting.len(), 1);
+    assert!(waiting[0].1.contains("20240601-000000001.csv"));
+    let sent = queues.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].1.contains("20240601-000000000.csv"));
+    assert!(out
+        .path()
+        .join("lake-bucket/_dms2delta/quarantine/dms-bucket/dms/mysql/shop/customers/20240601-000000001.csv.error.json")
+        .is_file());
 }
