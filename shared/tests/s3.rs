@@ -71,6 +71,7 @@ async fn the_pipeline_on_s3_matches_the_source_and_an_independent_reader_agrees(
     let commits = lab.pipeline.commit_all().await.unwrap();
     assert!(commits.iter().any(|m| m.created_table));
     lab.check().await.unwrap();
+    lab.check_log().await.unwrap();
     if !support::skip_python() {
         lab.check_with_python().unwrap();
     }

@@ -116,18 +116,8 @@ impl<'a> DecodeBuilder<'a> {
         self
     }
 
-    async fn run(mut self) -> Result<DecodeOutcome> {
+    async fn run(self) -> Result<DecodeOutcome> {
         let started = Instant::now();
-        if self.etag.is_none() {
-            // The change set id names the object version; without an event's ETag, ask for it,
-            // so the id matches what a listing of the bucket shows (reprocess relies on that).
-            // A failure here is reported by the download below.
-            if let (Ok(store), Ok(path)) = (self.stores.bucket(&self.bucket), object_path(&self.key)) {
-                if let Ok(meta) = store.head(&path).await {
-                    self.etag = meta.e_tag;
-                }
-            }
-        }
         let file_uri = format!("s3://{}/{}", self.bucket, self.key);
         match self.decode(&file_uri, started).await {
             Err(e) if e.is_quarantine() => {
@@ -193,11 +183,11 @@ impl<'a> DecodeBuilder<'a> {
             None => tempfile::NamedTempFile::new(),
         }
         .map_err(Error::io("create spool file"))?;
-        let bytes_read = match self
+        let (bytes_read, object_etag) = match self
             .download(store.as_ref(), &path, spool.path(), limits.max_file_bytes)
             .await
         {
-            Ok(n) => n,
+            Ok(got) => got,
             Err(Error::Gone { .. }) => {
                 tracing::warn!(stage = "decode", file = %file_uri, "object no longer exists (deleted after the event, e.g. by a table truncate)");
                 return Ok(skip("object no longer exists"));
@@ -243,7 +233,11 @@ impl<'a> DecodeBuilder<'a> {
         let tables: Vec<TableChanges> = decoded.map_err(|p| bad(p, table_name.as_deref()))?;
 
         let (staging, root) = self.stores.resolve(&self.config.staging)?;
-        let id = change_set_id(&self.bucket, &self.key, self.etag.as_deref());
+        // The change set is named after the object version decoded: the ETag the GET returned
+        // (the event's when the store has none), so it matches what a listing shows on every
+        // store (reprocess compares the two) and follows an object overwritten since its event.
+        let etag = object_etag.or_else(|| self.etag.clone());
+        let id = change_set_id(&self.bucket, &self.key, etag.as_deref());
         let mut metrics = DecodeMetrics {
             file: file_uri.to_string(),
             bytes_read,
@@ -261,7 +255,7 @@ impl<'a> DecodeBuilder<'a> {
                 let p = change_set_path(&root, &t.spec, &id);
                 let meta = ChangeSetMeta {
                     source_file: file_uri.to_string(),
-                    etag: self.etag.clone(),
+                    etag: etag.clone(),
                     table: name,
                     rows_in: t.rows_in,
                 };
@@ -282,9 +276,10 @@ impl<'a> DecodeBuilder<'a> {
         path: &object_store::path::Path,
         to: &std::path::Path,
         max: u64,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Option<String>)> {
         let loc = format!("s3://{}/{}", self.bucket, self.key);
         let got = store.get(path).await.map_err(Error::storage("get", &loc))?;
+        let etag = got.meta.e_tag.clone();
         let mut stream = got.into_stream();
         let mut out = tokio::fs::File::create(to)
             .await
@@ -299,7 +294,7 @@ impl<'a> DecodeBuilder<'a> {
             out.write_all(&chunk).await.map_err(Error::io("write spool file"))?;
         }
         out.flush().await.map_err(Error::io("write spool file"))?;
-        Ok(n)
+        Ok((n, etag))
     }
 }
 

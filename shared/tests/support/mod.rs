@@ -222,6 +222,18 @@ impl Lab {
                     if action.as_object().map(|o| o.len()) != Some(1) {
                         return Err(format!("{name} v{v}: not one action per line: {line}"));
                     }
+                    // The minimum protocol, which Athena, Spark and DuckDB all read: no reader
+                    // or writer features (deletion vectors, timestamp_ntz, column mapping).
+                    if let Some(p) = action.get("protocol") {
+                        let (r, w) = (p["minReaderVersion"].as_u64(), p["minWriterVersion"].as_u64());
+                        if r > Some(1)
+                            || w > Some(2)
+                            || p.get("readerFeatures").is_some()
+                            || p.get("writerFeatures").is_some()
+                        {
+                            return Err(format!("{name} v{v}: protocol above reader 1 / writer 2: {p}"));
+                        }
+                    }
                 }
                 versions.push(v);
             }
