@@ -3,6 +3,9 @@
 //! server exits when its standard input, held by this process, closes). Self-contained, so the
 //! event-driven tests of the functions (the `tests/` crate) include the same file.
 
+// Each test binary including this file uses a different part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,11 +78,6 @@ impl Moto {
     }
 
     /// The `storage:` block that reaches this endpoint, as a user would write it.
-    /// An `Authorization` header moto accepts for S3 calls: it does not check signatures, and
-    /// refuses anonymous reads.
-    pub const UNSIGNED_S3_AUTH: &str =
-        "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
-
     pub fn storage_yaml(&self) -> String {
         storage_yaml(&self.url)
     }
