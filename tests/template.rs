@@ -103,3 +103,91 @@ fn every_alarm_reaches_the_topic_reprocess_listens_to() {
     let events = format!("{:?}", t["Resources"]["ReprocessFunction"]["Properties"]["Events"]);
     assert!(events.contains("AlarmTopic") && events.contains("Schedule"), "{events}");
 }
+
+/// The value of a `!Sub [text, vars]` or `!Sub text` as YAML gives it back.
+fn sub_text(v: &Value) -> String {
+    match v {
+        Value::Tagged(t) => match &t.value {
+            Value::String(s) => s.clone(),
+            Value::Sequence(seq) => seq[0].as_str().unwrap().to_string(),
+            other => panic!("{other:?}"),
+        },
+        Value::String(s) => s.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every `.metric("Name", …)` the functions emit.
+fn emitted_metrics() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for f in ["decode", "commit", "compact", "reprocess"] {
+        let src = std::fs::read_to_string(repo().join(format!("functions/{f}/src/handler.rs"))).unwrap();
+        for piece in src.split(".metric(\"").skip(1) {
+            out.insert(piece.split('"').next().unwrap().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn alarms_and_the_dashboard_read_metrics_the_functions_emit() {
+    let t = template();
+    let emitted = emitted_metrics();
+    assert!(
+        emitted.contains("ReplicationLagSeconds") && emitted.contains("RowsInserted"),
+        "{emitted:?}"
+    );
+    let resources = t["Resources"].as_mapping().unwrap();
+    for (name, r) in resources {
+        let p = &r["Properties"];
+        if r["Type"].as_str() == Some("AWS::CloudWatch::Alarm")
+            && format!("{:?}", p["Namespace"]).contains("MetricsNamespace")
+        {
+            let metric = p["MetricName"].as_str().unwrap();
+            assert!(
+                emitted.contains(metric),
+                "{name:?} watches {metric}, which no function emits"
+            );
+        }
+    }
+    // The dashboard body is JSON once substituted, and names only emitted metrics.
+    let body = sub_text(&t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]);
+    let mut text = String::new();
+    let mut rest = body.as_str();
+    while let Some(i) = rest.find("${") {
+        text.push_str(&rest[..i]);
+        let end = rest[i..].find('}').unwrap();
+        text.push_str(if rest[i + 2..i + end].contains("Threshold") {
+            "900"
+        } else {
+            "x"
+        });
+        rest = &rest[i + end + 1..];
+    }
+    text.push_str(rest);
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let widgets = dashboard["widgets"].as_array().unwrap();
+    assert!(widgets.len() >= 5);
+    for piece in text.split("MetricName=\\\"").skip(1) {
+        let metric = piece.split('\\').next().unwrap();
+        assert!(
+            emitted.contains(metric),
+            "the dashboard searches {metric}, which no function emits"
+        );
+    }
+}
+
+#[test]
+fn every_alarm_has_a_runbook_section() {
+    let runbook = std::fs::read_to_string(repo().join("docs/runbook.md")).unwrap();
+    let t = template();
+    for (name, r) in t["Resources"].as_mapping().unwrap() {
+        if r["Type"].as_str() == Some("AWS::CloudWatch::Alarm") {
+            let name = name.as_str().unwrap();
+            assert!(
+                runbook.contains(&format!("\n## {name}\n")),
+                "docs/runbook.md has no section for {name}"
+            );
+        }
+    }
+}

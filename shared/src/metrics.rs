@@ -53,10 +53,12 @@ impl Emf {
     }
 
     pub fn to_value(&self, timestamp_ms: i64) -> Value {
-        let dims: Vec<&str> = if self.table.is_some() {
-            vec!["Function", "Table"]
+        // Per table, and per function across tables: alarms need one series per function
+        // (a CloudWatch alarm cannot search over every table's series).
+        let dims: Vec<Vec<&str>> = if self.table.is_some() {
+            vec![vec!["Function", "Table"], vec!["Function"]]
         } else {
-            vec!["Function"]
+            vec![vec!["Function"]]
         };
         let defs: Vec<Value> = self
             .metrics
@@ -68,7 +70,7 @@ impl Emf {
             "_aws".into(),
             json!({
                 "Timestamp": timestamp_ms,
-                "CloudWatchMetrics": [{"Namespace": self.namespace, "Dimensions": [dims], "Metrics": defs}]
+                "CloudWatchMetrics": [{"Namespace": self.namespace, "Dimensions": dims, "Metrics": defs}]
             }),
         );
         root.insert("Function".into(), json!(self.function));
@@ -105,7 +107,7 @@ mod tests {
             .to_value(1_700_000_000_000);
         let cw = &v["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(cw["Namespace"], "dms2delta");
-        assert_eq!(cw["Dimensions"][0], json!(["Function", "Table"]));
+        assert_eq!(cw["Dimensions"], json!([["Function", "Table"], ["Function"]]));
         assert_eq!(cw["Metrics"][0], json!({"Name": "RowsIn", "Unit": "Count"}));
         assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000i64);
         assert_eq!(v["RowsIn"], 10.0);
@@ -114,5 +116,12 @@ mod tests {
         for m in cw["Metrics"].as_array().unwrap() {
             assert!(v.get(m["Name"].as_str().unwrap()).is_some());
         }
+        let untabled = Emf::new("ns", "reprocess")
+            .metric("FilesMissing", Unit::Count, 1.0)
+            .to_value(0);
+        assert_eq!(
+            untabled["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Function"]])
+        );
     }
 }
