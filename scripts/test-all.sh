@@ -17,6 +17,12 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 export DMS2DELTA_PYTHON="$VENV/bin/python"
 
+CHECKOV_VENV="${DMS2DELTA_CHECKOV_VENV:-$HOME/.cache/dms2delta-checkov}"
+if [ ! -x "$CHECKOV_VENV/bin/python" ]; then
+  python3 -m venv "$CHECKOV_VENV"
+fi
+"$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-checkov.txt
+
 step "rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
@@ -33,6 +39,9 @@ step "template.yaml: cfn-lint, sam validate --lint, sam validate (offline; they 
 "$VENV/bin/cfn-lint" template.yaml
 SAM_CLI_TELEMETRY=0 "$VENV/bin/sam" validate --lint --template template.yaml
 SAM_CLI_TELEMETRY=0 "$VENV/bin/sam" validate --region us-east-1 --template template.yaml
+
+step "template.yaml: security scan (checkov; every finding fixed or justified inline)"
+"$CHECKOV_VENV/bin/checkov" -f template.yaml --framework cloudformation --compact --quiet --skip-download
 
 step "cargo test"
 export DMS2DELTA_CONVERGENCE_CASES="${DMS2DELTA_CONVERGENCE_CASES:-100}"
