@@ -185,7 +185,7 @@ pub struct Deduper {
     converter: RowConverter,
     batches: Vec<RecordBatch>,
     retained: usize,
-    map: HashMap<Key, Entry>,
+    map: HashMap<Key, Entry, foldhash::fast::RandomState>,
     rows_in: u64,
 }
 
@@ -215,7 +215,7 @@ impl Deduper {
             converter,
             batches: Vec::new(),
             retained: 0,
-            map: HashMap::new(),
+            map: HashMap::default(),
             rows_in: 0,
         })
     }
@@ -408,7 +408,7 @@ impl Deduper {
         }
         let survivors = self.survivors();
         // Only the positions matter from here on: free the key map before building the output.
-        self.map = HashMap::new();
+        self.map = HashMap::default();
         gather(&self.schema, std::mem::take(&mut self.batches), &survivors).map(Some)
     }
 }
