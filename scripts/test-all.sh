@@ -32,8 +32,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "sample events are up to date"
+step "sample events and the bad-input corpus are up to date"
 python3 events/generate.py --check
+"$VENV/bin/python" tests/bad-input/generate.py --check
 
 step "template.yaml: cfn-lint, sam validate --lint, sam validate (offline; they catch different mistakes)"
 "$VENV/bin/cfn-lint" template.yaml

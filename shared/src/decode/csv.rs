@@ -105,7 +105,18 @@ pub(super) fn decode<R: Read>(
                                 .map(str::to_string),
                         },
                     };
-                    single.insert(TableDecoder::new(spec.clone(), settings, layout, ctx)?)
+                    let decoder = TableDecoder::new(spec.clone(), settings, layout, ctx).map_err(|e| {
+                        // Binary junk has no meaningful field count: call it what it is.
+                        if e.kind == BadInputKind::FieldCount && std::str::from_utf8(record.as_slice()).is_err() {
+                            InputProblem::new(
+                                BadInputKind::InvalidUtf8,
+                                format!("line {line}: not UTF-8 text (a binary file, or gzip that lost its header?)"),
+                            )
+                        } else {
+                            e
+                        }
+                    })?;
+                    single.insert(decoder)
                 }
             };
             dec.push(&record, line, row, ctx, settings)?;
