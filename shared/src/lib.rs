@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod faults;
+pub mod fuzzing;
 #[cfg(feature = "delta")]
 pub mod lake;
 pub mod metrics;
