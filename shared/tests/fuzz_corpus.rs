@@ -43,10 +43,10 @@ fn the_decoder_survives_every_seed_under_every_layout() {
     assert!(seeds.len() > 40, "{}", seeds.len());
     let mut decoded = 0;
     for (name, bytes) in &seeds {
-        for which in 0..KEYS.len() {
+        for (which, key) in KEYS.iter().enumerate() {
             // A panic fails the test with the input's name in the message.
             let ok = std::panic::catch_unwind(|| decode_bytes(which, bytes))
-                .unwrap_or_else(|_| panic!("decoder panicked on {name} as {}", KEYS[which]));
+                .unwrap_or_else(|_| panic!("decoder panicked on {name} as {key}"));
             decoded += usize::from(ok);
         }
     }
