@@ -389,10 +389,15 @@ impl TableDecoder {
             Some(p) => match text(p)? {
                 o @ ("I" | "U" | "D") => o,
                 other => {
-                    let shown: String = other.chars().take(8).collect();
+                    // A wrong layout puts row data here: name a letter, never echo the value.
+                    let shown = if other.chars().count() <= 2 {
+                        format!("`{other}`")
+                    } else {
+                        format!("a field of {} characters", other.chars().count())
+                    };
                     return Err(InputProblem::new(
                         BadInputKind::UnknownOp,
-                        format!("line {line}: Op `{shown}` is not I, U or D"),
+                        format!("line {line}: Op {shown} is not I, U or D"),
                     ));
                 }
             },
