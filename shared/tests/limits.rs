@@ -62,7 +62,11 @@ async fn a_field_of_several_megabytes_replicates_when_the_limit_allows_it() {
 fn a_configuration_of_3000_tables_loads_and_routes_quickly() {
     let mut text = String::from("lake: /l\nstaging: /s\nquarantine: /q\nsources:\n");
     for s in 0..3 {
-        writeln!(text, "  - name: src{s}\n    bucket: dms\n    bucket_folder: src{s}\n    tables:").unwrap();
+        writeln!(
+            text,
+            "  - name: src{s}\n    bucket: dms\n    bucket_folder: src{s}\n    tables:"
+        )
+        .unwrap();
         for t in 0..1000 {
             writeln!(text, "      - {{ schema: app, table: t{t}, keys: [id] }}").unwrap();
         }
