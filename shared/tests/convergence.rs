@@ -5,44 +5,13 @@
 
 mod support;
 
-use dms2delta::failpoint::Failpoints;
-use dms2delta::operations::decode::DecodeOutcome;
 use dms2delta::sim::SimOptions;
 use support::converge::run_case;
 use support::{Lab, On};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_order_delivery_converges_and_an_independent_reader_agrees() {
-    let lab = Lab::new(&SimOptions::default(), None);
-    for f in &lab.sim.files {
-        let out = lab
-            .pipeline
-            .decode(&lab.bucket, &f.key, Some("e".into()), Failpoints::default())
-            .await
-            .unwrap();
-        assert!(matches!(out, DecodeOutcome::Staged(_)), "{}: {out:?}", f.key);
-    }
-    let commits = lab.pipeline.commit_all().await.unwrap();
-    assert!(!commits.is_empty());
-    lab.check().await.unwrap();
-    if !support::skip_python() {
-        lab.check_with_python().unwrap();
-    }
-    // Applying everything again changes nothing.
-    for f in &lab.sim.files {
-        lab.pipeline
-            .decode(&lab.bucket, &f.key, Some("e2".into()), Failpoints::default())
-            .await
-            .unwrap();
-    }
-    let again = lab.pipeline.commit_all().await.unwrap();
-    assert!(
-        again
-            .iter()
-            .all(|m| m.rows_inserted + m.rows_updated + m.rows_deleted == 0),
-        "{again:?}"
-    );
-    lab.check().await.unwrap();
+    Lab::new(&SimOptions::default(), None).in_order_twice().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

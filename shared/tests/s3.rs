@@ -59,37 +59,7 @@ async fn the_endpoint_enforces_conditional_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_on_s3_matches_the_source_and_an_independent_reader_agrees() {
-    let lab = Lab::on_s3(&SimOptions::default(), None).await;
-    for f in &lab.sim.files {
-        let out = lab
-            .pipeline
-            .decode(&lab.bucket, &f.key, Some("e".into()), Failpoints::default())
-            .await
-            .unwrap();
-        assert!(matches!(out, DecodeOutcome::Staged(_)), "{}: {out:?}", f.key);
-    }
-    let commits = lab.pipeline.commit_all().await.unwrap();
-    assert!(commits.iter().any(|m| m.created_table));
-    lab.check().await.unwrap();
-    lab.check_log().await.unwrap();
-    if !support::skip_python() {
-        lab.check_with_python().unwrap();
-    }
-    // The same files delivered again change nothing.
-    for f in &lab.sim.files {
-        lab.pipeline
-            .decode(&lab.bucket, &f.key, Some("e".into()), Failpoints::default())
-            .await
-            .unwrap();
-    }
-    let again = lab.pipeline.commit_all().await.unwrap();
-    assert!(
-        again
-            .iter()
-            .all(|m| m.rows_inserted + m.rows_updated + m.rows_deleted == 0),
-        "{again:?}"
-    );
-    lab.check().await.unwrap();
+    Lab::on_s3(&SimOptions::default(), None).await.in_order_twice().await;
 }
 
 /// Eight committers per table, three tables at once, released together after every few files:
