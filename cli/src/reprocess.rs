@@ -24,8 +24,8 @@ pub struct ReprocessArgs {
     #[arg(long, value_name = "NAME")]
     pub table: Option<String>,
 
-    /// Only DMS files (and quarantine reports) written at or after this time (RFC 3339, e.g.
-    /// 2026-11-27T00:00:00Z).
+    /// Look for lost events only among DMS files written at or after this time (RFC 3339, e.g.
+    /// 2026-11-27T00:00:00Z); quarantined files are tried again whatever their age.
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
 

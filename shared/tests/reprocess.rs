@@ -84,6 +84,14 @@ async fn lost_events_waiting_change_sets_and_fixed_quarantine_are_recovered(on: 
     assert_eq!(versions(&lab).await, before);
     assert_eq!(quarantine_reports(&lab).await, reports);
 
+    // A time window bounds the search for lost events, never the quarantined files.
+    let later = ReprocessBuilder::new(strict.config.clone(), &strict.stores)
+        .with_dry_run(true)
+        .with_since(Some(chrono::Utc::now() + chrono::Duration::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!((later.files_listed, later.quarantined), (0, reports), "{later:?}");
+
     // With the wrong setting still in place, quarantined files stay quarantined.
     let still = reprocess(&strict, false).await;
     assert_eq!(still.files_requeued, lost, "{still:?}");

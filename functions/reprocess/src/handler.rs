@@ -116,7 +116,8 @@ impl State {
 pub struct Request {
     /// Only this table (`namespace.schema.table`).
     pub table: Option<String>,
-    /// Only files written at or after this time (RFC 3339). Default: everything.
+    /// Look for lost events only among files written at or after this time (RFC 3339).
+    /// Default: every file. Quarantined files are tried whatever their age.
     pub since: Option<String>,
     /// Report only.
     #[serde(default)]

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::failpoint::Failpoints;
 use crate::operations::commit::{applied_change_sets, CommitChangesBuilder};
 use crate::operations::decode::{DecodeBuilder, DecodeOutcome};
-use crate::quarantine::{list_reports, report_path};
+use crate::quarantine::list_reports;
 use crate::route::{route, Route};
 use crate::stage::{change_set_id, parse_change_set_path};
 use crate::storage::Stores;
@@ -58,17 +58,18 @@ pub trait Requeue: Send + Sync {
     async fn requeue(&self, object: &SourceObject) -> Result<bool>;
 }
 
-/// Decodes in this process (local runs, and on AWS when no decode queue is configured).
+/// Decodes in this process (local runs, and on AWS when no decode queue is configured): what
+/// the builder uses when it is given no other [`Requeue`].
 #[derive(Debug, Clone)]
-pub struct InProcess {
+pub struct InProcess<'a> {
     pub config: Arc<Validated>,
-    pub stores: Arc<Stores>,
+    pub stores: &'a Stores,
 }
 
 #[async_trait]
-impl Requeue for InProcess {
+impl Requeue for InProcess<'_> {
     async fn requeue(&self, o: &SourceObject) -> Result<bool> {
-        DecodeBuilder::new(self.config.clone(), &self.stores)
+        DecodeBuilder::new(self.config.clone(), self.stores)
             .with_object(o.bucket.clone(), o.key.clone())
             .with_etag(o.etag.clone())
             .await?;
@@ -149,7 +150,8 @@ impl<'a> ReprocessBuilder<'a> {
         self
     }
 
-    /// Only DMS objects written (and reports written) at or after this time.
+    /// Only DMS objects written at or after this time are checked for lost events (bounds the
+    /// listing work); quarantined files are tried again whatever their age.
     pub fn with_since(mut self, since: Option<DateTime<Utc>>) -> Self {
         self.since = since;
         self
@@ -223,14 +225,8 @@ impl<'a> ReprocessBuilder<'a> {
         let reports: Vec<_> = list_reports(qstore.as_ref(), &qroot)
             .await?
             .into_iter()
+            // Every report, however old: a fix can come at any time, and reports are few.
             .filter(|(_, r)| r.table.as_deref().is_none_or(|t| self.selected(t)))
-            .filter(|(_, r)| {
-                self.recent(
-                    DateTime::parse_from_rfc3339(&r.time)
-                        .ok()
-                        .map(|t| t.with_timezone(&Utc)),
-                )
-            })
             .collect();
         let quarantined: HashSet<(String, String)> =
             reports.iter().map(|(_, r)| (r.bucket.clone(), r.key.clone())).collect();
@@ -322,6 +318,11 @@ impl<'a> ReprocessBuilder<'a> {
         m.quarantined = reports.len();
 
         let mut budget = self.max_files;
+        let here = InProcess {
+            config: config.clone(),
+            stores: self.stores,
+        };
+        let requeue: &dyn Requeue = self.requeue.unwrap_or(&here);
         if !self.dry_run {
             for o in &missing {
                 if budget == 0 {
@@ -329,10 +330,7 @@ impl<'a> ReprocessBuilder<'a> {
                     continue;
                 }
                 budget -= 1;
-                let decoded_now = match self.requeue {
-                    Some(r) => r.requeue(o).await?,
-                    None => decode_here(&config, self.stores, o).await?,
-                };
+                let decoded_now = requeue.requeue(o).await?;
                 m.files_requeued += 1;
                 if decoded_now {
                     tracing::info!(stage = "reprocess", file = %o.uri(), "missing file decoded");
@@ -359,8 +357,9 @@ impl<'a> ReprocessBuilder<'a> {
                         .await;
                     match outcome {
                         Ok(DecodeOutcome::Quarantined { .. }) => m.quarantine_still_bad += 1,
+                        // Decoded now, or skipped (the object is gone, or its table is no longer
+                        // selected): either way the report describes nothing left to fix.
                         Ok(_) => {
-                            // Decoded now: the report no longer describes the file.
                             qstore
                                 .delete(path)
                                 .await
@@ -378,10 +377,6 @@ impl<'a> ReprocessBuilder<'a> {
                                 m.recovered.push(o.uri());
                             }
                             tracing::info!(stage = "reprocess", file = %o.uri(), "quarantined file decoded after all");
-                        }
-                        // The object is gone: nothing left to recover.
-                        Err(Error::Gone { .. }) => {
-                            let _ = qstore.delete(&report_path(&qroot, &r.bucket, &r.key)).await;
                         }
                         Err(e) => return Err(e),
                     }
@@ -439,14 +434,6 @@ impl<'a> IntoFuture for ReprocessBuilder<'a> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
     }
-}
-
-async fn decode_here(config: &Arc<Validated>, stores: &Stores, o: &SourceObject) -> Result<bool> {
-    DecodeBuilder::new(config.clone(), stores)
-        .with_object(o.bucket.clone(), o.key.clone())
-        .with_etag(o.etag.clone())
-        .await?;
-    Ok(true)
 }
 
 /// Full-load files first, so a table's history is rebuilt in DMS's order.
