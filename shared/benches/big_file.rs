@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod util;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -37,17 +39,6 @@ fn write_file(path: &Path, mb: u64) -> u64 {
     rows
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib / 1024.0
-}
-
 fn child(path: &Path) {
     let config = Config::from_text(CONFIG).unwrap();
     let Route::File(routed) = route(&config, "b", KEY).unwrap() else {
@@ -71,7 +62,10 @@ fn child(path: &Path) {
         .filter_map(|t| t.batch.as_ref())
         .map(|b| b.num_rows() as u64)
         .sum();
-    println!("RESULT {rows_in} {rows_out} {secs:.2} {:.1}", peak_rss_mib());
+    println!(
+        "RESULT {rows_in} {rows_out} {secs:.2} {:.1}",
+        util::peak_rss_kib().unwrap() as f64 / 1024.0
+    );
 }
 
 fn main() {

@@ -16,6 +16,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod util;
+
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
@@ -37,6 +39,7 @@ use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{WriterProperties, WriterVersion};
+use util::{env_usize, group, mib, peak_rss_kib};
 
 const ENV_CASE: &str = "DMS2DELTA_BENCH_CASE";
 const ENV_DIR: &str = "DMS2DELTA_BENCH_DIR";
@@ -91,17 +94,6 @@ impl Case {
 
     fn from_id(s: &str) -> Option<Case> {
         Case::ALL.into_iter().find(|c| c.id() == s)
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
-        Err(_) => default,
     }
 }
 
@@ -293,23 +285,6 @@ fn parse_result(case: Case, stdout: &str) -> Option<Measured> {
     Some(m)
 }
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-/// `1234567` -> `1,234,567`.
-fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------------
 // Child: run one case a few times, print one RESULT line.
 
@@ -378,18 +353,6 @@ fn decode(config: &Validated, ext: &str, dir: &Path) -> (u64, u64) {
         .map(|b| b.num_rows() as u64)
         .sum();
     (rows_in, rows_out)
-}
-
-/// Peak resident set size of this process so far, from Linux's `/proc/self/status`.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn bench_config(dir: &Path) -> Validated {

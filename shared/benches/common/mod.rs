@@ -28,6 +28,10 @@ use dms2delta::stage::{change_set_id, change_set_path, write_change_set, ChangeS
 use dms2delta::storage::{Location, Stores};
 use dms2delta::types::UTC;
 
+#[path = "../util/mod.rs"]
+mod util;
+pub use util::{env_usize, group, mib, peak_rss_kib};
+
 pub const ENV_CASE: &str = "DMS2DELTA_BENCH_CASE";
 pub const ENV_DIR: &str = "DMS2DELTA_BENCH_DIR";
 
@@ -42,17 +46,6 @@ const BATCH_ROWS: usize = 65_536;
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
-
-pub fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
-        Err(_) => default,
-    }
-}
 
 /// A comma-separated list of numbers (`100000,1_000_000`).
 pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
@@ -71,41 +64,12 @@ pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     }
 }
 
-/// `1234567` -> `1,234,567`.
-pub fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-pub fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
 pub fn verdict(met: bool) -> &'static str {
     if met {
         "MET"
     } else {
         "NOT MET"
     }
-}
-
-/// Peak resident set size of this process so far, from Linux's `/proc/self/status`.
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 pub fn rss_text(kib: Option<u64>) -> String {
