@@ -5,6 +5,7 @@
 //! `stage` writes for the commit stage. Nothing here depends on Lambda types.
 
 pub mod bootstrap;
+pub mod catalog;
 pub mod changes;
 pub mod config;
 pub mod decode;

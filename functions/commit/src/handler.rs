@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+use dms2delta::catalog::CatalogSync;
 use dms2delta::config::Validated;
 use dms2delta::events::{parse, ObjectEvent, ObjectEventKind, Payload};
 use dms2delta::metrics::{Emf, Unit};
@@ -17,12 +18,23 @@ use serde_json::{json, Value};
 pub struct State {
     pub config: Arc<Validated>,
     pub stores: Stores,
+    /// Where tables are registered for Athena, when a catalog database is configured.
+    pub catalog: Option<CatalogSync>,
 }
 
 impl State {
     pub fn new(config: Arc<Validated>) -> State {
         let stores = Stores::new(config.config.storage.clone());
-        State { config, stores }
+        State {
+            config,
+            stores,
+            catalog: None,
+        }
+    }
+
+    pub fn with_catalog(mut self, catalog: CatalogSync) -> State {
+        self.catalog = Some(catalog);
+        self
     }
 }
 
@@ -103,7 +115,13 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
                     .emit();
             }
         }
-        *slot = Some(res.map_err(|e| e.to_string()));
+        let mut res = res.map_err(|e| e.to_string());
+        if let (Ok(m), Some(catalog)) = (&res, &state.catalog) {
+            if let Err(e) = follow_in_catalog(state, catalog, id, m).await {
+                res = Err(e);
+            }
+        }
+        *slot = Some(res);
     }
     let failed = |ids: &Result<Vec<TableId>, String>| match ids {
         Err(_) => true,
@@ -136,6 +154,38 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
                 Err(format!("commit failed: {}", Value::Array(summary)).into())
             } else {
                 Ok(json!({ "tables": summary }))
+            }
+        }
+    }
+}
+
+/// Registers the table or its new schema. The commit has landed whatever happens here; a
+/// failure a retry can fix fails the table's messages so the queue brings them back (the next
+/// commit, even an empty one, syncs again), and one it cannot fix is logged and counted
+/// (`CatalogErrors`, alarmed) without holding up replication.
+async fn follow_in_catalog(
+    state: &State,
+    catalog: &CatalogSync,
+    id: &TableId,
+    m: &CommitMetrics,
+) -> Result<(), String> {
+    let namespace = &state.config.config.metrics.namespace;
+    match catalog.follow(&state.config, (&id.0, &id.1, &id.2), m).await {
+        Ok(Some(change)) => {
+            tracing::info!(stage = "commit", table = %m.table, database = catalog.database(), change = %change, "catalog in step");
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::error!(stage = "commit", table = %m.table, database = catalog.database(), retryable = e.is_retryable(), error = %e, "catalog registration failed");
+            Emf::new(namespace, "commit")
+                .with_table(&m.table)
+                .metric("CatalogErrors", Unit::Count, 1.0)
+                .emit();
+            if e.is_retryable() {
+                Err(e.to_string())
+            } else {
+                Ok(())
             }
         }
     }

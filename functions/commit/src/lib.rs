@@ -2,3 +2,4 @@
 //! event-driven end-to-end tests drive the same handler from SQS queues on the local endpoint.
 
 pub mod handler;
+pub mod glue;
