@@ -60,12 +60,13 @@ DAILY_VOLUMES = [1_000_000, 10_000_000, 100_000_000]
 # name: (label, colour, line style); decode-only stages dashed.
 PIPELINES = {
     "dms2delta": ("dms2delta (Rust Lambdas, end to end)", "tab:blue", "-"),
+    "dms2delta_group": ("dms2delta, 10 files per commit (end to end)", "tab:purple", "-"),
     "python": ("Python Lambda + deltalake (end to end)", "tab:orange", "-"),
     "dms2delta_decode": ("dms2delta decode stage", "tab:green", "--"),
     "spark_decode": ("PySpark decode, local[2] (Glue-style)", "tab:red", "--"),
 }
-PEER = {"dms2delta": "python", "dms2delta_decode": "spark_decode"}
-LAMBDAS = ["dms2delta", "python"]
+PEER = {"dms2delta": "python", "dms2delta_group": "python", "dms2delta_decode": "spark_decode"}
+LAMBDAS = ["dms2delta", "dms2delta_group", "python"]
 
 
 def measured(workload: dict, name: str) -> dict | None:
@@ -203,17 +204,17 @@ def costs(workloads: list[dict]) -> None:
           f"(at least 128 MB, at most {LAMBDA_MAX_MB:,} MB); billed time = measured seconds")
     print("  (warm invocations: no cold starts, no S3 transfer; Lambda's per-invocation rounding up to 1 ms not applied).")
     print()
-    print(f"{'workload':<12} {'pipeline':<10} {'secs':>9} {'peak MiB':>9} {'Lambda MB':>9} "
+    print(f"{'workload':<12} {'pipeline':<16} {'secs':>9} {'peak MiB':>9} {'Lambda MB':>9} "
           f"{'GB-s / M changes':>17} {'requests / M':>13} {'$ / M changes':>14}")
     for w in workloads:
         for name in LAMBDAS:
             p = measured(w, name)
             if not p:
-                print(f"{w['name']:<12} {name:<10} {status(w, name)}")
+                print(f"{w['name']:<12} {name:<16} {status(w, name)}")
                 continue
             c = lambda_cost(w, p)
             over = "  (over Lambda's memory limit)" if c["mb"] > LAMBDA_MAX_MB else ""
-            print(f"{w['name']:<12} {name:<10} {p['secs']:>9.3f} {p['maxrss_kib'] / 1024:>9,.0f} {c['mb']:>9,} "
+            print(f"{w['name']:<12} {name:<16} {p['secs']:>9.3f} {p['maxrss_kib'] / 1024:>9,.0f} {c['mb']:>9,} "
                   f"{c['gb_s']:>17,.2f} {c['requests']:>13,.0f} {fmt(c['usd']):>14}{over}")
 
     print()
@@ -229,7 +230,8 @@ def costs(workloads: list[dict]) -> None:
           "linearly from its $ per M changes.")
     print()
     print(f"{'changes/day':>12} {'file size':>10}  {'Glue run s':>10} {'Glue $/month':>13}  "
-          f"{'dms2delta $/month':>17}  {'Python Lambda $/month':>21}  rates from workload (glue/dms2delta/python)")
+          f"{'dms2delta $/month':>17}  {'grouped $/month':>15}  {'Python Lambda $/month':>21}  "
+          "rates from workload (glue/dms2delta/grouped/python)")
     for volume in DAILY_VOLUMES:
         per_file = volume / DMS_FILES_PER_DAY
         row = f"{volume:>12,} {per_file:>10,.0f}  "
@@ -248,7 +250,7 @@ def costs(workloads: list[dict]) -> None:
             row += f"{'n/a':>10} {'n/a':>13}  "
             used.append("-")
 
-        for name, width in (("dms2delta", 17), ("python", 21)):
+        for name, width in (("dms2delta", 17), ("dms2delta_group", 15), ("python", 21)):
             w = closest(workloads, name, per_file)
             if w:
                 usd_per_m = lambda_cost(w, measured(w, name))["usd"]

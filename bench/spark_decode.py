@@ -19,7 +19,9 @@ order:
 Measured:
 - `startup_secs`: building the SparkSession (JVM launch included; Python imports not), timed
   apart because a Glue job pays it once per run, not per file;
-- `latencies`: per file, from the read to the end of the write; `secs` is their sum;
+- `latencies`: per file, from the read to the end of the write; `secs` is their sum. The first
+  file also pays the JVM's warm-up (class loading, JIT, code generation): seconds, where later
+  files of the same size take a fraction of that;
 - `maxrss_kib`: the peak RSS of the whole process tree (this Python driver plus the JVM that
   pyspark starts), polled every 50 ms with psutil: `ru_maxrss` would see only one process. RSS of
   several processes is summed, so pages they share count once per process.
@@ -31,7 +33,8 @@ pointed at stderr before Spark starts and the single final line
 
     RESULT {"files", "changes", "rows_out", "secs", "startup_secs", "latencies", "maxrss_kib"}
 
-is written to the original stdout, so it is the only and last line there.
+is written to the original stdout, so it is the only and last line there. Before it, Spark is
+stopped and its JVM waited for, so nothing of this run goes on using CPU after the process exits.
 
 DMS2DELTA_SPARK_DRIVER_MEMORY sets `spark.driver.memory` (default 2g; in local mode the driver
 is also the executor).

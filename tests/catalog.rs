@@ -156,7 +156,10 @@ async fn tables_are_registered_for_athena_and_follow_a_new_column() {
     let t = t.table().unwrap();
     let params = t.parameters().unwrap();
     assert_eq!(params.get("table_type").map(String::as_str), Some("DELTA"));
-    assert_eq!(params.get("spark.sql.sources.provider").map(String::as_str), Some("delta"));
+    assert_eq!(
+        params.get("spark.sql.sources.provider").map(String::as_str),
+        Some("delta")
+    );
     assert_eq!(params.get("dms2delta.table").map(String::as_str), Some("oracle.app.t0"));
     assert_eq!(t.table_type(), Some("EXTERNAL_TABLE"));
     let Location::S3 { bucket, prefix } = lab.config().lake.clone() else {
@@ -190,7 +193,11 @@ async fn tables_are_registered_for_athena_and_follow_a_new_column() {
     replicate(&lab, &fresh, &["dms/oracle/app/t0/20300101-000000000.parquet".into()])
         .await
         .unwrap();
-    assert_eq!(versions(&glue, &db, &name).await, before, "an unchanged schema was rewritten");
+    assert_eq!(
+        versions(&glue, &db, &name).await,
+        before,
+        "an unchanged schema was rewritten"
+    );
 
     // The source adds a column: the table and then its catalog entry gain it.
     let key = "dms/oracle/app/t0/20300101-000000001.parquet".to_string();
@@ -240,5 +247,8 @@ async fn a_catalog_mistake_is_reported_and_does_not_hold_up_replication() {
     let e = sync.sync(&want).await.unwrap_err();
     let text = e.to_string();
     assert!(!e.is_retryable(), "{text}");
-    assert!(text.contains("stage commit") && text.contains("oracle_app_t0") && text.contains("fix:"), "{text}");
+    assert!(
+        text.contains("stage commit") && text.contains("oracle_app_t0") && text.contains("fix:"),
+        "{text}"
+    );
 }

@@ -47,9 +47,7 @@ pub struct CatalogTable {
 
 impl CatalogTable {
     fn same_shape(&self, other: &CatalogTable) -> bool {
-        self.columns == other.columns
-            && self.partition_keys == other.partition_keys
-            && self.location == other.location
+        self.columns == other.columns && self.partition_keys == other.partition_keys && self.location == other.location
     }
 }
 
@@ -121,9 +119,7 @@ impl CatalogError {
         match self {
             CatalogError::Call { retryable, .. } => *retryable,
             CatalogError::AlreadyExists { .. } => true,
-            CatalogError::Foreign { .. } | CatalogError::NotOnS3 { .. } | CatalogError::UnsupportedType { .. } => {
-                false
-            }
+            CatalogError::Foreign { .. } | CatalogError::NotOnS3 { .. } | CatalogError::UnsupportedType { .. } => false,
         }
     }
 }

@@ -178,7 +178,14 @@ impl Catalog for Glue {
     }
 
     async fn update(&self, t: &CatalogTable) -> Result<(), CatalogError> {
-        let existing = match self.client.get_table().database_name(&t.database).name(&t.name).send().await {
+        let existing = match self
+            .client
+            .get_table()
+            .database_name(&t.database)
+            .name(&t.name)
+            .send()
+            .await
+        {
             Ok(out) => out.table().and_then(|t| t.parameters()).cloned().unwrap_or_default(),
             Err(e) => return Err(call_error("GetTable", (&t.database, &t.name), e)),
         };

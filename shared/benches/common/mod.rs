@@ -30,6 +30,7 @@ use dms2delta::types::UTC;
 
 #[path = "../util/mod.rs"]
 mod util;
+#[allow(unused_imports)] // each bench uses a different part
 pub use util::{env_usize, group, mib, peak_rss_kib};
 
 pub const ENV_CASE: &str = "DMS2DELTA_BENCH_CASE";

@@ -12,7 +12,11 @@ fn schema(extra: Option<Field>) -> Schema {
     let mut fields = vec![
         Field::new("id", DataType::Int64, true),
         Field::new("amount", DataType::Decimal128(12, 2), true),
-        Field::new("updated", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new(
+            "updated",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
         Field::new("region", DataType::Utf8, true),
         Field::new("_dms_seq", DataType::Utf8, true),
     ];
@@ -35,14 +39,21 @@ fn def(extra: Option<Field>, version: u64) -> CatalogTable {
 #[test]
 fn names_are_what_athena_takes_unquoted() {
     assert_eq!(catalog_name("pg", "public", "accounts"), "pg_public_accounts");
-    assert_eq!(catalog_name("ERP-2", "Sales Data", "Order$Lines"), "erp_2_sales_data_order_lines");
+    assert_eq!(
+        catalog_name("ERP-2", "Sales Data", "Order$Lines"),
+        "erp_2_sales_data_order_lines"
+    );
     assert_eq!(catalog_name("", "dbo", "t"), "dbo_t");
 }
 
 #[test]
 fn types_map_to_hive_names_and_partitions_become_partition_keys() {
     let d = def(None, 3);
-    let cols: Vec<(&str, &str)> = d.columns.iter().map(|c| (c.name.as_str(), c.type_name.as_str())).collect();
+    let cols: Vec<(&str, &str)> = d
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_name.as_str()))
+        .collect();
     assert_eq!(
         cols,
         [
@@ -52,7 +63,13 @@ fn types_map_to_hive_names_and_partitions_become_partition_keys() {
             ("_dms_seq", "string")
         ]
     );
-    assert_eq!(d.partition_keys, [CatalogColumn { name: "region".into(), type_name: "string".into() }]);
+    assert_eq!(
+        d.partition_keys,
+        [CatalogColumn {
+            name: "region".into(),
+            type_name: "string".into()
+        }]
+    );
     assert_eq!(d.location, "s3://lake/tables/pg/public/accounts");
     assert_eq!(d.lake_table.as_deref(), Some("pg.public.accounts"));
     let nested = DataType::Struct(Fields::from(vec![
@@ -66,8 +83,15 @@ fn types_map_to_hive_names_and_partitions_become_partition_keys() {
 
 #[test]
 fn a_local_table_or_an_undescribable_type_is_a_clear_error() {
-    let e = definition("db", ("a", "b", "c"), &Location::parse("/tmp/x").unwrap(), &schema(None), &[], None)
-        .unwrap_err();
+    let e = definition(
+        "db",
+        ("a", "b", "c"),
+        &Location::parse("/tmp/x").unwrap(),
+        &schema(None),
+        &[],
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, CatalogError::NotOnS3 { .. }) && !e.is_retryable());
     assert!(e.to_string().contains("fix:"), "{e}");
     let odd = Schema::new(vec![Field::new("h", DataType::Float16, true)]);
@@ -119,7 +143,10 @@ async fn a_catalog_table_someone_else_made_is_never_overwritten() {
         .await
         .unwrap_err();
     assert!(matches!(e, CatalogError::Foreign { .. }) && !e.is_retryable(), "{e}");
-    assert!(e.to_string().contains("s3://elsewhere/t") && e.to_string().contains("fix:"), "{e}");
+    assert!(
+        e.to_string().contains("s3://elsewhere/t") && e.to_string().contains("fix:"),
+        "{e}"
+    );
     assert_eq!(mem.table("lakehouse", "pg_public_accounts").unwrap(), theirs);
 }
 
