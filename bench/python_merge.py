@@ -31,6 +31,27 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 
+def apply_latest(dt: DeltaTable, latest: pa.Table, is_delete: pa.ChunkedArray, key: str) -> None:
+    """The recipe's two passes over the newest change per key: an upsert merge of the inserts and
+    updates, then a delete merge; a pass with no rows is skipped. Shared with
+    python_pipeline.py."""
+    q = '"' + key.replace('"', '""') + '"'
+    target = pa.schema(dt.schema().to_arrow())
+    # The table's columns, in the table's types (DuckDB hands strings and time zones back its way).
+    upserts = latest.filter(pc.invert(is_delete)).select(target.names).cast(target)
+    deletes = latest.filter(is_delete).select([key]).cast(pa.schema([target.field(key)]))
+    on = f"t.{q} = s.{q}"
+    if upserts.num_rows:
+        (
+            dt.merge(upserts, on, source_alias="s", target_alias="t")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+    if deletes.num_rows:
+        dt.merge(deletes, on, source_alias="s", target_alias="t").when_matched_delete().execute()
+
+
 def main() -> None:
     if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
@@ -54,26 +75,13 @@ def main() -> None:
     ).to_arrow_table()
 
     dt = DeltaTable(table_path)
-    target = pa.schema(dt.schema().to_arrow())
     is_delete = pc.equal(latest["_dms_op"], "D")
-    # The table's columns, in the table's types (DuckDB hands strings and time zones back its way).
-    upserts = latest.filter(pc.invert(is_delete)).select(target.names).cast(target)
-    deletes = latest.filter(is_delete).select([key]).cast(pa.schema([target.field(key)]))
-
-    on = f"t.{q} = s.{q}"
-    if upserts.num_rows:
-        (
-            dt.merge(upserts, on, source_alias="s", target_alias="t")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
-        )
-    if deletes.num_rows:
-        dt.merge(deletes, on, source_alias="s", target_alias="t").when_matched_delete().execute()
+    apply_latest(dt, latest, is_delete, key)
     secs = time.perf_counter() - started
 
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"RESULT secs={secs:.6f} maxrss_kib={maxrss} upserts={upserts.num_rows} deletes={deletes.num_rows}")
+    deletes = pc.sum(is_delete.cast("int64")).as_py() or 0
+    print(f"RESULT secs={secs:.6f} maxrss_kib={maxrss} upserts={latest.num_rows - deletes} deletes={deletes}")
 
 
 if __name__ == "__main__":
