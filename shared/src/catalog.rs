@@ -43,6 +43,9 @@ pub struct CatalogTable {
     pub partition_keys: Vec<CatalogColumn>,
     /// The Delta version the columns were read at, when known.
     pub delta_version: Option<u64>,
+    /// Parameters of the existing entry that dms2delta does not set (someone's tags, notes),
+    /// carried into an update so it keeps them.
+    pub other_parameters: std::collections::BTreeMap<String, String>,
 }
 
 impl CatalogTable {
@@ -236,6 +239,7 @@ pub fn definition(
         columns,
         partition_keys,
         delta_version,
+        other_parameters: Default::default(),
     })
 }
 
@@ -273,8 +277,10 @@ impl CatalogSync {
         let Some(schema) = &m.table_schema else {
             return Ok(None);
         };
-        // The path the commit wrote to (`TableSpec::lake_path`).
-        let location = config.lake.join(&format!("{ns}/{sc}/{tb}"));
+        let Some(spec) = config.table_by_target(ns, sc, tb) else {
+            return Ok(None);
+        };
+        let location = config.lake.join(&spec.lake_path());
         let want = definition(
             &self.database,
             (ns, sc, tb),
@@ -346,7 +352,9 @@ impl CatalogSync {
                 return Ok(CatalogChange::Unchanged);
             }
         }
-        self.catalog.update(want).await?;
+        let mut update = want.clone();
+        update.other_parameters = have.other_parameters;
+        self.catalog.update(&update).await?;
         Ok(CatalogChange::Updated)
     }
 }

@@ -82,8 +82,8 @@ fn columns(cols: &[CatalogColumn]) -> Result<Vec<Column>, CatalogError> {
         .collect()
 }
 
-/// The table input for `t`, keeping parameters someone added to an existing entry.
-fn table_input(t: &CatalogTable, keep: HashMap<String, String>) -> Result<TableInput, CatalogError> {
+/// The table input for `t`, with the parameters someone else added to the entry.
+fn table_input(t: &CatalogTable) -> Result<TableInput, CatalogError> {
     let invalid = |e: aws_sdk_glue::error::BuildError| CatalogError::Call {
         operation: "build table input",
         database: t.database.clone(),
@@ -91,7 +91,7 @@ fn table_input(t: &CatalogTable, keep: HashMap<String, String>) -> Result<TableI
         reason: e.to_string(),
         retryable: false,
     };
-    let mut params = keep;
+    let mut params: HashMap<String, String> = t.other_parameters.clone().into_iter().collect();
     params.insert("EXTERNAL".into(), "TRUE".into());
     params.insert("table_type".into(), "DELTA".into());
     params.insert("spark.sql.sources.provider".into(), "delta".into());
@@ -133,7 +133,22 @@ fn from_glue(database: &str, t: &Table) -> CatalogTable {
     };
     let params = t.parameters();
     let sd = t.storage_descriptor();
+    let ours = [
+        "EXTERNAL",
+        "table_type",
+        "spark.sql.sources.provider",
+        PARAM_LAKE_TABLE,
+        PARAM_DELTA_VERSION,
+    ];
     CatalogTable {
+        other_parameters: params
+            .map(|p| {
+                p.iter()
+                    .filter(|(k, _)| !ours.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         database: database.to_string(),
         name: t.name().to_string(),
         lake_table: params.and_then(|p| p.get(PARAM_LAKE_TABLE)).cloned(),
@@ -157,7 +172,7 @@ impl Catalog for Glue {
     }
 
     async fn create(&self, t: &CatalogTable) -> Result<(), CatalogError> {
-        let input = table_input(t, HashMap::new())?;
+        let input = table_input(t)?;
         match self
             .client
             .create_table()
@@ -178,18 +193,7 @@ impl Catalog for Glue {
     }
 
     async fn update(&self, t: &CatalogTable) -> Result<(), CatalogError> {
-        let existing = match self
-            .client
-            .get_table()
-            .database_name(&t.database)
-            .name(&t.name)
-            .send()
-            .await
-        {
-            Ok(out) => out.table().and_then(|t| t.parameters()).cloned().unwrap_or_default(),
-            Err(e) => return Err(call_error("GetTable", (&t.database, &t.name), e)),
-        };
-        let input = table_input(t, existing)?;
+        let input = table_input(t)?;
         self.client
             .update_table()
             .database_name(&t.database)

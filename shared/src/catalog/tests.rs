@@ -119,6 +119,23 @@ async fn created_once_then_cached_then_updated_when_a_column_is_added() {
 }
 
 #[tokio::test]
+async fn an_update_keeps_parameters_someone_else_added() {
+    let mem = Arc::new(MemoryCatalog::default());
+    let mut tagged = def(None, 1);
+    tagged.other_parameters.insert("owner".into(), "data-team".into());
+    mem.insert(tagged);
+    let sync = CatalogSync::new(mem.clone(), "lakehouse");
+    let wider = def(Some(Field::new("email", DataType::Utf8, true)), 2);
+    assert_eq!(sync.sync(&wider).await.unwrap(), CatalogChange::Updated);
+    let stored = mem.table("lakehouse", "pg_public_accounts").unwrap();
+    assert_eq!(
+        stored.other_parameters.get("owner").map(String::as_str),
+        Some("data-team")
+    );
+    assert_eq!(stored.columns, wider.columns);
+}
+
+#[tokio::test]
 async fn an_older_schema_never_replaces_a_newer_one() {
     let mem = Arc::new(MemoryCatalog::default());
     let fast = CatalogSync::new(mem.clone(), "lakehouse");

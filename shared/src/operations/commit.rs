@@ -89,9 +89,6 @@ pub struct CommitMetrics {
     pub quarantined: Vec<String>,
     /// Whether this commit created the table.
     pub created_table: bool,
-    /// Whether this commit created the table, added a column or widened a type: what a data
-    /// catalog holding the table's schema must follow.
-    pub schema_changed: bool,
     /// The table's schema and partition columns after this commit (`None` when nothing was
     /// committed), so a catalog can follow without reading the log again.
     pub table_schema: Option<arrow::datatypes::SchemaRef>,
@@ -121,7 +118,6 @@ struct AttemptResult {
     tombstone_stale: u64,
     tombstones_written: u64,
     created_table: bool,
-    schema_changed: bool,
     table_schema: Option<arrow::datatypes::SchemaRef>,
     partition_columns: Vec<String>,
     newest_commit_ts: Option<i64>,
@@ -286,7 +282,6 @@ impl<'a> CommitChangesBuilder<'a> {
         metrics.rows_source = result.rows_source;
         metrics.tombstones_written = result.tombstones_written;
         metrics.created_table = result.created_table;
-        metrics.schema_changed = result.schema_changed;
         metrics.table_schema = result.table_schema;
         metrics.partition_columns = result.partition_columns;
         if let Some(m) = &result.merge {
@@ -393,10 +388,7 @@ impl<'a> CommitChangesBuilder<'a> {
 
         if exists && !unified.widen.is_empty() {
             match widen_table(table, &unified.widen).await {
-                Ok(t) => {
-                    table = t;
-                    result.schema_changed = true;
-                }
+                Ok(t) => table = t,
                 Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
                 Err(e) => return Err(derr(e)),
             }
@@ -406,7 +398,6 @@ impl<'a> CommitChangesBuilder<'a> {
                 Ok(t) => {
                     table = t;
                     result.created_table = true;
-                    result.schema_changed = true;
                 }
                 Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
                 Err(e) => return Err(derr(e)),
@@ -446,9 +437,6 @@ impl<'a> CommitChangesBuilder<'a> {
         };
         result.merge = merge_metrics;
         result.version = table.version();
-        if result.merge.is_some() && !unified.new_columns.is_empty() {
-            result.schema_changed = true;
-        }
         if let Ok(snapshot) = table.snapshot() {
             result.table_schema = Some(snapshot.snapshot().arrow_schema());
             result.partition_columns = snapshot.metadata().partition_columns().to_vec();
