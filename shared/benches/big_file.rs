@@ -57,11 +57,7 @@ fn child(path: &Path) {
     let tables = decode_file(File::open(path).unwrap(), &ctx).unwrap();
     let secs = started.elapsed().as_secs_f64();
     let rows_in: u64 = tables.iter().map(|t| t.rows_in).sum();
-    let rows_out: u64 = tables
-        .iter()
-        .filter_map(|t| t.batch.as_ref())
-        .map(|b| b.num_rows() as u64)
-        .sum();
+    let rows_out: u64 = tables.iter().map(|t| t.rows_out()).sum();
     println!(
         "RESULT {rows_in} {rows_out} {secs:.2} {:.1}",
         util::peak_rss_kib().unwrap() as f64 / 1024.0

@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, StringArray};
 use arrow::compute::{concat, interleave, FilterBuilder, FilterPredicate};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Date32Type, Date64Type, Field, Int16Type, Int32Type, Int64Type, Int8Type, Schema,
+    SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 
@@ -34,9 +38,24 @@ pub fn meta_fields() -> Vec<Field> {
             DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
             true,
         ),
-        Field::new(SOURCE_FILE, DataType::Utf8, false),
+        Field::new(SOURCE_FILE, source_file_type(), false),
         Field::new(NOSUP, DataType::Utf8, true),
     ]
+}
+
+/// `_dms_source_file` holds one value per change set: a dictionary of that one value, not the
+/// URI copied into every row (which cost more than the deduplication itself).
+pub fn source_file_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// `_dms_source_file` for `rows` rows of one file.
+pub fn source_file_column(uri: &str, rows: usize) -> Result<ArrayRef, ArrowError> {
+    let keys = arrow::array::Int32Array::from(vec![0; rows]);
+    let values: ArrayRef = Arc::new(StringArray::from(vec![uri]));
+    Ok(Arc::new(arrow::array::DictionaryArray::<Int32Type>::try_new(
+        keys, values,
+    )?))
 }
 
 pub fn is_meta(name: &str) -> bool {
@@ -85,19 +104,82 @@ impl Sequence {
     }
 }
 
+impl Sequence {
+    /// The sequences of rows that carry none of their own: `prefix` ([`Sequence::load_prefix`]
+    /// or [`Sequence::file_prefix`]) and the row number, built straight into one buffer.
+    pub fn positional(prefix: &str, rows: impl ExactSizeIterator<Item = u64>) -> Result<StringArray, ArrowError> {
+        let n = rows.len();
+        let mut values: Vec<u8> = Vec::with_capacity(n * (prefix.len() + 12));
+        let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
+        offsets.push(0);
+        for row in rows {
+            values.extend_from_slice(prefix.as_bytes());
+            values.extend_from_slice(row_digits(row).as_slice());
+            let end = i32::try_from(values.len())
+                .map_err(|_| ArrowError::ComputeError("sequences over 2 GiB in one batch".into()))?;
+            offsets.push(end);
+        }
+        StringArray::try_new(arrow::buffer::OffsetBuffer::new(offsets.into()), values.into(), None)
+    }
+
+    pub fn load_prefix(stem: &str) -> String {
+        format!("0L{stem}:")
+    }
+
+    pub fn file_prefix(time_digits: &str) -> String {
+        format!("1F{time_digits}:")
+    }
+}
+
 /// Appends `row` zero-padded to 12 digits, as `{row:012}` would (called once per decoded row, so
 /// without the formatting machinery).
 fn push_row(out: &mut String, row: u64) {
+    // Only ASCII digits, so the conversion cannot fail.
+    out.push_str(std::str::from_utf8(row_digits(row).as_slice()).unwrap_or_default());
+}
+
+/// `00` to `99`.
+const TWO_DIGITS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// `row` as at least 12 decimal digits (two at a time: this runs for every row decoded).
+fn row_digits(row: u64) -> RowDigits {
     let mut digits = [b'0'; 20];
     let mut v = row;
     let mut i = digits.len();
-    while v > 0 {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
+    while v >= 10 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        digits[i] = TWO_DIGITS[d];
+        digits[i + 1] = TWO_DIGITS[d + 1];
     }
-    for &d in &digits[i.min(digits.len() - 12)..] {
-        out.push(char::from(d));
+    if v > 0 {
+        i -= 1;
+        digits[i] = b'0' + v as u8;
+    }
+    RowDigits {
+        digits,
+        from: i.min(digits.len() - 12),
+    }
+}
+
+struct RowDigits {
+    digits: [u8; 20],
+    from: usize,
+}
+
+impl RowDigits {
+    fn as_slice(&self) -> &[u8] {
+        &self.digits[self.from..]
     }
 }
 
@@ -106,7 +188,7 @@ pub fn nosup_columns(v: &str) -> impl Iterator<Item = &str> {
     v.split('|').filter(|s| !s.is_empty())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct RowRef {
     batch: u32,
     row: u32,
@@ -173,6 +255,25 @@ struct Entry {
     fills: Option<Box<[Fill]>>,
 }
 
+/// How rows are grouped by key.
+#[derive(Debug)]
+enum Index {
+    /// A single integer, date or timestamp key column: keys are collected as they come and
+    /// grouped by sorting, which reads memory in order. Probing a hash table of a million keys
+    /// misses the cache on nearly every row, and that was most of decode's time.
+    Int {
+        /// Winners so far, sorted by key.
+        winners: Vec<(u64, Entry)>,
+        /// Rows pushed since the last grouping, in push order.
+        fresh: Vec<(u64, RowRef)>,
+    },
+    /// Any other key: the row format in a hash map.
+    Bytes {
+        converter: RowConverter,
+        map: HashMap<Key, Entry, foldhash::fast::RandomState>,
+    },
+}
+
 /// Keeps the highest-sequence change per key over a stream of batches of one schema, with
 /// memory bounded by the deduplicated set: superseded rows are dropped as batches are compacted.
 #[derive(Debug)]
@@ -182,14 +283,20 @@ pub struct Deduper {
     op_idx: usize,
     seq_idx: usize,
     nosup_idx: usize,
-    converter: RowConverter,
+    index: Index,
     batches: Vec<RecordBatch>,
+    /// Per retained batch: whether any of its rows lists no-sup columns.
+    nosup_in: Vec<bool>,
     retained: usize,
-    map: HashMap<Key, Entry, foldhash::fast::RandomState>,
     rows_in: u64,
+    in_order: bool,
 }
 
 const COMPACT_MIN_ROWS: usize = 256 * 1024;
+
+/// Pairs [`LastRowPerKey`] collects before it first squashes them: a file of a million rows is
+/// sorted once.
+const SQUASH_MIN_PAIRS: usize = 1 << 20;
 
 impl Deduper {
     /// `keys` name the key columns of `schema`, which must end with the metadata columns.
@@ -200,24 +307,46 @@ impl Deduper {
                 .map_err(|_| InputProblem::new(BadInputKind::MissingKey, format!("column `{name}` is missing")))
         };
         let key_idx = keys.iter().map(|k| idx(k)).collect::<Result<Vec<_>, _>>()?;
-        let fields = key_idx
-            .iter()
-            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-            .collect();
-        let converter = RowConverter::new(fields)
-            .map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("key columns cannot be compared: {e}")))?;
+        let index = match key_idx.as_slice() {
+            [k] if int_key(schema.field(*k).data_type()) => Index::Int {
+                winners: Vec::new(),
+                fresh: Vec::new(),
+            },
+            _ => {
+                let fields = key_idx
+                    .iter()
+                    .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                    .collect();
+                let converter = RowConverter::new(fields).map_err(|e| {
+                    InputProblem::new(BadInputKind::BadValue, format!("key columns cannot be compared: {e}"))
+                })?;
+                Index::Bytes {
+                    converter,
+                    map: HashMap::default(),
+                }
+            }
+        };
         Ok(Deduper {
             op_idx: idx(OP)?,
             seq_idx: idx(SEQ)?,
             nosup_idx: idx(NOSUP)?,
             schema,
             key_idx,
-            converter,
+            index,
             batches: Vec::new(),
+            nosup_in: Vec::new(),
             retained: 0,
-            map: HashMap::default(),
             rows_in: 0,
+            in_order: false,
         })
+    }
+
+    /// Declares that every pushed row's sequence is above those of all rows pushed before it
+    /// (a single DMS file without a sequence column: its sequences are its row numbers). Later
+    /// rows then win without their sequences being compared.
+    pub fn with_rows_in_sequence_order(mut self, in_order: bool) -> Deduper {
+        self.in_order = in_order;
+        self
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -227,15 +356,6 @@ impl Deduper {
     /// Rows pushed so far.
     pub fn rows_in(&self) -> u64 {
         self.rows_in
-    }
-
-    /// Distinct keys so far.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 
     pub fn push(&mut self, batch: RecordBatch) -> Result<(), InputProblem> {
@@ -256,56 +376,150 @@ impl Deduper {
                 ));
             }
         }
-        let keys: Vec<ArrayRef> = self.key_idx.iter().map(|&i| batch.column(i).clone()).collect();
-        let rows = self
-            .converter
-            .convert_columns(&keys)
-            .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
         let b = u32::try_from(self.batches.len())
             .map_err(|_| InputProblem::new(BadInputKind::TooLarge, "too many batches"))?;
-        self.rows_in += batch.num_rows() as u64;
-        self.retained += batch.num_rows();
-        self.batches.push(batch);
-        let n = self.batches[b as usize].num_rows();
-        let ctx = Ctx {
-            batches: &self.batches,
-            schema: &self.schema,
-            op: self.op_idx,
-            seq: self.seq_idx,
-            nosup: self.nosup_idx,
-        };
-        for r in 0..n {
-            let at = RowRef {
-                batch: b,
-                row: r as u32,
-            };
-            // One hash and probe per row; only keys longer than INLINE_KEY allocate.
-            match self.map.entry(Key::new(rows.row(r).as_ref())) {
-                hash_map::Entry::Vacant(slot) => {
-                    let fills = ctx.initial_fills(at);
-                    slot.insert(Entry { at, fills });
-                }
-                hash_map::Entry::Occupied(mut slot) => {
-                    let e = slot.get_mut();
-                    if ctx.seq(at) > ctx.seq(e.at) {
-                        let fills = ctx.replacement_fills(e, at);
-                        e.at = at;
-                        e.fills = fills;
-                    } else if let Some(fills) = e.fills.as_mut() {
-                        ctx.offer_older(fills, at);
+        let n = batch.num_rows();
+        let nosup = batch.column(self.nosup_idx).null_count() < n;
+        match &mut self.index {
+            Index::Int { fresh, .. } => {
+                fresh.reserve(n);
+                push_int_keys(batch.column(self.key_idx[0]), fresh, |r| RowRef {
+                    batch: b,
+                    row: r as u32,
+                })?;
+            }
+            Index::Bytes { converter, map } => {
+                let keys: Vec<ArrayRef> = self.key_idx.iter().map(|&i| batch.column(i).clone()).collect();
+                let rows = converter
+                    .convert_columns(&keys)
+                    .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
+                self.batches.push(batch);
+                self.nosup_in.push(nosup);
+                let ctx = Ctx {
+                    batches: &self.batches,
+                    nosup_in: &self.nosup_in,
+                    schema: &self.schema,
+                    op: self.op_idx,
+                    seq: self.seq_idx,
+                    nosup: self.nosup_idx,
+                    in_order: self.in_order,
+                };
+                for r in 0..n {
+                    let at = RowRef {
+                        batch: b,
+                        row: r as u32,
+                    };
+                    // One hash and probe per row; only keys longer than INLINE_KEY allocate.
+                    match map.entry(Key::new(rows.row(r).as_ref())) {
+                        hash_map::Entry::Vacant(slot) => {
+                            slot.insert(ctx.first(at));
+                        }
+                        hash_map::Entry::Occupied(mut slot) => ctx.offer(slot.get_mut(), at),
                     }
                 }
+                self.rows_in += n as u64;
+                self.retained += n;
+                if self.retained >= COMPACT_MIN_ROWS && self.retained >= 2 * map.len() {
+                    self.compact()?;
+                }
+                return Ok(());
             }
         }
-        if self.retained >= COMPACT_MIN_ROWS && self.retained >= 2 * self.map.len() {
-            self.compact()?;
+        self.batches.push(batch);
+        self.nosup_in.push(nosup);
+        self.rows_in += n as u64;
+        self.retained += n;
+        if let Index::Int { fresh, .. } = &self.index {
+            // Group when the rows since the last grouping are as many as those retained before
+            // it (so the total grouping work stays proportional to the rows), then compact if
+            // most retained rows lost.
+            if fresh.len() >= COMPACT_MIN_ROWS.max(self.retained - fresh.len()) {
+                self.group();
+                if self.retained >= COMPACT_MIN_ROWS && self.retained >= 2 * self.winner_count() {
+                    self.compact()?;
+                }
+            }
         }
         Ok(())
     }
 
+    /// Folds the rows pushed since the last grouping into the winners (integer keys only).
+    fn group(&mut self) {
+        let Index::Int { winners, fresh } = &mut self.index else {
+            return;
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let mut rows = std::mem::take(fresh);
+        radix_sort_by_key(&mut rows);
+        let old = std::mem::take(winners);
+        let ctx = Ctx {
+            batches: &self.batches,
+            nosup_in: &self.nosup_in,
+            schema: &self.schema,
+            op: self.op_idx,
+            seq: self.seq_idx,
+            nosup: self.nosup_idx,
+            in_order: self.in_order,
+        };
+        let mut merged: Vec<(u64, Entry)> = Vec::with_capacity(old.len() + rows.len());
+        let mut old = old.into_iter().peekable();
+        let mut new = rows.into_iter().peekable();
+        loop {
+            // The smaller key of the two sorted runs; a key's earlier winner comes before its
+            // new rows, which are in push order (the sort is stable).
+            let (key, mut entry) = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(&(ko, _)), Some(&(kn, _))) if kn < ko => match new.next() {
+                    Some((k, at)) => (k, ctx.first(at)),
+                    None => break,
+                },
+                (Some(_), _) => match old.next() {
+                    Some(kv) => kv,
+                    None => break,
+                },
+                (None, Some(_)) => match new.next() {
+                    Some((k, at)) => (k, ctx.first(at)),
+                    None => break,
+                },
+            };
+            while let Some(&(k, at)) = new.peek() {
+                if k != key {
+                    break;
+                }
+                ctx.offer(&mut entry, at);
+                new.next();
+            }
+            merged.push((key, entry));
+        }
+        *winners = merged;
+    }
+
+    fn winner_count(&self) -> usize {
+        match &self.index {
+            Index::Int { winners, .. } => winners.len(),
+            Index::Bytes { map, .. } => map.len(),
+        }
+    }
+
+    fn entries(&self) -> Vec<&Entry> {
+        match &self.index {
+            Index::Int { winners, .. } => winners.iter().map(|(_, e)| e).collect(),
+            Index::Bytes { map, .. } => map.values().collect(),
+        }
+    }
+
+    fn entries_mut(&mut self) -> Vec<&mut Entry> {
+        match &mut self.index {
+            Index::Int { winners, .. } => winners.iter_mut().map(|(_, e)| e).collect(),
+            Index::Bytes { map, .. } => map.values_mut().collect(),
+        }
+    }
+
     /// Rewrites the surviving rows into one batch and drops the rest.
     fn compact(&mut self) -> Result<(), InputProblem> {
-        if self.map.is_empty() {
+        if self.winner_count() == 0 {
             return Ok(());
         }
         let batch = if self.any_fill() {
@@ -315,8 +529,8 @@ impl Deduper {
             gather(&self.schema, std::mem::take(&mut self.batches), &survivors)?
         };
         // The batch holds the survivors in (batch, row) order.
-        let mut entries: Vec<&mut Entry> = self.map.values_mut().collect();
-        entries.sort_by_key(|e| e.at);
+        let mut entries = self.entries_mut();
+        entries.sort_unstable_by_key(|e| e.at);
         for (i, e) in entries.into_iter().enumerate() {
             e.at = RowRef {
                 batch: 0,
@@ -325,13 +539,17 @@ impl Deduper {
             e.fills = None;
         }
         self.retained = batch.num_rows();
+        self.nosup_in = vec![batch.column(self.nosup_idx).null_count() < batch.num_rows()];
         self.batches = vec![batch];
         Ok(())
     }
 
     /// Whether some winner takes a no-sup column's value from another row.
     fn any_fill(&self) -> bool {
-        self.map.values().any(|e| e.fills.is_some())
+        match &self.index {
+            Index::Int { winners, .. } => winners.iter().any(|(_, e)| e.fills.is_some()),
+            Index::Bytes { map, .. } => map.values().any(|e| e.fills.is_some()),
+        }
     }
 
     /// For each retained batch, which of its rows are winners.
@@ -345,7 +563,7 @@ impl Deduper {
                 m
             })
             .collect();
-        for e in self.map.values() {
+        for e in self.entries() {
             masks[e.at.batch as usize].set_bit(e.at.row as usize, true);
         }
         masks
@@ -357,8 +575,8 @@ impl Deduper {
     /// The winners when some take no-sup columns from other rows: each column is gathered
     /// row by row from wherever its value comes from.
     fn build_with_fills(&self) -> Result<RecordBatch, InputProblem> {
-        let mut entries: Vec<&Entry> = self.map.values().collect();
-        entries.sort_by_key(|e| e.at);
+        let mut entries = self.entries();
+        entries.sort_unstable_by_key(|e| e.at);
         let mut columns = Vec::with_capacity(self.schema.fields().len());
         for c in 0..self.schema.fields().len() {
             let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
@@ -400,16 +618,278 @@ impl Deduper {
 
     /// The deduplicated change set, in first-seen order of the surviving rows.
     pub fn finish(mut self) -> Result<Option<RecordBatch>, InputProblem> {
-        if self.map.is_empty() {
+        self.group();
+        if self.winner_count() == 0 {
             return Ok(None);
         }
         if self.any_fill() {
             return self.build_with_fills().map(Some);
         }
         let survivors = self.survivors();
-        // Only the positions matter from here on: free the key map before building the output.
-        self.map = HashMap::default();
+        // Only the positions matter from here on: free the keys before building the output.
+        self.index = Index::Int {
+            winners: Vec::new(),
+            fresh: Vec::new(),
+        };
         gather(&self.schema, std::mem::take(&mut self.batches), &survivors).map(Some)
+    }
+}
+
+/// Key types whose values are integers of at most 64 bits, so a key is a `u64`.
+fn int_key(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+    )
+}
+
+/// Appends the (non-null) key column's values as `u64`s, each with `at(row)`. Only equality
+/// matters, so any one-to-one mapping will do: signed values keep their bits.
+fn push_int_keys<T>(col: &ArrayRef, out: &mut Vec<(u64, T)>, at: impl Fn(usize) -> T) -> Result<(), InputProblem> {
+    fn extend<P: ArrowPrimitiveType, T>(
+        col: &ArrayRef,
+        out: &mut Vec<(u64, T)>,
+        at: impl Fn(usize) -> T,
+        to_u64: impl Fn(P::Native) -> u64,
+    ) {
+        let values = col.as_primitive::<P>().values();
+        out.extend(values.iter().enumerate().map(|(r, &v)| (to_u64(v), at(r))));
+    }
+    match col.data_type() {
+        DataType::Int8 => extend::<Int8Type, T>(col, out, at, |v| v as i64 as u64),
+        DataType::Int16 => extend::<Int16Type, T>(col, out, at, |v| v as i64 as u64),
+        DataType::Int32 => extend::<Int32Type, T>(col, out, at, |v| v as i64 as u64),
+        DataType::Int64 => extend::<Int64Type, T>(col, out, at, |v| v as u64),
+        DataType::UInt8 => extend::<UInt8Type, T>(col, out, at, u64::from),
+        DataType::UInt16 => extend::<UInt16Type, T>(col, out, at, u64::from),
+        DataType::UInt32 => extend::<UInt32Type, T>(col, out, at, u64::from),
+        DataType::UInt64 => extend::<UInt64Type, T>(col, out, at, |v| v),
+        DataType::Date32 => extend::<Date32Type, T>(col, out, at, |v| v as i64 as u64),
+        DataType::Date64 => extend::<Date64Type, T>(col, out, at, |v| v as u64),
+        DataType::Timestamp(TimeUnit::Second, _) => extend::<TimestampSecondType, T>(col, out, at, |v| v as u64),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            extend::<TimestampMillisecondType, T>(col, out, at, |v| v as u64)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            extend::<TimestampMicrosecondType, T>(col, out, at, |v| v as u64)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            extend::<TimestampNanosecondType, T>(col, out, at, |v| v as u64)
+        }
+        other => {
+            return Err(InputProblem::new(
+                BadInputKind::IncompatibleSchema,
+                format!("a key column of type {other} where an integer key was expected"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Deduplication when only positions matter and later rows always win: a file without a
+/// sequence column, keyed by one integer column. Keeps `(key, position)` pairs and, whenever
+/// they have doubled since the last time, sorts them and keeps each key's last, so memory stays
+/// within twice the surviving keys (and at least [`SQUASH_MIN_PAIRS`], 16 MiB).
+#[derive(Debug, Default)]
+pub struct LastRowPerKey {
+    rows: Vec<(u64, u64)>,
+    /// Scratch space for squashing, kept between squashes: fresh memory costs page faults.
+    spare: Vec<(u64, u64)>,
+    kept: usize,
+    rows_in: u64,
+}
+
+impl LastRowPerKey {
+    /// For a file of `rows` rows (when known), so the pairs are not moved as they grow.
+    pub fn with_capacity(rows: usize) -> LastRowPerKey {
+        LastRowPerKey {
+            rows: Vec::with_capacity(rows.min(SQUASH_MIN_PAIRS)),
+            ..LastRowPerKey::default()
+        }
+    }
+
+    /// Whether a key column of this type can be deduplicated here.
+    pub fn supports(key: &DataType) -> bool {
+        int_key(key)
+    }
+
+    /// Adds a batch's (non-null) key column; its rows sit at `first_position..`.
+    pub fn push(&mut self, keys: &ArrayRef, first_position: u64) -> Result<(), InputProblem> {
+        if keys.null_count() > 0 {
+            return Err(InputProblem::new(BadInputKind::MissingKey, "a key column is null"));
+        }
+        self.rows.reserve(keys.len());
+        push_int_keys(keys, &mut self.rows, |r| first_position + r as u64)?;
+        self.rows_in += keys.len() as u64;
+        if self.rows.len() >= SQUASH_MIN_PAIRS.max(2 * self.kept) {
+            self.squash();
+        }
+        Ok(())
+    }
+
+    fn squash(&mut self) {
+        let Some((min, max)) = self
+            .rows
+            .iter()
+            .fold(None, |acc: Option<(u64, u64)>, &(k, _)| match acc {
+                None => Some((k, k)),
+                Some((lo, hi)) => Some((lo.min(k), hi.max(k))),
+            })
+        else {
+            return;
+        };
+        let span = max.wrapping_sub(min);
+        if span < 4 * self.rows.len() as u64 {
+            // Dense keys (the usual auto-increment ids): walk the pairs from the newest and keep
+            // each key's first, marking keys seen in a bitmap of the key range (small enough
+            // to stay in cache); no sort needed.
+            let mut seen = vec![0u64; (span / 64) as usize + 1];
+            self.spare.clear();
+            for &(k, p) in self.rows.iter().rev() {
+                let i = k.wrapping_sub(min);
+                let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+                if seen[word] & bit == 0 {
+                    seen[word] |= bit;
+                    self.spare.push((k, p));
+                }
+            }
+            std::mem::swap(&mut self.rows, &mut self.spare);
+        } else {
+            last_per_key_sparse(&mut self.rows, &mut self.spare);
+        }
+        self.kept = self.rows.len();
+    }
+
+    /// Rows pushed so far.
+    pub fn rows_in(&self) -> u64 {
+        self.rows_in
+    }
+
+    /// The surviving positions, ascending.
+    pub fn finish(mut self) -> Vec<u64> {
+        self.squash();
+        // Positions are below `rows_in`: a bitmap puts them in order in one pass.
+        let mut bits = vec![0u64; usize::try_from(self.rows_in.div_ceil(64)).unwrap_or(0)];
+        for &(_, p) in &self.rows {
+            if let Some(word) = bits.get_mut((p / 64) as usize) {
+                *word |= 1 << (p % 64);
+            }
+        }
+        let mut out = Vec::with_capacity(self.rows.len());
+        drop(self.rows);
+        drop(self.spare);
+        for (w, &word) in bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                out.push(w as u64 * 64 + u64::from(word.trailing_zeros()));
+                word &= word - 1;
+            }
+        }
+        out
+    }
+}
+
+/// Each key's last pair, for keys spread too thin for a bitmap: the pairs are split by key hash
+/// into parts small enough for a cache-resident table (one pass, arrival order kept), then each
+/// part goes through a small open-addressing table where a later pair overwrites an earlier one.
+fn last_per_key_sparse(rows: &mut Vec<(u64, u64)>, split: &mut Vec<(u64, u64)>) {
+    const EMPTY: u64 = u64::MAX;
+    let mix = |k: u64| {
+        let h = (k ^ (k >> 33)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^ (h >> 29)
+    };
+    let n = rows.len();
+    let bits = (n / 2048).max(1).next_power_of_two().trailing_zeros().min(12);
+    let parts = 1usize << bits;
+    let part_of = |k: u64| if bits == 0 { 0 } else { (mix(k) >> (64 - bits)) as usize };
+    let mut starts = vec![0usize; parts + 1];
+    for &(k, _) in rows.iter() {
+        starts[part_of(k) + 1] += 1;
+    }
+    for i in 0..parts {
+        starts[i + 1] += starts[i];
+    }
+    let mut next = starts.clone();
+    split.clear();
+    split.resize(n, (0, 0));
+    for &pair in rows.iter() {
+        let p = part_of(pair.0);
+        split[next[p]] = pair;
+        next[p] += 1;
+    }
+    // The survivors go back into `rows`, whose memory is already in use.
+    rows.clear();
+    let mut table: Vec<(u64, u64)> = Vec::new();
+    for part in 0..parts {
+        let slice = &split[starts[part]..starts[part + 1]];
+        let cap = (slice.len() * 2).next_power_of_two().max(16);
+        table.clear();
+        table.resize(cap, (0, EMPTY));
+        let mask = cap - 1;
+        for &(k, p) in slice {
+            let mut i = mix(k) as usize & mask;
+            loop {
+                let slot = &mut table[i];
+                if slot.1 == EMPTY {
+                    *slot = (k, p);
+                    break;
+                }
+                if slot.0 == k {
+                    slot.1 = p;
+                    break;
+                }
+                i = (i + 1) & mask;
+            }
+        }
+        rows.extend(table.iter().filter(|s| s.1 != EMPTY));
+    }
+}
+
+/// Stable LSD radix sort by key, 11 bits a pass, skipping the bits all keys share (keys from
+/// one table usually span far fewer than 64 bits, so two or three passes are typical).
+fn radix_sort_by_key<T: Copy + Default>(rows: &mut Vec<(u64, T)>) {
+    const BITS: u32 = 11;
+    const BUCKETS: usize = 1 << BITS;
+    let Some(&(first, _)) = rows.first() else {
+        return;
+    };
+    let differ = rows.iter().fold(0u64, |acc, &(k, _)| acc | (k ^ first));
+    if differ == 0 {
+        return;
+    }
+    let low = differ.trailing_zeros();
+    let high = 64 - differ.leading_zeros();
+    let mut buf: Vec<(u64, T)> = vec![(0, T::default()); rows.len()];
+    let mut shift = low;
+    while shift < high {
+        let digit = |k: u64| ((k >> shift) as usize) & (BUCKETS - 1);
+        let mut counts = vec![0usize; BUCKETS];
+        for &(k, _) in rows.iter() {
+            counts[digit(k)] += 1;
+        }
+        let mut total = 0;
+        for c in counts.iter_mut() {
+            let n = *c;
+            *c = total;
+            total += n;
+        }
+        for &item in rows.iter() {
+            let d = digit(item.0);
+            buf[counts[d]] = item;
+            counts[d] += 1;
+        }
+        std::mem::swap(rows, &mut buf);
+        shift += BITS;
     }
 }
 
@@ -458,13 +938,15 @@ fn nosup_value(batches: &[RecordBatch], idx: usize, at: RowRef) -> Option<&str> 
     (!a.is_null(at.row as usize)).then(|| a.value(at.row as usize))
 }
 
-/// Read access to the retained batches while the key map is borrowed for writing.
+/// Read access to the retained batches while the key index is borrowed for writing.
 struct Ctx<'a> {
     batches: &'a [RecordBatch],
+    nosup_in: &'a [bool],
     schema: &'a Schema,
     op: usize,
     seq: usize,
     nosup: usize,
+    in_order: bool,
 }
 
 impl Ctx<'_> {
@@ -475,6 +957,16 @@ impl Ctx<'_> {
             .value(at.row as usize)
     }
 
+    /// Whether the change at `a` is newer than the one at `b`.
+    fn newer(&self, a: RowRef, b: RowRef) -> bool {
+        if self.in_order {
+            // Positions follow push order, compaction included.
+            a > b
+        } else {
+            self.seq(a) > self.seq(b)
+        }
+    }
+
     fn is_delete(&self, at: RowRef) -> bool {
         self.batches[at.batch as usize]
             .column(self.op)
@@ -483,7 +975,29 @@ impl Ctx<'_> {
             == "D"
     }
 
+    /// The state of a key's first row.
+    fn first(&self, at: RowRef) -> Entry {
+        Entry {
+            at,
+            fills: self.initial_fills(at),
+        }
+    }
+
+    /// Folds another row of the same key into its state.
+    fn offer(&self, e: &mut Entry, at: RowRef) {
+        if self.newer(at, e.at) {
+            let fills = self.replacement_fills(e, at);
+            e.at = at;
+            e.fills = fills;
+        } else if let Some(fills) = e.fills.as_mut() {
+            self.offer_older(fills, at);
+        }
+    }
+
     fn nosup_cols(&self, at: RowRef) -> Vec<usize> {
+        if !self.nosup_in[at.batch as usize] {
+            return Vec::new();
+        }
         match nosup_value(self.batches, self.nosup, at) {
             Some(v) => nosup_columns(v).filter_map(|n| self.schema.index_of(n).ok()).collect(),
             None => Vec::new(),
@@ -564,7 +1078,7 @@ pub(crate) mod tests {
             Arc::new(StringArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
             Arc::new(StringArray::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
             Arc::new(TimestampMicrosecondArray::from(vec![None; rows.len()]).with_timezone(UTC)),
-            Arc::new(StringArray::from(vec!["f"; rows.len()])),
+            source_file_column("f", rows.len()).unwrap(),
             Arc::new(StringArray::from(rows.iter().map(|r| r.4).collect::<Vec<_>>())),
         ];
         RecordBatch::try_new(schema, cols).unwrap()
@@ -704,6 +1218,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn positional_sequences_equal_the_row_by_row_ones() {
+        let rows = [1u64, 2, 99, 1_000_000_000_000, 7];
+        let mut one = String::new();
+        let a = Sequence::positional(&Sequence::file_prefix("202405281951413800"), rows.iter().copied()).unwrap();
+        let b = Sequence::positional(&Sequence::load_prefix("LOAD00000001"), rows.iter().copied()).unwrap();
+        for (i, &row) in rows.iter().enumerate() {
+            Sequence::file(&mut one, "202405281951413800", row);
+            assert_eq!(a.value(i), one);
+            Sequence::load(&mut one, "LOAD00000001", row);
+            assert_eq!(b.value(i), one);
+        }
+    }
+
+    #[test]
+    fn last_row_per_key_keeps_each_keys_last_position_in_order() {
+        // Dense keys (slots), keys of both signs and sparse keys (sorted), over enough rows to
+        // squash several times on the way.
+        let kinds: [fn(&mut fastrand::Rng) -> i64; 3] = [
+            |r| r.i64(1..100_000),
+            |r| r.i64(-50_000..50_000),
+            |r| r.i64(..) / 1_000_000 * 1_000_000 + r.i64(0..3),
+        ];
+        for (kind, gen) in kinds.iter().enumerate() {
+            let mut rng = fastrand::Rng::with_seed(kind as u64);
+            let mut last = LastRowPerKey::default();
+            let mut want = std::collections::HashMap::new();
+            let mut pos = 0u64;
+            for _ in 0..20 {
+                let keys: Vec<i64> = (0..60_000).map(|_| gen(&mut rng)).collect();
+                for (i, k) in keys.iter().enumerate() {
+                    want.insert(*k, pos + i as u64);
+                }
+                let col: ArrayRef = Arc::new(Int64Array::from(keys));
+                last.push(&col, pos).unwrap();
+                pos += 60_000;
+            }
+            assert_eq!(last.rows_in(), pos);
+            let got = last.finish();
+            let mut expected: Vec<u64> = want.into_values().collect();
+            expected.sort_unstable();
+            assert_eq!(got, expected, "keys of kind {kind}");
+        }
+    }
+
+    #[test]
     fn long_and_short_keys_dedup_alike() {
         // A key longer than INLINE_KEY bytes in the row format is stored on the heap.
         let long = "k".repeat(100);
@@ -720,18 +1279,108 @@ pub(crate) mod tests {
                 Arc::new(StringArray::from(vec!["I", "I", "U", "D"])),
                 Arc::new(StringArray::from(vec!["1F1:01", "1F1:02", "1F1:03", "1F1:04"])),
                 Arc::new(TimestampMicrosecondArray::from(vec![None; 4]).with_timezone(UTC)),
-                Arc::new(StringArray::from(vec!["f"; 4])),
+                source_file_column("f", 4).unwrap(),
                 Arc::new(StringArray::from(vec![None::<&str>; 4])),
             ],
         )
         .unwrap();
         let mut d = Deduper::new(schema, &["id".to_string()]).unwrap();
         d.push(b).unwrap();
-        assert_eq!(d.len(), 2);
         let out = d.finish().unwrap().unwrap();
         let ids: Vec<&str> = out.column(0).as_string::<i32>().iter().map(|v| v.unwrap()).collect();
         let ops: Vec<&str> = out.column(1).as_string::<i32>().iter().map(|v| v.unwrap()).collect();
         assert_eq!((ids, ops), (vec![long.as_str(), "a"], vec!["U", "D"]));
+    }
+
+    /// The same changes with the key as text (row-format keys in a hash map) and as an integer
+    /// (sorted keys), over several batches, with no-sup columns, out-of-order arrival and
+    /// deletes: the two indexes must agree row for row, and declaring rows in sequence order
+    /// must change nothing when they are.
+    #[test]
+    fn integer_and_text_keys_dedup_alike() {
+        for case in 0..60u64 {
+            let mut rng = fastrand::Rng::with_seed(case);
+            let in_order = case % 2 == 0;
+            let keys = 1 + rng.u64(1..200) as i64;
+            let mut next_seq = 0u64;
+            let mut batches = Vec::new();
+            for _ in 0..rng.usize(1..6) {
+                let n = rng.usize(1..300);
+                let seqs: Vec<String> = (0..n)
+                    .map(|_| {
+                        next_seq += 1;
+                        let s = if in_order { next_seq } else { rng.u64(0..1_000_000) };
+                        format!("1F9:{s:012}")
+                    })
+                    .collect();
+                let vals: Vec<String> = (0..n).map(|i| format!("v{case}-{i}-{}", rng.u32(..))).collect();
+                let rows: Vec<(i64, Option<&str>, &str, &str, Option<&str>)> = (0..n)
+                    .map(|i| {
+                        let op = ["I", "U", "U", "D"][rng.usize(0..4)];
+                        let nosup = (op == "U" && rng.u8(0..4) == 0).then_some("|v|");
+                        let v = (nosup.is_none() && op != "D").then_some(vals[i].as_str());
+                        (rng.i64(-keys..keys), v, op, seqs[i].as_str(), nosup)
+                    })
+                    .collect();
+                batches.push(batch(&rows));
+            }
+            let as_text: Vec<RecordBatch> = batches
+                .iter()
+                .map(|b| {
+                    let mut fields: Vec<Field> = b.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                    fields[0] = Field::new("id", DataType::Utf8, true);
+                    let mut cols = b.columns().to_vec();
+                    cols[0] = arrow::compute::cast(&cols[0], &DataType::Utf8).unwrap();
+                    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+                })
+                .collect();
+            let run = |bs: &[RecordBatch], ordered: bool| {
+                let mut d = Deduper::new(bs[0].schema(), &["id".to_string()])
+                    .unwrap()
+                    .with_rows_in_sequence_order(ordered);
+                assert_eq!(
+                    matches!(d.index, Index::Int { .. }),
+                    bs[0].schema().field(0).data_type() == &DataType::Int64
+                );
+                for b in bs {
+                    d.push(b.clone()).unwrap();
+                }
+                let out = d.finish().unwrap().unwrap();
+                let mut cols = out.columns().to_vec();
+                cols[0] = arrow::compute::cast(&cols[0], &DataType::Utf8).unwrap();
+                let v = |c: usize, r: usize| {
+                    let a = cols[c].as_string::<i32>();
+                    (!a.is_null(r)).then(|| a.value(r).to_string())
+                };
+                let mut rows: Vec<_> = (0..out.num_rows())
+                    .map(|r| (v(0, r), v(1, r), v(2, r), v(3, r), v(6, r)))
+                    .collect();
+                rows.sort();
+                rows
+            };
+            let text = run(&as_text, false);
+            assert_eq!(run(&batches, false), text, "case {case}");
+            if in_order {
+                assert_eq!(run(&batches, true), text, "case {case}, in order");
+            }
+        }
+    }
+
+    #[test]
+    fn radix_sort_is_stable_and_sorts_any_bits() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for spread in [0u64, 1, 255, 1 << 20, u64::MAX] {
+            let mut rows: Vec<(u64, RowRef)> = (0..5000)
+                .map(|i| {
+                    let k = if spread == 0 { 42 } else { rng.u64(0..=spread) } ^ (1 << 63);
+                    (k, RowRef { batch: 0, row: i })
+                })
+                .collect();
+            let mut want = rows.clone();
+            want.sort_by_key(|r| r.0);
+            radix_sort_by_key(&mut rows);
+            assert_eq!(rows, want, "spread {spread}");
+        }
     }
 
     #[test]

@@ -92,13 +92,22 @@ pub async fn pending_tables(store: &dyn ObjectStore, root: &Path) -> Result<Vec<
     Ok(out)
 }
 
-/// Writes one change set, streaming (multipart on S3). Returns the bytes written.
+/// Writes one change set (batches of one schema), streaming (multipart on S3). Returns the
+/// bytes written.
 pub async fn write_change_set(
     store: Arc<dyn ObjectStore>,
     path: &Path,
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
     meta: &ChangeSetMeta,
 ) -> Result<u64> {
+    let Some(first) = batches.first() else {
+        return Err(Error::Internal {
+            stage: Stage::Stage,
+            context: path.to_string(),
+            reason: "a change set without rows".into(),
+            retryable: false,
+        });
+    };
     let mut kv = vec![
         KeyValue::new(KEY_SOURCE.into(), meta.source_file.clone()),
         KeyValue::new(KEY_TABLE.into(), meta.table.clone()),
@@ -118,8 +127,10 @@ pub async fn write_change_set(
         retryable: true,
     };
     let writer = BufWriter::new(store, path.clone());
-    let mut w = AsyncArrowWriter::try_new(writer, batch.schema(), Some(props)).map_err(internal)?;
-    w.write(batch).await.map_err(internal)?;
+    let mut w = AsyncArrowWriter::try_new(writer, first.schema(), Some(props)).map_err(internal)?;
+    for batch in batches {
+        w.write(batch).await.map_err(internal)?;
+    }
     let bytes = w.bytes_written() as u64;
     w.close().await.map_err(internal)?;
     Ok(bytes)
@@ -220,7 +231,9 @@ mod tests {
             table: "ns.hr.employees".into(),
             rows_in: 7,
         };
-        write_change_set(store.clone(), &p, &batch, &meta).await.unwrap();
+        write_change_set(store.clone(), &p, std::slice::from_ref(&batch), &meta)
+            .await
+            .unwrap();
         let (m, b) = read_change_set(store, &p).await.unwrap();
         assert_eq!(m, meta);
         assert_eq!(b.len(), 1);

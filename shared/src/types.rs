@@ -139,9 +139,21 @@ pub fn to_delta(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, String>
     };
     let out = match (source.data_type(), target) {
         (DataType::Timestamp(unit, None), DataType::Timestamp(..)) => {
-            let labelled = cast_with_options(&source, &DataType::Timestamp(*unit, Some(UTC.into())), &strict())
-                .map_err(|e| e.to_string())?;
-            cast_with_options(&labelled, target, &strict()).map_err(|e| e.to_string())?
+            // Wall-clock values are kept as if UTC: a new label on the same numbers, not a cast
+            // (which would look up a zone offset for every value).
+            let labelled = arrow::array::make_array(
+                source
+                    .to_data()
+                    .into_builder()
+                    .data_type(DataType::Timestamp(*unit, Some(UTC.into())))
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+            if labelled.data_type() == target {
+                labelled
+            } else {
+                cast_with_options(&labelled, target, &strict()).map_err(|e| e.to_string())?
+            }
         }
         (DataType::Time32(_) | DataType::Time64(_), DataType::Utf8) => time_to_text(&source)?,
         _ => cast_with_options(&source, target, &strict()).map_err(|e| e.to_string())?,

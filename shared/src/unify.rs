@@ -144,7 +144,11 @@ fn align(b: &RecordBatch, schema: &Arc<Schema>, order: &[String]) -> Result<Reco
             .schema()
             .index_of(f.name())
             .map_err(|_| bad(format!("change set lacks `{}`", f.name())))?;
-        let c = b.column(i).clone();
+        let mut c = b.column(i).clone();
+        if c.data_type() != f.data_type() {
+            // Change sets staged by earlier versions kept `_dms_source_file` as plain text.
+            c = cast(&c, f.data_type()).map_err(|e| bad(format!("column `{}`: {e}", f.name())))?;
+        }
         if f.name() == NOSUP && !missing.is_empty() {
             // Columns this change set never had are "not logged": the table keeps its values.
             let extra: String = missing.iter().map(|m| format!("{m}|")).collect();

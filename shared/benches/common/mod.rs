@@ -427,7 +427,10 @@ impl Builders {
             (OP, Arc::new(self.op.finish())),
             (SEQ, Arc::new(self.seq.finish())),
             (COMMIT_TS, Arc::new(self.commit_ts.finish().with_timezone(UTC))),
-            (SOURCE_FILE, Arc::new(self.source_file.finish())),
+            (
+                SOURCE_FILE,
+                arrow::compute::cast(&self.source_file.finish(), &dms2delta::changes::source_file_type()).unwrap(),
+            ),
             (NOSUP, Arc::new(self.nosup.finish())),
         ]);
         let arrays: Vec<ArrayRef> = schema
@@ -823,7 +826,9 @@ pub async fn stage(config: &Validated, stores: &Stores, batch: &RecordBatch, nam
         table: spec.qualified_name(),
         rows_in: batch.num_rows() as u64,
     };
-    write_change_set(store, &path, batch, &meta).await.unwrap();
+    write_change_set(store, &path, std::slice::from_ref(batch), &meta)
+        .await
+        .unwrap();
     match &config.staging {
         // A local staging folder is the store's root.
         Location::Local { dir } => dir.join(path.as_ref()),

@@ -9,7 +9,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 
 use super::values::ColumnBuilder;
 use super::{FileContext, Sink, BATCH_ROWS};
-use crate::changes::{meta_fields, Sequence};
+use crate::changes::{meta_fields, source_file_column, Sequence};
 use crate::config::{Column, CsvSettings, TableSpec};
 use crate::error::{BadInputKind, InputProblem};
 use crate::route::{digits_to_micros, FileKind};
@@ -176,7 +176,8 @@ struct TableDecoder {
     op: StringBuilder,
     seq: StringBuilder,
     ts: TimestampMicrosecondBuilder,
-    file: StringBuilder,
+    /// `s3://bucket/key` of the file, for `_dms_source_file`.
+    file: String,
     nosup: StringBuilder,
     rows: usize,
     seq_buf: String,
@@ -338,7 +339,7 @@ impl TableDecoder {
             op: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS),
             seq: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 40),
             ts: TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS),
-            file: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 64),
+            file: ctx.source_file.to_string(),
             nosup: StringBuilder::new(),
             rows: 0,
             seq_buf: String::with_capacity(64),
@@ -478,7 +479,6 @@ impl TableDecoder {
         self.op.append_value(op);
         self.seq.append_value(&self.seq_buf);
         self.ts.append_option(ts);
-        self.file.append_value(ctx.source_file);
         if self.nosup_buf.is_empty() {
             self.nosup.append_null();
         } else {
@@ -493,14 +493,17 @@ impl TableDecoder {
             return Ok(());
         }
         let mut cols: Vec<ArrayRef> = self.data.iter_mut().map(|d| d.builder.finish()).collect();
+        let n = self.rows;
         cols.push(Arc::new(self.op.finish()));
         cols.push(Arc::new(self.seq.finish()));
         cols.push(Arc::new(self.ts.finish().with_timezone(UTC)));
-        cols.push(Arc::new(self.file.finish()));
+        cols.push(
+            source_file_column(&self.file, n).map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?,
+        );
         cols.push(Arc::new(self.nosup.finish()));
         self.rows = 0;
         let batch = RecordBatch::try_new(self.schema.clone(), cols)
             .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
-        sink.push(&self.spec, batch)
+        sink.push(&self.spec, batch, self.seq_pos.is_none())
     }
 }

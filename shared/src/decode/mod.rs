@@ -60,31 +60,55 @@ impl FileContext<'_> {
 #[derive(Debug)]
 pub struct TableChanges {
     pub spec: TableSpec,
-    /// Deduplicated changes; `None` when the file held no rows for the table.
-    pub batch: Option<RecordBatch>,
+    /// Deduplicated changes (no key twice across the batches); empty when the file held no
+    /// rows for the table. Several batches rather than one, so no copy is made to join them.
+    pub batches: Vec<RecordBatch>,
     pub rows_in: u64,
+}
+
+impl TableChanges {
+    /// Changes after deduplication.
+    pub fn rows_out(&self) -> u64 {
+        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+    }
 }
 
 /// Accumulates deduplicated changes per table.
 #[derive(Debug, Default)]
 pub(crate) struct Sink {
-    tables: BTreeMap<String, (TableSpec, Option<Deduper>, u64)>,
+    tables: BTreeMap<String, TableSink>,
+}
+
+#[derive(Debug)]
+struct TableSink {
+    spec: TableSpec,
+    /// Changes still to deduplicate.
+    dedup: Option<Deduper>,
+    /// Changes a decoder already deduplicated itself.
+    done: Vec<RecordBatch>,
+    rows_in: u64,
 }
 
 impl Sink {
-    pub(crate) fn ensure(&mut self, spec: &TableSpec) {
-        self.tables
-            .entry(spec.qualified_name())
-            .or_insert_with(|| (spec.clone(), None, 0));
+    fn table(&mut self, spec: &TableSpec) -> &mut TableSink {
+        self.tables.entry(spec.qualified_name()).or_insert_with(|| TableSink {
+            spec: spec.clone(),
+            dedup: None,
+            done: Vec::new(),
+            rows_in: 0,
+        })
     }
 
-    pub(crate) fn push(&mut self, spec: &TableSpec, batch: RecordBatch) -> Result<(), InputProblem> {
-        let entry = self
-            .tables
-            .entry(spec.qualified_name())
-            .or_insert_with(|| (spec.clone(), None, 0));
-        entry.2 += batch.num_rows() as u64;
-        let dedup = match &mut entry.1 {
+    pub(crate) fn ensure(&mut self, spec: &TableSpec) {
+        self.table(spec);
+    }
+
+    /// `in_order`: the table's rows carry no sequence column, so their sequences are their row
+    /// numbers and rise with every batch.
+    pub(crate) fn push(&mut self, spec: &TableSpec, batch: RecordBatch, in_order: bool) -> Result<(), InputProblem> {
+        let t = self.table(spec);
+        t.rows_in += batch.num_rows() as u64;
+        let dedup = match &mut t.dedup {
             Some(d) if d.schema().fields() == batch.schema().fields() => d,
             Some(_) => {
                 return Err(InputProblem::new(
@@ -92,20 +116,54 @@ impl Sink {
                     format!("rows of table {} change shape within one file", spec.qualified_name()),
                 ))
             }
-            slot @ None => slot.insert(Deduper::new(batch.schema(), &spec.keys)?),
+            slot @ None => slot.insert(Deduper::new(batch.schema(), &spec.keys)?.with_rows_in_sequence_order(in_order)),
         };
         dedup.push(batch)
+    }
+
+    /// Counts rows read for a table whose decoder deduplicates them itself.
+    pub(crate) fn count(&mut self, spec: &TableSpec, rows: u64) {
+        self.table(spec).rows_in += rows;
+    }
+
+    /// Adds changes that are already deduplicated (one key at most once across all of them).
+    pub(crate) fn push_deduplicated(&mut self, spec: &TableSpec, batch: RecordBatch) -> Result<(), InputProblem> {
+        let t = self.table(spec);
+        if t.done
+            .first()
+            .is_some_and(|b| b.schema().fields() != batch.schema().fields())
+        {
+            return Err(InputProblem::new(
+                BadInputKind::IncompatibleSchema,
+                format!("rows of table {} change shape within one file", spec.qualified_name()),
+            ));
+        }
+        t.done.push(batch);
+        Ok(())
     }
 
     pub(crate) fn finish(self) -> Result<Vec<TableChanges>, InputProblem> {
         self.tables
             .into_values()
-            .map(|(spec, d, rows_in)| {
-                let batch = match d {
-                    Some(d) => d.finish()?,
-                    None => None,
+            .map(|t| {
+                let batches = match (t.dedup, t.done) {
+                    (Some(_), done) if !done.is_empty() => {
+                        return Err(InputProblem::new(
+                            BadInputKind::IncompatibleSchema,
+                            format!(
+                                "table {} was decoded in two ways from one file",
+                                t.spec.qualified_name()
+                            ),
+                        ))
+                    }
+                    (Some(d), _) => d.finish()?.into_iter().collect(),
+                    (None, done) => done,
                 };
-                Ok(TableChanges { spec, batch, rows_in })
+                Ok(TableChanges {
+                    spec: t.spec,
+                    batches,
+                    rows_in: t.rows_in,
+                })
             })
             .collect()
     }

@@ -5,10 +5,13 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray};
 use arrow::compute::kernels::cast::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+};
+use parquet::arrow::ProjectionMask;
 
 use super::{FileContext, Sink, BATCH_ROWS};
-use crate::changes::{meta_fields, Sequence};
+use crate::changes::{meta_fields, source_file_column, Deduper, LastRowPerKey, Sequence, NOSUP, OP, SEQ};
 use crate::config::TableSpec;
 use crate::error::{BadInputKind, InputProblem};
 use crate::route::{digits_to_micros, FileKind};
@@ -20,112 +23,343 @@ pub(super) fn decode(
     spec: &TableSpec,
     sink: &mut Sink,
 ) -> Result<(), InputProblem> {
-    let corrupt = |e: parquet::errors::ParquetError| {
-        InputProblem::new(BadInputKind::CorruptFile, format!("not a readable Parquet file: {e}"))
+    let reopen = |f: &std::fs::File| {
+        f.try_clone()
+            .map_err(|e| InputProblem::new(BadInputKind::CorruptFile, format!("cannot re-read the file: {e}")))
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(corrupt)?;
-    let file_schema = builder.schema().clone();
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(corrupt)?;
+    let file_schema = metadata.schema().clone();
     let plan = Plan::new(&file_schema, spec)?;
-    let reader = builder.with_batch_size(BATCH_ROWS).build().map_err(corrupt)?;
+    // The first pass reads a text Op column as the dictionary it is stored as: three values
+    // to check instead of a string per row.
+    let first_pass = match plan.op.filter(|&i| file_schema.field(i).data_type() == &DataType::Utf8) {
+        Some(i) => {
+            let mut fields: Vec<Field> = file_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields[i] = fields[i].clone().with_data_type(DataType::Dictionary(
+                Box::new(DataType::Int32),
+                Box::new(DataType::Utf8),
+            ));
+            let hinted = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(fields)));
+            ArrowReaderMetadata::try_new(metadata.metadata().clone(), hinted).map_err(corrupt)?
+        }
+        None => metadata.clone(),
+    };
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(reopen(&file)?, first_pass);
+    let (winners, rows_in) = winners(builder, &plan, spec, ctx)?;
+    sink.count(spec, rows_in);
+    if winners.is_empty() {
+        return Ok(());
+    }
+    // Second pass: only the surviving rows are decoded and converted.
+    let ranges = consecutive_ranges(&winners);
+    let total = usize::try_from(rows_in).unwrap_or(usize::MAX);
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+        .with_row_selection(RowSelection::from_consecutive_ranges(ranges.into_iter(), total))
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(corrupt)?;
     let name_micros = ctx.routed.time_digits.as_deref().and_then(digits_to_micros);
-    let mut row: u64 = 0;
-    let mut seq_buf = String::with_capacity(64);
+    let mut done = 0usize;
     for batch in reader {
         let batch = batch
             .map_err(|e| InputProblem::new(BadInputKind::CorruptFile, format!("a row group cannot be read: {e}")))?;
         let n = batch.num_rows();
-        let first_row = row + 1;
-        row += n as u64;
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(plan.schema.fields().len());
-        for (i, target) in &plan.data {
-            let col = to_delta(batch.column(*i), target).map_err(|e| {
+        let rows = winners.get(done..done + n).ok_or_else(|| {
+            InputProblem::new(
+                BadInputKind::CorruptFile,
+                "the file returned more rows on a second read",
+            )
+        })?;
+        done += n;
+        let mut cols = data_columns(&batch, &plan, &file_schema)?;
+        let ops: ArrayRef = match plan.op {
+            // Checked on every row in the first pass.
+            Some(i) => cast(batch.column(i), &DataType::Utf8)
+                .map_err(|e| InputProblem::new(BadInputKind::UnknownOp, format!("the Op column is not text: {e}")))?,
+            None => Arc::new(StringArray::from_iter_values(std::iter::repeat_n("I", n))),
+        };
+        let seqs = sequences(&batch, &plan, ctx, Rows::Picked(rows))?;
+        let ts: ArrayRef = match plan.ts {
+            Some(i) => commit_times(batch.column(i), name_micros, Rows::Picked(rows))?,
+            None => Arc::new(TimestampMicrosecondArray::from(vec![name_micros; n]).with_timezone(UTC)),
+        };
+        cols.push(ops);
+        cols.push(Arc::new(seqs));
+        cols.push(ts);
+        cols.push(
+            source_file_column(ctx.source_file, n)
+                .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?,
+        );
+        cols.push(arrow::array::new_null_array(&DataType::Utf8, n));
+        let out = RecordBatch::try_new(plan.schema.clone(), cols)
+            .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
+        sink.push_deduplicated(spec, out)?;
+    }
+    if done != winners.len() {
+        return Err(InputProblem::new(
+            BadInputKind::CorruptFile,
+            "the file returned fewer rows on a second read",
+        ));
+    }
+    Ok(())
+}
+
+fn corrupt(e: parquet::errors::ParquetError) -> InputProblem {
+    InputProblem::new(BadInputKind::CorruptFile, format!("not a readable Parquet file: {e}"))
+}
+
+/// First pass: reads only the key, Op and sequence columns, checks them on every row, and
+/// returns the (0-based, ascending) positions of the rows that survive deduplication, and the
+/// number of rows in the file. Reading the other columns only for the survivors is what makes
+/// decode cost little more than one read of the file, and keeps superseded rows out of memory.
+fn winners(
+    builder: ParquetRecordBatchReaderBuilder<std::fs::File>,
+    plan: &Plan,
+    spec: &TableSpec,
+    ctx: &FileContext<'_>,
+) -> Result<(Vec<usize>, u64), InputProblem> {
+    let mut roots: Vec<usize> = plan.keys.iter().map(|&k| plan.data[k].0).collect();
+    roots.extend(plan.op);
+    roots.extend(plan.seq);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+    let file_rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(corrupt)?;
+    let mut fields: Vec<Field> = plan.keys.iter().map(|&k| plan.schema.field(k).clone()).collect();
+    fields.push(Field::new(ROW, DataType::UInt64, false));
+    fields.extend(
+        meta_fields()
+            .into_iter()
+            .filter(|f| matches!(f.name().as_str(), OP | SEQ | NOSUP)),
+    );
+    let narrow = Arc::new(Schema::new(fields));
+    let key_type = plan.schema.field(plan.keys[0]).data_type();
+    let mut last = (plan.seq.is_none() && plan.keys.len() == 1 && LastRowPerKey::supports(key_type))
+        .then(|| LastRowPerKey::with_capacity(file_rows));
+    let mut dedup = Deduper::new(narrow.clone(), &spec.keys)?.with_rows_in_sequence_order(plan.seq.is_none());
+    let mut row: u64 = 0;
+    for batch in reader {
+        let batch = batch
+            .map_err(|e| InputProblem::new(BadInputKind::CorruptFile, format!("a row group cannot be read: {e}")))?;
+        let n = batch.num_rows();
+        let rows = Rows::From(row);
+        let column = |i: usize| {
+            batch
+                .column_by_name(file_name(plan, i))
+                .cloned()
+                .ok_or_else(|| InputProblem::new(BadInputKind::CorruptFile, "a projected column is missing"))
+        };
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(narrow.fields().len());
+        for (k, &ki) in plan.keys.iter().enumerate() {
+            let (i, target) = &plan.data[ki];
+            let col = to_delta(&column(*i)?, target).map_err(|e| {
                 InputProblem::new(
                     BadInputKind::BadValue,
-                    format!(
-                        "column `{}` cannot be stored as {target}: {e}",
-                        file_schema.field(*i).name()
-                    ),
+                    format!("key column `{}` cannot be stored as {target}: {e}", spec.keys[k]),
                 )
             })?;
-            cols.push(col);
-        }
-        for (k, &ki) in plan.keys.iter().enumerate() {
-            if cols[ki].null_count() > 0 {
-                let at = (0..n).find(|&r| cols[ki].is_null(r)).unwrap_or(0) as u64 + first_row;
+            if col.null_count() > 0 {
+                let at = rows.number((0..n).find(|&r| col.is_null(r)).unwrap_or(0));
                 return Err(InputProblem::new(
                     BadInputKind::MissingKey,
                     format!("row {at}: key column `{}` is null", spec.keys[k]),
                 ));
             }
+            cols.push(col);
         }
-        let ops: ArrayRef = match plan.op {
-            Some(i) => {
-                let ops = cast(batch.column(i), &DataType::Utf8).map_err(|e| {
-                    InputProblem::new(BadInputKind::UnknownOp, format!("the Op column is not text: {e}"))
-                })?;
-                let s = ops.as_string::<i32>();
-                for r in 0..n {
-                    if s.is_null(r) || !matches!(s.value(r), "I" | "U" | "D") {
-                        let shown: String = if s.is_null(r) {
-                            "null".into()
-                        } else {
-                            s.value(r).chars().take(8).collect()
-                        };
-                        return Err(InputProblem::new(
-                            BadInputKind::UnknownOp,
-                            format!("row {}: Op `{shown}` is not I, U or D", first_row + r as u64),
-                        ));
-                    }
-                }
-                ops
-            }
+        if let Some(i) = plan.op {
+            check_ops(&column(i)?, rows)?;
+        }
+        if let Some(last) = last.as_mut() {
+            last.push(&cols[0], row)?;
+            row += n as u64;
+            continue;
+        }
+        cols.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
+            row..row + n as u64,
+        )));
+        cols.push(match plan.op {
+            Some(i) => op_column(&column(i)?, rows)?,
             None => Arc::new(StringArray::from_iter_values(std::iter::repeat_n("I", n))),
-        };
-        let seq_text = match plan.seq {
-            Some(i) => Some(cast(batch.column(i), &DataType::Utf8).map_err(|e| {
-                InputProblem::new(BadInputKind::BadValue, format!("the sequence column is not text: {e}"))
-            })?),
-            None => None,
-        };
-        let mut seqs = StringBuilder::with_capacity(n, n * 40);
-        for r in 0..n {
-            let from_col = seq_text
-                .as_ref()
-                .map(|a| a.as_string::<i32>())
-                .filter(|a| !a.is_null(r) && !a.value(r).is_empty())
-                .map(|a| a.value(r));
-            let this_row = first_row + r as u64;
-            match from_col {
-                Some(v) => Sequence::change_seq(&mut seq_buf, v)
-                    .map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("row {this_row}: {e}")))?,
-                None => match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
-                    (FileKind::Load, _) | (_, None) => Sequence::load(&mut seq_buf, &ctx.routed.stem, this_row),
-                    (_, Some(d)) => Sequence::file(&mut seq_buf, d, this_row),
-                },
-            }
-            seqs.append_value(&seq_buf);
-        }
-        let ts: ArrayRef = match plan.ts {
-            Some(i) => commit_times(batch.column(i), name_micros, first_row)?,
-            None => Arc::new(TimestampMicrosecondArray::from(vec![name_micros; n]).with_timezone(UTC)),
-        };
-        cols.push(ops);
-        cols.push(Arc::new(seqs.finish()));
-        cols.push(ts);
-        cols.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-            ctx.source_file,
-            n,
-        ))));
+        });
+        cols.push(match plan.seq {
+            Some(_) => Arc::new(sequences(&batch, plan, ctx, rows)?),
+            // Rows in sequence order: the deduper compares positions, not sequences.
+            None => Arc::new(StringArray::from_iter_values(std::iter::repeat_n("", n))),
+        });
         cols.push(arrow::array::new_null_array(&DataType::Utf8, n));
-        let out = RecordBatch::try_new(plan.schema.clone(), cols)
+        let narrow_batch = RecordBatch::try_new(narrow.clone(), cols)
             .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
-        sink.push(spec, out)?;
+        dedup.push(narrow_batch)?;
+        row += n as u64;
     }
-    Ok(())
+    if let Some(last) = last {
+        let rows_in = last.rows_in();
+        let pos = last.finish().into_iter().map(|p| p as usize).collect();
+        return Ok((pos, rows_in));
+    }
+    let rows_in = dedup.rows_in();
+    let Some(survivors) = dedup.finish()? else {
+        return Ok((Vec::new(), rows_in));
+    };
+    let pos = survivors
+        .column_by_name(ROW)
+        .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec())
+        .unwrap_or_default();
+    let mut pos: Vec<usize> = pos.into_iter().map(|p| p as usize).collect();
+    // The deduper returns survivors in arrival order, which is file order; sorting is cheap
+    // insurance for the row selection, which needs it.
+    pos.sort_unstable();
+    Ok((pos, rows_in))
+}
+
+/// The position column of the first pass (not a change-set column).
+const ROW: &str = "_dms_row";
+
+/// The file column name of a plan's column index.
+fn file_name(plan: &Plan, file_index: usize) -> &str {
+    plan.file.field(file_index).name()
+}
+
+fn consecutive_ranges(rows: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for &r in rows {
+        match out.last_mut() {
+            Some(last) if last.end == r => last.end = r + 1,
+            _ => out.push(r..r + 1),
+        }
+    }
+    out
+}
+
+/// The data columns of a second-pass batch, converted to the types Delta stores.
+fn data_columns(batch: &RecordBatch, plan: &Plan, file_schema: &Schema) -> Result<Vec<ArrayRef>, InputProblem> {
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(plan.schema.fields().len());
+    for (i, target) in &plan.data {
+        let col = to_delta(batch.column(*i), target).map_err(|e| {
+            InputProblem::new(
+                BadInputKind::BadValue,
+                format!(
+                    "column `{}` cannot be stored as {target}: {e}",
+                    file_schema.field(*i).name()
+                ),
+            )
+        })?;
+        cols.push(col);
+    }
+    Ok(cols)
+}
+
+/// The Op column as text, refusing anything but I, U and D. `rows` are the 0-based file
+/// positions of the batch's rows, for the message.
+fn op_column(col: &ArrayRef, rows: Rows<'_>) -> Result<ArrayRef, InputProblem> {
+    let ops = cast(col, &DataType::Utf8)
+        .map_err(|e| InputProblem::new(BadInputKind::UnknownOp, format!("the Op column is not text: {e}")))?;
+    let s = ops.as_string::<i32>();
+    for r in 0..s.len() {
+        if s.is_null(r) || !matches!(s.value(r), "I" | "U" | "D") {
+            let shown: String = if s.is_null(r) {
+                "null".into()
+            } else {
+                s.value(r).chars().take(8).collect()
+            };
+            return Err(InputProblem::new(
+                BadInputKind::UnknownOp,
+                format!("row {}: Op `{shown}` is not I, U or D", rows.number(r)),
+            ));
+        }
+    }
+    Ok(ops)
+}
+
+/// Refuses an Op other than I, U or D; a dictionary-encoded column is checked by its values.
+fn check_ops(col: &ArrayRef, rows: Rows<'_>) -> Result<(), InputProblem> {
+    if let Some(d) = col.as_any_dictionary_opt() {
+        if let Ok(values) = cast(d.values(), &DataType::Utf8) {
+            let v = values.as_string::<i32>();
+            let all_valid = (0..v.len()).all(|i| v.is_valid(i) && matches!(v.value(i), "I" | "U" | "D"));
+            if all_valid && col.null_count() == 0 {
+                return Ok(());
+            }
+        }
+    }
+    // Something is wrong (or the column is plain text): find the row.
+    op_column(col, rows).map(|_| ())
+}
+
+/// Where a batch's rows sit in the file: consecutive from a 0-based position (first pass), or
+/// picked ones (second pass).
+#[derive(Debug, Clone, Copy)]
+enum Rows<'a> {
+    From(u64),
+    Picked(&'a [usize]),
+}
+
+impl Rows<'_> {
+    /// The 1-based row number in the file of the batch's row `r`, for messages and sequences.
+    fn number(self, r: usize) -> u64 {
+        match self {
+            Rows::From(first) => first + r as u64 + 1,
+            Rows::Picked(p) => p.get(r).map_or(0, |&x| x as u64 + 1),
+        }
+    }
+}
+
+/// The sequences of a batch's rows: the sequence column's value, or else the file's name and
+/// the row's position (see [`Sequence`]).
+fn sequences(
+    batch: &RecordBatch,
+    plan: &Plan,
+    ctx: &FileContext<'_>,
+    rows: Rows<'_>,
+) -> Result<StringArray, InputProblem> {
+    let n = batch.num_rows();
+    let seq_text = match plan.seq {
+        Some(i) => {
+            let col = batch
+                .column_by_name(file_name(plan, i))
+                .ok_or_else(|| InputProblem::new(BadInputKind::CorruptFile, "the sequence column is missing"))?;
+            Some(cast(col, &DataType::Utf8).map_err(|e| {
+                InputProblem::new(BadInputKind::BadValue, format!("the sequence column is not text: {e}"))
+            })?)
+        }
+        None => {
+            let prefix = match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
+                (FileKind::Load, _) | (_, None) => Sequence::load_prefix(&ctx.routed.stem),
+                (_, Some(d)) => Sequence::file_prefix(d),
+            };
+            return Sequence::positional(&prefix, (0..n).map(|r| rows.number(r)))
+                .map_err(|e| InputProblem::new(BadInputKind::TooLarge, e.to_string()));
+        }
+    };
+    let mut seqs = StringBuilder::with_capacity(n, n * 40);
+    let mut seq_buf = String::with_capacity(64);
+    for r in 0..n {
+        let from_col = seq_text
+            .as_ref()
+            .map(|a| a.as_string::<i32>())
+            .filter(|a| !a.is_null(r) && !a.value(r).is_empty())
+            .map(|a| a.value(r));
+        let this_row = rows.number(r);
+        match from_col {
+            Some(v) => Sequence::change_seq(&mut seq_buf, v)
+                .map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("row {this_row}: {e}")))?,
+            None => match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
+                (FileKind::Load, _) | (_, None) => Sequence::load(&mut seq_buf, &ctx.routed.stem, this_row),
+                (_, Some(d)) => Sequence::file(&mut seq_buf, d, this_row),
+            },
+        }
+        seqs.append_value(&seq_buf);
+    }
+    Ok(seqs.finish())
 }
 
 /// Which file columns feed which change-set columns.
 struct Plan {
+    file: SchemaRef,
     schema: SchemaRef,
     data: Vec<(usize, DataType)>,
     keys: Vec<usize>,
@@ -179,6 +413,7 @@ impl Plan {
             .collect::<Result<Vec<_>, _>>()?;
         fields.extend(meta_fields());
         Ok(Plan {
+            file: Arc::new(file.clone()),
             schema: Arc::new(Schema::new(fields)),
             data,
             keys,
@@ -198,7 +433,7 @@ fn names(s: &Schema) -> String {
 }
 
 /// The DMS timestamp column: a string `yyyy-MM-dd HH:mm:ss.SSSSSS`, or a timestamp type.
-fn commit_times(col: &ArrayRef, fallback: Option<i64>, first_row: u64) -> Result<ArrayRef, InputProblem> {
+fn commit_times(col: &ArrayRef, fallback: Option<i64>, rows: Rows<'_>) -> Result<ArrayRef, InputProblem> {
     if let DataType::Timestamp(..) = col.data_type() {
         let t = to_delta(col, &DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())))
             .map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("the timestamp column: {e}")))?;
@@ -217,7 +452,7 @@ fn commit_times(col: &ArrayRef, fallback: Option<i64>, first_row: u64) -> Result
                     BadInputKind::BadValue,
                     format!(
                         "row {}: the timestamp column is not yyyy-MM-dd HH:mm:ss[.f]",
-                        first_row + r as u64
+                        rows.number(r)
                     ),
                 )
             })?;

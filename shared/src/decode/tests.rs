@@ -76,9 +76,15 @@ fn run(cfg: &Validated, key: &str, bytes: &[u8]) -> Result<Vec<TableChanges>, In
 }
 
 fn one(cfg: &Validated, key: &str, bytes: &[u8]) -> RecordBatch {
-    let mut t = run(cfg, key, bytes).unwrap();
+    let t = run(cfg, key, bytes).unwrap();
     assert_eq!(t.len(), 1);
-    t.remove(0).batch.unwrap()
+    joined(&t[0]).unwrap()
+}
+
+/// A table's change set as one batch, or `None` when it has no rows.
+fn joined(t: &TableChanges) -> Option<RecordBatch> {
+    let first = t.batches.first()?;
+    Some(arrow::compute::concat_batches(&first.schema(), &t.batches).unwrap())
 }
 
 fn err(cfg: &Validated, key: &str, bytes: &[u8]) -> InputProblem {
@@ -262,9 +268,9 @@ fn cdc_txn_files_are_split_by_table() {
     let mut t = run(&cfg2, "raw/txn/CDC_TXN-20240528195141380.csv", text.as_bytes()).unwrap();
     t.sort_by(|a, b| a.spec.table.cmp(&b.spec.table));
     assert_eq!(t.len(), 2);
-    let dept = t[0].batch.as_ref().unwrap();
+    let dept = &joined(&t[0]).unwrap();
     assert_eq!(sorted_rows(dept, &["code", OP]), vec![vec![s("D1"), s("D")]]);
-    let emp = t[1].batch.as_ref().unwrap();
+    let emp = &joined(&t[1]).unwrap();
     assert_eq!(
         sorted_rows(emp, &["id", "name", OP]),
         vec![vec![s("1"), s("Ann B"), s("U")]]
@@ -348,7 +354,7 @@ fn parquet_full_load_without_op_and_zero_rows() {
     let empty = RecordBatch::new_empty(schema);
     let t = run(&cfg, "raw/hr/pq/LOAD00000002.parquet", &parquet_bytes(&empty)).unwrap();
     assert_eq!(t.len(), 1);
-    assert!(t[0].batch.is_none());
+    assert!(t[0].batches.is_empty());
     assert_eq!(t[0].rows_in, 0);
 }
 
@@ -425,7 +431,7 @@ fn empty_csv_gives_no_changes() {
     let cfg = config_with("");
     let t = run(&cfg, "raw/hr/emp/20240528-195141380.csv", b"").unwrap();
     assert_eq!(t.len(), 1);
-    assert!(t[0].batch.is_none());
+    assert!(t[0].batches.is_empty());
 }
 
 #[test]
@@ -434,4 +440,143 @@ fn format_sniffing() {
     assert_eq!(Format::sniff(&[0x1f, 0x8b, 8, 0]), Format::GzipCsv);
     assert_eq!(Format::sniff(b"I,1"), Format::Csv);
     assert_eq!(Format::sniff(b""), Format::Csv);
+}
+
+const SEQ_SOURCE: &str = r#"
+  - name: seqsrc
+    bucket: dms
+    bucket_folder: seqraw
+    sequence_column: seq
+    timestamp_column: ts
+    tables:
+      - { schema: hr, table: pq, keys: [id] }
+"#;
+
+/// Parquet is deduplicated in two passes (key, Op and sequence columns first, then only the
+/// surviving rows): over several row groups and batches, with and without a sequence column,
+/// the result must equal a straightforward reference.
+#[test]
+fn parquet_dedup_over_row_groups_matches_a_reference() {
+    let cfg = config_with(SEQ_SOURCE);
+    for with_seq in [false, true] {
+        let mut rng = fastrand::Rng::with_seed(u64::from(with_seq) + 11);
+        let n = 30_000usize;
+        let ids: Vec<i64> = (0..n).map(|_| rng.i64(0..4000)).collect();
+        let ops: Vec<&str> = (0..n).map(|_| ["I", "U", "D"][rng.usize(0..3)]).collect();
+        let seqs: Vec<u64> = (0..n).map(|_| rng.u64(1..200_000)).collect();
+        let mut fields = vec![
+            Field::new("Op", DataType::Utf8, true),
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Int32, true),
+        ];
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(ops.clone())),
+            Arc::new(Int64Array::from(ids.clone())),
+            Arc::new(Int32Array::from_iter_values(0..n as i32)),
+        ];
+        if with_seq {
+            fields.push(Field::new("seq", DataType::Utf8, true));
+            cols.push(Arc::new(StringArray::from_iter_values(
+                seqs.iter().map(|s| s.to_string()),
+            )));
+        }
+        let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+        let props = ::parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(7_000))
+            .build();
+        let mut bytes = Vec::new();
+        let mut w = ::parquet::arrow::ArrowWriter::try_new(&mut bytes, b.schema(), Some(props)).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+
+        // The reference: per key, the row with the highest sequence (the first of equals).
+        let mut want: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+        for i in 0..n {
+            let better = |j: usize| if with_seq { seqs[i] > seqs[j] } else { i > j };
+            want.entry(ids[i])
+                .and_modify(|j| {
+                    if better(*j) {
+                        *j = i
+                    }
+                })
+                .or_insert(i);
+        }
+        let folder = if with_seq { "seqraw" } else { "raw" };
+        let t = run(&cfg, &format!("{folder}/hr/pq/20240528-195141380.parquet"), &bytes).unwrap();
+        assert_eq!(t[0].rows_in, n as u64);
+        let out = &joined(&t[0]).unwrap();
+        let got_ids = col(out, "id").as_primitive::<Int64Type>();
+        let got_v = col(out, "v").as_primitive::<arrow::datatypes::Int32Type>();
+        let got_op = col(out, OP).as_string::<i32>();
+        let got_seq = col(out, SEQ).as_string::<i32>();
+        let mut got = std::collections::BTreeMap::new();
+        for r in 0..out.num_rows() {
+            let i = got_v.value(r) as usize;
+            let seq = if with_seq {
+                format!("1S{:035}", seqs[i])
+            } else {
+                format!("1F202405281951413800:{:012}", i + 1)
+            };
+            assert_eq!((got_op.value(r), got_seq.value(r)), (ops[i], seq.as_str()), "row {r}");
+            assert!(
+                got.insert(got_ids.value(r), i).is_none(),
+                "key {} twice",
+                got_ids.value(r)
+            );
+        }
+        assert_eq!(got, want, "with_seq {with_seq}");
+        // Survivors come in file order.
+        assert!((1..out.num_rows()).all(|r| got_v.value(r - 1) < got_v.value(r)));
+    }
+}
+
+/// Op and key are checked on every row, superseded or not; a value of a surviving row that
+/// cannot be read names that row.
+#[test]
+fn parquet_errors_name_rows_in_either_pass() {
+    let cfg = config_with(SEQ_SOURCE);
+    let key = "seqraw/hr/pq/20240528-195141380.parquet";
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("Op", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, true),
+        Field::new("seq", DataType::Utf8, true),
+        Field::new("ts", DataType::Utf8, true),
+    ]));
+    let mk = |ops: Vec<&str>, seqs: Vec<&str>, ts: Vec<&str>| {
+        parquet_bytes(
+            &RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(ops)) as ArrayRef,
+                    Arc::new(Int64Array::from(vec![1, 1, 2])),
+                    Arc::new(StringArray::from(seqs)),
+                    Arc::new(StringArray::from(ts)),
+                ],
+            )
+            .unwrap(),
+        )
+    };
+    let ok_ts = "2024-05-28 19:51:41.380000";
+    // Row 1 is superseded by row 2, and its Op is still refused.
+    let e = err(&cfg, key, &mk(vec!["X", "U", "I"], vec!["1", "2", "3"], vec![ok_ts; 3]));
+    assert_eq!(e.kind, BadInputKind::UnknownOp);
+    assert!(e.reason.contains("row 1"), "{}", e.reason);
+    // A sequence that is not a number, in a superseded row.
+    let e = err(
+        &cfg,
+        key,
+        &mk(vec!["I", "U", "I"], vec!["x1", "2", "3"], vec![ok_ts; 3]),
+    );
+    assert_eq!(e.kind, BadInputKind::BadValue);
+    assert!(e.reason.contains("row 1"), "{}", e.reason);
+    // A bad commit time in a surviving row names its row in the file.
+    let e = err(
+        &cfg,
+        key,
+        &mk(vec!["I", "U", "I"], vec!["1", "2", "3"], vec![ok_ts, ok_ts, "noon"]),
+    );
+    assert_eq!(e.kind, BadInputKind::BadValue);
+    assert!(e.reason.contains("row 3"), "{}", e.reason);
+    let good = one(&cfg, key, &mk(vec!["I", "U", "I"], vec!["1", "2", "3"], vec![ok_ts; 3]));
+    assert_eq!(good.num_rows(), 2);
 }

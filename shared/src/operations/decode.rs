@@ -251,7 +251,7 @@ impl<'a> DecodeBuilder<'a> {
                 rows_in: t.rows_in,
                 ..Default::default()
             };
-            if let Some(batch) = t.batch {
+            if !t.batches.is_empty() {
                 let p = change_set_path(&root, &t.spec, &id);
                 let meta = ChangeSetMeta {
                     source_file: file_uri.to_string(),
@@ -259,8 +259,8 @@ impl<'a> DecodeBuilder<'a> {
                     table: name,
                     rows_in: t.rows_in,
                 };
-                tm.staged_bytes = write_change_set(staging.clone(), &p, &batch, &meta).await?;
-                tm.rows_out = batch.num_rows() as u64;
+                tm.staged_bytes = write_change_set(staging.clone(), &p, &t.batches, &meta).await?;
+                tm.rows_out = t.rows_out();
                 tm.staged = Some(p.to_string());
             }
             metrics.tables.push(tm);
