@@ -280,15 +280,21 @@ enum Index {
 pub struct Deduper {
     schema: SchemaRef,
     key_idx: Vec<usize>,
-    op_idx: usize,
-    seq_idx: usize,
-    nosup_idx: usize,
+    cols: MetaCols,
     index: Index,
     batches: Vec<RecordBatch>,
     /// Per retained batch: whether any of its rows lists no-sup columns.
     nosup_in: Vec<bool>,
     retained: usize,
     rows_in: u64,
+}
+
+/// Where the metadata columns are, and whether rows come in sequence order.
+#[derive(Debug, Clone, Copy)]
+struct MetaCols {
+    op: usize,
+    seq: usize,
+    nosup: usize,
     in_order: bool,
 }
 
@@ -327,9 +333,12 @@ impl Deduper {
             }
         };
         Ok(Deduper {
-            op_idx: idx(OP)?,
-            seq_idx: idx(SEQ)?,
-            nosup_idx: idx(NOSUP)?,
+            cols: MetaCols {
+                op: idx(OP)?,
+                seq: idx(SEQ)?,
+                nosup: idx(NOSUP)?,
+                in_order: false,
+            },
             schema,
             key_idx,
             index,
@@ -337,7 +346,6 @@ impl Deduper {
             nosup_in: Vec::new(),
             retained: 0,
             rows_in: 0,
-            in_order: false,
         })
     }
 
@@ -345,7 +353,7 @@ impl Deduper {
     /// (a single DMS file without a sequence column: its sequences are its row numbers). Later
     /// rows then win without their sequences being compared.
     pub fn with_rows_in_sequence_order(mut self, in_order: bool) -> Deduper {
-        self.in_order = in_order;
+        self.cols.in_order = in_order;
         self
     }
 
@@ -379,7 +387,7 @@ impl Deduper {
         let b = u32::try_from(self.batches.len())
             .map_err(|_| InputProblem::new(BadInputKind::TooLarge, "too many batches"))?;
         let n = batch.num_rows();
-        let nosup = batch.column(self.nosup_idx).null_count() < n;
+        let nosup = batch.column(self.cols.nosup).null_count() < n;
         match &mut self.index {
             Index::Int { fresh, .. } => {
                 fresh.reserve(n);
@@ -395,15 +403,7 @@ impl Deduper {
                     .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
                 self.batches.push(batch);
                 self.nosup_in.push(nosup);
-                let ctx = Ctx {
-                    batches: &self.batches,
-                    nosup_in: &self.nosup_in,
-                    schema: &self.schema,
-                    op: self.op_idx,
-                    seq: self.seq_idx,
-                    nosup: self.nosup_idx,
-                    in_order: self.in_order,
-                };
+                let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.schema, self.cols);
                 for r in 0..n {
                     let at = RowRef {
                         batch: b,
@@ -454,15 +454,7 @@ impl Deduper {
         let mut rows = std::mem::take(fresh);
         radix_sort_by_key(&mut rows);
         let old = std::mem::take(winners);
-        let ctx = Ctx {
-            batches: &self.batches,
-            nosup_in: &self.nosup_in,
-            schema: &self.schema,
-            op: self.op_idx,
-            seq: self.seq_idx,
-            nosup: self.nosup_idx,
-            in_order: self.in_order,
-        };
+        let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.schema, self.cols);
         let mut merged: Vec<(u64, Entry)> = Vec::with_capacity(old.len() + rows.len());
         let mut old = old.into_iter().peekable();
         let mut new = rows.into_iter().peekable();
@@ -539,7 +531,7 @@ impl Deduper {
             e.fills = None;
         }
         self.retained = batch.num_rows();
-        self.nosup_in = vec![batch.column(self.nosup_idx).null_count() < batch.num_rows()];
+        self.nosup_in = vec![batch.column(self.cols.nosup).null_count() < batch.num_rows()];
         self.batches = vec![batch];
         Ok(())
     }
@@ -580,7 +572,7 @@ impl Deduper {
         let mut columns = Vec::with_capacity(self.schema.fields().len());
         for c in 0..self.schema.fields().len() {
             let arrays: Vec<&dyn Array> = self.batches.iter().map(|b| b.column(c).as_ref()).collect();
-            let col = if c == self.nosup_idx {
+            let col = if c == self.cols.nosup {
                 let values: StringArray = entries
                     .iter()
                     .map(|e| match &e.fills {
@@ -592,7 +584,7 @@ impl Deduper {
                                 .collect();
                             (!left.is_empty()).then(|| format!("|{}|", left.join("|")))
                         }
-                        None => nosup_value(&self.batches, self.nosup_idx, e.at).map(str::to_string),
+                        None => nosup_value(&self.batches, self.cols.nosup, e.at).map(str::to_string),
                     })
                     .collect();
                 Arc::new(values) as ArrayRef
@@ -943,23 +935,29 @@ struct Ctx<'a> {
     batches: &'a [RecordBatch],
     nosup_in: &'a [bool],
     schema: &'a Schema,
-    op: usize,
-    seq: usize,
-    nosup: usize,
-    in_order: bool,
+    cols: MetaCols,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(batches: &'a [RecordBatch], nosup_in: &'a [bool], schema: &'a Schema, cols: MetaCols) -> Ctx<'a> {
+        Ctx {
+            batches,
+            nosup_in,
+            schema,
+            cols,
+        }
+    }
+
     fn seq(&self, at: RowRef) -> &str {
         self.batches[at.batch as usize]
-            .column(self.seq)
+            .column(self.cols.seq)
             .as_string::<i32>()
             .value(at.row as usize)
     }
 
     /// Whether the change at `a` is newer than the one at `b`.
     fn newer(&self, a: RowRef, b: RowRef) -> bool {
-        if self.in_order {
+        if self.cols.in_order {
             // Positions follow push order, compaction included.
             a > b
         } else {
@@ -969,7 +967,7 @@ impl Ctx<'_> {
 
     fn is_delete(&self, at: RowRef) -> bool {
         self.batches[at.batch as usize]
-            .column(self.op)
+            .column(self.cols.op)
             .as_string::<i32>()
             .value(at.row as usize)
             == "D"
@@ -998,7 +996,7 @@ impl Ctx<'_> {
         if !self.nosup_in[at.batch as usize] {
             return Vec::new();
         }
-        match nosup_value(self.batches, self.nosup, at) {
+        match nosup_value(self.batches, self.cols.nosup, at) {
             Some(v) => nosup_columns(v).filter_map(|n| self.schema.index_of(n).ok()).collect(),
             None => Vec::new(),
         }
