@@ -114,7 +114,7 @@ fn child_apply(dir: &Path) {
         .unwrap_or_else(|e| panic!("commit failed: {e}"));
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "RESULT secs={secs:.6} vmhwm_kib={} version={} change_sets={} rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} files_added={} files_removed={} attempts={} conflicts={}",
+        "RESULT secs={secs:.6} vmhwm_kib={} version={} change_sets={} rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} files_added={} files_removed={} attempts={} conflicts={} rows_copied={} merge_scan_ms={} merge_rewrite_ms={} duration_ms={}",
         peak_rss_kib().unwrap_or(0),
         m.version.map(|v| v as i64).unwrap_or(-1),
         m.change_sets,
@@ -127,7 +127,11 @@ fn child_apply(dir: &Path) {
         m.files_added,
         m.files_removed,
         m.attempts,
-        m.conflicts
+        m.conflicts,
+        m.rows_copied,
+        m.merge_scan_ms,
+        m.merge_rewrite_ms,
+        m.duration_ms
     );
 }
 
@@ -592,7 +596,7 @@ fn apply_dms2delta(
                 log: log_delta(&table, base_version),
                 ok: check(&got, expected),
                 extra: format!(
-                    "rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} attempts={} tombstone table {:.2} MiB",
+                    "rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} attempts={} tombstone table {:.2} MiB; rows copied {}, commit {} ms of which MERGE scan {} ms, rewrite {} ms",
                     r["rows_source"],
                     r["inserted"],
                     r["updated"],
@@ -600,7 +604,11 @@ fn apply_dms2delta(
                     r["stale"],
                     r["tombstones"],
                     r["attempts"],
-                    mib(dir_bytes(&root.join("lake/_dms2delta")))
+                    mib(dir_bytes(&root.join("lake/_dms2delta"))),
+                    r["rows_copied"],
+                    r["duration_ms"],
+                    r["merge_scan_ms"],
+                    r["merge_rewrite_ms"]
                 ),
                 ..Default::default()
             }

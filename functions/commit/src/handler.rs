@@ -101,6 +101,7 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
                     updated = m.rows_updated,
                     deleted = m.rows_deleted,
                     stale = m.rows_stale,
+                    copied = m.rows_copied,
                     attempts = m.attempts,
                     duration_ms = m.duration_ms,
                     "committed"
@@ -199,6 +200,7 @@ fn emit(namespace: &str, m: &CommitMetrics) {
         .metric("RowsUpdated", Unit::Count, m.rows_updated as f64)
         .metric("RowsDeleted", Unit::Count, m.rows_deleted as f64)
         .metric("RowsStale", Unit::Count, m.rows_stale as f64)
+        .metric("RowsCopied", Unit::Count, m.rows_copied as f64)
         .metric("Retries", Unit::Count, m.attempts.saturating_sub(1) as f64)
         .metric("Conflicts", Unit::Count, m.conflicts as f64)
         .metric("Quarantined", Unit::Count, m.quarantined.len() as f64)

@@ -81,6 +81,13 @@ pub struct CommitMetrics {
     pub tombstones_written: u64,
     pub files_added: u64,
     pub files_removed: u64,
+    /// Unchanged rows written again because their data file held a changed one: the
+    /// copy-on-write cost, which dominates a commit into a large table.
+    pub rows_copied: u64,
+    /// Of the MERGE's time: scanning the table, and writing the new files (delta-rs's own
+    /// measures; they overlap, both streaming).
+    pub merge_scan_ms: u64,
+    pub merge_rewrite_ms: u64,
     /// Attempts made (1 when there was no conflict).
     pub attempts: u32,
     /// Conflicts with concurrent writers that were retried.
@@ -290,6 +297,9 @@ impl<'a> CommitChangesBuilder<'a> {
             metrics.rows_deleted = m.num_target_rows_deleted as u64;
             metrics.files_added = m.num_target_files_added as u64;
             metrics.files_removed = m.num_target_files_removed as u64;
+            metrics.rows_copied = m.num_target_rows_copied as u64;
+            metrics.merge_scan_ms = m.scan_time_ms;
+            metrics.merge_rewrite_ms = m.rewrite_time_ms;
         }
         let changed = metrics.rows_inserted + metrics.rows_updated + metrics.rows_deleted;
         metrics.rows_stale = result.rows_source.saturating_sub(changed);
