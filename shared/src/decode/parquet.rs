@@ -1,4 +1,6 @@
-//! DMS Parquet -> change batches, read one record batch at a time.
+//! DMS Parquet -> change batches. A file is read twice, a record batch at a time: first the key,
+//! Op and sequence columns of every row, to find each key's surviving row, then every column of
+//! only those rows.
 
 use std::sync::Arc;
 
@@ -136,10 +138,18 @@ fn winners(
             .filter(|f| matches!(f.name().as_str(), OP | SEQ | NOSUP)),
     );
     let narrow = Arc::new(Schema::new(fields));
-    let key_type = plan.schema.field(plan.keys[0]).data_type();
-    let mut last = (plan.seq.is_none() && plan.keys.len() == 1 && LastRowPerKey::supports(key_type))
-        .then(|| LastRowPerKey::with_capacity(file_rows));
-    let mut dedup = Deduper::new(narrow.clone(), &spec.keys)?.with_rows_in_sequence_order(plan.seq.is_none());
+    // Later rows win and one integer key: positions alone decide. Otherwise the general deduper
+    // over narrow batches (key, position and metadata columns).
+    let mut last = match plan.keys.as_slice() {
+        [k] if plan.seq.is_none() && LastRowPerKey::supports(plan.schema.field(*k).data_type()) => {
+            Some(LastRowPerKey::with_capacity(file_rows))
+        }
+        _ => None,
+    };
+    let mut dedup = match last {
+        Some(_) => None,
+        None => Some(Deduper::new(narrow.clone(), &spec.keys)?.with_rows_in_sequence_order(plan.seq.is_none())),
+    };
     let mut row: u64 = 0;
     for batch in reader {
         let batch = batch
@@ -173,11 +183,13 @@ fn winners(
         if let Some(i) = plan.op {
             check_ops(&column(i)?, rows)?;
         }
-        if let Some(last) = last.as_mut() {
-            last.push(&cols[0], row)?;
+        let Some(dedup) = dedup.as_mut() else {
+            if let (Some(last), Some(keys)) = (last.as_mut(), cols.first()) {
+                last.push(keys, row)?;
+            }
             row += n as u64;
             continue;
-        }
+        };
         cols.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
             row..row + n as u64,
         )));
@@ -196,11 +208,12 @@ fn winners(
         dedup.push(narrow_batch)?;
         row += n as u64;
     }
-    if let Some(last) = last {
+    let Some(dedup) = dedup else {
+        let last = last.unwrap_or_default();
         let rows_in = last.rows_in();
         let pos = last.finish().into_iter().map(|p| p as usize).collect();
         return Ok((pos, rows_in));
-    }
+    };
     let rows_in = dedup.rows_in();
     let Some(survivors) = dedup.finish()? else {
         return Ok((Vec::new(), rows_in));
