@@ -234,4 +234,31 @@ mod tests {
         let b = u.batch.unwrap();
         assert_eq!(b.schema().field(1).data_type(), &DataType::Int64);
     }
+
+    /// Change sets staged before an upgrade kept `_dms_source_file` as plain text; they must
+    /// still be applied, beside new ones, and deduplicated with them.
+    #[test]
+    fn change_sets_staged_by_an_earlier_version_still_apply() {
+        use crate::changes::{source_file_type, SOURCE_FILE};
+        let new = batch(&[(1, Some("new"), "U", "1F2", None)]);
+        let i = new.schema().index_of(SOURCE_FILE).unwrap();
+        let mut fields: Vec<Field> = new.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields[i] = Field::new(SOURCE_FILE, DataType::Utf8, false);
+        let old_rows = batch(&[(1, Some("old"), "I", "1F1", None), (2, Some("b"), "I", "1F1", None)]);
+        let mut cols = old_rows.columns().to_vec();
+        cols[i] = Arc::new(StringArray::from(vec!["s3://dms/old.csv"; 2]));
+        let old = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+        let u = unify(None, &[vec![old], vec![new]], &keys()).unwrap();
+        assert!(u.rejected.is_empty());
+        let b = u.batch.unwrap();
+        assert_eq!(b.schema().field(i).data_type(), &source_file_type());
+        let mut rows: Vec<(i64, String)> = (0..b.num_rows())
+            .map(|r| {
+                let id = b.column(0).as_primitive::<arrow::datatypes::Int64Type>().value(r);
+                (id, b.column(1).as_string::<i32>().value(r).to_string())
+            })
+            .collect();
+        rows.sort();
+        assert_eq!(rows, vec![(1, "new".to_string()), (2, "b".to_string())]);
+    }
 }
