@@ -102,9 +102,7 @@ impl Sequence {
         out.push_str(v);
         Ok(())
     }
-}
 
-impl Sequence {
     /// The sequences of rows that carry none of their own: `prefix` ([`Sequence::load_prefix`]
     /// or [`Sequence::file_prefix`]) and the row number, built straight into one buffer.
     pub fn positional(prefix: &str, rows: impl ExactSizeIterator<Item = u64>) -> Result<StringArray, ArrowError> {
@@ -301,7 +299,7 @@ struct MetaCols {
 const COMPACT_MIN_ROWS: usize = 256 * 1024;
 
 /// Pairs [`LastRowPerKey`] collects before it first squashes them: a file of a million rows is
-/// sorted once.
+/// squashed once.
 const SQUASH_MIN_PAIRS: usize = 1 << 20;
 
 impl Deduper {
@@ -388,62 +386,54 @@ impl Deduper {
             .map_err(|_| InputProblem::new(BadInputKind::TooLarge, "too many batches"))?;
         let n = batch.num_rows();
         let nosup = batch.column(self.cols.nosup).null_count() < n;
-        match &mut self.index {
-            Index::Int { fresh, .. } => {
-                fresh.reserve(n);
-                push_int_keys(batch.column(self.key_idx[0]), fresh, |r| RowRef {
-                    batch: b,
-                    row: r as u32,
-                })?;
-            }
-            Index::Bytes { converter, map } => {
-                let keys: Vec<ArrayRef> = self.key_idx.iter().map(|&i| batch.column(i).clone()).collect();
-                let rows = converter
-                    .convert_columns(&keys)
-                    .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
-                self.batches.push(batch);
-                self.nosup_in.push(nosup);
-                let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.schema, self.cols);
-                for r in 0..n {
-                    let at = RowRef {
-                        batch: b,
-                        row: r as u32,
-                    };
-                    // One hash and probe per row; only keys longer than INLINE_KEY allocate.
-                    match map.entry(Key::new(rows.row(r).as_ref())) {
-                        hash_map::Entry::Vacant(slot) => {
-                            slot.insert(ctx.first(at));
-                        }
-                        hash_map::Entry::Occupied(mut slot) => ctx.offer(slot.get_mut(), at),
-                    }
-                }
-                self.rows_in += n as u64;
-                self.retained += n;
-                if self.retained >= COMPACT_MIN_ROWS && self.retained >= 2 * map.len() {
-                    self.compact()?;
-                }
-                return Ok(());
-            }
-        }
+        let keys: Vec<ArrayRef> = self.key_idx.iter().map(|&i| batch.column(i).clone()).collect();
         self.batches.push(batch);
         self.nosup_in.push(nosup);
         self.rows_in += n as u64;
         self.retained += n;
-        if let Index::Int { fresh, .. } = &self.index {
-            // Group when the rows since the last grouping are as many as those retained before
-            // it (so the total grouping work stays proportional to the rows), then compact if
-            // most retained rows lost.
-            if fresh.len() >= COMPACT_MIN_ROWS.max(self.retained - fresh.len()) {
-                self.group();
-                if self.retained >= COMPACT_MIN_ROWS && self.retained >= 2 * self.winner_count() {
-                    self.compact()?;
+        let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.schema, self.cols);
+        let at = |r: usize| RowRef {
+            batch: b,
+            row: r as u32,
+        };
+        // Whether the winners are known now, so compacting can be considered.
+        let settled = match &mut self.index {
+            Index::Int { fresh, .. } => {
+                fresh.reserve(n);
+                if let Some(k) = keys.first() {
+                    push_int_keys(k, fresh, at)?;
                 }
+                // Group when the rows since the last grouping are as many as those retained
+                // before it, so the total grouping work stays proportional to the rows.
+                fresh.len() >= COMPACT_MIN_ROWS.max(self.retained - fresh.len())
+            }
+            Index::Bytes { converter, map } => {
+                let rows = converter
+                    .convert_columns(&keys)
+                    .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
+                for r in 0..n {
+                    // One hash and probe per row; only keys longer than INLINE_KEY allocate.
+                    match map.entry(Key::new(rows.row(r).as_ref())) {
+                        hash_map::Entry::Vacant(slot) => {
+                            slot.insert(ctx.first(at(r)));
+                        }
+                        hash_map::Entry::Occupied(mut slot) => ctx.offer(slot.get_mut(), at(r)),
+                    }
+                }
+                true
+            }
+        };
+        if settled {
+            self.group();
+            if self.retained >= COMPACT_MIN_ROWS && self.retained >= 2 * self.winner_count() {
+                self.compact()?;
             }
         }
         Ok(())
     }
 
-    /// Folds the rows pushed since the last grouping into the winners (integer keys only).
+    /// Folds the rows pushed since the last grouping into the winners (integer keys; the hash
+    /// map is always up to date).
     fn group(&mut self) {
         let Index::Int { winners, fresh } = &mut self.index else {
             return;
@@ -690,7 +680,7 @@ fn push_int_keys<T>(col: &ArrayRef, out: &mut Vec<(u64, T)>, at: impl Fn(usize) 
 
 /// Deduplication when only positions matter and later rows always win: a file without a
 /// sequence column, keyed by one integer column. Keeps `(key, position)` pairs and, whenever
-/// they have doubled since the last time, sorts them and keeps each key's last, so memory stays
+/// they have doubled since the last time, squashes them to each key's last, so memory stays
 /// within twice the surviving keys (and at least [`SQUASH_MIN_PAIRS`], 16 MiB).
 #[derive(Debug, Default)]
 pub struct LastRowPerKey {

@@ -73,11 +73,10 @@ pub(super) fn decode(
             )
         })?;
         done += n;
-        let mut cols = data_columns(&batch, &plan, &file_schema)?;
+        let mut cols = data_columns(&batch, &plan)?;
         let ops: ArrayRef = match plan.op {
             // Checked on every row in the first pass.
-            Some(i) => cast(batch.column(i), &DataType::Utf8)
-                .map_err(|e| InputProblem::new(BadInputKind::UnknownOp, format!("the Op column is not text: {e}")))?,
+            Some(i) => op_text(batch.column(i))?,
             None => Arc::new(StringArray::from_iter_values(std::iter::repeat_n("I", n))),
         };
         let seqs = sequences(&batch, &plan, ctx, Rows::Picked(rows))?;
@@ -194,7 +193,7 @@ fn winners(
             row..row + n as u64,
         )));
         cols.push(match plan.op {
-            Some(i) => op_column(&column(i)?, rows)?,
+            Some(i) => op_text(&column(i)?)?,
             None => Arc::new(StringArray::from_iter_values(std::iter::repeat_n("I", n))),
         });
         cols.push(match plan.seq {
@@ -249,16 +248,13 @@ fn consecutive_ranges(rows: &[usize]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// The data columns of a second-pass batch, converted to the types Delta stores.
-fn data_columns(batch: &RecordBatch, plan: &Plan, file_schema: &Schema) -> Result<Vec<ArrayRef>, InputProblem> {
+fn data_columns(batch: &RecordBatch, plan: &Plan) -> Result<Vec<ArrayRef>, InputProblem> {
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(plan.schema.fields().len());
     for (i, target) in &plan.data {
         let col = to_delta(batch.column(*i), target).map_err(|e| {
             InputProblem::new(
                 BadInputKind::BadValue,
-                format!(
-                    "column `{}` cannot be stored as {target}: {e}",
-                    file_schema.field(*i).name()
-                ),
+                format!("column `{}` cannot be stored as {target}: {e}", file_name(plan, *i)),
             )
         })?;
         cols.push(col);
@@ -266,41 +262,41 @@ fn data_columns(batch: &RecordBatch, plan: &Plan, file_schema: &Schema) -> Resul
     Ok(cols)
 }
 
-/// The Op column as text, refusing anything but I, U and D. `rows` are the 0-based file
-/// positions of the batch's rows, for the message.
-fn op_column(col: &ArrayRef, rows: Rows<'_>) -> Result<ArrayRef, InputProblem> {
-    let ops = cast(col, &DataType::Utf8)
-        .map_err(|e| InputProblem::new(BadInputKind::UnknownOp, format!("the Op column is not text: {e}")))?;
+/// The Op column as text.
+fn op_text(col: &ArrayRef) -> Result<ArrayRef, InputProblem> {
+    cast(col, &DataType::Utf8)
+        .map_err(|e| InputProblem::new(BadInputKind::UnknownOp, format!("the Op column is not text: {e}")))
+}
+
+/// Refuses an Op other than I, U or D, naming the row (`rows` places the batch in the file). A
+/// dictionary-encoded column is checked by its few values first.
+fn check_ops(col: &ArrayRef, rows: Rows<'_>) -> Result<(), InputProblem> {
+    let is_op = |v: &str| matches!(v, "I" | "U" | "D");
+    if let Some(d) = col.as_any_dictionary_opt() {
+        if let Ok(values) = cast(d.values(), &DataType::Utf8) {
+            let v = values.as_string::<i32>();
+            if col.null_count() == 0 && (0..v.len()).all(|i| v.is_valid(i) && is_op(v.value(i))) {
+                return Ok(());
+            }
+        }
+    }
+    // Plain text, or something is wrong: find the row.
+    let ops = op_text(col)?;
     let s = ops.as_string::<i32>();
-    for r in 0..s.len() {
-        if s.is_null(r) || !matches!(s.value(r), "I" | "U" | "D") {
+    match (0..s.len()).find(|&r| s.is_null(r) || !is_op(s.value(r))) {
+        None => Ok(()),
+        Some(r) => {
             let shown: String = if s.is_null(r) {
                 "null".into()
             } else {
                 s.value(r).chars().take(8).collect()
             };
-            return Err(InputProblem::new(
+            Err(InputProblem::new(
                 BadInputKind::UnknownOp,
                 format!("row {}: Op `{shown}` is not I, U or D", rows.number(r)),
-            ));
+            ))
         }
     }
-    Ok(ops)
-}
-
-/// Refuses an Op other than I, U or D; a dictionary-encoded column is checked by its values.
-fn check_ops(col: &ArrayRef, rows: Rows<'_>) -> Result<(), InputProblem> {
-    if let Some(d) = col.as_any_dictionary_opt() {
-        if let Ok(values) = cast(d.values(), &DataType::Utf8) {
-            let v = values.as_string::<i32>();
-            let all_valid = (0..v.len()).all(|i| v.is_valid(i) && matches!(v.value(i), "I" | "U" | "D"));
-            if all_valid && col.null_count() == 0 {
-                return Ok(());
-            }
-        }
-    }
-    // Something is wrong (or the column is plain text): find the row.
-    op_column(col, rows).map(|_| ())
 }
 
 /// Where a batch's rows sit in the file: consecutive from a 0-based position (first pass), or
