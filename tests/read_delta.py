@@ -42,7 +42,17 @@ def main():
             "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false",
         }
     table = DeltaTable(path, storage_options=options)
-    data = table.to_pyarrow_table(columns=cols).to_pylist()
+    features = table.protocol().reader_features or []
+    if "deletionVectors" in features:
+        # pyarrow datasets cannot apply deletion vectors; the package's own query engine does.
+        import pyarrow
+        from deltalake import QueryBuilder
+
+        quoted = ", ".join('"' + c.replace('"', '""') + '"' for c in cols)
+        reader = QueryBuilder().register("t", table).execute(f"SELECT {quoted} FROM t")
+        data = pyarrow.table(reader).to_pylist()
+    else:
+        data = table.to_pyarrow_table(columns=cols).to_pylist()
     for row in data:
         text = [canonical(row[c]).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n") for c in cols]
         print("\t".join(text))

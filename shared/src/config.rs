@@ -149,6 +149,12 @@ pub struct CommitConfig {
     /// How long deleted keys are remembered, so a late older change cannot bring a row back.
     #[serde(default = "default_tombstone_retention_hours")]
     pub tombstone_retention_hours: u64,
+    /// Merge-on-read: changed and deleted rows are marked in deletion vectors and new versions
+    /// go to a new file, instead of rewriting every data file that holds a changed key. Raises
+    /// the table's protocol to reader 3 / writer 7 (readers must support deletion vectors).
+    /// Tables may override it.
+    #[serde(default)]
+    pub deletion_vectors: bool,
 }
 
 impl Default for CommitConfig {
@@ -159,6 +165,7 @@ impl Default for CommitConfig {
             backoff_base_ms: default_backoff_base_ms(),
             backoff_max_ms: default_backoff_max_ms(),
             tombstone_retention_hours: default_tombstone_retention_hours(),
+            deletion_vectors: false,
         }
     }
 }
@@ -433,6 +440,9 @@ pub struct TableConfig {
     /// Delta partition columns.
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// Overrides `commit.deletion_vectors` for this table.
+    #[serde(default)]
+    pub deletion_vectors: Option<bool>,
     /// Overrides the top-level `compact` settings for this table.
     #[serde(default)]
     pub compact: Option<CompactConfig>,
@@ -560,6 +570,8 @@ pub struct TableSpec {
     pub timestamp_column: Option<String>,
     pub delete_mode: DeleteMode,
     pub partition_by: Vec<String>,
+    /// Commits mark replaced rows in deletion vectors instead of rewriting files.
+    pub deletion_vectors: bool,
     pub compact: CompactConfig,
 }
 
@@ -1005,6 +1017,9 @@ impl Validated {
                 .or_else(|| s.timestamp_column.clone()),
             delete_mode: entry.map(|t| t.delete_mode).unwrap_or_default(),
             partition_by: entry.map(|t| t.partition_by.clone()).unwrap_or_default(),
+            deletion_vectors: entry
+                .and_then(|t| t.deletion_vectors)
+                .unwrap_or(self.config.commit.deletion_vectors),
             compact: entry
                 .and_then(|t| t.compact.clone())
                 .unwrap_or_else(|| self.config.compact.clone()),

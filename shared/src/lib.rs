@@ -9,6 +9,8 @@ pub mod catalog;
 pub mod changes;
 pub mod config;
 pub mod decode;
+#[cfg(feature = "delta")]
+pub mod deletion_vector;
 pub mod error;
 pub mod events;
 pub mod failpoint;

@@ -212,6 +212,7 @@ mod tests {
             timestamp_column: None,
             delete_mode: Default::default(),
             partition_by: vec![],
+            deletion_vectors: false,
             compact: Default::default(),
         };
         let root = Path::from("staged");

@@ -11,7 +11,35 @@ use support::{Lab, On};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_order_delivery_converges_and_an_independent_reader_agrees() {
-    Lab::new(&SimOptions::default(), None).in_order_twice().await;
+    let commits = Lab::new(&SimOptions::default(), None).in_order_twice().await;
+    assert!(commits.iter().all(|m| m.dv_files == 0), "{commits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_on_read_converges_and_an_independent_reader_agrees() {
+    let lab = Lab::new_with(&SimOptions::default(), None, true);
+    let commits = lab.one_commit_per_file().await;
+    // Rows were replaced through deletion vectors, and no unchanged row was written again.
+    assert!(commits.iter().any(|m| m.dv_files > 0 && m.dv_rows > 0), "{commits:?}");
+    assert!(commits.iter().all(|m| m.rows_copied == 0), "{commits:?}");
+    let updated: u64 = commits.iter().map(|m| m.rows_updated + m.rows_deleted).sum();
+    let marked: u64 = commits.iter().map(|m| m.dv_rows).sum();
+    assert_eq!(marked, updated, "each replaced or deleted row is marked once");
+    // Delivering everything again changes nothing.
+    for f in &lab.sim.files {
+        lab.pipeline
+            .decode(&lab.bucket, &f.key, Some("e".into()), Default::default())
+            .await
+            .unwrap();
+    }
+    let again = lab.pipeline.commit_all().await.unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|m| m.rows_inserted + m.rows_updated + m.rows_deleted + m.dv_files == 0),
+        "{again:?}"
+    );
+    lab.check().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

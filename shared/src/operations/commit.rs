@@ -23,7 +23,7 @@ use deltalake::kernel::transaction::{CommitBuilder as DeltaCommitBuilder, Commit
 use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::operations::merge::MergeMetrics;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::DeltaTable;
+use deltalake::{DeltaTable, TableProperty};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
@@ -34,6 +34,7 @@ use crate::config::{DeleteMode, TableSpec, Validated};
 use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::failpoint::{self, Failpoints};
 use crate::lake::{self, delta_err, is_conflict};
+use crate::operations::merge_on_read::{self, DvCounts};
 use crate::quarantine::{write_report, QuarantineReport};
 use crate::stage::{read_change_set, table_dir, ChangeSetMeta};
 use crate::storage::{Location, Stores};
@@ -88,6 +89,10 @@ pub struct CommitMetrics {
     /// measures; they overlap, both streaming).
     pub merge_scan_ms: u64,
     pub merge_rewrite_ms: u64,
+    /// Merge-on-read (`deletion_vectors`): data files given a new deletion vector, and the
+    /// rows those vectors newly mark as replaced or deleted.
+    pub dv_files: u64,
+    pub dv_rows: u64,
     /// Attempts made (1 when there was no conflict).
     pub attempts: u32,
     /// Conflicts with concurrent writers that were retried.
@@ -121,6 +126,7 @@ enum Attempt {
 struct AttemptResult {
     version: Option<u64>,
     merge: Option<MergeMetrics>,
+    dv: DvCounts,
     rows_source: u64,
     tombstone_stale: u64,
     tombstones_written: u64,
@@ -301,6 +307,8 @@ impl<'a> CommitChangesBuilder<'a> {
             metrics.merge_scan_ms = m.scan_time_ms;
             metrics.merge_rewrite_ms = m.rewrite_time_ms;
         }
+        metrics.dv_files = result.dv.files_marked;
+        metrics.dv_rows = result.dv.rows_marked;
         let changed = metrics.rows_inserted + metrics.rows_updated + metrics.rows_deleted;
         metrics.rows_stale = result.rows_source.saturating_sub(changed);
         if spec.delete_mode == DeleteMode::Hard {
@@ -435,17 +443,29 @@ impl<'a> CommitChangesBuilder<'a> {
 
         let before = table.version();
         let info = commit_info(pending, source.num_rows());
+        // Merge-on-read unless the commit adds columns (copy-on-write evolves the schema).
+        let on_read = spec.deletion_vectors && unified.new_columns.is_empty();
         let applied = if source.num_rows() == 0 {
-            Ok((table, None))
+            Ok((table, None, DvCounts::default()))
+        } else if on_read {
+            match enable_deletion_vectors(table).await {
+                Ok(t) => merge_on_read::apply(t, spec, source, info.clone())
+                    .await
+                    .map(|(t, m, dv)| (t, Some(m), dv)),
+                Err(e) => Err(e),
+            }
         } else {
-            merge(table, spec, source, &unified.new_columns, info.clone()).await
+            merge(table, spec, source, &unified.new_columns, info.clone())
+                .await
+                .map(|(t, m)| (t, m, DvCounts::default()))
         };
-        let (table, merge_metrics) = match applied {
+        let (table, merge_metrics, dv) = match applied {
             Ok(v) => v,
             Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
             Err(e) => return Err(derr(e)),
         };
         result.merge = merge_metrics;
+        result.dv = dv;
         result.version = table.version();
         if let Ok(snapshot) = table.snapshot() {
             result.table_schema = Some(snapshot.snapshot().arrow_schema());
@@ -541,7 +561,37 @@ async fn create_table(
     if !spec.partition_by.is_empty() {
         b = b.with_partition_columns(spec.partition_by.clone());
     }
+    if spec.deletion_vectors {
+        b = b.with_configuration_property(TableProperty::EnableDeletionVectors, Some("true"));
+    }
     b.await
+}
+
+/// Whether the table accepts deletion vectors (the property set and the protocol raised).
+pub fn has_deletion_vectors(table: &DeltaTable) -> bool {
+    table.snapshot().is_ok_and(|s| {
+        s.protocol().min_reader_version() >= 3
+            && s.metadata()
+                .configuration()
+                .get(TableProperty::EnableDeletionVectors.as_ref())
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    })
+}
+
+/// Turns deletion vectors on for a table created without them (its own commit: the protocol
+/// goes to reader 3 / writer 7).
+async fn enable_deletion_vectors(table: DeltaTable) -> deltalake::DeltaResult<DeltaTable> {
+    if has_deletion_vectors(&table) {
+        return Ok(table);
+    }
+    tracing::info!(stage = "commit", table = %table.table_url(), "enabling deletion vectors (protocol reader 3 / writer 7)");
+    table
+        .set_tbl_properties()
+        .with_properties(HashMap::from([(
+            TableProperty::EnableDeletionVectors.as_ref().to_string(),
+            "true".to_string(),
+        )]))
+        .await
 }
 
 fn s(name: &str) -> Expr {

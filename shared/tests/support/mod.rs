@@ -47,21 +47,37 @@ pub struct Lab {
     pub config_text: String,
     /// On S3: the endpoint the Python reader must use.
     endpoint: Option<String>,
+    /// Commits mark replaced rows with deletion vectors (merge-on-read).
+    pub deletion_vectors: bool,
 }
 
 // Conflicts are expected here; short backoffs keep the suite fast.
 const FAST_COMMITS: &str = "commit:\n  backoff_base_ms: 2\n  backoff_max_ms: 100\n  max_attempts: 60\n";
 
+/// The commit settings of a lab: fast retries, and merge-on-read when `dv`.
+fn commit_settings(dv: bool) -> String {
+    let mut text = FAST_COMMITS.to_string();
+    if dv {
+        text.push_str("  deletion_vectors: true\n");
+    }
+    text
+}
+
 impl Lab {
     /// A lab on local folders.
     pub fn new(opts: &SimOptions, wrapper: Option<StoreWrapper>) -> Lab {
+        Lab::new_with(opts, wrapper, false)
+    }
+
+    /// A lab on local folders whose commits use deletion vectors when `dv`.
+    pub fn new_with(opts: &SimOptions, wrapper: Option<StoreWrapper>, dv: bool) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let sim = simulate(opts);
         let p = |s: &str| dir.path().join(s).display().to_string();
         let data = dir.path().join("bucket");
         sim.write_files(&data).unwrap();
         let mut text = sim.config(&p("lake"), &p("staged"), &p("quarantine"), &data.display().to_string());
-        text.push_str(FAST_COMMITS);
+        text.push_str(&commit_settings(dv));
         let pipeline = pipeline(&text, wrapper);
         let bucket = sim.bucket.clone();
         Lab {
@@ -72,6 +88,7 @@ impl Lab {
             on: On::Folders,
             config_text: text,
             endpoint: None,
+            deletion_vectors: dv,
         }
     }
 
@@ -82,7 +99,22 @@ impl Lab {
 
     /// Like [`Lab::on_s3`], with the pipeline talking to `endpoint` (a proxy in front of moto).
     pub async fn on_s3_via(opts: &SimOptions, wrapper: Option<StoreWrapper>, endpoint: Option<&str>) -> Lab {
-        let lab = Lab::on_s3_with(opts, wrapper, endpoint, "").await;
+        Lab::on_s3_via_with(opts, wrapper, endpoint, false).await
+    }
+
+    /// [`Lab::on_s3_via`], commits using deletion vectors when `dv`.
+    pub async fn on_s3_via_with(
+        opts: &SimOptions,
+        wrapper: Option<StoreWrapper>,
+        endpoint: Option<&str>,
+        dv: bool,
+    ) -> Lab {
+        let mut lab = Lab::on_s3_with(opts, wrapper.clone(), endpoint, "").await;
+        if dv {
+            lab.config_text = lab.config_text.replacen(FAST_COMMITS, &commit_settings(true), 1);
+            lab.pipeline = pipeline(&lab.config_text, wrapper);
+            lab.deletion_vectors = true;
+        }
         lab.upload_all().await;
         lab
     }
@@ -118,6 +150,7 @@ impl Lab {
             on: On::S3,
             config_text: text,
             endpoint: Some(moto.url.clone()),
+            deletion_vectors: false,
         }
     }
 
@@ -152,9 +185,13 @@ impl Lab {
     }
 
     pub async fn on(on: On, opts: &SimOptions, wrapper: Option<StoreWrapper>) -> Lab {
+        Lab::on_with(on, opts, wrapper, false).await
+    }
+
+    pub async fn on_with(on: On, opts: &SimOptions, wrapper: Option<StoreWrapper>, dv: bool) -> Lab {
         match on {
-            On::Folders => Lab::new(opts, wrapper),
-            On::S3 => Lab::on_s3(opts, wrapper).await,
+            On::Folders => Lab::new_with(opts, wrapper, dv),
+            On::S3 => Lab::on_s3_via_with(opts, wrapper, None, dv).await,
         }
     }
 
@@ -189,7 +226,7 @@ impl Lab {
     /// Every file delivered once in DMS's order, then all of them again: the tables equal the
     /// source (read back by dms2delta, the log checked, and by the Python reader), and the
     /// second delivery changes nothing.
-    pub async fn in_order_twice(&self) {
+    pub async fn in_order_twice(&self) -> Vec<dms2delta::operations::commit::CommitMetrics> {
         use dms2delta::failpoint::Failpoints;
         use dms2delta::operations::decode::DecodeOutcome;
         for f in &self.sim.files {
@@ -221,6 +258,28 @@ impl Lab {
             "{again:?}"
         );
         self.check().await.unwrap();
+        commits
+    }
+
+    /// Every file delivered in DMS's order and committed on its own (each commit meets the rows
+    /// of the ones before); the tables equal the source, read back by dms2delta and by the
+    /// Python reader, and the log is whole.
+    pub async fn one_commit_per_file(&self) -> Vec<dms2delta::operations::commit::CommitMetrics> {
+        use dms2delta::failpoint::Failpoints;
+        let mut commits = Vec::new();
+        for f in &self.sim.files {
+            self.pipeline
+                .decode(&self.bucket, &f.key, Some("e".into()), Failpoints::default())
+                .await
+                .unwrap();
+            commits.extend(self.pipeline.commit_all().await.unwrap());
+        }
+        self.check().await.unwrap();
+        self.check_log().await.unwrap();
+        if !skip_python() {
+            self.check_with_python().unwrap();
+        }
+        commits
     }
 
     /// Every table's log is whole: versions 0..=n with no gap, each entry complete JSON lines
@@ -261,9 +320,23 @@ impl Lab {
                     }
                     // The minimum protocol, which Athena, Spark and DuckDB all read: no reader
                     // or writer features (deletion vectors, timestamp_ntz, column mapping).
+                    // With merge-on-read: deletion vectors and nothing else.
                     if let Some(p) = action.get("protocol") {
                         let (r, w) = (p["minReaderVersion"].as_u64(), p["minWriterVersion"].as_u64());
-                        if r > Some(1)
+                        let dv_only = serde_json::json!(["deletionVectors"]);
+                        // Writer version 2's own features (appendOnly, invariants) are listed
+                        // explicitly at writer 7.
+                        let writer_ok = p["writerFeatures"].as_array().is_some_and(|f| {
+                            f.iter().any(|x| x == "deletionVectors")
+                                && f.iter().all(|x| {
+                                    ["deletionVectors", "appendOnly", "invariants"].contains(&x.as_str().unwrap_or(""))
+                                })
+                        });
+                        if self.deletion_vectors {
+                            if r != Some(3) || w != Some(7) || p.get("readerFeatures") != Some(&dv_only) || !writer_ok {
+                                return Err(format!("{name} v{v}: not the deletion-vector protocol: {p}"));
+                            }
+                        } else if r > Some(1)
                             || w > Some(2)
                             || p.get("readerFeatures").is_some()
                             || p.get("writerFeatures").is_some()

@@ -1,0 +1,715 @@
+//! Merge-on-read commits: the same sequence-guarded MERGE as the copy-on-write path, applied by
+//! marking replaced rows in deletion vectors and writing only the new row versions.
+//!
+//! A copy-on-write MERGE rewrites every data file that holds a changed key: a 10,000-change
+//! batch spread over a 10M-row table rewrites all of it. Here the cost follows the changes: the
+//! key columns of the files that may hold a changed key are read, then the stored sequence (and,
+//! when a change keeps old values, the old row) of only the matched rows; the matched rows go
+//! into each file's deletion vector and the new versions into one new file, all in one commit.
+//!
+//! The semantics are those of `commit::merge`, row for row: a change applies only when its
+//! sequence is higher than the stored one; `D` deletes (hard) or flags the row (soft); a column
+//! listed in `_dms_nosup` keeps the stored value; a key the table lacks is inserted unless the
+//! change is a delete (soft mode inserts a deleted marker row for it). The caller falls back to
+//! copy-on-write for commits that add columns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::compute::{cast, concat_batches, interleave};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::row::{RowConverter, SortField};
+use bytes::Bytes;
+use deltalake::kernel::transaction::CommitBuilder as DeltaCommitBuilder;
+use deltalake::kernel::{Action, Add, DeletionVectorDescriptor, Remove};
+use deltalake::operations::merge::MergeMetrics;
+use deltalake::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
+use deltalake::parquet::arrow::async_reader::AsyncFileReader;
+use deltalake::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use deltalake::parquet::errors::ParquetError;
+use deltalake::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaResult, DeltaTable, DeltaTableError};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use roaring::RoaringTreemap;
+use serde_json::Value;
+
+use super::commit::{DELETED, DELETED_AT};
+use crate::changes::{COMMIT_TS, NOSUP, OP, SEQ};
+use crate::config::{DeleteMode, TableSpec};
+use crate::deletion_vector::{self, DvError, DvFileWriter};
+use crate::types::UTC;
+
+/// Files read at once: enough to keep both cores of a small Lambda busy and S3 latency hidden.
+const CONCURRENT_FILES: usize = 4;
+
+/// What a merge-on-read commit did, beyond what `MergeMetrics` says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DvCounts {
+    /// Data files that got a new deletion vector.
+    pub files_marked: u64,
+    /// Rows those new vectors add.
+    pub rows_marked: u64,
+}
+
+fn dv_err(e: DvError) -> DeltaTableError {
+    match e {
+        DvError::Storage { source, .. } => DeltaTableError::ObjectStore { source },
+        other => DeltaTableError::Generic(other.to_string()),
+    }
+}
+
+/// The changes' keys, for probing data files.
+enum KeyIndex {
+    /// One integer key: no row encoding.
+    Int(HashMap<i64, u32, foldhash::fast::RandomState>, Vec<i64>),
+    /// Anything else, through Arrow's row format.
+    Rows(RowConverter, HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>),
+}
+
+fn is_small_int(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+    )
+}
+
+impl KeyIndex {
+    fn build(keys: &[ArrayRef]) -> Result<Self, ArrowError> {
+        if let [k] = keys {
+            if is_small_int(k.data_type()) {
+                let k = cast(k, &DataType::Int64)?;
+                let k = k.as_primitive::<Int64Type>();
+                let mut map = HashMap::with_capacity_and_hasher(k.len(), Default::default());
+                for (i, v) in k.iter().enumerate() {
+                    if let Some(v) = v {
+                        map.insert(v, i as u32);
+                    }
+                }
+                let mut sorted: Vec<i64> = map.keys().copied().collect();
+                sorted.sort_unstable();
+                return Ok(KeyIndex::Int(map, sorted));
+            }
+        }
+        let converter = RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
+        let rows = converter.convert_columns(keys)?;
+        let mut map = HashMap::with_capacity_and_hasher(rows.num_rows(), Default::default());
+        for (i, r) in rows.iter().enumerate() {
+            map.insert(r.as_ref().into(), i as u32);
+        }
+        Ok(KeyIndex::Rows(converter, map))
+    }
+
+    /// Calls `hit(row, change)` for each row of `cols` whose key has a change.
+    fn probe(&self, cols: &[ArrayRef], mut hit: impl FnMut(usize, u32)) -> Result<(), ArrowError> {
+        match self {
+            KeyIndex::Int(map, _) => {
+                let k = cast(&cols[0], &DataType::Int64)?;
+                let k = k.as_primitive::<Int64Type>();
+                for (i, v) in k.iter().enumerate() {
+                    if let Some(src) = v.and_then(|v| map.get(&v)) {
+                        hit(i, *src);
+                    }
+                }
+            }
+            KeyIndex::Rows(converter, map) => {
+                let rows = converter.convert_columns(cols)?;
+                for (i, r) in rows.iter().enumerate() {
+                    if let Some(src) = map.get(r.as_ref()) {
+                        hit(i, *src);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a file whose key stats say `[min, max]` may hold a changed key.
+    fn may_hold(&self, stats: Option<&str>, key: &str) -> bool {
+        let KeyIndex::Int(_, sorted) = self else {
+            return true;
+        };
+        let Some(stats) = stats.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+            return true;
+        };
+        let bound = |which: &str| stats.get(which).and_then(|m| m.get(key)).and_then(Value::as_i64);
+        let (Some(min), Some(max)) = (bound("minValues"), bound("maxValues")) else {
+            return true;
+        };
+        let at = sorted.partition_point(|v| *v < min);
+        sorted.get(at).is_some_and(|v| *v <= max)
+    }
+}
+
+/// One active data file, as the snapshot lists it.
+struct DataFile {
+    log_path: String,
+    store_path: Path,
+    size: i64,
+    modification_time: i64,
+    stats: Option<String>,
+    partition_values: HashMap<String, Option<String>>,
+    dv: Option<DeletionVectorDescriptor>,
+}
+
+/// A data file read through the table's store (ranged reads; nothing is downloaded whole).
+#[derive(Clone)]
+struct StoreFile {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+fn external(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreFile {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, deltalake::parquet::errors::Result<Bytes>> {
+        async move { self.store.get_range(&self.path, range).await.map_err(external) }.boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, deltalake::parquet::errors::Result<Vec<Bytes>>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, deltalake::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let mut reader = ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024));
+            if let Some(o) = options {
+                reader = reader
+                    .with_column_index_policy(o.column_index_policy())
+                    .with_offset_index_policy(o.offset_index_policy());
+            }
+            let size = self.size;
+            Ok(Arc::new(reader.load_and_finish(self, size).await?))
+        }
+        .boxed()
+    }
+}
+
+/// The rows of one file whose key has a change: positions (ascending), the change each
+/// matches, and the `columns` read for them, in the same order.
+struct Hits {
+    file: usize,
+    rows: Vec<u64>,
+    changes: Vec<u32>,
+    old: RecordBatch,
+    deleted_before: RoaringTreemap,
+}
+
+struct ScanInput {
+    store: Arc<dyn ObjectStore>,
+    table_root: url::Url,
+    keys: Arc<KeyIndex>,
+    key_names: Arc<Vec<String>>,
+    /// The keys' types in the table.
+    key_types: Vec<DataType>,
+    /// The table columns to read for matched rows.
+    columns: SchemaRef,
+}
+
+async fn scan_file(input: Arc<ScanInput>, index: usize, file: Arc<DataFile>) -> DeltaResult<Option<Hits>> {
+    let deleted_before = match &file.dv {
+        Some(dv) => deletion_vector::read(input.store.as_ref(), &input.table_root, dv)
+            .await
+            .map_err(dv_err)?,
+        None => RoaringTreemap::new(),
+    };
+    let size = u64::try_from(file.size).unwrap_or(0);
+    let mut reader = StoreFile {
+        store: input.store.clone(),
+        path: file.store_path.clone(),
+        size,
+    };
+    // The offset index lets the second read skip pages that hold no matched row.
+    let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+    let meta = ArrowReaderMetadata::load_async(&mut reader, options).await?;
+    let file_schema = meta.schema().clone();
+    let roots = |names: &mut dyn Iterator<Item = &str>| -> Vec<usize> {
+        names.filter_map(|n| file_schema.index_of(n).ok()).collect()
+    };
+    let key_roots = roots(&mut input.key_names.iter().map(String::as_str));
+    if key_roots.len() != input.key_names.len() {
+        return Err(DeltaTableError::Generic(format!(
+            "data file {} lacks a key column ({})",
+            file.log_path,
+            input.key_names.join(", ")
+        )));
+    }
+    let mask = ProjectionMask::roots(meta.parquet_schema(), key_roots);
+    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader.clone(), meta.clone())
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()?;
+    let (mut rows, mut changes) = (Vec::new(), Vec::new());
+    let mut at = 0u64;
+    while let Some(b) = stream.try_next().await? {
+        let cols = input
+            .key_names
+            .iter()
+            .zip(&input.key_types)
+            .map(|(k, t)| {
+                let c = b
+                    .column_by_name(k)
+                    .ok_or_else(|| ArrowError::SchemaError(format!("no column {k}")))?;
+                cast(c, t)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        input.keys.probe(&cols, |i, src| {
+            let row = at + i as u64;
+            if !deleted_before.contains(row) {
+                rows.push(row);
+                changes.push(src);
+            }
+        })?;
+        at += b.num_rows() as u64;
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    // Only the matched rows of the wanted columns are decoded (pages without one are skipped).
+    let wanted = roots(&mut input.columns.fields().iter().map(|f| f.name().as_str()));
+    let selection =
+        RowSelection::from_consecutive_ranges(rows.iter().map(|r| *r as usize..*r as usize + 1), at as usize);
+    let batches: Vec<RecordBatch> = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
+        .with_projection(ProjectionMask::roots(meta.parquet_schema(), wanted))
+        .with_row_selection(selection)
+        .with_batch_size(8 * 1024)
+        .build()?
+        .try_collect()
+        .await?;
+    let Some(first) = batches.first() else {
+        return Err(DeltaTableError::Generic(format!(
+            "data file {}: no rows where {} matched",
+            file.log_path,
+            rows.len()
+        )));
+    };
+    let read = concat_batches(&first.schema(), &batches)?;
+    let n = rows.len();
+    if read.num_rows() != n {
+        return Err(DeltaTableError::Generic(format!(
+            "data file {}: read {} matched rows, expected {n}",
+            file.log_path,
+            read.num_rows()
+        )));
+    }
+    // Partition columns live in the log, not in the file.
+    let mut cols = Vec::with_capacity(input.columns.fields().len());
+    for f in input.columns.fields() {
+        let col = match read.column_by_name(f.name()) {
+            Some(c) => cast(c, f.data_type())?,
+            None => match file.partition_values.get(f.name()) {
+                Some(v) => cast(
+                    &(Arc::new(StringArray::from(vec![v.clone(); n])) as ArrayRef),
+                    f.data_type(),
+                )?,
+                None => new_null_array(f.data_type(), n),
+            },
+        };
+        cols.push(col);
+    }
+    let old = RecordBatch::try_new(input.columns.clone(), cols)?;
+    Ok(Some(Hits {
+        file: index,
+        rows,
+        changes,
+        old,
+        deleted_before,
+    }))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The change's values (old ones where the change did not log a column).
+    Upsert,
+    /// The stored row, flagged deleted (soft delete of a stored key).
+    SoftDelete,
+    /// Keys only, flagged deleted (soft delete of a key the table never held).
+    Marker,
+}
+
+struct NewRow {
+    change: u32,
+    /// (index into the hits list, position in it) of the stored row replaced.
+    old: Option<(usize, usize)>,
+    kind: Kind,
+}
+
+/// Applies `source` (deduplicated changes, tombstones already applied) to `table` in one commit.
+/// Returns the table as committed (unchanged when every change was stale) and the metrics.
+pub async fn apply(
+    table: DeltaTable,
+    spec: &TableSpec,
+    source: RecordBatch,
+    info: HashMap<String, Value>,
+) -> DeltaResult<(DeltaTable, MergeMetrics, DvCounts)> {
+    let started = Instant::now();
+    let snapshot = table.snapshot()?.clone();
+    let table_schema = snapshot.snapshot().arrow_schema();
+    let src_schema = source.schema();
+    let col = |name: &str| -> DeltaResult<&ArrayRef> { Ok(source.column(src_schema.index_of(name)?)) };
+    let op = col(OP)?.as_string::<i32>().clone();
+    let seq = cast(col(SEQ)?, &DataType::Utf8)?;
+    let seq = seq.as_string::<i32>().clone();
+    let commit_ts = cast(
+        col(COMMIT_TS)?,
+        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+    )?;
+    let commit_ts = commit_ts
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+        .clone();
+    let nosup = match src_schema.index_of(NOSUP) {
+        Ok(i) if source.column(i).null_count() < source.num_rows() => {
+            Some(cast(source.column(i), &DataType::Utf8)?.as_string::<i32>().clone())
+        }
+        _ => None,
+    };
+    let soft = spec.delete_mode == DeleteMode::Soft;
+    let any_delete = op.iter().any(|o| o == Some("D"));
+    // The stored row is needed only when a change keeps some of its values.
+    let need_old = nosup.is_some() || (soft && any_delete);
+    let columns: SchemaRef = if need_old {
+        table_schema.clone()
+    } else {
+        Arc::new(table_schema.project(&[table_schema.index_of(SEQ)?])?)
+    };
+
+    let key_cols: Vec<ArrayRef> = spec
+        .keys
+        .iter()
+        .map(|k| {
+            let target = table_schema.field_with_name(k)?.data_type().clone();
+            Ok(cast(col(k)?, &target)?)
+        })
+        .collect::<DeltaResult<_>>()?;
+    let keys = Arc::new(KeyIndex::build(&key_cols)?);
+
+    let views: Vec<_> = table.get_active_add_actions_by_predicate(None).try_collect().await?;
+    let files: Vec<Arc<DataFile>> = views
+        .iter()
+        .map(|v| {
+            Arc::new(DataFile {
+                log_path: v.path().to_string(),
+                store_path: v.object_store_path(),
+                size: v.size(),
+                modification_time: v.modification_time(),
+                stats: v.stats(),
+                partition_values: v.partition_values_map(),
+                dv: v.deletion_vector_descriptor(),
+            })
+        })
+        .collect();
+    let candidates: Vec<usize> = (0..files.len())
+        .filter(|i| keys.may_hold(files[*i].stats.as_deref(), &spec.keys[0]))
+        .collect();
+    let input = Arc::new(ScanInput {
+        store: table.object_store(),
+        table_root: table.table_url().clone(),
+        keys,
+        key_names: Arc::new(spec.keys.clone()),
+        key_types: key_cols.iter().map(|k| k.data_type().clone()).collect(),
+        columns,
+    });
+    let mut hits: Vec<Hits> = futures::stream::iter(candidates.iter().copied())
+        .map(|i| {
+            let (input, file) = (input.clone(), files[i].clone());
+            async move {
+                tokio::spawn(scan_file(input, i, file))
+                    .await
+                    .map_err(|e| DeltaTableError::Generic(format!("file scan task: {e}")))?
+            }
+        })
+        .buffer_unordered(CONCURRENT_FILES)
+        .try_filter_map(|h| async move { Ok(h) })
+        .try_collect()
+        .await?;
+    hits.sort_by_key(|h| h.file);
+    let scan_ms = started.elapsed().as_millis() as u64;
+
+    // Decide each change against the rows it matched.
+    let n = source.num_rows();
+    let mut matched: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+    for (h, hit) in hits.iter().enumerate() {
+        for (pos, change) in hit.changes.iter().enumerate() {
+            matched[*change as usize].push((h, pos));
+        }
+    }
+    let stored_seq: Vec<StringArray> = hits
+        .iter()
+        .map(|h| -> DeltaResult<StringArray> {
+            Ok(cast(h.old.column(h.old.schema().index_of(SEQ)?), &DataType::Utf8)?
+                .as_string::<i32>()
+                .clone())
+        })
+        .collect::<DeltaResult<_>>()?;
+    let mut marks: Vec<Vec<u64>> = vec![Vec::new(); hits.len()];
+    let mut new_rows: Vec<NewRow> = Vec::new();
+    let mut metrics = MergeMetrics {
+        num_source_rows: n,
+        num_target_files_scanned: candidates.len(),
+        num_target_files_skipped_during_scan: files.len() - candidates.len(),
+        ..Default::default()
+    };
+    for (change, here) in matched.iter().enumerate() {
+        let is_delete = op.value(change) == "D";
+        let newer: Vec<(usize, usize)> = here
+            .iter()
+            .copied()
+            .filter(|(h, pos)| {
+                let stored = &stored_seq[*h];
+                !seq.is_null(change) && !stored.is_null(*pos) && seq.value(change) > stored.value(*pos)
+            })
+            .collect();
+        if !here.is_empty() {
+            if newer.is_empty() {
+                continue; // stale
+            }
+            for (h, pos) in &newer {
+                marks[*h].push(hits[*h].rows[*pos]);
+            }
+            let old = Some(newer[0]);
+            match (is_delete, soft) {
+                (true, false) => metrics.num_target_rows_deleted += 1,
+                (true, true) => {
+                    metrics.num_target_rows_updated += 1;
+                    new_rows.push(NewRow {
+                        change: change as u32,
+                        old,
+                        kind: Kind::SoftDelete,
+                    });
+                }
+                (false, _) => {
+                    metrics.num_target_rows_updated += 1;
+                    new_rows.push(NewRow {
+                        change: change as u32,
+                        old,
+                        kind: Kind::Upsert,
+                    });
+                }
+            }
+        } else if !is_delete {
+            metrics.num_target_rows_inserted += 1;
+            new_rows.push(NewRow {
+                change: change as u32,
+                old: None,
+                kind: Kind::Upsert,
+            });
+        } else if soft {
+            metrics.num_target_rows_inserted += 1;
+            new_rows.push(NewRow {
+                change: change as u32,
+                old: None,
+                kind: Kind::Marker,
+            });
+        }
+    }
+    metrics.num_output_rows = new_rows.len();
+
+    let write_started = Instant::now();
+    let mut actions: Vec<Action> = Vec::new();
+    let mut counts = DvCounts::default();
+    let mut dv_file = DvFileWriter::new();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for (h, rows) in marks.iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let hit = &hits[h];
+        let file = &files[hit.file];
+        let mut deleted = hit.deleted_before.clone();
+        let before = deleted.len();
+        deleted.extend(rows.iter().copied());
+        counts.files_marked += 1;
+        counts.rows_marked += deleted.len() - before;
+        let descriptor = dv_file.add(&deleted).map_err(dv_err)?;
+        actions.push(Action::Remove(Remove {
+            path: file.log_path.clone(),
+            data_change: true,
+            deletion_timestamp: Some(now_ms),
+            extended_file_metadata: Some(true),
+            partition_values: Some(file.partition_values.clone()),
+            size: Some(file.size),
+            tags: None,
+            deletion_vector: file.dv.clone(),
+            base_row_id: None,
+            default_row_commit_version: None,
+        }));
+        actions.push(Action::Add(Add {
+            path: file.log_path.clone(),
+            partition_values: file.partition_values.clone(),
+            size: file.size,
+            modification_time: file.modification_time,
+            data_change: true,
+            stats: file.stats.as_deref().map(loose_bounds),
+            tags: None,
+            deletion_vector: Some(descriptor),
+            base_row_id: None,
+            default_row_commit_version: None,
+            clustering_provider: None,
+        }));
+    }
+    if !new_rows.is_empty() {
+        let mut writer = RecordBatchWriter::for_table(&table)?;
+        let batch = new_rows_batch(
+            &writer.arrow_schema(),
+            &spec.keys,
+            &source,
+            &hits,
+            &new_rows,
+            nosup.as_ref(),
+            &commit_ts,
+        )?;
+        writer.write(batch).await?;
+        let adds = writer.flush().await?;
+        metrics.num_target_files_added = adds.len();
+        actions.extend(adds.into_iter().map(Action::Add));
+    }
+    if actions.is_empty() {
+        metrics.execution_time_ms = started.elapsed().as_millis() as u64;
+        metrics.scan_time_ms = scan_ms;
+        return Ok((table, metrics, counts));
+    }
+    if !dv_file.is_empty() {
+        dv_file.finish(input.store.as_ref()).await.map_err(dv_err)?;
+    }
+    // Read as a MERGE over the whole table: any concurrent data change conflicts and the
+    // commit stage retries from a fresh snapshot, as with the copy-on-write MERGE.
+    let operation = DeltaOperation::Merge {
+        predicate: None,
+        merge_predicate: Some(
+            spec.keys
+                .iter()
+                .map(|k| format!("target.{k} = source.{k}"))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        ),
+        matched_predicates: vec![],
+        not_matched_predicates: vec![],
+        not_matched_by_source_predicates: vec![],
+    };
+    let done = DeltaCommitBuilder::default()
+        .with_actions(actions)
+        .with_app_metadata(info)
+        .build(Some(&snapshot), table.log_store(), operation)
+        .await?;
+    let version = done.version();
+    let mut table = table;
+    table.update_incremental(Some(version)).await?;
+    metrics.rewrite_time_ms = write_started.elapsed().as_millis() as u64;
+    metrics.scan_time_ms = scan_ms;
+    metrics.execution_time_ms = started.elapsed().as_millis() as u64;
+    Ok((table, metrics, counts))
+}
+
+/// A file's stats once some of its rows are deleted: counts stay physical and bounds may be
+/// wider than the live rows (the protocol's `tightBounds: false`).
+fn loose_bounds(stats: &str) -> String {
+    match serde_json::from_str::<Value>(stats) {
+        Ok(Value::Object(mut m)) => {
+            m.insert("tightBounds".into(), Value::Bool(false));
+            Value::Object(m).to_string()
+        }
+        _ => stats.to_string(),
+    }
+}
+
+/// The new row versions, in the writer's schema.
+fn new_rows_batch(
+    schema: &SchemaRef,
+    keys: &[String],
+    source: &RecordBatch,
+    hits: &[Hits],
+    rows: &[NewRow],
+    nosup: Option<&StringArray>,
+    commit_ts: &TimestampMicrosecondArray,
+) -> DeltaResult<RecordBatch> {
+    let src_schema = source.schema();
+    let take_src = |name: &str, t: &DataType| -> DeltaResult<ArrayRef> {
+        let c = cast(source.column(src_schema.index_of(name)?), t)?;
+        let idx = arrow::array::UInt32Array::from(rows.iter().map(|r| r.change).collect::<Vec<_>>());
+        Ok(arrow::compute::take(&c, &idx, None)?)
+    };
+    let now = chrono::Utc::now().timestamp_micros();
+    let deleted_at = |r: &NewRow| -> Option<i64> {
+        let c = r.change as usize;
+        (r.kind != Kind::Upsert).then(|| if commit_ts.is_null(c) { now } else { commit_ts.value(c) })
+    };
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let name = f.name().as_str();
+        let t = f.data_type();
+        let col: ArrayRef = match name {
+            SEQ | COMMIT_TS => take_src(name, t)?,
+            DELETED => Arc::new(BooleanArray::from(
+                rows.iter().map(|r| Some(r.kind != Kind::Upsert)).collect::<Vec<_>>(),
+            )),
+            DELETED_AT => {
+                let a =
+                    TimestampMicrosecondArray::from(rows.iter().map(deleted_at).collect::<Vec<_>>()).with_timezone(UTC);
+                cast(&a, t)?
+            }
+            _ => {
+                let is_key = keys.iter().any(|k| k == name);
+                let src = match src_schema.index_of(name) {
+                    Ok(i) => cast(source.column(i), t)?,
+                    Err(_) => new_null_array(t, 1),
+                };
+                let olds: Vec<ArrayRef> = hits
+                    .iter()
+                    .map(|h| match h.old.schema().index_of(name) {
+                        Ok(i) => cast(h.old.column(i), t),
+                        Err(_) => Ok(new_null_array(t, h.old.num_rows().max(1))),
+                    })
+                    .collect::<Result<_, _>>()?;
+                let null = new_null_array(t, 1);
+                let null_at = hits.len() + 1;
+                let pick = |r: &NewRow| -> (usize, usize) {
+                    let c = r.change as usize;
+                    let keep_old = match r.kind {
+                        Kind::SoftDelete => true,
+                        Kind::Marker => return if is_key { (0, c) } else { (null_at, 0) },
+                        Kind::Upsert => {
+                            nosup.is_some_and(|n| !n.is_null(c) && n.value(c).contains(&format!("|{name}|")))
+                        }
+                    };
+                    match (keep_old, r.old) {
+                        (true, Some((h, pos))) => (1 + h, pos),
+                        _ if src_schema.index_of(name).is_ok() => (0, c),
+                        _ => (null_at, 0),
+                    }
+                };
+                let indices: Vec<(usize, usize)> = rows.iter().map(pick).collect();
+                let mut all: Vec<&dyn Array> = Vec::with_capacity(hits.len() + 2);
+                all.push(src.as_ref());
+                all.extend(olds.iter().map(|a| a.as_ref()));
+                all.push(null.as_ref());
+                interleave(&all, &indices)?
+            }
+        };
+        cols.push(col);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
