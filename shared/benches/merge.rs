@@ -58,6 +58,9 @@ const ENV_STREAM_SET_CHANGES: &str = "DMS2DELTA_BENCH_STREAM_SET_CHANGES";
 const ENV_COMMITTERS: &str = "DMS2DELTA_BENCH_COMMITTERS";
 const ENV_BULK_ROWS: &str = "DMS2DELTA_BENCH_BULK_ROWS";
 const ENV_SEED: &str = "DMS2DELTA_BENCH_SEED";
+/// Set by the parent for the merge-on-read child.
+const ENV_DV: &str = "DMS2DELTA_BENCH_DV";
+const DV_CONFIG: &str = "commit:\n  deletion_vectors: true\n";
 
 const DEFAULT_ROWS: [usize; 2] = [1_000_000, 10_000_000];
 /// Rows per base-table data file. Chosen so a file is close to the compact stage's 128 MiB
@@ -102,7 +105,8 @@ fn seed() -> u64 {
 /// One commit of whatever is staged under `dir`.
 fn child_apply(dir: &Path) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cfg = config(dir, "");
+    let dv = std::env::var(ENV_DV).is_ok_and(|v| v == "1");
+    let cfg = config(dir, if dv { DV_CONFIG } else { "" });
     let st = stores(&cfg);
     let started = Instant::now();
     let m = rt
@@ -114,7 +118,7 @@ fn child_apply(dir: &Path) {
         .unwrap_or_else(|e| panic!("commit failed: {e}"));
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "RESULT secs={secs:.6} vmhwm_kib={} version={} change_sets={} rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} files_added={} files_removed={} attempts={} conflicts={} rows_copied={} merge_scan_ms={} merge_rewrite_ms={} duration_ms={}",
+        "RESULT secs={secs:.6} vmhwm_kib={} version={} change_sets={} rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} files_added={} files_removed={} attempts={} conflicts={} rows_copied={} merge_scan_ms={} merge_rewrite_ms={} dv_files={} dv_rows={} duration_ms={}",
         peak_rss_kib().unwrap_or(0),
         m.version.map(|v| v as i64).unwrap_or(-1),
         m.change_sets,
@@ -131,6 +135,8 @@ fn child_apply(dir: &Path) {
         m.rows_copied,
         m.merge_scan_ms,
         m.merge_rewrite_ms,
+        m.dv_files,
+        m.dv_rows,
         m.duration_ms
     );
 }
@@ -161,7 +167,8 @@ fn child_stream(dir: &Path) {
     let committers = env_usize(ENV_COMMITTERS, DEFAULT_COMMITTERS).max(1);
     let (sets, _) = stream_changes(rows);
     let batches: Vec<_> = sets.iter().map(|s| change_batch(s)).collect();
-    let cfg = config(dir, "");
+    let dv = std::env::var(ENV_DV).is_ok_and(|v| v == "1");
+    let cfg = config(dir, if dv { DV_CONFIG } else { "" });
     let st = Arc::new(stores(&cfg));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (secs, stats, staged_secs) = rt.block_on(async move {
@@ -331,6 +338,8 @@ struct SizeResult {
     touched_files: usize,
     touched_bytes: u64,
     d2d: Applied,
+    /// The same commit, merge-on-read (deletion vectors).
+    d2d_dv: Applied,
     py: Option<Applied>,
 }
 
@@ -387,14 +396,20 @@ fn parent() {
 
     print_merge_table(&results);
 
-    let stream = (stream_rows > 0).then(|| {
-        println!();
-        stream_case(&rt, &mut bases, tmp.path(), stream_rows, runs)
-    });
-    let bulk = (bulk_rows > 0).then(|| {
-        println!();
-        bulk_case(&rt, &mut bases, tmp.path(), bulk_rows)
-    });
+    let mut streams = Vec::new();
+    let mut bulks = Vec::new();
+    for dv in [false, true] {
+        if stream_rows > 0 {
+            println!();
+            streams.push(stream_case(&rt, &mut bases, tmp.path(), stream_rows, runs, dv));
+        }
+    }
+    for dv in [false, true] {
+        if bulk_rows > 0 {
+            println!();
+            bulks.push((dv, bulk_case(&rt, &mut bases, tmp.path(), bulk_rows, dv)));
+        }
+    }
 
     println!();
     println!("targets:");
@@ -413,44 +428,50 @@ fn parent() {
                     group(TARGET_SPEEDUP_ROWS as u64)
                 )
             };
-            match (&r.d2d.ok, r.py.as_ref()) {
-                (Ok(()), Some(py)) if py.ok.is_ok() => {
-                    let x = py.secs / r.d2d.secs;
-                    println!(
-                        "target: dms2delta >= {TARGET_SPEEDUP:.0}x faster than the Python approach on {} rows: {x:.2}x {}{note}",
-                        group(r.rows as u64),
-                        verdict(x >= TARGET_SPEEDUP)
-                    );
+            for (mode, a) in [("copy-on-write", &r.d2d), ("deletion vectors", &r.d2d_dv)] {
+                match (&a.ok, r.py.as_ref()) {
+                    (Ok(()), Some(py)) if py.ok.is_ok() => {
+                        let x = py.secs / a.secs;
+                        println!(
+                            "target: dms2delta ({mode}) >= {TARGET_SPEEDUP:.0}x faster than the Python approach on {} rows: {x:.2}x {}{note}",
+                            group(r.rows as u64),
+                            verdict(x >= TARGET_SPEEDUP)
+                        );
+                    }
+                    (Err(e), _) => println!("target: speed-up vs Python ({mode}): not measured, dms2delta FAILED: {e}"),
+                    (_, Some(py)) => println!(
+                        "target: speed-up vs Python: not measured, Python FAILED: {}",
+                        py.ok.as_ref().err().cloned().unwrap_or_default()
+                    ),
+                    (_, None) => println!("target: speed-up vs Python: not measured (Python baseline skipped)"),
                 }
-                (Err(e), _) => println!("target: speed-up vs Python: not measured, dms2delta FAILED: {e}"),
-                (_, Some(py)) => println!(
-                    "target: speed-up vs Python: not measured, Python FAILED: {}",
-                    py.ok.as_ref().err().cloned().unwrap_or_default()
-                ),
-                (_, None) => println!("target: speed-up vs Python: not measured (Python baseline skipped)"),
             }
         }
         None => println!("target: speed-up vs Python: no table size measured"),
     }
     for r in &results {
-        if r.d2d.ok.is_ok() {
-            let x = r.d2d.log.bytes_removed as f64 / r.touched_bytes.max(1) as f64;
-            println!(
-                "target: bytes rewritten <= {TARGET_REWRITE:.1}x the data files holding a touched key ({} rows): {:.1} MiB / {:.1} MiB = {x:.2}x {}",
-                group(r.rows as u64),
-                mib(r.d2d.log.bytes_removed),
-                mib(r.touched_bytes),
-                verdict(x <= TARGET_REWRITE)
-            );
+        for (mode, a) in [("copy-on-write", &r.d2d), ("deletion vectors", &r.d2d_dv)] {
+            if a.ok.is_ok() {
+                let x = a.log.bytes_removed as f64 / r.touched_bytes.max(1) as f64;
+                println!(
+                    "target: bytes rewritten <= {TARGET_REWRITE:.1}x the data files holding a touched key ({} rows, {mode}): {:.1} MiB / {:.1} MiB = {x:.2}x {}",
+                    group(r.rows as u64),
+                    mib(a.log.bytes_removed),
+                    mib(r.touched_bytes),
+                    verdict(x <= TARGET_REWRITE)
+                );
+            }
         }
     }
-    if let Some(Some((rows, a))) = &bulk {
+    for (dv, bulk) in &bulks {
+        let Some((rows, a)) = bulk else { continue };
         match (&a.ok, a.rss_kib) {
             (Ok(()), Some(k)) => {
                 let m = k as f64 / 1024.0;
                 println!(
-                    "target: peak RSS of one {}-change set fits a 3 GiB Lambda ({LAMBDA_MIB:.0} MiB): {m:.0} MiB {}",
+                    "target: peak RSS of one {}-change set fits a 3 GiB Lambda ({LAMBDA_MIB:.0} MiB), {}: {m:.0} MiB {}",
                     group(*rows as u64),
+                    mode_name(*dv),
                     verdict(m < LAMBDA_MIB)
                 );
                 println!(
@@ -463,7 +484,7 @@ fn parent() {
             (_, None) => println!("target: peak RSS: not measurable here (no /proc)"),
         }
     }
-    if let Some(Some(line)) = &stream {
+    for line in streams.iter().flatten() {
         println!("{line}");
     }
     if sizes != DEFAULT_ROWS {
@@ -530,17 +551,21 @@ fn merge_case(
         let _ = std::fs::remove_dir_all(&scratch);
     }
     let mut d2d_runs = Vec::new();
+    let mut dv_runs = Vec::new();
     let mut py_runs = Vec::new();
     for _ in 0..runs {
-        d2d_runs.push(apply_dms2delta(
-            rt,
-            &base_dir,
-            base_version,
-            &batch,
-            &expected,
-            tmp,
-            rows,
-        ));
+        for (dv, out) in [(false, &mut d2d_runs), (true, &mut dv_runs)] {
+            out.push(apply_dms2delta(
+                rt,
+                &base_dir,
+                base_version,
+                &batch,
+                &expected,
+                tmp,
+                rows,
+                dv,
+            ));
+        }
         if let Some((exe, _)) = python {
             py_runs.push(apply_python(
                 rt,
@@ -555,9 +580,11 @@ fn merge_case(
         }
     }
     let d2d = combine(d2d_runs);
+    let d2d_dv = combine(dv_runs);
     let py = python.map(|_| combine(py_runs));
 
     println!("  dms2delta: {}", d2d.extra);
+    println!("  dms2delta, deletion vectors: {}", d2d_dv.extra);
     if let Some(p) = &py {
         println!("  python:    {}", p.extra);
     }
@@ -568,11 +595,15 @@ fn merge_case(
         touched_files: touched_files.len(),
         touched_bytes,
         d2d,
+        d2d_dv,
         py,
     }
 }
 
 /// dms2delta: its own copy of the table, the batch staged as decode stages it, one commit.
+/// With `dv`, merge-on-read: the copy has deletion vectors enabled first (once per table in
+/// production, so not timed).
+#[allow(clippy::too_many_arguments)]
 fn apply_dms2delta(
     rt: &tokio::runtime::Runtime,
     base_dir: &Path,
@@ -581,13 +612,16 @@ fn apply_dms2delta(
     expected: &Checksum,
     tmp: &Path,
     rows: usize,
+    dv: bool,
 ) -> Applied {
     let root = tmp.join(format!("run-{rows}-dms2delta"));
     let table = table_dir(&root);
     copy_dir(base_dir, &table);
-    let cfg = config(&root, "");
+    let base_version = if dv { enable_dv(rt, &table) } else { base_version };
+    let cfg = config(&root, if dv { DV_CONFIG } else { "" });
     rt.block_on(stage(&cfg, &stores(&cfg), batch, "20240601-120000000.parquet"));
-    let a = match run_child("apply", &root, &[]) {
+    let envs = [(ENV_DV, if dv { "1" } else { "0" }.to_string())];
+    let a = match run_child("apply", &root, &envs) {
         Ok(r) => {
             let got = rt.block_on(checksum(&table));
             Applied {
@@ -596,7 +630,7 @@ fn apply_dms2delta(
                 log: log_delta(&table, base_version),
                 ok: check(&got, expected),
                 extra: format!(
-                    "rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} attempts={} tombstone table {:.2} MiB; rows copied {}, commit {} ms of which MERGE scan {} ms, rewrite {} ms",
+                    "rows_source={} inserted={} updated={} deleted={} stale={} tombstones={} attempts={} tombstone table {:.2} MiB; rows copied {}, files given a deletion vector {} ({} rows), commit {} ms of which MERGE scan {} ms, rewrite {} ms",
                     r["rows_source"],
                     r["inserted"],
                     r["updated"],
@@ -606,6 +640,8 @@ fn apply_dms2delta(
                     r["attempts"],
                     mib(dir_bytes(&root.join("lake/_dms2delta"))),
                     r["rows_copied"],
+                    r["dv_files"],
+                    r["dv_rows"],
                     r["duration_ms"],
                     r["merge_scan_ms"],
                     r["merge_rewrite_ms"]
@@ -620,6 +656,31 @@ fn apply_dms2delta(
     };
     let _ = std::fs::remove_dir_all(&root);
     a
+}
+
+/// Turns deletion vectors on for a table copy (once per table in production, so never timed);
+/// returns the version that did it.
+fn enable_dv(rt: &tokio::runtime::Runtime, table: &Path) -> u64 {
+    rt.block_on(async {
+        let t = open(table)
+            .await
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(
+                "delta.enableDeletionVectors".to_string(),
+                "true".to_string(),
+            )]))
+            .await
+            .unwrap();
+        t.version().unwrap() as u64
+    })
+}
+
+fn mode_name(dv: bool) -> &'static str {
+    if dv {
+        "deletion vectors"
+    } else {
+        "copy-on-write"
+    }
 }
 
 /// Python: its own copy, the same change set file.
@@ -674,14 +735,17 @@ fn print_merge_table(results: &[SizeResult]) {
         "runs s",
         "peak RSS MiB",
         "commits",
-        "files -/+",
+        "files -/+/dv",
         "MiB removed",
         "MiB added",
         "removed/touched",
         "vs python"
     );
     for r in results {
-        let mut lines: Vec<(&str, &Applied, bool)> = vec![("dms2delta commit (1 MERGE)", &r.d2d, false)];
+        let mut lines: Vec<(&str, &Applied, bool)> = vec![
+            ("dms2delta commit (1 MERGE)", &r.d2d, false),
+            ("dms2delta deletion vectors", &r.d2d_dv, false),
+        ];
         if let Some(p) = &r.py {
             lines.push(("python deltalake (2 merges)", p, true));
         }
@@ -690,7 +754,7 @@ fn print_merge_table(results: &[SizeResult]) {
                 Ok(()) => {
                     let vs = match &r.py {
                         _ if is_python => "baseline".into(),
-                        Some(p) if p.ok.is_ok() && r.d2d.ok.is_ok() => format!("{:.2}x", p.secs / a.secs),
+                        Some(p) if p.ok.is_ok() => format!("{:.2}x", p.secs / a.secs),
                         _ => "-".into(),
                     };
                     println!(
@@ -701,7 +765,7 @@ fn print_merge_table(results: &[SizeResult]) {
                         runs_text(&a.all_secs),
                         rss_text(a.rss_kib),
                         a.log.versions,
-                        format!("{}/{}", a.log.files_removed, a.log.files_added),
+                        format!("{}/{}/{}", a.log.files_removed, a.log.files_added, a.log.files_marked),
                         mib(a.log.bytes_removed),
                         mib(a.log.bytes_added),
                         a.log.bytes_removed as f64 / r.touched_bytes.max(1) as f64,
@@ -720,7 +784,7 @@ fn print_merge_table(results: &[SizeResult]) {
             mib(r.touched_bytes)
         );
     }
-    println!("(vs python: the Python approach's best wall time divided by this line's; removed/touched: bytes of data files the apply removed, i.e. rewrote, over the bytes of the files that hold a touched key; commits, files and MiB are the best run's)");
+    println!("(vs python: the Python approach's best wall time divided by this line's; removed/touched: bytes of data files the apply removed, i.e. rewrote, over the bytes of the files that hold a touched key; files -/+/dv: data files removed, added, and given a deletion vector (kept, not rewritten); commits, files and MiB are the best run's)");
 }
 
 /// Throughput: returns the line for the summary.
@@ -730,6 +794,7 @@ fn stream_case(
     tmp: &Path,
     rows: usize,
     runs: usize,
+    dv: bool,
 ) -> Option<String> {
     let base = bases.get(rt, rows);
     let base_dir = base.dir.clone();
@@ -738,7 +803,8 @@ fn stream_case(
     let total: usize = sets.iter().map(|s| s.len()).sum();
     let expected = model.expected(rows as i64);
     println!(
-        "throughput: {} change sets of {} changes (60/20/20 updates/inserts/deletes, random keys) staged one after another while {committers} committers run the commit stage in a loop on one {}-row table (default commit settings: up to 64 change sets per commit, 12 attempts, 50..5000 ms jittered backoff); {runs} runs, each from a fresh copy",
+        "throughput ({}): {} change sets of {} changes (60/20/20 updates/inserts/deletes, random keys) staged one after another while {committers} committers run the commit stage in a loop on one {}-row table (default commit settings: up to 64 change sets per commit, 12 attempts, 50..5000 ms jittered backoff); {runs} runs, each from a fresh copy",
+        mode_name(dv),
         sets.len(),
         sets.first().map(|s| s.len()).unwrap_or(0),
         group(rows as u64)
@@ -757,12 +823,18 @@ fn stream_case(
         "peak RSS MiB",
         "check"
     );
-    let envs = [(ENV_STREAM_ROWS, rows.to_string())];
+    let envs = [
+        (ENV_STREAM_ROWS, rows.to_string()),
+        (ENV_DV, if dv { "1" } else { "0" }.to_string()),
+    ];
     let mut rates = Vec::new();
     let mut summary: Option<String> = None;
     for run in 1..=runs {
         let root = tmp.join("stream");
         copy_dir(&base_dir, &table_dir(&root));
+        if dv {
+            enable_dv(rt, &table_dir(&root));
+        }
         match run_child("stream", &root, &envs) {
             Ok(r) => {
                 let got = rt.block_on(checksum(&table_dir(&root)));
@@ -800,7 +872,8 @@ fn stream_case(
     if summary.is_none() {
         let best = rates.iter().map(|r| r.0).fold(f64::NAN, f64::max);
         summary = Some(format!(
-            "throughput ({} changes in {} change sets of {}, {committers} concurrent committers, {}-row table): best {best:.0} changes/s (runs: {}); commit retries per run: {}; final table checked OK in every run",
+            "throughput, {} ({} changes in {} change sets of {}, {committers} concurrent committers, {}-row table): best {best:.0} changes/s (runs: {}); commit retries per run: {}; final table checked OK in every run",
+            mode_name(dv),
             group(total as u64),
             sets.len(),
             sets.first().map(|s| s.len()).unwrap_or(0),
@@ -813,11 +886,22 @@ fn stream_case(
 }
 
 /// One change set updating every row of a `rows`-row table.
-fn bulk_case(rt: &tokio::runtime::Runtime, bases: &mut Bases, tmp: &Path, rows: usize) -> Option<(usize, Applied)> {
+fn bulk_case(
+    rt: &tokio::runtime::Runtime,
+    bases: &mut Bases,
+    tmp: &Path,
+    rows: usize,
+    dv: bool,
+) -> Option<(usize, Applied)> {
     let base = bases.get(rt, rows);
     let (base_dir, base_version) = (base.dir.clone(), base.version);
     let root = tmp.join("bulk");
     copy_dir(&base_dir, &table_dir(&root));
+    let base_version = if dv {
+        enable_dv(rt, &table_dir(&root))
+    } else {
+        base_version
+    };
     let changes: Vec<Change> = (1..=rows as i64)
         .map(|id| Change {
             op: "U",
@@ -832,7 +916,7 @@ fn bulk_case(rt: &tokio::runtime::Runtime, bases: &mut Bases, tmp: &Path, rows: 
             .insert(c.id, Some((change_row("U", c.id, c.n).quantity, true)));
     }
     let expected = model.expected(rows as i64);
-    let cfg = config(&root, "");
+    let cfg = config(&root, if dv { DV_CONFIG } else { "" });
     let staged = rt.block_on(stage(
         &cfg,
         &stores(&cfg),
@@ -841,7 +925,8 @@ fn bulk_case(rt: &tokio::runtime::Runtime, bases: &mut Bases, tmp: &Path, rows: 
     ));
     drop(changes);
     let staged_bytes = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
-    let a = match run_child("apply", &root, &[]) {
+    let envs = [(ENV_DV, if dv { "1" } else { "0" }.to_string())];
+    let a = match run_child("apply", &root, &envs) {
         Ok(r) => {
             let got = rt.block_on(checksum(&table_dir(&root)));
             Applied {
@@ -859,7 +944,8 @@ fn bulk_case(rt: &tokio::runtime::Runtime, bases: &mut Bases, tmp: &Path, rows: 
     };
     match &a.ok {
         Ok(()) => println!(
-            "bulk update: one change set of {} updates ({:.1} MiB staged) applied to a {}-row table in {:.1}s, peak RSS {} MiB; rewrote {:.1} MiB; table check OK",
+            "bulk update ({}): one change set of {} updates ({:.1} MiB staged) applied to a {}-row table in {:.1}s, peak RSS {} MiB; rewrote {:.1} MiB; table check OK",
+            mode_name(dv),
             group(rows as u64),
             mib(staged_bytes),
             group(rows as u64),
@@ -867,7 +953,7 @@ fn bulk_case(rt: &tokio::runtime::Runtime, bases: &mut Bases, tmp: &Path, rows: 
             rss_text(a.rss_kib),
             mib(a.log.bytes_removed)
         ),
-        Err(e) => println!("bulk update of {} rows: FAILED: {e}", group(rows as u64)),
+        Err(e) => println!("bulk update ({}) of {} rows: FAILED: {e}", mode_name(dv), group(rows as u64)),
     }
     let _ = std::fs::remove_dir_all(&root);
     Some((rows, a))

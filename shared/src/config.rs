@@ -194,6 +194,10 @@ pub struct CompactConfig {
     /// Cluster compacted files by the key columns (z-order), so merges touch fewer files.
     #[serde(default)]
     pub zorder_by_keys: bool,
+    /// With deletion vectors: a data file whose vector marks at least this percentage of its
+    /// rows is rewritten without them (bin-packing alone never rewrites a large file).
+    #[serde(default = "default_purge_deleted_percent")]
+    pub purge_deleted_percent: u32,
 }
 
 impl Default for CompactConfig {
@@ -205,6 +209,7 @@ impl Default for CompactConfig {
             check_every_commits: default_check_every(),
             vacuum_retention_hours: default_vacuum_retention_hours(),
             zorder_by_keys: false,
+            purge_deleted_percent: default_purge_deleted_percent(),
         }
     }
 }
@@ -224,6 +229,10 @@ fn default_checkpoint_interval() -> u64 {
 fn default_check_every() -> u64 {
     10
 }
+/// Spark's OPTIMIZE rewrites files with more than 5% of their rows deleted by default.
+fn default_purge_deleted_percent() -> u32 {
+    5
+}
 fn default_vacuum_retention_hours() -> u64 {
     MIN_VACUUM_RETENTION_HOURS
 }
@@ -232,6 +241,12 @@ impl CompactConfig {
     fn check(&self, path: &str) -> Result<()> {
         if self.target_file_mb == 0 || self.target_file_mb > 4096 {
             return Err(cfg_err(format!("{path}.target_file_mb"), "must be between 1 and 4096"));
+        }
+        if self.purge_deleted_percent == 0 || self.purge_deleted_percent > 100 {
+            return Err(cfg_err(
+                format!("{path}.purge_deleted_percent"),
+                "must be between 1 and 100",
+            ));
         }
         if self.min_small_files < 2 {
             return Err(cfg_err(format!("{path}.min_small_files"), "must be at least 2"));

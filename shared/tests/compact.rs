@@ -200,3 +200,49 @@ async fn compaction_running_alongside_commits_loses_no_change() {
     assert!(runs > 0);
     lab.check().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_marked_by_deletion_vectors_are_purged_and_the_table_stays_the_same() {
+    let lab = Lab::new_with(&SimOptions::default(), None, true);
+    let commits = lab.one_commit_per_file().await;
+    assert!(commits.iter().any(|m| m.dv_files > 0), "{commits:?}");
+    let percent = lab.config().config.compact.purge_deleted_percent as u128;
+    for name in lab.sim.expected.keys() {
+        let mut p = name.splitn(3, '.');
+        let (ns, s, t) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        let r = CompactBuilder::new(lab.config(), &lab.pipeline.stores)
+            .with_table(ns, s, t)
+            .with_force(true)
+            .await
+            .unwrap();
+        assert!(r.due.contains(&"deleted rows"), "{name}: {r:?}");
+        assert!(r.files_purged > 0 && r.rows_purged > 0, "{name}: {r:?}");
+        assert!(r.checkpoint_written, "{name}: {r:?}");
+        // What is left marked is below the threshold.
+        let spec = lab.pipeline.config.table_by_target(ns, s, t).unwrap();
+        let (table, _) = lake::open(&lab.pipeline.stores, &lab.pipeline.table_location(&spec))
+            .await
+            .unwrap();
+        for f in table.snapshot().unwrap().log_data().iter() {
+            if let (Some(dv), Some(n)) = (f.deletion_vector_descriptor(), f.num_records()) {
+                assert!(
+                    (dv.cardinality as u128) * 100 < n as u128 * percent,
+                    "{name}: {dv:?} of {n}"
+                );
+            }
+        }
+        // Nothing left to purge.
+        let again = CompactBuilder::new(lab.config(), &lab.pipeline.stores)
+            .with_table(ns, s, t)
+            .with_force(true)
+            .await
+            .unwrap();
+        assert_eq!(again.files_purged, 0, "{name}: {again:?}");
+    }
+    // The same rows, read by dms2delta and by the Python reader, from a checkpointed log.
+    lab.check().await.unwrap();
+    lab.check_log().await.unwrap();
+    if !support::skip_python() {
+        lab.check_with_python().unwrap();
+    }
+}

@@ -32,13 +32,69 @@ const SEQ_SOURCE: &str = r#"
 
 const T: &str = "my.app.t";
 
+/// Added to the `commit:` settings: merge-on-read.
+const DELETION_VECTORS: &str = "  deletion_vectors: true\n";
+
+/// Each merge promise is checked with copy-on-write commits and again with merge-on-read
+/// (deletion vectors), which applies the same changes by another route.
+macro_rules! both_modes {
+    ($($name:ident => $dv:ident),* $(,)?) => {
+        mod merge_modes {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name("").await;
+                }
+
+                #[tokio::test]
+                async fn $dv() {
+                    super::$name(super::DELETION_VECTORS).await;
+                }
+            )*
+        }
+    };
+}
+
+both_modes! {
+    a_late_older_change_never_overwrites_a_newer_one => a_late_older_change_never_overwrites_a_newer_one_dv,
+    a_late_change_after_a_delete_does_not_bring_the_row_back => a_late_change_after_a_delete_does_not_bring_the_row_back_dv,
+    full_load_rows_sort_before_every_cdc_change => full_load_rows_sort_before_every_cdc_change_dv,
+    soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes => soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes_dv,
+    a_column_added_at_the_source_is_added_to_the_table => a_column_added_at_the_source_is_added_to_the_table_dv,
+    a_column_the_source_did_not_log_keeps_its_value => a_column_the_source_did_not_log_keeps_its_value_dv,
+}
+
+async fn a_column_the_source_did_not_log_keeps_its_value(extra: &str) {
+    let m = Mini::new(
+        &SEQ_SOURCE.replace(
+            "    sequence_column:",
+            "    csv: { no_sup_value: \"#NOSUP#\" }\n    sequence_column:",
+        ),
+        extra,
+    );
+    m.apply(&cdc(1), b"I,1,a,1,1\nI,2,b,1,2\n").await;
+    // DMS leaves out a column it did not log (a LOB, an unchanged TOAST value): the stored one stays.
+    let u = m.apply(&cdc(2), b"U,1,#NOSUP#,5,3\nU,2,c,#NOSUP#,4\n").await;
+    assert_eq!(u.rows_updated, 2, "{u:?}");
+    assert_eq!(
+        m.rows(T, &["id", "name", "n"]).await,
+        vec![vec!["1", "a", "5"], vec!["2", "c", "1"]]
+    );
+    // A stale change with the sentinel changes nothing.
+    let stale = m.apply(&cdc(3), b"U,1,#NOSUP#,9,2\n").await;
+    assert_eq!(stale.rows_stale, 1, "{stale:?}");
+    assert_eq!(
+        m.rows(T, &["id", "name", "n"]).await,
+        vec![vec!["1", "a", "5"], vec!["2", "c", "1"]]
+    );
+}
+
 fn cdc(i: u32) -> String {
     format!("app/t/20240528-1951413{i:02}.csv")
 }
 
-#[tokio::test]
-async fn a_late_older_change_never_overwrites_a_newer_one() {
-    let m = Mini::new(SEQ_SOURCE, "");
+async fn a_late_older_change_never_overwrites_a_newer_one(extra: &str) {
+    let m = Mini::new(SEQ_SOURCE, extra);
     m.apply(&cdc(1), b"I,1,new,2,6\n").await;
     let stale = m.apply(&cdc(2), b"U,1,old,1,4\n").await;
     assert_eq!(stale.rows_stale, 1, "{stale:?}");
@@ -55,9 +111,8 @@ async fn a_late_older_change_never_overwrites_a_newer_one() {
     assert_eq!(seq.value(0), format!("1S{:035}", 6));
 }
 
-#[tokio::test]
-async fn a_late_change_after_a_delete_does_not_bring_the_row_back() {
-    let m = Mini::new(SEQ_SOURCE, "");
+async fn a_late_change_after_a_delete_does_not_bring_the_row_back(extra: &str) {
+    let m = Mini::new(SEQ_SOURCE, extra);
     m.apply(&cdc(1), b"I,1,a,1,1\nI,2,b,1,2\n").await;
     let del = m.apply(&cdc(2), b"D,1,,,5\n").await;
     assert_eq!((del.rows_deleted, del.tombstones_written), (1, 1));
@@ -78,9 +133,8 @@ async fn a_late_change_after_a_delete_does_not_bring_the_row_back() {
     );
 }
 
-#[tokio::test]
-async fn full_load_rows_sort_before_every_cdc_change() {
-    let m = Mini::new(SEQ_SOURCE, "");
+async fn full_load_rows_sort_before_every_cdc_change(extra: &str) {
+    let m = Mini::new(SEQ_SOURCE, extra);
     m.apply(&cdc(1), b"U,1,cdc,2,100\n").await;
     // The full load of the same table is processed afterwards (events are unordered).
     m.apply("app/t/LOAD00000001.csv", b"1,load,1,\n2,load,1,\n").await;
@@ -90,11 +144,10 @@ async fn full_load_rows_sort_before_every_cdc_change() {
     );
 }
 
-#[tokio::test]
-async fn soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes() {
+async fn soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes(extra: &str) {
     let m = Mini::new(
         &SEQ_SOURCE.replace("keys: [id]", "keys: [id]\n        delete_mode: soft"),
-        "",
+        extra,
     );
     m.apply(&cdc(1), b"I,1,a,1,1\n").await;
     m.apply(&cdc(2), b"D,1,,,5\n").await;
@@ -129,9 +182,8 @@ const HEADER_SOURCE: &str = r#"
           - { name: extra, type: INT4 }
 "#;
 
-#[tokio::test]
-async fn a_column_added_at_the_source_is_added_to_the_table() {
-    let m = Mini::new(HEADER_SOURCE, "");
+async fn a_column_added_at_the_source_is_added_to_the_table(extra: &str) {
+    let m = Mini::new(HEADER_SOURCE, extra);
     m.apply("app/t/20240528-195141301.csv", b"Op,id,name\nI,1,a\nI,2,b\n")
         .await;
     let m2 = m

@@ -102,6 +102,8 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
                     deleted = m.rows_deleted,
                     stale = m.rows_stale,
                     copied = m.rows_copied,
+                    dv_files = m.dv_files,
+                    dv_rows = m.dv_rows,
                     attempts = m.attempts,
                     duration_ms = m.duration_ms,
                     "committed"
@@ -201,6 +203,8 @@ fn emit(namespace: &str, m: &CommitMetrics) {
         .metric("RowsDeleted", Unit::Count, m.rows_deleted as f64)
         .metric("RowsStale", Unit::Count, m.rows_stale as f64)
         .metric("RowsCopied", Unit::Count, m.rows_copied as f64)
+        .metric("DeletionVectorFiles", Unit::Count, m.dv_files as f64)
+        .metric("DeletionVectorRows", Unit::Count, m.dv_rows as f64)
         .metric("Retries", Unit::Count, m.attempts.saturating_sub(1) as f64)
         .metric("Conflicts", Unit::Count, m.conflicts as f64)
         .metric("Quarantined", Unit::Count, m.quarantined.len() as f64)

@@ -67,13 +67,15 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
         match &res {
             Ok(m) if !m.due.is_empty() => {
                 tracing::info!(stage = "compact", table = %m.table, due = ?m.due, files_in = m.files_in, files_out = m.files_out,
-                    checkpoint = m.checkpoint_written, vacuumed = m.files_vacuumed, tombstones_dropped = m.tombstones_dropped,
+                    files_purged = m.files_purged, rows_purged = m.rows_purged, checkpoint = m.checkpoint_written, vacuumed = m.files_vacuumed, tombstones_dropped = m.tombstones_dropped,
                     yielded = m.yielded, duration_ms = m.duration_ms, "table maintained");
                 Emf::new(namespace, "compact")
                     .with_table(&m.table)
                     .metric("FilesIn", Unit::Count, m.files_in as f64)
                     .metric("FilesOut", Unit::Count, m.files_out as f64)
                     .metric("BytesRewritten", Unit::Bytes, m.bytes_rewritten as f64)
+                    .metric("FilesPurged", Unit::Count, m.files_purged as f64)
+                    .metric("RowsPurged", Unit::Count, m.rows_purged as f64)
                     .metric("CheckpointsWritten", Unit::Count, u8::from(m.checkpoint_written) as f64)
                     .metric("FilesVacuumed", Unit::Count, m.files_vacuumed as f64)
                     .metric("TombstonesDropped", Unit::Count, m.tombstones_dropped as f64)
@@ -112,7 +114,7 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
                 .iter()
                 .map(|((ns, s, t), (_, r))| match r {
                     Some(Ok(m)) => json!({"table": m.table, "due": m.due, "files_in": m.files_in, "files_out": m.files_out,
-                        "checkpoint": m.checkpoint_written, "vacuumed": m.files_vacuumed, "tombstones_dropped": m.tombstones_dropped}),
+                        "files_purged": m.files_purged, "checkpoint": m.checkpoint_written, "vacuumed": m.files_vacuumed, "tombstones_dropped": m.tombstones_dropped}),
                     Some(Err(e)) => json!({"table": format!("{ns}.{s}.{t}"), "error": e}),
                     None => json!({}),
                 })

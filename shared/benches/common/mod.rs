@@ -574,6 +574,9 @@ pub struct LogDelta {
     pub bytes_added: u64,
     pub files_removed: u64,
     pub bytes_removed: u64,
+    /// Files removed and added again in the same version: given a deletion vector, not
+    /// rewritten (counted in none of the above).
+    pub files_marked: u64,
 }
 
 pub fn log_delta(table_dir: &Path, after: u64) -> LogDelta {
@@ -583,13 +586,28 @@ pub fn log_delta(table_dir: &Path, after: u64) -> LogDelta {
         let p = table_dir.join("_delta_log").join(format!("{v:020}.json"));
         let Ok(text) = std::fs::read_to_string(&p) else { break };
         d.versions += 1;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let a: serde_json::Value = serde_json::from_str(line).unwrap();
+        let actions: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let path = |a: &serde_json::Value| a.get("path").and_then(|p| p.as_str()).unwrap_or("").to_string();
+        let added: std::collections::HashSet<String> = actions.iter().filter_map(|a| a.get("add")).map(path).collect();
+        let removed: std::collections::HashSet<String> =
+            actions.iter().filter_map(|a| a.get("remove")).map(path).collect();
+        for a in &actions {
             if let Some(add) = a.get("add") {
+                if removed.contains(&path(add)) {
+                    continue;
+                }
                 d.files_added += 1;
                 d.bytes_added += add.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
             }
             if let Some(rm) = a.get("remove") {
+                if added.contains(&path(rm)) {
+                    d.files_marked += 1;
+                    continue;
+                }
                 d.files_removed += 1;
                 d.bytes_removed += rm.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
             }

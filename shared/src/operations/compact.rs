@@ -26,6 +26,7 @@ use crate::config::{DeleteMode, TableSpec, Validated};
 use crate::error::{Error, Result, Stage};
 use crate::lake::{self, delta_err, is_conflict};
 use crate::operations::commit::DELETED_AT;
+use crate::operations::merge_on_read::purge_deleted_rows;
 use crate::storage::{Location, Stores};
 use crate::types::UTC;
 
@@ -52,6 +53,9 @@ pub struct CompactMetrics {
     pub files_in: u64,
     pub files_out: u64,
     pub bytes_rewritten: u64,
+    /// Data files rewritten without the rows their deletion vectors mark, and those rows.
+    pub files_purged: u64,
+    pub rows_purged: u64,
     pub checkpoint_written: bool,
     pub log_files_cleaned: u64,
     pub files_vacuumed: u64,
@@ -172,6 +176,27 @@ impl<'a> CompactBuilder<'a> {
                 Err(e) if is_conflict(&e) => {
                     // An ingestion commit won; it must never be the one to fail. Next time.
                     tracing::info!(stage = "compact", table = %m.table, "optimize conflicted with a commit; yielding");
+                    m.yielded = true;
+                    table = lake::open(self.stores, &loc).await?.0;
+                }
+                Err(e) => return Err(derr(e)),
+            }
+        }
+        // Cheap when no file has a deletion vector: the snapshot's file list is in memory.
+        if !m.yielded {
+            match purge_deleted_rows(table.clone(), c.purge_deleted_percent).await {
+                Ok((t, p)) => {
+                    if p.files_in > 0 {
+                        m.due.push("deleted rows");
+                        m.files_purged = p.files_in;
+                        m.rows_purged = p.rows_dropped;
+                        m.files_out += p.files_out;
+                        m.bytes_rewritten += p.bytes_in;
+                    }
+                    table = t;
+                }
+                Err(e) if is_conflict(&e) => {
+                    tracing::info!(stage = "compact", table = %m.table, "purge conflicted with a commit; yielding");
                     m.yielded = true;
                     table = lake::open(self.stores, &loc).await?.0;
                 }

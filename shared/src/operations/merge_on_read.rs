@@ -316,12 +316,30 @@ async fn scan_file(input: Arc<ScanInput>, index: usize, file: Arc<DataFile>) -> 
             read.num_rows()
         )));
     }
-    // Partition columns live in the log, not in the file.
-    let mut cols = Vec::with_capacity(input.columns.fields().len());
-    for f in input.columns.fields() {
-        let col = match read.column_by_name(f.name()) {
+    let old = fit(&read, &input.columns, &file.partition_values)?;
+    Ok(Some(Hits {
+        file: index,
+        rows,
+        changes,
+        old,
+        deleted_before,
+    }))
+}
+
+/// `batch` (columns read from a data file) in `schema`: columns by name, cast to the table's
+/// types; partition columns, which live in the log rather than in the file, from the file's
+/// partition values; anything else null.
+fn fit(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    partition_values: &HashMap<String, Option<String>>,
+) -> DeltaResult<RecordBatch> {
+    let n = batch.num_rows();
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let col = match batch.column_by_name(f.name()) {
             Some(c) => cast(c, f.data_type())?,
-            None => match file.partition_values.get(f.name()) {
+            None => match partition_values.get(f.name()) {
                 Some(v) => cast(
                     &(Arc::new(StringArray::from(vec![v.clone(); n])) as ArrayRef),
                     f.data_type(),
@@ -331,14 +349,120 @@ async fn scan_file(input: Arc<ScanInput>, index: usize, file: Arc<DataFile>) -> 
         };
         cols.push(col);
     }
-    let old = RecordBatch::try_new(input.columns.clone(), cols)?;
-    Ok(Some(Hits {
-        file: index,
-        rows,
-        changes,
-        old,
-        deleted_before,
-    }))
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        cols,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+    )?)
+}
+
+fn data_file(v: &deltalake::kernel::LogicalFileView) -> DataFile {
+    DataFile {
+        log_path: v.path().to_string(),
+        store_path: v.object_store_path(),
+        size: v.size(),
+        modification_time: v.modification_time(),
+        stats: v.stats(),
+        partition_values: v.partition_values_map(),
+        dv: v.deletion_vector_descriptor(),
+    }
+}
+
+/// What a purge did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub files_in: u64,
+    pub files_out: u64,
+    pub bytes_in: u64,
+    pub rows_dropped: u64,
+}
+
+/// Rewrites the data files whose deletion vectors mark at least `percent` of their rows,
+/// leaving those rows out, in one commit that changes no data (as OPTIMIZE does). Without it a
+/// large file would carry its vector forever: bin-packing only picks small files.
+pub async fn purge_deleted_rows(table: DeltaTable, percent: u32) -> DeltaResult<(DeltaTable, Purged)> {
+    let mut done = Purged::default();
+    let snapshot = table.snapshot()?.clone();
+    let views: Vec<_> = table.get_active_add_actions_by_predicate(None).try_collect().await?;
+    let due: Vec<DataFile> = views
+        .iter()
+        .filter(|v| {
+            let (Some(dv), Some(n)) = (v.deletion_vector_descriptor(), v.num_records()) else {
+                return false;
+            };
+            n > 0 && dv.cardinality.max(0) as u128 * 100 >= n as u128 * percent as u128
+        })
+        .map(data_file)
+        .collect();
+    if due.is_empty() {
+        return Ok((table, done));
+    }
+    let store = table.object_store();
+    let root = table.table_url().clone();
+    let mut writer = RecordBatchWriter::for_table(&table)?;
+    let schema = writer.arrow_schema();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut actions = Vec::new();
+    for f in &due {
+        let deleted = match &f.dv {
+            Some(dv) => deletion_vector::read(store.as_ref(), &root, dv).await.map_err(dv_err)?,
+            None => RoaringTreemap::new(),
+        };
+        let reader = StoreFile {
+            store: store.clone(),
+            path: f.store_path.clone(),
+            size: u64::try_from(f.size).unwrap_or(0),
+        };
+        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await?
+            .with_batch_size(64 * 1024)
+            .build()?;
+        let mut at = 0u64;
+        while let Some(b) = stream.try_next().await? {
+            let keep: BooleanArray = (0..b.num_rows() as u64)
+                .map(|i| Some(!deleted.contains(at + i)))
+                .collect();
+            at += b.num_rows() as u64;
+            let b = arrow::compute::filter_record_batch(&b, &keep)?;
+            if b.num_rows() > 0 {
+                writer.write(fit(&b, &schema, &f.partition_values)?).await?;
+            }
+        }
+        done.files_in += 1;
+        done.bytes_in += u64::try_from(f.size).unwrap_or(0);
+        done.rows_dropped += deleted.len();
+        actions.push(Action::Remove(Remove {
+            path: f.log_path.clone(),
+            data_change: false,
+            deletion_timestamp: Some(now_ms),
+            extended_file_metadata: Some(true),
+            partition_values: Some(f.partition_values.clone()),
+            size: Some(f.size),
+            tags: None,
+            deletion_vector: f.dv.clone(),
+            base_row_id: None,
+            default_row_commit_version: None,
+        }));
+    }
+    let adds = writer.flush().await?;
+    done.files_out = adds.len() as u64;
+    actions.extend(adds.into_iter().map(|a| {
+        Action::Add(Add {
+            data_change: false,
+            ..a
+        })
+    }));
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: 0,
+    };
+    let committed = DeltaCommitBuilder::default()
+        .with_actions(actions)
+        .build(Some(&snapshot), table.log_store(), operation)
+        .await?;
+    let mut table = table;
+    table.update_incremental(Some(committed.version())).await?;
+    Ok((table, done))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -408,20 +532,7 @@ pub async fn apply(
     let keys = Arc::new(KeyIndex::build(&key_cols)?);
 
     let views: Vec<_> = table.get_active_add_actions_by_predicate(None).try_collect().await?;
-    let files: Vec<Arc<DataFile>> = views
-        .iter()
-        .map(|v| {
-            Arc::new(DataFile {
-                log_path: v.path().to_string(),
-                store_path: v.object_store_path(),
-                size: v.size(),
-                modification_time: v.modification_time(),
-                stats: v.stats(),
-                partition_values: v.partition_values_map(),
-                dv: v.deletion_vector_descriptor(),
-            })
-        })
-        .collect();
+    let files: Vec<Arc<DataFile>> = views.iter().map(|v| Arc::new(data_file(v))).collect();
     let candidates: Vec<usize> = (0..files.len())
         .filter(|i| keys.may_hold(files[*i].stats.as_deref(), &spec.keys[0]))
         .collect();
