@@ -1,10 +1,12 @@
 //! Merge benchmark (the commit stage): a 10,000-change batch (60% updates, 20% inserts, 20%
 //! deletes) applied to tables of 1,000,000 and 10,000,000 rows, by dms2delta's commit stage (one
-//! sequence-guarded MERGE with tombstones) and, in the same run, by the straightforward Python
+//! sequence-guarded MERGE with tombstones), once copy-on-write (the default) and once merge-on-read
+//! (`commit.deletion_vectors`), and, in the same run, by the straightforward Python
 //! approach (`bench/python_merge.py`: DuckDB window-function dedup, a deltalake
 //! `merge().when_matched_update_all().when_not_matched_insert_all()`, then a delete pass). Also the
 //! sustained throughput of 200 small change sets (50 changes each) with 4 concurrent committers,
-//! and the peak RSS of applying one 2,000,000-change set (a bulk UPDATE at the source).
+//! and the peak RSS of applying one 2,000,000-change set (a bulk UPDATE at the source), each in
+//! both modes.
 //!
 //! Run with `cargo bench -p dms2delta --bench merge`.
 //!
