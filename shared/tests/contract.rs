@@ -62,6 +62,35 @@ both_modes! {
     soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes => soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes_dv,
     a_column_added_at_the_source_is_added_to_the_table => a_column_added_at_the_source_is_added_to_the_table_dv,
     a_column_the_source_did_not_log_keeps_its_value => a_column_the_source_did_not_log_keeps_its_value_dv,
+    a_partitioned_table_follows_its_rows_across_partitions => a_partitioned_table_follows_its_rows_across_partitions_dv,
+}
+
+async fn a_partitioned_table_follows_its_rows_across_partitions(extra: &str) {
+    let m = Mini::new(
+        &SEQ_SOURCE
+            .replace("keys: [id]", "keys: [id]\n        partition_by: [n]")
+            .replace(
+                "    sequence_column:",
+                "    csv: { no_sup_value: \"#NOSUP#\" }\n    sequence_column:",
+            ),
+        extra,
+    );
+    m.apply(&cdc(1), b"I,1,a,1,1\nI,2,b,2,2\nI,3,c,2,3\n").await;
+    // An update in place, one that moves its row to another partition, and a delete.
+    m.apply(&cdc(2), b"U,1,a2,1,4\nU,2,b2,3,5\nD,3,,,6\n").await;
+    assert_eq!(
+        m.rows(T, &["id", "name", "n"]).await,
+        vec![vec!["1", "a2", "1"], vec!["2", "b2", "3"]]
+    );
+    // A partition value the change did not log is kept from the stored row.
+    m.apply(&cdc(3), b"U,2,b3,#NOSUP#,7\n").await;
+    assert_eq!(
+        m.rows(T, &["id", "name", "n"]).await,
+        vec![vec!["1", "a2", "1"], vec!["2", "b3", "3"]]
+    );
+    let (table, _) = dms2delta::lake::open(&m.pipeline.stores, &m.location(T)).await.unwrap();
+    let parts = table.snapshot().unwrap().metadata().partition_columns().to_vec();
+    assert_eq!(parts, vec!["n".to_string()]);
 }
 
 async fn a_column_the_source_did_not_log_keeps_its_value(extra: &str) {
@@ -165,6 +194,13 @@ async fn soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes(extra:
     assert_eq!(
         m.rows(T, &["id", "name", "_dms_deleted"]).await,
         vec![vec!["1", "again", "false"]]
+    );
+    // A delete of a key the table never held leaves a deleted marker, which refuses a late insert.
+    m.apply(&cdc(5), b"D,9,,,20\n").await;
+    m.apply(&cdc(6), b"I,9,late,1,15\n").await;
+    assert_eq!(
+        m.rows(T, &["id", "name", "_dms_deleted"]).await,
+        vec![vec!["1", "again", "false"], vec!["9", "null", "true"]]
     );
 }
 
