@@ -76,6 +76,8 @@ enum KeyIndex {
     Rows(RowConverter, HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>),
 }
 
+/// Integer types that cast to `i64` without loss (unlike `changes::int_key`, which also takes
+/// `UInt64` and temporal keys as `u64`): the key's stats bounds are then plain JSON integers.
 fn is_small_int(t: &DataType) -> bool {
     matches!(
         t,
@@ -165,6 +167,24 @@ struct DataFile {
     stats: Option<String>,
     partition_values: HashMap<String, Option<String>>,
     dv: Option<DeletionVectorDescriptor>,
+}
+
+impl DataFile {
+    /// The log entry that retires this file as it is now (with its current vector, if any).
+    fn remove(&self, data_change: bool, now_ms: i64) -> Action {
+        Action::Remove(Remove {
+            path: self.log_path.clone(),
+            data_change,
+            deletion_timestamp: Some(now_ms),
+            extended_file_metadata: Some(true),
+            partition_values: Some(self.partition_values.clone()),
+            size: Some(self.size),
+            tags: None,
+            deletion_vector: self.dv.clone(),
+            base_row_id: None,
+            default_row_commit_version: None,
+        })
+    }
 }
 
 /// A data file read through the table's store (ranged reads; nothing is downloaded whole).
@@ -428,40 +448,25 @@ pub async fn purge_deleted_rows(table: DeltaTable, percent: u32) -> DeltaResult<
                 writer.write(fit(&b, &schema, &f.partition_values)?).await?;
             }
         }
+        // One file's rows at a time in memory: the writer buffers until it flushes.
+        let adds = writer.flush().await?;
+        done.files_out += adds.len() as u64;
+        actions.extend(adds.into_iter().map(|a| {
+            Action::Add(Add {
+                data_change: false,
+                ..a
+            })
+        }));
         done.files_in += 1;
         done.bytes_in += u64::try_from(f.size).unwrap_or(0);
         done.rows_dropped += deleted.len();
-        actions.push(Action::Remove(Remove {
-            path: f.log_path.clone(),
-            data_change: false,
-            deletion_timestamp: Some(now_ms),
-            extended_file_metadata: Some(true),
-            partition_values: Some(f.partition_values.clone()),
-            size: Some(f.size),
-            tags: None,
-            deletion_vector: f.dv.clone(),
-            base_row_id: None,
-            default_row_commit_version: None,
-        }));
+        actions.push(f.remove(false, now_ms));
     }
-    let adds = writer.flush().await?;
-    done.files_out = adds.len() as u64;
-    actions.extend(adds.into_iter().map(|a| {
-        Action::Add(Add {
-            data_change: false,
-            ..a
-        })
-    }));
     let operation = DeltaOperation::Optimize {
         predicate: None,
         target_size: 0,
     };
-    let committed = DeltaCommitBuilder::default()
-        .with_actions(actions)
-        .build(Some(&snapshot), table.log_store(), operation)
-        .await?;
-    let mut table = table;
-    table.update_incremental(Some(committed.version())).await?;
+    let table = commit(table, &snapshot, actions, HashMap::new(), operation).await?;
     Ok((table, done))
 }
 
@@ -656,18 +661,7 @@ pub async fn apply(
         counts.files_marked += 1;
         counts.rows_marked += deleted.len() - before;
         let descriptor = dv_file.add(&deleted).map_err(dv_err)?;
-        actions.push(Action::Remove(Remove {
-            path: file.log_path.clone(),
-            data_change: true,
-            deletion_timestamp: Some(now_ms),
-            extended_file_metadata: Some(true),
-            partition_values: Some(file.partition_values.clone()),
-            size: Some(file.size),
-            tags: None,
-            deletion_vector: file.dv.clone(),
-            base_row_id: None,
-            default_row_commit_version: None,
-        }));
+        actions.push(file.remove(true, now_ms));
         actions.push(Action::Add(Add {
             path: file.log_path.clone(),
             partition_values: file.partition_values.clone(),
@@ -721,18 +715,30 @@ pub async fn apply(
         not_matched_predicates: vec![],
         not_matched_by_source_predicates: vec![],
     };
-    let done = DeltaCommitBuilder::default()
-        .with_actions(actions)
-        .with_app_metadata(info)
-        .build(Some(&snapshot), table.log_store(), operation)
-        .await?;
-    let version = done.version();
-    let mut table = table;
-    table.update_incremental(Some(version)).await?;
+    let table = commit(table, &snapshot, actions, info, operation).await?;
     metrics.rewrite_time_ms = write_started.elapsed().as_millis() as u64;
     metrics.scan_time_ms = scan_ms;
     metrics.execution_time_ms = started.elapsed().as_millis() as u64;
     Ok((table, metrics, counts))
+}
+
+/// Commits `actions` on top of `snapshot` (delta-rs checks concurrent commits against it) and
+/// returns the table at the new version.
+async fn commit(
+    table: DeltaTable,
+    snapshot: &deltalake::table::state::DeltaTableState,
+    actions: Vec<Action>,
+    info: HashMap<String, Value>,
+    operation: DeltaOperation,
+) -> DeltaResult<DeltaTable> {
+    let done = DeltaCommitBuilder::default()
+        .with_actions(actions)
+        .with_app_metadata(info)
+        .build(Some(snapshot), table.log_store(), operation)
+        .await?;
+    let mut table = table;
+    table.update_incremental(Some(done.version())).await?;
+    Ok(table)
 }
 
 /// A file's stats once some of its rows are deleted: counts stay physical and bounds may be
