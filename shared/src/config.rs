@@ -1175,6 +1175,25 @@ sources:
     }
 
     #[test]
+    fn merge_on_read_is_off_by_default_set_globally_and_overridden_per_table() {
+        let v = Config::from_text(BASE).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().deletion_vectors);
+        assert_eq!(v.config.compact.purge_deleted_percent, 5);
+        let on = format!("{BASE}commit:\n  deletion_vectors: true\n");
+        let v = Config::from_text(&on).unwrap();
+        assert!(v.table(0, "hr", "emp").unwrap().unwrap().deletion_vectors);
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().deletion_vectors);
+        let off_here = on.replace("keys: [id]", "keys: [id]\n        deletion_vectors: false");
+        let v = Config::from_text(&off_here).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().deletion_vectors);
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().deletion_vectors);
+        for bad in ["0", "101"] {
+            let (path, _) = err_of(&format!("{BASE}compact:\n  purge_deleted_percent: {bad}\n"));
+            assert_eq!(path, "compact.purge_deleted_percent");
+        }
+    }
+
+    #[test]
     fn each_kind_of_mistake_is_reported_with_its_path() {
         let cases: Vec<(String, &str)> = vec![
             (
