@@ -448,12 +448,12 @@ impl<'a> CommitChangesBuilder<'a> {
         let applied = if source.num_rows() == 0 {
             Ok((table, None, DvCounts::default()))
         } else if on_read {
-            match enable_deletion_vectors(table).await {
-                Ok(t) => merge_on_read::apply(t, spec, source, info.clone())
-                    .await
-                    .map(|(t, m, dv)| (t, Some(m), dv)),
-                Err(e) => Err(e),
+            async {
+                let table = enable_deletion_vectors(table).await?;
+                let (table, m, dv) = merge_on_read::apply(table, spec, source, info.clone()).await?;
+                Ok::<_, deltalake::DeltaTableError>((table, Some(m), dv))
             }
+            .await
         } else {
             merge(table, spec, source, &unified.new_columns, info.clone())
                 .await

@@ -599,46 +599,40 @@ pub async fn apply(
                 !seq.is_null(change) && !stored.is_null(*pos) && seq.value(change) > stored.value(*pos)
             })
             .collect();
-        if !here.is_empty() {
-            if newer.is_empty() {
-                continue; // stale
+        // As the copy-on-write MERGE's clauses: matched and newer updates or deletes, matched
+        // and not newer is stale, unmatched inserts (or leaves a soft-delete marker).
+        let kind = match (here.is_empty(), is_delete, soft) {
+            (false, ..) if newer.is_empty() => continue,
+            (false, true, false) => {
+                metrics.num_target_rows_deleted += 1;
+                None
             }
-            for (h, pos) in &newer {
-                marks[*h].push(hits[*h].rows[*pos]);
+            (false, true, true) => {
+                metrics.num_target_rows_updated += 1;
+                Some(Kind::SoftDelete)
             }
-            let old = Some(newer[0]);
-            match (is_delete, soft) {
-                (true, false) => metrics.num_target_rows_deleted += 1,
-                (true, true) => {
-                    metrics.num_target_rows_updated += 1;
-                    new_rows.push(NewRow {
-                        change: change as u32,
-                        old,
-                        kind: Kind::SoftDelete,
-                    });
-                }
-                (false, _) => {
-                    metrics.num_target_rows_updated += 1;
-                    new_rows.push(NewRow {
-                        change: change as u32,
-                        old,
-                        kind: Kind::Upsert,
-                    });
-                }
+            (false, false, _) => {
+                metrics.num_target_rows_updated += 1;
+                Some(Kind::Upsert)
             }
-        } else if !is_delete {
-            metrics.num_target_rows_inserted += 1;
+            (true, false, _) => {
+                metrics.num_target_rows_inserted += 1;
+                Some(Kind::Upsert)
+            }
+            (true, true, true) => {
+                metrics.num_target_rows_inserted += 1;
+                Some(Kind::Marker)
+            }
+            (true, true, false) => None,
+        };
+        for (h, pos) in &newer {
+            marks[*h].push(hits[*h].rows[*pos]);
+        }
+        if let Some(kind) = kind {
             new_rows.push(NewRow {
                 change: change as u32,
-                old: None,
-                kind: Kind::Upsert,
-            });
-        } else if soft {
-            metrics.num_target_rows_inserted += 1;
-            new_rows.push(NewRow {
-                change: change as u32,
-                old: None,
-                kind: Kind::Marker,
+                old: newer.first().copied(),
+                kind,
             });
         }
     }
