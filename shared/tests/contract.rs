@@ -63,6 +63,8 @@ both_modes! {
     a_column_added_at_the_source_is_added_to_the_table => a_column_added_at_the_source_is_added_to_the_table_dv,
     a_column_the_source_did_not_log_keeps_its_value => a_column_the_source_did_not_log_keeps_its_value_dv,
     a_partitioned_table_follows_its_rows_across_partitions => a_partitioned_table_follows_its_rows_across_partitions_dv,
+    no_partial_commit_when_the_log_write_fails => no_partial_commit_when_the_log_write_fails_dv,
+    versions_and_source_files_trace_each_other => versions_and_source_files_trace_each_other_dv,
 }
 
 async fn a_partitioned_table_follows_its_rows_across_partitions(extra: &str) {
@@ -330,11 +332,10 @@ async fn safe_type_widening_is_applied_and_an_unsafe_change_is_quarantined() {
     assert_eq!(m.rows("ora.app.t", &["id", "n"]).await[0], vec!["1", "10"]);
 }
 
-#[tokio::test]
-async fn no_partial_commit_when_the_log_write_fails() {
+async fn no_partial_commit_when_the_log_write_fails(extra: &str) {
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = fail.clone();
-    let m = Mini::new(SEQ_SOURCE, "");
+    let m = Mini::new(SEQ_SOURCE, extra);
     let stores = dms2delta::storage::Stores::new(m.pipeline.config.config.storage.clone()).with_delta_wrapper(
         Arc::new(move |inner| {
             let f = f.clone();
@@ -367,9 +368,8 @@ async fn no_partial_commit_when_the_log_write_fails() {
     assert_eq!(m.rows(T, &["id", "name"]).await, vec![vec!["1", "b"], vec!["2", "c"]]);
 }
 
-#[tokio::test]
-async fn versions_and_source_files_trace_each_other() {
-    let m = Mini::new(SEQ_SOURCE, "");
+async fn versions_and_source_files_trace_each_other(extra: &str) {
+    let m = Mini::new(SEQ_SOURCE, extra);
     let a = m.apply(&cdc(1), b"I,1,a,1,1\n").await;
     let b = m.apply(&cdc(2), b"U,1,b,1,2\n").await;
     // Even a commit whose changes were all stale is recorded.

@@ -109,12 +109,7 @@ impl Lab {
         endpoint: Option<&str>,
         dv: bool,
     ) -> Lab {
-        let mut lab = Lab::on_s3_with(opts, wrapper.clone(), endpoint, "").await;
-        if dv {
-            lab.config_text = lab.config_text.replacen(FAST_COMMITS, &commit_settings(true), 1);
-            lab.pipeline = pipeline(&lab.config_text, wrapper);
-            lab.deletion_vectors = true;
-        }
+        let lab = Lab::on_s3_configured(opts, wrapper, endpoint, "", dv).await;
         lab.upload_all().await;
         lab
     }
@@ -126,6 +121,16 @@ impl Lab {
         wrapper: Option<StoreWrapper>,
         endpoint: Option<&str>,
         extra: &str,
+    ) -> Lab {
+        Lab::on_s3_configured(opts, wrapper, endpoint, extra, false).await
+    }
+
+    async fn on_s3_configured(
+        opts: &SimOptions,
+        wrapper: Option<StoreWrapper>,
+        endpoint: Option<&str>,
+        extra: &str,
+        dv: bool,
     ) -> Lab {
         let moto = s3::moto();
         let dir = tempfile::tempdir().unwrap();
@@ -139,7 +144,7 @@ impl Lab {
             &bucket,
             &s3::storage_yaml(endpoint.unwrap_or(&moto.url)),
         );
-        text.push_str(FAST_COMMITS);
+        text.push_str(&commit_settings(dv));
         text.push_str(extra);
         let pipeline = pipeline(&text, wrapper);
         Lab {
@@ -150,7 +155,7 @@ impl Lab {
             on: On::S3,
             config_text: text,
             endpoint: Some(moto.url.clone()),
-            deletion_vectors: false,
+            deletion_vectors: dv,
         }
     }
 
