@@ -12,14 +12,15 @@ use deltalake::datafusion::prelude::SessionContext;
 use dms2delta::config::{Config, TableSpec, Validated};
 use dms2delta::lake;
 use dms2delta::pipeline::Pipeline;
-use dms2delta::storage::{Location, Stores};
+use dms2delta::storage::{path_below, Location, Stores};
 use object_store::path::Path;
 
 /// A command's failure: the message for stderr and the process exit code.
 #[derive(Debug)]
 pub struct Failure {
     pub message: String,
-    /// 1: the work failed. 2: the command line is incomplete or contradictory.
+    /// 1: the work failed. 2: the command line is incomplete or contradictory. 3 (`run`):
+    /// everything else was applied, but files wait in the quarantine.
     pub code: u8,
     /// Whether trying again later may succeed (watch mode keeps going after these).
     pub retryable: bool,
@@ -182,12 +183,14 @@ pub async fn discover_tables(stores: &Stores, lake: &Location) -> CliResult<Vec<
         }
     };
     let mut out = Vec::new();
+    // Listed names are spelled as stored; `Path::join` would percent-encode them again.
+    let below = |p: &Path, name: &str| path_below(p, &[name]).map_err(Failure::new);
     for ns in children(root.clone()).await?.0 {
-        let ns_path = root.clone().join(ns.as_str());
+        let ns_path = below(&root, &ns)?;
         for schema in children(ns_path.clone()).await?.0 {
-            let schema_path = ns_path.clone().join(schema.as_str());
+            let schema_path = below(&ns_path, &schema)?;
             for table in children(schema_path.clone()).await?.0 {
-                if children(schema_path.clone().join(table.as_str())).await?.1 {
+                if children(below(&schema_path, &table)?).await?.1 {
                     out.push(LakeTable {
                         namespace: ns.clone(),
                         schema: schema.clone(),

@@ -62,7 +62,14 @@ pub async fn execute(args: &ReprocessArgs, out: &mut dyn Write) -> CliResult<()>
         .with_dry_run(args.dry_run)
         .with_retry_quarantined(!args.skip_quarantined)
         .await?;
-    render(out, &m)
+    render(out, &m)?;
+    if !m.tables_failed.is_empty() {
+        return Err(crate::common::Failure::new(format!(
+            "{} table(s) could not be committed; every other table was",
+            m.tables_failed.len()
+        )));
+    }
+    Ok(())
 }
 
 pub fn render(out: &mut dyn Write, m: &ReprocessMetrics) -> CliResult<()> {
@@ -99,6 +106,9 @@ pub fn render(out: &mut dyn Write, m: &ReprocessMetrics) -> CliResult<()> {
     )?;
     if !m.dry_run {
         writeln!(out, "  rows changed: {}", m.rows_changed)?;
+    }
+    for f in &m.tables_failed {
+        writeln!(out, "    not committed: {f}")?;
     }
     if m.remaining > 0 {
         writeln!(out, "  {} left for the next run", m.remaining)?;

@@ -135,7 +135,12 @@ pub fn attach_source(config: &mut Config, source: &str) -> CliResult<Source> {
             Ok(Source {
                 shown: source.trim().to_string(),
                 buckets: vec![bucket],
-                prefix: (!prefix.is_empty()).then(|| Path::from(prefix)),
+                prefix: if prefix.is_empty() {
+                    None
+                } else {
+                    // Folder names as spelled (`dms/Åland`), not percent-encoded.
+                    Some(Path::parse(&prefix).map_err(|e| Failure::usage(format!("--source {source}: {e}")))?)
+                },
                 dir: None,
             })
         }
@@ -180,6 +185,9 @@ pub struct RunReport {
     pub tables: Vec<TableRow>,
     /// Every report in the quarantine after the pass.
     pub open_reports: Vec<(String, QuarantineReport)>,
+    /// Tables whose commit failed in this pass (`namespace.schema.table`, why); their files
+    /// are decoded again by the next pass. Every other table was committed.
+    pub failed: Vec<(String, String)>,
 }
 
 impl RunReport {
@@ -310,7 +318,8 @@ pub async fn run_once(pipeline: &Pipeline, source: &Source, state: &mut RunState
     plan.sort_by(|a, b| (a.rank, &a.key).cmp(&(b.rank, &b.key)));
 
     let progress = std::io::stderr().is_terminal() && plan.len() > 1;
-    let mut decoded_ids = Vec::new();
+    // Each decoded file with the tables it staged changes for.
+    let mut decoded_ids: Vec<(String, Vec<String>)> = Vec::new();
     for (i, p) in plan.iter().enumerate() {
         if progress {
             eprint!("\rDecoding {}/{}…", i + 1, plan.len());
@@ -319,9 +328,12 @@ pub async fn run_once(pipeline: &Pipeline, source: &Source, state: &mut RunState
             .decode(&p.bucket, &p.key, p.etag.clone(), Failpoints::default())
             .await?;
         report.decoded += 1;
-        match outcome {
-            DecodeOutcome::Staged(_) => {}
-            DecodeOutcome::Skipped { reason } => *report.skipped.entry(reason).or_default() += 1,
+        let tables = match outcome {
+            DecodeOutcome::Staged(m) => m.tables.into_iter().map(|t| t.table).collect(),
+            DecodeOutcome::Skipped { reason } => {
+                *report.skipped.entry(reason).or_default() += 1;
+                Vec::new()
+            }
             DecodeOutcome::Quarantined {
                 report: r,
                 report_location,
@@ -331,22 +343,35 @@ pub async fn run_once(pipeline: &Pipeline, source: &Source, state: &mut RunState
                 state.quarantined.insert(p.id.clone());
                 continue;
             }
-        }
-        decoded_ids.push(p.id.clone());
+        };
+        decoded_ids.push((p.id.clone(), tables));
     }
     if progress {
         eprint!("\rCommitting…{:20}\r", "");
     }
 
-    let commits = pipeline.commit_all().await?;
+    // One table's failure (an unusable name, a storage error) leaves every other table going.
+    let pass = pipeline.commit_pending().await?;
     if progress {
         eprint!("\r{:40}\r", "");
     }
-    // Only now are the decoded files' changes in the tables.
-    state.done.extend(decoded_ids);
+    report.failed = pass.failed.iter().map(|(t, e)| (t.clone(), e.to_string())).collect();
+    let failed: HashSet<&str> = pass.failed.iter().map(|(t, _)| t.as_str()).collect();
+    // Only now are the decoded files' changes in the tables (not those of a failed table).
+    state.done.extend(
+        decoded_ids
+            .into_iter()
+            .filter(|(_, tables)| tables.iter().all(|t| !failed.contains(t.as_str())))
+            .map(|(id, _)| id),
+    );
 
     let mut by_table: HashMap<String, TableRow> = HashMap::new();
-    for m in commits {
+    for m in pass.committed {
+        // Nothing committed (change sets set aside have their reports among `open_reports`):
+        // no row, so a table no longer configured does not show up as a phantom.
+        if m.change_sets == 0 {
+            continue;
+        }
         let row = by_table.entry(m.table.clone()).or_insert_with(|| TableRow {
             name: m.table.clone(),
             ..Default::default()
@@ -476,6 +501,16 @@ pub fn render(out: &mut dyn Write, report: &RunReport, source: &Source) -> CliRe
             write_quarantine(out, source, at, r)?;
         }
     }
+    if !report.failed.is_empty() {
+        writeln!(
+            out,
+            "Not committed in this pass (every other table was; the next pass tries again):"
+        )?;
+        for (table, why) in &report.failed {
+            writeln!(out, "  ✗ {table}")?;
+            writeln!(out, "    error:  {why}")?;
+        }
+    }
     let earlier = report.open_reports.len().saturating_sub(report.quarantined.len());
     if earlier > 0 {
         writeln!(
@@ -484,6 +519,36 @@ pub fn render(out: &mut dyn Write, report: &RunReport, source: &Source) -> CliRe
             if earlier == 1 { "" } else { "s" },
             if earlier == 1 { "s" } else { "" },
         )?;
+    }
+    Ok(())
+}
+
+/// `run`'s exit status after a pass exits with this `Failure` code when files are quarantined
+/// and nothing failed (README, "Exit status").
+pub const EXIT_QUARANTINED: u8 = 3;
+
+/// What a pass means for the exit status: `Ok` when every file is in the lake; code 1 when a
+/// table could not be committed; [`EXIT_QUARANTINED`] when everything else was applied but
+/// files wait in the quarantine (from this pass or an earlier one).
+pub fn pass_status(report: &RunReport) -> CliResult<()> {
+    if !report.failed.is_empty() {
+        let names: Vec<&str> = report.failed.iter().map(|(t, _)| t.as_str()).collect();
+        return Err(Failure::new(format!(
+            "{} table{} could not be committed ({}); every other table was",
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        )));
+    }
+    let n = report.open_reports.len();
+    if n > 0 {
+        return Err(Failure {
+            code: EXIT_QUARANTINED,
+            ..Failure::new(format!(
+                "applied, but {n} file{} quarantined: see the reports above or `dms2delta status`",
+                if n == 1 { " is" } else { "s are" }
+            ))
+        });
     }
     Ok(())
 }
@@ -567,12 +632,18 @@ pub async fn execute(args: &RunArgs, out: &mut dyn Write) -> CliResult<()> {
             max_polls: args.max_polls,
             force: args.force,
         };
-        watch(&pipeline, &source, &opts, stop, out, |_, _| {}).await?;
+        // The exit status is the last pass's.
+        let mut last = Ok(());
+        watch(&pipeline, &source, &opts, stop, out, |_, report| {
+            last = pass_status(report)
+        })
+        .await?;
+        last
     } else {
         let report = run_once(&pipeline, &source, &mut RunState::default(), args.force).await?;
         render(out, &report, &source)?;
+        pass_status(&report)
     }
-    Ok(())
 }
 
 #[cfg(test)]

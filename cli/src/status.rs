@@ -59,11 +59,7 @@ pub async fn collect(pipeline: &Pipeline) -> CliResult<Status> {
     let mut pending: BTreeMap<LakeTable, usize> = BTreeMap::new();
     let (stage_store, stage_root) = pipeline.stores.resolve(&config.staging)?;
     for (namespace, schema, table) in pipeline.pending().await? {
-        let dir = stage_root
-            .clone()
-            .join(namespace.as_str())
-            .join(schema.as_str())
-            .join(table.as_str());
+        let dir = dms2delta::stage::names_dir(&stage_root, &namespace, &schema, &table)?;
         let staged: Vec<_> = stage_store
             .list(Some(&dir))
             .try_collect()

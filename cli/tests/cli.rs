@@ -53,6 +53,12 @@ fn fails(o: &Output, code: i32, message: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `run` applied everything else but `n` files wait in the quarantine: exit status 3.
+fn quarantined_exit(o: &Output, n: usize) {
+    let files = if n == 1 { "file is" } else { "files are" };
+    fails(o, 3, &format!("applied, but {n} {files} quarantined"));
+}
+
 /// The rows of the text tables in `text`: cells of lines drawn with `│`.
 fn table_rows(text: &str) -> Vec<Vec<String>> {
     text.lines()
@@ -169,13 +175,16 @@ fn demo_replicates_checks_and_reports_the_broken_file() {
     let config = demo.join("config.yaml").display().to_string();
     let status = ok(&dms2delta(&["status", "--config", &config]));
     assert!(status.contains("Quarantined files (1):"), "{status}");
-    let again = ok(&dms2delta(&[
+    // The demo's broken file still waits in the quarantine: exit status 3.
+    let o = dms2delta(&[
         "run",
         "--config",
         &config,
         "--source",
         &demo.join("source").display().to_string(),
-    ]));
+    ]);
+    quarantined_exit(&o, 1);
+    let again = stdout(&o);
     assert!(again.contains("Nothing new to apply"), "{again}");
 
     // A folder in use is refused.
@@ -238,7 +247,10 @@ fn a_bad_file_is_reported_and_the_rest_applied() {
         "X,2024-05-28 23:59:59,1,a,1.00,true,2024-05-28 23:59:59,\n",
     )
     .unwrap();
-    let out = ok(&site.run(&[]));
+    // Everything else applied, one file set aside: the documented exit status 3.
+    let o = site.run(&[]);
+    quarantined_exit(&o, 1);
+    let out = stdout(&o);
     assert!(out.contains("1 quarantined"), "{out}");
     assert!(out.contains("Set aside in this pass (the rest was applied):"), "{out}");
     assert!(
@@ -250,8 +262,10 @@ fn a_bad_file_is_reported_and_the_rest_applied() {
     assert_eq!(row(&table_rows(&out), "mysql.app.t0")[9], "1", "{out}");
     site.check();
 
-    // Not decoded again until it changes; status lists it.
-    let again = ok(&site.run(&[]));
+    // Not decoded again until it changes; status lists it; still exit 3 while it waits.
+    let o = site.run(&[]);
+    quarantined_exit(&o, 1);
+    let again = stdout(&o);
     assert!(again.contains("1 quarantined earlier"), "{again}");
     assert!(
         again.contains("1 file quarantined earlier still waits for a fix"),
@@ -266,6 +280,76 @@ fn a_bad_file_is_reported_and_the_rest_applied() {
     ]));
     assert!(status.contains("Quarantined files (1):"), "{status}");
     assert!(status.contains(bad), "{status}");
+}
+
+#[test]
+fn a_table_removed_from_the_configuration_blocks_nothing() {
+    let site = Site::new();
+    let config = site.arg("config.yaml");
+    // Stage every file, then lose the last commit: the change sets wait in the staging area.
+    let (source, lake) = (site.arg("source"), site.arg("lake"));
+    ok(&dms2delta(&[
+        "run", "--config", &config, "--source", &source, "--lake", &lake,
+    ]));
+    let extra = "dms/pg/app/t0/20240528-235959999.csv";
+    std::fs::write(
+        site.path("source").join(extra),
+        "Op,id,region,name,amount,active,updated\nI,9999,eu,late,1.00,t,2024-05-28 23:59:59\n",
+    )
+    .unwrap();
+    // The pg table leaves the configuration (excluded by a rule) after its file was staged.
+    // Reprocess reaches the DMS files through the configuration's bucket mapping.
+    let text = std::fs::read_to_string(site.path("config.yaml"))
+        .unwrap()
+        .replace(&site.arg("unused"), &source);
+    let staged_only = text.replace(
+        "    csv: { header: true }\n",
+        "    csv: { header: true }\n    rules:\n      - { action: exclude, schema: app, table: t0 }\n",
+    );
+    assert_ne!(text, staged_only);
+    // Stage the new pg file with the old configuration (what a decode before the change did).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = |t: &str| {
+        let mut c = dms2delta::config::Config::parse(t).unwrap();
+        c.lake = lake.clone();
+        c.storage.buckets.insert("dms-sim".into(), source.clone());
+        Arc::new(c.validate().unwrap())
+    };
+    let old = cfg(&text);
+    let p = Pipeline::new(old.clone(), Arc::new(Stores::new(old.config.storage.clone())));
+    rt.block_on(p.decode("dms-sim", extra, None, Default::default()))
+        .unwrap();
+    assert_eq!(rt.block_on(p.pending()).unwrap().len(), 1);
+    std::fs::write(site.path("config.yaml"), &staged_only).unwrap();
+
+    // The run goes on: the other tables are as before, the change set is set aside with a
+    // report naming the fix, and the run says so with exit status 3 (not 1), pass after pass.
+    let o = dms2delta(&["run", "--config", &config, "--source", &source, "--lake", &lake]);
+    quarantined_exit(&o, 1);
+    let status = ok(&dms2delta(&["status", "--config", &config, "--lake", &lake]));
+    assert!(status.contains("table_not_configured"), "{status}");
+    assert!(status.contains(extra), "{status}");
+    assert!(!row(&table_rows(&status), "mysql.app.t0").is_empty(), "{status}");
+    assert_eq!(
+        row(&table_rows(&status), "pg.app.t0")[6],
+        "0",
+        "nothing pending: {status}"
+    );
+    let new = cfg(&staged_only);
+    let p = Pipeline::new(new.clone(), Arc::new(Stores::new(new.config.storage.clone())));
+    assert!(rt.block_on(p.pending()).unwrap().is_empty(), "nothing left staged");
+    quarantined_exit(
+        &dms2delta(&["run", "--config", &config, "--source", &source, "--lake", &lake]),
+        1,
+    );
+
+    // Reprocess decodes the file again under the current configuration: the table is excluded,
+    // so its change is dropped on purpose and the report goes away.
+    let re = ok(&dms2delta(&["reprocess", "--config", &config, "--lake", &lake]));
+    assert!(re.contains("1 quarantined: 1 recovered, 0 still bad"), "{re}");
+    ok(&dms2delta(&[
+        "run", "--config", &config, "--source", &source, "--lake", &lake,
+    ]));
 }
 
 #[test]

@@ -138,8 +138,12 @@ pub trait Catalog: Send + Sync + fmt::Debug {
 
 /// The catalog name of a lake table: `namespace_schema_table`, lower case, every character
 /// other than a letter, a digit or `_` replaced by `_` (the names Athena accepts unquoted).
+///
+/// Glue and Athena take only ASCII letters, digits and `_`, so names in other scripts
+/// (`Åland`, `日本`) would all fold to runs of `_` and collide; such a name, and one longer than
+/// Glue's 255 characters, ends in `_` and 8 hex digits of a hash of the exact lake name instead.
 pub fn catalog_name(namespace: &str, schema: &str, table: &str) -> String {
-    [namespace, schema, table]
+    let folded = [namespace, schema, table]
         .iter()
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -154,8 +158,25 @@ pub fn catalog_name(namespace: &str, schema: &str, table: &str) -> String {
                 .collect::<String>()
         })
         .collect::<Vec<_>>()
-        .join("_")
+        .join("_");
+    let lossy = [namespace, schema, table].iter().any(|p| !p.is_ascii());
+    if !lossy && folded.len() <= MAX_CATALOG_NAME {
+        return folded;
+    }
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in [namespace, schema, table] {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let tag = hex::encode(&h.finalize()[..4]);
+    // `folded` is ASCII, so any byte index is a character boundary.
+    let keep = folded.len().min(MAX_CATALOG_NAME - tag.len() - 1);
+    format!("{}_{tag}", &folded[..keep])
 }
+
+/// Glue's longest table name.
+const MAX_CATALOG_NAME: usize = 255;
 
 /// The catalog type of an Arrow type as the lake stores it.
 pub fn hive_type(dt: &DataType) -> Option<String> {

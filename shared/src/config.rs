@@ -843,14 +843,16 @@ impl Config {
             tables.push(by_name);
             definitions.push(defs);
         }
-        Ok(Validated {
+        let validated = Validated {
             config: self,
             lake,
             staging,
             quarantine,
             tables,
             definitions,
-        })
+        };
+        validated.check_targets()?;
+        Ok(validated)
     }
 }
 
@@ -899,6 +901,13 @@ fn dms_column(c: &DmsColumn) -> std::result::Result<Column, String> {
         name: c.column_name.clone(),
         ty,
     })
+}
+
+/// Whether `name` holds `%` followed by two hex digits (a percent-escape).
+fn has_percent_escape(name: &str) -> bool {
+    name.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
 }
 
 /// `%` matches any run of characters; everything else matches itself.
@@ -1005,9 +1014,7 @@ impl Validated {
             ));
         }
         let (mut target_schema, mut target_table) = (schema.to_string(), table.to_string());
-        if let Some(r) = s.rules.iter().find(|r| {
-            r.action == RuleAction::Rename && wildcard_match(&r.schema, schema) && wildcard_match(&r.table, table)
-        }) {
+        if let Some(r) = self.rename_rule(source, schema, table).map(|j| &s.rules[j]) {
             if let Some(ts) = &r.to_schema {
                 target_schema = ts.clone();
             }
@@ -1065,6 +1072,75 @@ impl Validated {
                 "sources",
                 format!("no configured table lands at {namespace}.{schema}.{table} (was the configuration changed?)"),
             )
+        })
+    }
+
+    /// Refuses two source tables that land at one lake table (a rename rule whose pattern
+    /// matches both, or a rename onto a table that exists): their rows would overwrite each
+    /// other's by key. Only tables with settings (`tables` or `table_definitions`) can ever be
+    /// committed, so checking those is complete.
+    fn check_targets(&self) -> Result<()> {
+        for (i, s) in self.config.sources.iter().enumerate() {
+            let mut landed: HashMap<(String, String), (String, String)> = HashMap::new();
+            let configured = s.tables.iter().map(|t| (t.schema.as_str(), t.table.as_str()));
+            let defined = s
+                .table_definitions
+                .iter()
+                .flat_map(|d| d.tables.iter().map(|t| (t.table_owner.as_str(), t.table_name.as_str())));
+            let mut names: Vec<(&str, &str)> = configured.chain(defined).collect();
+            names.sort_unstable();
+            names.dedup();
+            for (schema, table) in names {
+                let Ok(Some(spec)) = self.table(i, schema, table) else {
+                    continue;
+                };
+                let target = (spec.target_schema.clone(), spec.target_table.clone());
+                let this = (schema.to_string(), table.to_string());
+                if let Some(name) = [&spec.namespace, &target.0, &target.1]
+                    .into_iter()
+                    .find(|n| has_percent_escape(n))
+                {
+                    let path = match self.rename_rule(i, schema, table) {
+                        Some(j) => format!("sources[{i}].rules[{j}]"),
+                        None => format!("sources[{i}].tables"),
+                    };
+                    return Err(cfg_err(
+                        path,
+                        format!(
+                            "table {schema}.{table} would land at a folder named `{name}`: `%` followed by two \
+                             hex digits in a table's location is decoded a second time by the Delta engine, \
+                             which then looks for the table elsewhere. Give it a name without that sequence \
+                             with a rename rule (`to_schema` / `to_table`)"
+                        ),
+                    ));
+                }
+                if let Some(other) = landed.insert(target.clone(), this.clone()) {
+                    let path = match self.rename_rule(i, schema, table) {
+                        Some(j) => format!("sources[{i}].rules[{j}]"),
+                        None => match self.rename_rule(i, &other.0, &other.1) {
+                            Some(j) => format!("sources[{i}].rules[{j}]"),
+                            None => format!("sources[{i}].rules"),
+                        },
+                    };
+                    return Err(cfg_err(
+                        path,
+                        format!(
+                            "source tables {}.{} and {}.{} would both land at {}.{}.{}, and their rows \
+                             would overwrite each other's: give each its own name (a rename rule per \
+                             table, or a pattern that keeps the names apart)",
+                            other.0, other.1, this.0, this.1, spec.namespace, target.0, target.1
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of the rename rule that applies to `schema.table` of source `source`.
+    fn rename_rule(&self, source: usize, schema: &str, table: &str) -> Option<usize> {
+        self.config.sources[source].rules.iter().position(|r| {
+            r.action == RuleAction::Rename && wildcard_match(&r.schema, schema) && wildcard_match(&r.table, table)
         })
     }
 
@@ -1150,6 +1226,71 @@ sources:
         assert_eq!(t.namespace, "pg");
         let cols = t.columns.unwrap();
         assert_eq!(cols[1].ty, ColumnType::Decimal(12, 2));
+    }
+
+    #[test]
+    fn a_rename_that_lands_two_tables_on_one_is_refused_with_its_rule() {
+        let two = |rules: &str| {
+            format!(
+                r#"
+lake: /l
+staging: /s
+quarantine: /q
+sources:
+  - name: erp
+    bucket: dms
+    rules:
+{rules}
+    tables:
+      - {{ schema: sales, table: t1, keys: [id] }}
+      - {{ schema: sales, table: t2, keys: [id] }}
+      - {{ schema: hr, table: t1, keys: [id] }}
+"#
+            )
+        };
+        // `t%` -> one name: t1 and t2 of sales would share sales.t.
+        let (path, reason) = err_of(&two(
+            r#"      - { action: rename, schema: sales, table: "t%", to_table: t }"#,
+        ));
+        assert_eq!(path, "sources[0].rules[0]");
+        assert!(reason.contains("sales.t1") && reason.contains("sales.t2"), "{reason}");
+        assert!(reason.contains("erp.sales.t"), "{reason}");
+        // Every schema onto one: sales.t1 and hr.t1 collide.
+        let (path, reason) = err_of(&two(
+            r#"      - { action: rename, schema: "%", table: t1, to_schema: all }"#,
+        ));
+        assert_eq!(path, "sources[0].rules[0]");
+        assert!(reason.contains("all.t1"), "{reason}");
+        // Onto an existing table's name.
+        let (path, _) = err_of(&two(r#"      - { action: include, schema: "%", table: "%" }
+      - { action: rename, schema: sales, table: t2, to_table: t1 }"#));
+        assert_eq!(path, "sources[0].rules[1]");
+        // One-to-one renames and an excluded table out of the way are fine.
+        Config::from_text(&two(
+            r#"      - { action: rename, schema: sales, table: "%", to_schema: sales_v2 }"#,
+        ))
+        .unwrap();
+        Config::from_text(&two(r#"      - { action: exclude, schema: sales, table: t2 }
+      - { action: rename, schema: sales, table: "t%", to_table: t }"#))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_name_the_delta_engine_would_decode_twice_is_refused_unless_renamed() {
+        let text = |rules: &str| {
+            format!(
+                "lake: /l\nstaging: /s\nquarantine: /q\nsources:\n  - name: erp\n    bucket: dms\n    rules:\n{rules}    tables:\n      - {{ schema: \"50%off\", table: \"a%20b\", keys: [id] }}\n"
+            )
+        };
+        let (path, reason) = err_of(&text("      - { action: include, schema: \"%\", table: \"%\" }\n"));
+        assert_eq!(path, "sources[0].tables");
+        assert!(reason.contains("`a%20b`") && reason.contains("rename"), "{reason}");
+        // `50%off` holds no escape (`%of`), so only the table needs a new name.
+        let v = Config::from_text(&text(
+            "      - { action: rename, schema: \"50%off\", table: \"a%20b\", to_table: a_b }\n",
+        ))
+        .unwrap();
+        assert_eq!(v.table(0, "50%off", "a%20b").unwrap().unwrap().target_table, "a_b");
     }
 
     #[test]

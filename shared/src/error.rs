@@ -60,6 +60,8 @@ pub enum BadInputKind {
     UnknownTable,
     /// A field or file beyond the configured limits.
     TooLarge,
+    /// A staged change set for a lake table no configured table lands at any more.
+    TableNotConfigured,
 }
 
 impl BadInputKind {
@@ -115,6 +117,12 @@ impl BadInputKind {
             BadInputKind::TooLarge => {
                 "the file exceeds a configured limit: raise the limit in the configuration or split \
                  the source change, then run reprocess"
+            }
+            BadInputKind::TableNotConfigured => {
+                "if the table should still replicate, restore its settings (or map its new name \
+                 with a rename rule); then run reprocess: it decodes the DMS file again under the \
+                 current configuration, so a renamed table's changes reach its new name, and an \
+                 excluded table's changes are dropped and this report removed"
             }
         }
     }

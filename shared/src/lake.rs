@@ -17,21 +17,17 @@ static REGISTER: Once = Once::new();
 /// The URL of a location for the Delta engine (mapped buckets become folders).
 pub fn table_url(stores: &Stores, loc: &Location) -> Result<Url> {
     let physical = stores.physical(loc);
-    let text = match &physical {
-        Location::Local { dir } => {
-            std::fs::create_dir_all(dir).map_err(Error::io("create table folder"))?;
-            let abs = std::fs::canonicalize(dir).map_err(Error::io("resolve table folder"))?;
-            return Url::from_directory_path(&abs).map_err(|_| Error::Config {
-                path: "lake".into(),
-                reason: format!("{} is not a usable folder", abs.display()),
-            });
-        }
-        other => other.url(),
-    };
-    let text = if text.ends_with('/') { text } else { format!("{text}/") };
-    Url::parse(&text).map_err(|e| Error::Config {
+    if let Location::Local { dir } = &physical {
+        std::fs::create_dir_all(dir).map_err(Error::io("create table folder"))?;
+        let abs = std::fs::canonicalize(dir).map_err(Error::io("resolve table folder"))?;
+        return Url::from_directory_path(&abs).map_err(|_| Error::Config {
+            path: "lake".into(),
+            reason: format!("{} is not a usable folder", abs.display()),
+        });
+    }
+    physical.engine_url().map_err(|reason| Error::Config {
         path: "lake".into(),
-        reason: format!("`{text}`: {e}"),
+        reason,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The stages run in one process, the way the Lambdas run them one event at a time: used by the
 //! CLI, the demo, the convergence tests and the benchmarks.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -14,6 +15,14 @@ use crate::operations::commit::{CommitChangesBuilder, CommitMetrics};
 use crate::operations::decode::{DecodeBuilder, DecodeOutcome};
 use crate::stage::pending_tables;
 use crate::storage::{Location, Stores};
+
+/// What committing every pending table did.
+#[derive(Debug, Default)]
+pub struct CommitPass {
+    pub committed: Vec<CommitMetrics>,
+    /// Tables whose commit failed (`namespace.schema.table`, why); their change sets wait.
+    pub failed: Vec<(String, Error)>,
+}
 
 /// A configuration and its stores.
 #[derive(Debug, Clone)]
@@ -62,17 +71,50 @@ impl Pipeline {
         pending_tables(store.as_ref(), &root).await
     }
 
-    /// Commits every pending table until nothing is pending.
-    pub async fn commit_all(&self) -> Result<Vec<CommitMetrics>> {
-        let mut out = Vec::new();
+    /// Commits every pending table until nothing is pending, each on its own: a table whose
+    /// commit fails is reported in [`CommitPass::failed`] and left for the next pass, and every
+    /// other table still commits.
+    pub async fn commit_pending(&self) -> Result<CommitPass> {
+        let mut pass = CommitPass::default();
+        // Tables that failed, or whose commit took nothing from the staging area, are not tried
+        // again in this pass (a pass must end whatever the staging area holds).
+        let mut settled: HashSet<(String, String, String)> = HashSet::new();
         loop {
-            let pending = self.pending().await?;
+            let pending: Vec<_> = self
+                .pending()
+                .await?
+                .into_iter()
+                .filter(|t| !settled.contains(t))
+                .collect();
             if pending.is_empty() {
-                return Ok(out);
+                return Ok(pass);
             }
-            for (ns, schema, table) in pending {
-                out.push(self.commit(&ns, &schema, &table, Failpoints::default()).await?);
+            for t in pending {
+                let (ns, schema, table) = &t;
+                match self.commit(ns, schema, table, Failpoints::default()).await {
+                    Ok(m) => {
+                        if m.change_sets == 0 && m.quarantined.is_empty() && m.moved.is_empty() {
+                            settled.insert(t.clone());
+                        }
+                        pass.committed.push(m);
+                    }
+                    Err(e) => {
+                        tracing::warn!(table = %format!("{ns}.{schema}.{table}"), error = %e, "commit failed; other tables go on");
+                        pass.failed.push((format!("{ns}.{schema}.{table}"), e));
+                        settled.insert(t.clone());
+                    }
+                }
             }
+        }
+    }
+
+    /// Like [`Pipeline::commit_pending`], failing with the first table's error (after every
+    /// other table was committed).
+    pub async fn commit_all(&self) -> Result<Vec<CommitMetrics>> {
+        let pass = self.commit_pending().await?;
+        match pass.failed.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(pass.committed),
         }
     }
 

@@ -6,6 +6,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BadInputKind, Error, Result, Stage};
+use crate::storage::path_below;
 
 /// The report written for a quarantined file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,17 +63,19 @@ impl QuarantineReport {
 /// Where the report for `bucket/key` lives below the quarantine root. Derived from the key, so a
 /// retry overwrites its own report instead of piling up copies.
 pub fn report_path(root: &Path, bucket: &str, key: &str) -> Path {
-    let mut parts: Vec<String> = root.parts().map(|p| p.as_ref().to_string()).collect();
-    parts.push(bucket.to_string());
-    let segs: Vec<&str> = key.split('/').collect();
-    for (i, s) in segs.iter().enumerate() {
-        if i + 1 == segs.len() {
-            parts.push(format!("{s}.error.json"));
-        } else {
-            parts.push((*s).to_string());
-        }
+    let mut segments = vec![bucket.to_string()];
+    segments.extend(key.split('/').map(str::to_string));
+    if let Some(last) = segments.last_mut() {
+        last.push_str(".error.json");
     }
-    Path::from_iter(parts)
+    // Spelled like the key, so a person finds the report of `Åland/t/LOAD1.csv` where they look;
+    // a key that cannot be one (an unroutable key with empty segments) is stored encoded.
+    path_below(root, &segments).unwrap_or_else(|_| {
+        segments
+            .iter()
+            .filter(|s| !s.is_empty())
+            .fold(root.clone(), |p, s| p.join(s.as_str()))
+    })
 }
 
 pub async fn write_report(store: &dyn ObjectStore, root: &Path, report: &QuarantineReport) -> Result<Path> {

@@ -46,8 +46,11 @@ pub fn route(config: &Validated, bucket: &str, key: &str) -> Result<Route, Input
     if key.ends_with('/') {
         return Ok(Route::Ignore("folder marker"));
     }
-    // The most specific source wins when two share a bucket.
-    let mut best: Option<(usize, &str)> = None;
+    // Sources whose folder holds the key, most specific first. Folders may nest (`raw` and
+    // `raw/pg`): the key belongs to the most specific source whose DMS layout it fits, so a
+    // table folder of the outer source that happens to share the inner folder's name is still
+    // the outer source's.
+    let mut candidates: Vec<(usize, &str)> = Vec::new();
     for (i, s) in config.sources().iter().enumerate() {
         if s.bucket != bucket {
             continue;
@@ -62,13 +65,26 @@ pub fn route(config: &Validated, bucket: &str, key: &str) -> Result<Route, Input
             }
             None => key,
         };
-        if best.is_none_or(|(_, r)| rest.len() < r.len()) {
-            best = Some((i, rest));
+        candidates.push((i, rest));
+    }
+    candidates.sort_by_key(|(i, rest)| (rest.len(), *i));
+    let mut first_problem = None;
+    for (source, rest) in candidates {
+        match route_in(config, source, rest, key) {
+            Ok(r) => return Ok(r),
+            Err(p) => {
+                first_problem.get_or_insert(p);
+            }
         }
     }
-    let Some((source, rest)) = best else {
-        return Ok(Route::Ignore("not under any configured source"));
-    };
+    match first_problem {
+        Some(p) => Err(p),
+        None => Ok(Route::Ignore("not under any configured source")),
+    }
+}
+
+/// Routes `key`, whose part below source `source`'s folder is `rest`, in that source's layout.
+fn route_in(config: &Validated, source: usize, rest: &str, key: &str) -> Result<Route, InputProblem> {
     let unroutable = |why: &str| InputProblem::new(BadInputKind::UnroutableKey, format!("key `{key}`: {why}"));
     let segments: Vec<&str> = rest.split('/').collect();
     if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
@@ -264,6 +280,15 @@ sources:
         assert_eq!(f.time_digits.as_deref(), Some("202405281951413801"));
         // Most specific bucket folder wins.
         assert_eq!(file(route(&c, "dms", "raw/pg/public/acc/LOAD00000001.csv")).source, 1);
+        // ... when the key fits its layout: a table folder `pg/orders` of the outer source is
+        // not mistaken for the inner source's (it would be unroutable there).
+        let f = file(route(&c, "dms", "raw/pg/orders/LOAD00000001.csv"));
+        assert_eq!(
+            (f.source, f.schema.as_deref(), f.table.as_deref()),
+            (0, Some("pg"), Some("orders"))
+        );
+        let f = file(route(&c, "dms", "raw/pg/orders/20240528-195141380.csv"));
+        assert_eq!((f.source, f.kind), (0, FileKind::Cdc));
         // No bucket folder: the bucket root.
         assert_eq!(file(route(&c, "other", "s/t/LOAD00000001.parquet")).source, 2);
     }

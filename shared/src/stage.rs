@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::TableSpec;
 use crate::error::{Error, Result, Stage};
+use crate::storage::path_below;
 
 /// What a staged change set says about itself (Parquet key-value metadata).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,19 +49,24 @@ pub fn change_set_id(bucket: &str, key: &str, etag: Option<&str>) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// The folder holding a table's pending change sets.
-pub fn table_dir(root: &Path, spec: &TableSpec) -> Path {
-    let mut parts: Vec<String> = root.parts().map(|p| p.as_ref().to_string()).collect();
-    parts.extend([
-        spec.namespace.clone(),
-        spec.target_schema.clone(),
-        spec.target_table.clone(),
-    ]);
-    Path::from_iter(parts)
+/// The folder holding the pending change sets of the lake table `namespace.schema.table`,
+/// named as spelled (see [`path_below`]): a listing maps back to the same names.
+pub fn names_dir(root: &Path, namespace: &str, schema: &str, table: &str) -> Result<Path> {
+    path_below(root, &[namespace, schema, table]).map_err(|reason| Error::Internal {
+        stage: Stage::Stage,
+        context: format!("{namespace}.{schema}.{table}"),
+        reason,
+        retryable: false,
+    })
 }
 
-pub fn change_set_path(root: &Path, spec: &TableSpec, id: &str) -> Path {
-    table_dir(root, spec).join(format!("{id}.parquet").as_str())
+/// The folder holding a table's pending change sets.
+pub fn table_dir(root: &Path, spec: &TableSpec) -> Result<Path> {
+    names_dir(root, &spec.namespace, &spec.target_schema, &spec.target_table)
+}
+
+pub fn change_set_path(root: &Path, spec: &TableSpec, id: &str) -> Result<Path> {
+    Ok(table_dir(root, spec)?.join(format!("{id}.parquet").as_str()))
 }
 
 /// Where a staged object belongs: `(namespace, schema, table, id)`, or `None` for anything else.
@@ -216,7 +222,7 @@ mod tests {
             compact: Default::default(),
         };
         let root = Path::from("staged");
-        let p = change_set_path(&root, &spec, "abc");
+        let p = change_set_path(&root, &spec, "abc").unwrap();
         assert_eq!(p.as_ref(), "staged/ns/hr/employees/abc.parquet");
         assert_eq!(
             parse_change_set_path(&root, &p),

@@ -76,7 +76,8 @@ impl Location {
         }
     }
 
-    /// A URL for the Delta engine.
+    /// The location written as a URL for people, logs and catalogs: names as they are spelled
+    /// (`s3://lake/ns/Åland/Orders`). Give the Delta engine [`Location::engine_url`] instead.
     pub fn url(&self) -> String {
         match self {
             Location::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
@@ -88,6 +89,57 @@ impl Location {
             }
         }
     }
+}
+
+impl Location {
+    /// The location as a parsed URL whose path segments are percent-encoded, so that a name
+    /// holding `#`, `?`, `%`, spaces or non-ASCII letters stays one path segment (the engine
+    /// decodes it back to the key as spelled). Local folders become `file://` directory URLs.
+    pub fn engine_url(&self) -> std::result::Result<url::Url, String> {
+        let (base, prefix) = match self {
+            Location::S3 { bucket, prefix } => (format!("s3://{bucket}/"), prefix),
+            Location::Memory { name, prefix } => (format!("memory://{name}/"), prefix),
+            Location::Local { dir } => {
+                let abs = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                return url::Url::from_directory_path(&abs)
+                    .map_err(|_| format!("{} is not a usable folder", abs.display()));
+            }
+        };
+        let mut url = url::Url::parse(&base).map_err(|e| format!("`{base}`: {e}"))?;
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|_| format!("`{base}` cannot hold a path"))?;
+            segments.pop_if_empty();
+            segments.extend(prefix.split('/').filter(|s| !s.is_empty()));
+            // A directory URL: the engine resolves files below it.
+            segments.push("");
+        }
+        Ok(url)
+    }
+}
+
+/// The store path of `segments` below `base`, each segment kept exactly as spelled.
+///
+/// object_store's `Path::from` and `Path::child` percent-encode `%`, `#` and every non-ASCII
+/// letter, so a table folder named `Åland` would be stored as `%C3%85land` and a listing could no
+/// longer be mapped back to the table. Every path dms2delta builds from identifiers or object
+/// keys goes through here instead.
+pub fn path_below<S: AsRef<str>>(base: &Path, segments: &[S]) -> std::result::Result<Path, String> {
+    let mut text = base.as_ref().to_string();
+    for s in segments {
+        let s = s.as_ref();
+        if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "`{s}` cannot be a path segment (empty, `.`, `..`, a `/` or a control character)"
+            ));
+        }
+        if !text.is_empty() {
+            text.push('/');
+        }
+        text.push_str(s);
+    }
+    Path::parse(&text).map_err(|e| format!("`{text}`: {e}"))
 }
 
 impl fmt::Display for Location {
@@ -103,6 +155,12 @@ fn clean_prefix(prefix: &str) -> std::result::Result<String, String> {
     let p = prefix.trim_matches('/');
     if p.split('/').any(|s| s == ".." || s == ".") {
         return Err(format!("`{prefix}`: `.` and `..` are not allowed in a prefix"));
+    }
+    if !p.is_empty() && p.split('/').any(str::is_empty) {
+        return Err(format!("`{prefix}`: an empty folder name (`//`) in the prefix"));
+    }
+    if p.chars().any(char::is_control) {
+        return Err(format!("`{prefix}`: control characters in the prefix"));
     }
     Ok(p.to_string())
 }
@@ -203,8 +261,13 @@ impl Stores {
             reason: "a thread panicked while holding the store cache".into(),
             retryable: true,
         })?;
+        // The prefix is spelled as configured (and as table names are): parsed, not encoded.
+        let root = Path::parse(&prefix).map_err(|e| Error::Config {
+            path: "storage".into(),
+            reason: format!("{loc} is not a usable location: {e}"),
+        })?;
         if let Some(s) = cache.get(&cache_key) {
-            return Ok((s.clone(), Path::from(prefix)));
+            return Ok((s.clone(), root));
         }
         let store: Arc<dyn ObjectStore> = match loc {
             Location::S3 { bucket, .. } => match self.config.buckets.get(bucket) {
@@ -229,7 +292,7 @@ impl Stores {
             Location::Local { dir } => local(dir)?,
         };
         cache.insert(cache_key, store.clone());
-        Ok((store, Path::from(prefix)))
+        Ok((store, root))
     }
 
     fn s3(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {

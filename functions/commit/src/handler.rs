@@ -53,7 +53,7 @@ fn table_of(state: &State, o: &ObjectEvent) -> Option<TableId> {
         return None;
     }
     let path = object_path(&o.key).ok()?;
-    let (ns, schema, table, _) = parse_change_set_path(&object_store::path::Path::from(root), &path)?;
+    let (ns, schema, table, _) = parse_change_set_path(&object_store::path::Path::parse(root).ok()?, &path)?;
     Some((ns, schema, table))
 }
 

@@ -263,6 +263,7 @@ fn emit(namespace: &str, m: &ReprocessMetrics, redriven: u64) {
         .metric("QuarantineRecovered", Unit::Count, m.quarantine_recovered as f64)
         .metric("QuarantineStillBad", Unit::Count, m.quarantine_still_bad as f64)
         .metric("TablesCommitted", Unit::Count, m.tables_committed.len() as f64)
+        .metric("TablesFailed", Unit::Count, m.tables_failed.len() as f64)
         .metric("Remaining", Unit::Count, m.remaining as f64)
         .metric("DurationMs", Unit::Milliseconds, m.duration_ms as f64)
         .emit();

@@ -837,7 +837,7 @@ pub async fn stage(config: &Validated, stores: &Stores, batch: &RecordBatch, nam
     let (store, root) = stores.resolve(&config.staging).unwrap();
     let key = format!("{SCHEMA}/{TABLE}/{name}");
     let id = change_set_id(BUCKET, &key, Some("bench"));
-    let path = change_set_path(&root, &spec, &id);
+    let path = change_set_path(&root, &spec, &id).unwrap();
     let meta = ChangeSetMeta {
         source_file: format!("s3://{BUCKET}/{key}"),
         etag: Some("bench".into()),

@@ -47,6 +47,28 @@ fn names_are_what_athena_takes_unquoted() {
 }
 
 #[test]
+fn names_in_other_scripts_and_long_names_stay_apart() {
+    let a = catalog_name("erp", "日本", "注文");
+    let b = catalog_name("erp", "中国", "订单");
+    assert_ne!(a, b);
+    for n in [&a, &b] {
+        assert!(n.starts_with("erp_"), "{n}");
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "{n}"
+        );
+    }
+    assert_ne!(catalog_name("pg", "Åland", "t"), catalog_name("pg", "Öland", "t"));
+    // Deterministic: every commit and every function instance finds the same entry.
+    assert_eq!(a, catalog_name("erp", "日本", "注文"));
+    let long = "x".repeat(300);
+    let n = catalog_name("pg", "public", &long);
+    assert_eq!(n.len(), 255);
+    assert_ne!(n, catalog_name("pg", "public", &"x".repeat(299)));
+}
+
+#[test]
 fn types_map_to_hive_names_and_partitions_become_partition_keys() {
     let d = def(None, 3);
     let cols: Vec<(&str, &str)> = d

@@ -36,7 +36,7 @@ use crate::failpoint::{self, Failpoints};
 use crate::lake::{self, delta_err, is_conflict};
 use crate::operations::merge_on_read::{self, DvCounts};
 use crate::quarantine::{write_report, QuarantineReport};
-use crate::stage::{read_change_set, table_dir, ChangeSetMeta};
+use crate::stage::{names_dir, read_change_set, table_dir, ChangeSetMeta};
 use crate::storage::{Location, Stores};
 use crate::types::UTC;
 use crate::unify::unify;
@@ -99,6 +99,9 @@ pub struct CommitMetrics {
     pub conflicts: u32,
     /// Change sets set aside with a report.
     pub quarantined: Vec<String>,
+    /// Change sets moved from a legacy percent-encoded staging folder to their table's folder
+    /// (they are committed by the table's next commit).
+    pub moved: Vec<String>,
     /// Whether this commit created the table.
     pub created_table: bool,
     /// The table's schema and partition columns after this commit (`None` when nothing was
@@ -176,16 +179,19 @@ impl<'a> CommitChangesBuilder<'a> {
 
     async fn run(self) -> Result<CommitMetrics> {
         let started = Instant::now();
-        let spec = self
-            .config
-            .require_table_by_target(&self.namespace, &self.schema, &self.table)?;
+        let (stage_store, stage_root) = self.stores.resolve(&self.config.staging)?;
+        let Some(spec) = self.config.table_by_target(&self.namespace, &self.schema, &self.table) else {
+            // Staged for a table the configuration no longer has: set aside, never block.
+            let mut metrics = self.set_aside_unconfigured(&stage_store, &stage_root).await?;
+            metrics.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok(metrics);
+        };
         let name = spec.qualified_name();
         let mut metrics = CommitMetrics {
             table: name.clone(),
             ..Default::default()
         };
-        let (stage_store, stage_root) = self.stores.resolve(&self.config.staging)?;
-        let dir = table_dir(&stage_root, &spec);
+        let dir = table_dir(&stage_root, &spec)?;
         let mut listed: Vec<ObjectMeta> = stage_store
             .list(Some(&dir))
             .try_collect()
@@ -323,6 +329,97 @@ impl<'a> CommitChangesBuilder<'a> {
             .map(|ts| (chrono::Utc::now().timestamp_micros() - ts) as f64 / 1e6);
         metrics.duration_ms = started.elapsed().as_millis() as u64;
         Ok(metrics)
+    }
+
+    /// The change sets staged under a lake name no configured table lands at (the table was
+    /// excluded, renamed or removed after its file was decoded). Each gets a quarantine report
+    /// naming its DMS file, so reprocess decodes that file again under the current configuration.
+    ///
+    /// Change sets staged by earlier versions under percent-encoded folder names (`%C3%85`
+    /// for `Å`) are moved to the folder their table uses now instead.
+    async fn set_aside_unconfigured(
+        &self,
+        stage_store: &Arc<dyn ObjectStore>,
+        stage_root: &Path,
+    ) -> Result<CommitMetrics> {
+        let name = format!("{}.{}.{}", self.namespace, self.schema, self.table);
+        let mut metrics = CommitMetrics {
+            table: name.clone(),
+            ..Default::default()
+        };
+        let dir = names_dir(stage_root, &self.namespace, &self.schema, &self.table)?;
+        let listed: Vec<ObjectMeta> = stage_store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(Error::storage("list staged change sets", &dir))?;
+        if let Some(spec) = self.legacy_encoded_table() {
+            let to = table_dir(stage_root, &spec)?;
+            for m in &listed {
+                let Some(file) = m.location.filename() else { continue };
+                let target = to.clone().join(file);
+                match stage_store.copy(&m.location, &target).await {
+                    Ok(()) => {}
+                    Err(object_store::Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(Error::storage("move change set", &m.location)(e)),
+                }
+                match stage_store.delete(&m.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::storage("move change set", &m.location)(e)),
+                }
+                metrics.moved.push(target.to_string());
+            }
+            tracing::info!(stage = "commit", from = %name, to = %spec.qualified_name(), moved = metrics.moved.len(), "change sets staged under an encoded name moved to their table");
+            return Ok(metrics);
+        }
+        for m in listed {
+            if !m.location.as_ref().ends_with(".parquet") {
+                continue;
+            }
+            let reason = format!(
+                "no configured table lands at {name} any more: the table was excluded, renamed or \
+                 removed from the configuration after this file was decoded"
+            );
+            let meta = match read_change_set(stage_store.clone(), &m.location).await {
+                Ok((meta, _)) => meta,
+                Err(Error::Gone { .. }) => continue,
+                Err(e) if !e.is_retryable() => ChangeSetMeta {
+                    source_file: String::new(),
+                    etag: None,
+                    table: name.clone(),
+                    rows_in: 0,
+                },
+                Err(e) => return Err(e),
+            };
+            let q = self
+                .quarantine(
+                    stage_store,
+                    &m.location,
+                    &meta,
+                    BadInputKind::TableNotConfigured,
+                    &reason,
+                )
+                .await?;
+            metrics.quarantined.push(q);
+        }
+        Ok(metrics)
+    }
+
+    /// The configured table whose names this builder's names are a percent-encoding of.
+    fn legacy_encoded_table(&self) -> Option<TableSpec> {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|d| d.into_owned())
+        };
+        let (ns, schema, table) = (decode(&self.namespace)?, decode(&self.schema)?, decode(&self.table)?);
+        if (ns.as_str(), schema.as_str(), table.as_str())
+            == (self.namespace.as_str(), self.schema.as_str(), self.table.as_str())
+        {
+            return None;
+        }
+        self.config.table_by_target(&ns, &schema, &table)
     }
 
     async fn quarantine(

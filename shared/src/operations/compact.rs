@@ -27,7 +27,7 @@ use crate::error::{Error, Result, Stage};
 use crate::lake::{self, delta_err, is_conflict};
 use crate::operations::commit::DELETED_AT;
 use crate::operations::merge_on_read::purge_deleted_rows;
-use crate::storage::{Location, Stores};
+use crate::storage::{path_below, Location, Stores};
 use crate::types::UTC;
 
 /// Maintains one table. Build, set the table, `.await`.
@@ -325,13 +325,17 @@ async fn optimize(
 async fn last_checkpoint(stores: &Stores, loc: &Location) -> Result<Option<u64>> {
     let physical = stores.physical(loc);
     let (store, root) = stores.resolve(&physical)?;
-    let mut parts: Vec<String> = root.parts().map(|p| p.as_ref().to_string()).collect();
-    if let Location::Local { .. } = physical {
-        parts.clear();
-    }
-    parts.push("_delta_log".into());
-    parts.push("_last_checkpoint".into());
-    let path = Path::from_iter(parts);
+    let root = if let Location::Local { .. } = physical {
+        Path::default()
+    } else {
+        root
+    };
+    let path = path_below(&root, &["_delta_log", "_last_checkpoint"]).map_err(|reason| Error::Internal {
+        stage: Stage::Compact,
+        context: loc.to_string(),
+        reason,
+        retryable: false,
+    })?;
     match store.get(&path).await {
         Ok(r) => {
             let bytes = r

@@ -252,7 +252,7 @@ impl<'a> DecodeBuilder<'a> {
                 ..Default::default()
             };
             if !t.batches.is_empty() {
-                let p = change_set_path(&root, &t.spec, &id);
+                let p = change_set_path(&root, &t.spec, &id)?;
                 let meta = ChangeSetMeta {
                     source_file: file_uri.to_string(),
                     etag: etag.clone(),

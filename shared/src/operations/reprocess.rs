@@ -99,6 +99,8 @@ pub struct ReprocessMetrics {
     pub quarantine_still_bad: usize,
     /// Tables committed because change sets were waiting.
     pub tables_committed: Vec<String>,
+    /// Tables whose commit failed (`table: why`); every other table was still committed.
+    pub tables_failed: Vec<String>,
     /// Rows inserted, updated or deleted by those commits.
     pub rows_changed: u64,
     /// Work left for the next run because of `max_files`.
@@ -249,7 +251,12 @@ impl<'a> ReprocessBuilder<'a> {
                 let metas = if prefix.is_empty() {
                     list_all(store.as_ref()).await?
                 } else {
-                    list(store.as_ref(), &Path::from(prefix.as_str())).await?
+                    // As configured (validated at load), not percent-encoded.
+                    let folder = Path::parse(prefix.trim_matches('/')).map_err(|e| Error::Config {
+                        path: "sources[].bucket_folder".into(),
+                        reason: format!("`{prefix}`: {e}"),
+                    })?;
+                    list(store.as_ref(), &folder).await?
                 };
                 for meta in metas {
                     let key = meta.location.to_string();
@@ -394,12 +401,23 @@ impl<'a> ReprocessBuilder<'a> {
                     }
                 }
                 for (ns, schema, table) in tables {
-                    let cm = CommitChangesBuilder::new(config.clone(), self.stores)
+                    // One table's failure must not keep the others waiting.
+                    match CommitChangesBuilder::new(config.clone(), self.stores)
                         .with_table(&ns, &schema, &table)
                         .with_failpoints(Failpoints::default())
-                        .await?;
-                    m.rows_changed += cm.rows_inserted + cm.rows_updated + cm.rows_deleted;
-                    m.tables_committed.push(cm.table.clone());
+                        .await
+                    {
+                        Ok(cm) => {
+                            m.rows_changed += cm.rows_inserted + cm.rows_updated + cm.rows_deleted;
+                            if cm.change_sets > 0 {
+                                m.tables_committed.push(cm.table.clone());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(stage = "reprocess", table = %format!("{ns}.{schema}.{table}"), error = %e, "commit failed; other tables go on");
+                            m.tables_failed.push(format!("{ns}.{schema}.{table}: {e}"));
+                        }
+                    }
                 }
             }
         } else {
