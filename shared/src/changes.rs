@@ -945,13 +945,18 @@ impl<'a> Ctx<'a> {
             .value(at.row as usize)
     }
 
-    /// Whether the change at `a` is newer than the one at `b`.
+    /// Whether the change at `a` is newer than the one at `b`. Equal sequences (several changes
+    /// of one transaction can share an `AR_H_CHANGE_SEQ`) break by position: DMS writes a file's
+    /// rows in commit order, so the later row is the later change.
     fn newer(&self, a: RowRef, b: RowRef) -> bool {
+        // Positions follow push order, compaction included.
         if self.cols.in_order {
-            // Positions follow push order, compaction included.
             a > b
         } else {
-            self.seq(a) > self.seq(b)
+            match self.seq(a).cmp(self.seq(b)) {
+                std::cmp::Ordering::Equal => a > b,
+                order => order.is_gt(),
+            }
         }
     }
 
@@ -1035,12 +1040,11 @@ impl<'a> Ctx<'a> {
             return;
         }
         let missing = self.nosup_cols(older);
-        let older_seq = self.seq(older);
         for f in fills.iter_mut() {
             if missing.contains(&f.col) {
                 continue;
             }
-            if f.from.is_none_or(|cur| older_seq > self.seq(cur)) {
+            if f.from.is_none_or(|cur| self.newer(older, cur)) {
                 f.from = Some(older);
             }
         }
@@ -1073,7 +1077,9 @@ pub(crate) mod tests {
     }
 
     fn rows(b: &RecordBatch) -> Vec<(i64, Option<String>, String, Option<String>)> {
-        let id = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+        // Text keys (see `text_keys`) are read back as the integers they were made from.
+        let id = arrow::compute::cast(b.column(0), &DataType::Int64).unwrap();
+        let id = id.as_primitive::<arrow::datatypes::Int64Type>();
         let v = b.column(1).as_string::<i32>();
         let op = b.column(2).as_string::<i32>();
         let ns = b.column(6).as_string::<i32>();
@@ -1116,6 +1122,66 @@ pub(crate) mod tests {
                 (497, Some("c".into()), "I".into(), None)
             ]
         );
+    }
+
+    /// `b` with its key column as text, so the deduper takes its hash-map index.
+    fn text_keys(b: &RecordBatch) -> RecordBatch {
+        let mut fields: Vec<Field> = b.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields[0] = Field::new("id", DataType::Utf8, true);
+        let mut cols = b.columns().to_vec();
+        cols[0] = arrow::compute::cast(&cols[0], &DataType::Utf8).unwrap();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+    }
+
+    #[test]
+    fn equal_sequences_break_by_position_in_both_indexes() {
+        // One transaction's changes to one key share an AR_H_CHANGE_SEQ: the last row wins,
+        // within a batch and across batches, with integer and text keys.
+        let first = batch(&[
+            (7, Some("a"), "I", "1S5", None),
+            (7, Some("b"), "U", "1S5", None),
+            (8, Some("x"), "U", "1S5", None),
+        ]);
+        let second = batch(&[(7, Some("c"), "U", "1S5", None), (8, Some("y"), "U", "1S4", None)]);
+        let want = vec![
+            (7, Some("c".into()), "U".into(), None),
+            (8, Some("x".into()), "U".into(), None),
+        ];
+        assert_eq!(dedup(vec![first.clone(), second.clone()]), want);
+        assert_eq!(dedup(vec![text_keys(&first), text_keys(&second)]), want);
+        assert_eq!(dedup(vec![first.clone()])[0].1.as_deref(), Some("b"));
+        assert_eq!(dedup(vec![text_keys(&first)])[0].1.as_deref(), Some("b"));
+        // A no-sup winner takes the column from the latest older row of its sequence.
+        let fills = batch(&[
+            (1, Some("old"), "U", "1S5", None),
+            (1, Some("newer"), "U", "1S5", None),
+            (1, None, "U", "1S5", Some("|v|")),
+        ]);
+        assert_eq!(dedup(vec![fills.clone()])[0].1.as_deref(), Some("newer"));
+        assert_eq!(dedup(vec![text_keys(&fills)])[0].1.as_deref(), Some("newer"));
+    }
+
+    #[test]
+    fn equal_sequences_break_by_position_across_compactions() {
+        // Enough rows that the deduper compacts (renumbering its rows) several times.
+        for text in [false, true] {
+            let mut d: Option<Deduper> = None;
+            for round in 0..6 {
+                let values: Vec<String> = (0..100_000).map(|i| format!("{round}:{i}")).collect();
+                let data: Vec<(i64, Option<&str>, &str, &str, Option<&str>)> = (0..100_000)
+                    .map(|i| ((i % 1000) as i64, Some(values[i].as_str()), "U", "1S1", None))
+                    .collect();
+                let b = if text { text_keys(&batch(&data)) } else { batch(&data) };
+                d.get_or_insert_with(|| Deduper::new(b.schema(), &["id".to_string()]).unwrap())
+                    .push(b)
+                    .unwrap();
+            }
+            let out = rows(&d.unwrap().finish().unwrap().unwrap());
+            assert_eq!(out.len(), 1000);
+            for (id, v, ..) in out {
+                assert_eq!(v, Some(format!("5:{}", 99_000 + id)), "text keys: {text}");
+            }
+        }
     }
 
     #[test]

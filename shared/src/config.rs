@@ -112,6 +112,23 @@ pub struct Limits {
     /// Largest DMS object in bytes that decode accepts.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
+    /// Largest CSV record (one row as written, all its fields) in bytes; unset: four times
+    /// `max_field_bytes`. Bounds the memory one row takes while it is read.
+    #[serde(default)]
+    pub max_record_bytes: Option<usize>,
+    /// Most data one file may hold once decompressed: CSV text after gzip inflation, or the
+    /// uncompressed size of a Parquet file's column chunks. Bounds decode memory whatever the
+    /// compression ratio.
+    #[serde(default = "default_max_inflated_bytes")]
+    pub max_inflated_bytes: u64,
+}
+
+impl Limits {
+    /// The record limit in effect.
+    pub fn record_bytes(&self) -> usize {
+        self.max_record_bytes
+            .unwrap_or_else(|| self.max_field_bytes.saturating_mul(4))
+    }
 }
 
 impl Default for Limits {
@@ -119,6 +136,8 @@ impl Default for Limits {
         Limits {
             max_field_bytes: default_max_field_bytes(),
             max_file_bytes: default_max_file_bytes(),
+            max_record_bytes: None,
+            max_inflated_bytes: default_max_inflated_bytes(),
         }
     }
 }
@@ -128,6 +147,10 @@ fn default_max_field_bytes() -> usize {
 }
 
 fn default_max_file_bytes() -> u64 {
+    8 * 1024 * 1024 * 1024
+}
+
+fn default_max_inflated_bytes() -> u64 {
     8 * 1024 * 1024 * 1024
 }
 
@@ -701,6 +724,19 @@ impl Config {
         self.compact.check("compact")?;
         if self.limits.max_field_bytes == 0 {
             return Err(cfg_err("limits.max_field_bytes", "must be at least 1"));
+        }
+        if self
+            .limits
+            .max_record_bytes
+            .is_some_and(|r| r < self.limits.max_field_bytes)
+        {
+            return Err(cfg_err(
+                "limits.max_record_bytes",
+                "must be at least limits.max_field_bytes (a field is part of a record)",
+            ));
+        }
+        if self.limits.max_inflated_bytes == 0 {
+            return Err(cfg_err("limits.max_inflated_bytes", "must be at least 1"));
         }
         if self.metrics.namespace.trim().is_empty() || self.metrics.namespace.len() > 255 {
             return Err(cfg_err("metrics.namespace", "must be 1 to 255 characters"));

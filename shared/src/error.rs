@@ -86,7 +86,8 @@ impl BadInputKind {
                  the source table's primary key / replica identity, then run reprocess"
             }
             BadInputKind::BadValue => {
-                "a value does not match its configured type: correct the column's `type` in the \
+                "a value does not match its configured type: correct the column's `type` (or, for \
+                 digits beyond a decimal's scale, its `precision` and `scale`) in the \
                  configuration, then run reprocess"
             }
             BadInputKind::InvalidUtf8 => {
@@ -107,16 +108,19 @@ impl BadInputKind {
                  source's `bucket_folder`, `cdc_path` and `date_partitioning` settings"
             }
             BadInputKind::IncompatibleSchema => {
-                "the column's type changed in a way Delta cannot widen: rebuild the table (drop it \
-                 and reload from DMS) or map the column to a compatible type, then run reprocess"
+                "the column's type changed in a way Delta cannot widen, or a Parquet column's type \
+                 cannot be converted to its configured `type` without loss: set the configured \
+                 type to the source column's type, or rebuild the table (drop it and reload from \
+                 DMS), then run reprocess"
             }
             BadInputKind::UnknownTable => {
                 "add the table to the source's `tables` (or exclude it with a rule), then run \
                  reprocess"
             }
             BadInputKind::TooLarge => {
-                "the file exceeds a configured limit: raise the limit in the configuration or split \
-                 the source change, then run reprocess"
+                "the file exceeds the `limits.*` setting the reason names: raise it in the \
+                 configuration (the limits bound decode memory, so give the decode function memory \
+                 for it) or split the source change, then run reprocess"
             }
             BadInputKind::TableNotConfigured => {
                 "if the table should still replicate, restore its settings (or map its new name \

@@ -12,7 +12,7 @@ use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, String
 use arrow::compute::kernels::cast::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 
-use crate::changes::{is_meta, meta_fields, Deduper, NOSUP};
+use crate::changes::{is_meta, meta_fields, Deduper, NOSUP, SOURCE_FILE};
 use crate::error::{BadInputKind, InputProblem};
 use crate::types::{widening, Widening};
 
@@ -88,7 +88,13 @@ pub fn unify(table: Option<&[Field]>, sets: &[Vec<RecordBatch>], keys: &[String]
     fields.extend(meta_fields());
     let schema = Arc::new(Schema::new(fields));
     let mut dedup: Option<Deduper> = None;
-    for (i, set) in sets.iter().enumerate() {
+    // Changes with equal sequences break by push order (see `Deduper`). Across files that must
+    // be the order DMS wrote them, which their names (write times) give, not the order they
+    // happened to be staged in.
+    let mut push_order: Vec<usize> = (0..sets.len()).collect();
+    push_order.sort_by_cached_key(|&i| source_file(&sets[i]));
+    for i in push_order {
+        let set = &sets[i];
         if rejected.iter().any(|(r, _)| *r == i) {
             continue;
         }
@@ -115,6 +121,15 @@ pub fn unify(table: Option<&[Field]>, sets: &[Vec<RecordBatch>], keys: &[String]
         widen,
         new_columns,
     })
+}
+
+/// The DMS file a change set was decoded from (one per change set).
+fn source_file(set: &[RecordBatch]) -> Option<String> {
+    let b = set.iter().find(|b| b.num_rows() > 0)?;
+    let col = b.column_by_name(SOURCE_FILE)?;
+    let text = cast(&col.slice(0, 1), &DataType::Utf8).ok()?;
+    let text = text.as_string_opt::<i32>()?;
+    (!text.is_null(0)).then(|| text.value(0).to_string())
 }
 
 /// One batch in the unified shape.
@@ -178,6 +193,36 @@ mod tests {
 
     fn keys() -> Vec<String> {
         vec!["id".to_string()]
+    }
+
+    /// `b` as if decoded from the DMS file `file`.
+    fn from_file(b: RecordBatch, file: &str) -> RecordBatch {
+        let mut cols = b.columns().to_vec();
+        let i = b.schema().index_of(SOURCE_FILE).unwrap();
+        cols[i] = crate::changes::source_file_column(file, b.num_rows()).unwrap();
+        RecordBatch::try_new(b.schema(), cols).unwrap()
+    }
+
+    #[test]
+    fn equal_sequences_in_two_files_end_as_the_later_file() {
+        // The same AR_H_CHANGE_SEQ in two files: the file DMS wrote later wins, in whichever
+        // order the change sets were staged.
+        let early = from_file(
+            batch(&[(1, Some("early"), "U", "1S5", None)]),
+            "s3://dms/s/t/20240601-000000001.csv",
+        );
+        let late = from_file(
+            batch(&[(1, Some("late"), "U", "1S5", None)]),
+            "s3://dms/s/t/20240601-000000002.csv",
+        );
+        for sets in [
+            vec![vec![early.clone()], vec![late.clone()]],
+            vec![vec![late.clone()], vec![early.clone()]],
+        ] {
+            let b = unify(None, &sets, &keys()).unwrap().batch.unwrap();
+            let v = b.column(b.schema().index_of("v").unwrap()).as_string::<i32>();
+            assert_eq!(v.value(0), "late");
+        }
     }
 
     #[test]

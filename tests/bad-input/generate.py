@@ -74,6 +74,13 @@ def files():
         ("table-without-keys", "dms/s/nokey/20240601-000000001.csv", b"I,1,a,2\n", "no_key"),
         ("not-a-dms-file-name", T + "readme.txt", b"hello\n", "unroutable_key"),
         ("too-deep-for-the-layout", T + "extra/level/20240601-000000001.csv", b"I,1,a,2\n", "unroutable_key"),
+        # Limits hold while reading: a small gzip inflating into one long field, or into one
+        # record of many short fields, is stopped at the limit.
+        ("gzip-field-bomb", T + "20240601-000000016.csv.gz", gz(b"I,1," + b"x" * 2_000_000 + b",2\n"), "too_large"),
+        ("gzip-record-of-many-short-fields", T + "20240601-000000017.csv.gz", gz(b"I,1" + b",ab" * 100_000 + b"\n"), "too_large"),
+        ("parquet-value-over-field-limit", P + "20240601-000000009.parquet", parquet(pa.table({"Op": ["I"], "id": pa.array([1], pa.int32()), "name": ["x" * 5000]}), compression="zstd"), "too_large"),
+        # The configured type wins: a Parquet column that cannot be converted to it losslessly.
+        ("parquet-type-contradicts-configuration", T + "20240601-000000018.parquet", parquet(pa.table({"Op": ["I"], "id": pa.array([1], pa.int64()), "name": ["a"], "n": pa.array([2], pa.int32())})), "incompatible_schema"),
         # Not errors: nothing to apply, nothing quarantined.
         ("empty-file", T + "20240601-000000015.csv", b"", "skipped"),
         ("zero-row-parquet", P + "20240601-000000008.parquet", parquet(pa.table({"Op": pa.array([], pa.string()), "id": pa.array([], pa.int32()), "name": pa.array([], pa.string())})), "nothing"),
@@ -122,6 +129,7 @@ def configs():
         ("vacuum-below-seven-days", base + "compact:\n  vacuum_retention_hours: 1\n", "compact.vacuum_retention_hours"),
         ("zero-attempts", base + "commit:\n  max_attempts: 0\n", "commit.max_attempts"),
         ("bucket-folder-escapes", base.replace("bucket_folder: dms", "bucket_folder: ../dms"), "sources[0].bucket_folder"),
+        ("record-limit-below-field-limit", base + "limits:\n  max_field_bytes: 100\n  max_record_bytes: 10\n", "limits.max_record_bytes"),
         ("not-yaml", "lake: [unclosed\n", ""),
     ]
 

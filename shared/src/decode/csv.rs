@@ -1,12 +1,13 @@
 //! DMS CSV (plain or gzip, with or without header, Op or not, CDC_TXN) -> change batches.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::BufRead;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 
+use super::records::{ReadLimits, Record, RecordReader};
 use super::values::ColumnBuilder;
 use super::{FileContext, Sink, BATCH_ROWS};
 use crate::changes::{meta_fields, source_file_column, Sequence};
@@ -15,7 +16,7 @@ use crate::error::{BadInputKind, InputProblem};
 use crate::route::{digits_to_micros, FileKind};
 use crate::types::{ColumnType, UTC};
 
-pub(super) fn decode<R: Read>(
+pub(super) fn decode<R: BufRead>(
     reader: R,
     ctx: &FileContext<'_>,
     sink: &mut Sink,
@@ -23,25 +24,29 @@ pub(super) fn decode<R: Read>(
 ) -> Result<(), InputProblem> {
     let settings = &ctx.source_settings().csv;
     let delimiter = settings.delimiter.as_bytes().first().copied().unwrap_or(b',');
-    let mut rdr = ::csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(delimiter)
-        .double_quote(true)
-        .buffer_capacity(1 << 16)
-        .from_reader(reader);
+    let limits = &ctx.config.config.limits;
+    let mut rdr = RecordReader::new(
+        reader,
+        delimiter,
+        ReadLimits {
+            field: ctx.max_field_bytes,
+            record: limits.record_bytes().max(ctx.max_field_bytes),
+            text: limits.max_inflated_bytes,
+        },
+        gzip,
+    );
     let txn = ctx.routed.kind == FileKind::CdcTxn;
-    let mut record = ::csv::ByteRecord::new();
+    let mut record = Record::default();
     let mut header: Option<Vec<String>> = None;
     let mut decoders: HashMap<(String, String), Option<TableDecoder>> = HashMap::new();
     let mut single: Option<TableDecoder> = None;
     let mut row: u64 = 0;
     loop {
-        let more = rdr.read_byte_record(&mut record).map_err(|e| read_error(e, gzip))?;
+        let more = rdr.read(&mut record)?;
         if !more {
             break;
         }
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let line = record.line();
         if settings.header && !txn && header.is_none() {
             let names = record
                 .iter()
@@ -135,15 +140,46 @@ pub(super) fn decode<R: Read>(
     Ok(())
 }
 
-fn read_error(e: ::csv::Error, gzip: bool) -> InputProblem {
-    match e.kind() {
-        ::csv::ErrorKind::Io(io) if gzip => InputProblem::new(
-            BadInputKind::CorruptFile,
-            format!("the gzip stream is truncated or damaged: {io}"),
+/// Why a headerless file's first row does not fit the configured columns: what the row holds,
+/// what the configuration expects, in DMS's terms.
+fn headerless_mismatch(
+    spec: &TableSpec,
+    first: usize,
+    first_field: Option<&str>,
+    cols: &[Column],
+    ts_extra: Option<&str>,
+) -> String {
+    let values = cols.len() + usize::from(ts_extra.is_some());
+    let found = match first_field {
+        Some("I" | "U" | "D") if first > 0 => format!(
+            "{first} fields: Op + {} value{}",
+            first - 1,
+            if first == 2 { "" } else { "s" }
         ),
-        ::csv::ErrorKind::Io(io) => InputProblem::new(BadInputKind::CorruptFile, format!("cannot read the file: {io}")),
-        _ => InputProblem::new(BadInputKind::CorruptFile, format!("not readable as CSV: {e}")),
+        _ => format!("{first} fields and no Op column"),
+    };
+    let mut expected = format!(
+        "{} configured column{}",
+        cols.len(),
+        if cols.len() == 1 { "" } else { "s" }
+    );
+    if let Some(ts) = ts_extra {
+        expected.push_str(&format!(" plus the timestamp column `{ts}`"));
     }
+    if let Some(seq) = spec.sequence_column.as_deref() {
+        if cols.iter().any(|c| c.name == seq) {
+            expected.push_str(&format!(" (including the `{seq}` sequence column)"));
+        }
+    }
+    let mut msg = format!(
+        "the first row has {found}, but table {}.{} has {expected}, so a row needs {values} fields (full load) or Op + {values} = {} (CDC, or IncludeOpForFullLoad)",
+        spec.schema,
+        spec.table,
+        values + 1
+    );
+    msg.push_str("; a value with an unbalanced quote also runs on over the lines after it");
+    msg.push_str("; the table's `columns` must list the source table's current columns, in the source's order");
+    msg
 }
 
 /// How the fields of a row map to columns.
@@ -166,6 +202,8 @@ struct DataColumn {
 
 struct TableDecoder {
     spec: TableSpec,
+    /// What fixed the field count, for reports.
+    shape: &'static str,
     schema: SchemaRef,
     op_pos: Option<usize>,
     ts_pos: Option<usize>,
@@ -200,9 +238,11 @@ impl TableDecoder {
         let mut ts_pos = None;
         let mut positions: Vec<(usize, Column)> = Vec::new();
         let fields;
+        let shape;
         match layout {
             Layout::Header(names) => {
                 fields = names.len();
+                shape = "header line";
                 for (i, n) in names.iter().enumerate() {
                     if i == 0 && n.eq_ignore_ascii_case("Op") {
                         op_pos = Some(0);
@@ -257,11 +297,12 @@ impl TableDecoder {
                 } else {
                     return Err(InputProblem::new(
                         BadInputKind::FieldCount,
-                        format!(
-                            "the first row has {first} fields, but the {} configured columns{} need {base} (or {} with Op); a quote left open also swallows lines",
-                            cols.len(),
-                            if ts_extra { " plus the timestamp column" } else { "" },
-                            base + 1
+                        headerless_mismatch(
+                            &spec,
+                            first,
+                            first_field,
+                            &cols,
+                            ts_extra.then_some(ts_name.as_deref()).flatten(),
                         ),
                     ));
                 };
@@ -279,6 +320,7 @@ impl TableDecoder {
                     next += 1;
                 }
                 fields = first;
+                shape = "first row and the configured columns";
             }
             Layout::Txn => {
                 let cols = configured.ok_or_else(|| {
@@ -292,6 +334,7 @@ impl TableDecoder {
                 })?;
                 op_pos = Some(0);
                 fields = 3 + cols.len();
+                shape = "configured columns after CDC_TXN's Op, table and schema";
                 positions = cols.into_iter().enumerate().map(|(i, c)| (3 + i, c)).collect();
             }
         }
@@ -334,6 +377,7 @@ impl TableDecoder {
             ts_pos,
             seq_pos,
             fields,
+            shape,
             data,
             keys,
             op: StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS),
@@ -350,7 +394,7 @@ impl TableDecoder {
 
     fn push(
         &mut self,
-        record: &::csv::ByteRecord,
+        record: &Record,
         line: u64,
         row: u64,
         ctx: &FileContext<'_>,
@@ -360,25 +404,19 @@ impl TableDecoder {
             return Err(InputProblem::new(
                 BadInputKind::FieldCount,
                 format!(
-                    "line {line}: {} fields where the table {}.{} has {} (a quote left open also swallows lines)",
+                    "line {line}: the row has {} fields, but the rows of table {}.{} in this file have {}{} (set by the {}); a value with an unbalanced quote joins lines, and a column added or dropped mid-file changes the count",
                     record.len(),
                     self.spec.schema,
                     self.spec.table,
-                    self.fields
+                    self.fields,
+                    if self.op_pos.is_some() { ", Op included" } else { "" },
+                    self.shape
                 ),
             ));
         }
+        // Field and record sizes were checked as the record was read.
         let text = |i: usize| -> Result<&str, InputProblem> {
             let f = record.get(i).unwrap_or_default();
-            if f.len() > ctx.max_field_bytes {
-                return Err(InputProblem::new(
-                    BadInputKind::TooLarge,
-                    format!(
-                        "line {line}: a field of {} bytes exceeds limits.max_field_bytes",
-                        f.len()
-                    ),
-                ));
-            }
             std::str::from_utf8(f).map_err(|_| {
                 InputProblem::new(
                     BadInputKind::InvalidUtf8,
@@ -408,16 +446,6 @@ impl TableDecoder {
         for (ci, d) in self.data.iter_mut().enumerate() {
             let v = {
                 let f = record.get(d.pos).unwrap_or_default();
-                if f.len() > ctx.max_field_bytes {
-                    return Err(InputProblem::new(
-                        BadInputKind::TooLarge,
-                        format!(
-                            "line {line}: column `{}` holds {} bytes, over limits.max_field_bytes",
-                            d.name,
-                            f.len()
-                        ),
-                    ));
-                }
                 std::str::from_utf8(f).map_err(|_| {
                     InputProblem::new(
                         BadInputKind::InvalidUtf8,
@@ -434,27 +462,40 @@ impl TableDecoder {
                 self.nosup_buf.push('|');
                 continue;
             }
+            let is_key = self.keys.contains(&ci);
             let is_null = match &settings.null_value {
+                // With a sentinel, an empty field is an empty string where a string can be one.
                 Some(nv) => v == nv || (v.is_empty() && !d.builder.takes_empty()),
-                None => v.is_empty(),
+                // DMS writes NULL as nothing between the delimiters. `""` is an empty string,
+                // and so is an empty key field: a key is never NULL in the source.
+                None => v.is_empty() && !(d.builder.takes_empty() && (is_key || record.is_quoted_empty(d.pos))),
             };
             if is_null {
-                if self.keys.contains(&ci) {
+                if is_key {
                     return Err(InputProblem::new(
                         BadInputKind::MissingKey,
-                        format!("line {line}: key column `{}` is empty", d.name),
+                        match &settings.null_value {
+                            Some(nv) if v == nv => format!(
+                                "line {line}: key column `{}` is NULL (csv.null_value `{nv}`), but a key identifies its row and cannot be NULL",
+                                d.name
+                            ),
+                            _ => format!(
+                                "line {line}: key column `{}` ({:?}) is empty, which is NULL for a column of this type, but a key identifies its row and cannot be NULL",
+                                d.name, d.ty
+                            ),
+                        },
                     ));
                 }
                 d.builder.append_null();
-            } else if let Err(what) = d.builder.append_text(v) {
+            } else if let Err(why) = d.builder.append_text(v) {
                 // Deletes may carry only the key (PostgreSQL's default replica identity): other
                 // columns are never read for them, so a garbled one does not matter.
-                if op == "D" && !self.keys.contains(&ci) {
+                if op == "D" && !is_key {
                     d.builder.append_null();
                 } else {
                     return Err(InputProblem::new(
                         BadInputKind::BadValue,
-                        format!("line {line}: column `{}` ({:?}) is not {what}", d.name, d.ty),
+                        format!("line {line}: the value of column `{}` ({:?}) {why}", d.name, d.ty),
                     ));
                 }
             }

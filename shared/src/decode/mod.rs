@@ -3,6 +3,7 @@
 
 mod csv;
 mod parquet;
+mod records;
 pub mod values;
 
 use std::collections::BTreeMap;
@@ -197,7 +198,7 @@ pub fn decode_file(file: std::fs::File, ctx: &FileContext<'_>) -> Result<Vec<Tab
         }
         Format::GzipCsv => {
             let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, file));
-            csv::decode(gz, ctx, &mut sink, true)?;
+            csv::decode(BufReader::with_capacity(1 << 16, gz), ctx, &mut sink, true)?;
         }
         Format::Csv => csv::decode(BufReader::with_capacity(1 << 16, file), ctx, &mut sink, false)?,
     }

@@ -12,12 +12,13 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 
+use super::values::ColumnBuilder;
 use super::{FileContext, Sink, BATCH_ROWS};
 use crate::changes::{meta_fields, source_file_column, Deduper, LastRowPerKey, Sequence, NOSUP, OP, SEQ};
-use crate::config::TableSpec;
+use crate::config::{Limits, TableSpec};
 use crate::error::{BadInputKind, InputProblem};
 use crate::route::{digits_to_micros, FileKind};
-use crate::types::{delta_type, to_delta, UTC};
+use crate::types::{delta_type, to_delta, widening, ColumnType, Widening, UTC};
 
 pub(super) fn decode(
     file: std::fs::File,
@@ -30,6 +31,8 @@ pub(super) fn decode(
             .map_err(|e| InputProblem::new(BadInputKind::CorruptFile, format!("cannot re-read the file: {e}")))
     };
     let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(corrupt)?;
+    let limits = &ctx.config.config.limits;
+    check_declared_sizes(metadata.metadata(), limits)?;
     let file_schema = metadata.schema().clone();
     let plan = Plan::new(&file_schema, spec)?;
     // The first pass reads a text Op column as the dictionary it is stored as: three values
@@ -62,9 +65,11 @@ pub(super) fn decode(
         .map_err(corrupt)?;
     let name_micros = ctx.routed.time_digits.as_deref().and_then(digits_to_micros);
     let mut done = 0usize;
+    let mut decoded = Decoded::new(limits);
     for batch in reader {
         let batch = batch
             .map_err(|e| InputProblem::new(BadInputKind::CorruptFile, format!("a row group cannot be read: {e}")))?;
+        decoded.add(&batch)?;
         let n = batch.num_rows();
         let rows = winners.get(done..done + n).ok_or_else(|| {
             InputProblem::new(
@@ -73,7 +78,7 @@ pub(super) fn decode(
             )
         })?;
         done += n;
-        let mut cols = data_columns(&batch, &plan)?;
+        let mut cols = data_columns(&batch, &plan, Rows::Picked(rows), ctx.max_field_bytes)?;
         let ops: ArrayRef = match plan.op {
             // Checked on every row in the first pass.
             Some(i) => op_text(batch.column(i))?,
@@ -150,9 +155,11 @@ fn winners(
         None => Some(Deduper::new(narrow.clone(), &spec.keys)?.with_rows_in_sequence_order(plan.seq.is_none())),
     };
     let mut row: u64 = 0;
+    let mut decoded = Decoded::new(&ctx.config.config.limits);
     for batch in reader {
         let batch = batch
             .map_err(|e| InputProblem::new(BadInputKind::CorruptFile, format!("a row group cannot be read: {e}")))?;
+        decoded.add(&batch)?;
         let n = batch.num_rows();
         let rows = Rows::From(row);
         let column = |i: usize| {
@@ -163,13 +170,8 @@ fn winners(
         };
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(narrow.fields().len());
         for (k, &ki) in plan.keys.iter().enumerate() {
-            let (i, target) = &plan.data[ki];
-            let col = to_delta(&column(*i)?, target).map_err(|e| {
-                InputProblem::new(
-                    BadInputKind::BadValue,
-                    format!("key column `{}` cannot be stored as {target}: {e}", spec.keys[k]),
-                )
-            })?;
+            let (i, how) = &plan.data[ki];
+            let col = convert(&column(*i)?, how, &spec.keys[k], rows, ctx.max_field_bytes)?;
             if col.null_count() > 0 {
                 let at = rows.number((0..n).find(|&r| col.is_null(r)).unwrap_or(0));
                 return Err(InputProblem::new(
@@ -248,18 +250,186 @@ fn consecutive_ranges(rows: &[usize]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// The data columns of a second-pass batch, converted to the types Delta stores.
-fn data_columns(batch: &RecordBatch, plan: &Plan) -> Result<Vec<ArrayRef>, InputProblem> {
+fn data_columns(
+    batch: &RecordBatch,
+    plan: &Plan,
+    rows: Rows<'_>,
+    max_field_bytes: usize,
+) -> Result<Vec<ArrayRef>, InputProblem> {
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(plan.schema.fields().len());
-    for (i, target) in &plan.data {
-        let col = to_delta(batch.column(*i), target).map_err(|e| {
-            InputProblem::new(
-                BadInputKind::BadValue,
-                format!("column `{}` cannot be stored as {target}: {e}", file_name(plan, *i)),
-            )
-        })?;
-        cols.push(col);
+    for (i, how) in &plan.data {
+        cols.push(convert(
+            batch.column(*i),
+            how,
+            file_name(plan, *i),
+            rows,
+            max_field_bytes,
+        )?);
     }
     Ok(cols)
+}
+
+/// How a file column becomes the column Delta stores.
+#[derive(Debug, Clone)]
+enum Convert {
+    /// A cast that cannot lose information (or fails).
+    Cast(DataType),
+    /// Text parsed value by value as the configured type, as CSV text is.
+    Parse(ColumnType),
+}
+
+impl Convert {
+    fn target(&self) -> DataType {
+        match self {
+            Convert::Cast(t) => t.clone(),
+            Convert::Parse(t) => t.arrow(),
+        }
+    }
+
+    /// The conversion of a file column of type `file` to the configured type `ty`: the
+    /// configuration wins when no value can be lost on the way (same type, a widening,
+    /// anything to text, text parsed value by value); any other pair is refused.
+    fn configured(name: &str, file: &DataType, natural: DataType, ty: ColumnType) -> Result<Convert, InputProblem> {
+        let want = ty.arrow();
+        if natural == want || want == DataType::Utf8 || widening(&natural, &want) == Widening::Widen {
+            Ok(Convert::Cast(want))
+        } else if natural == DataType::Utf8 {
+            Ok(Convert::Parse(ty))
+        } else {
+            Err(InputProblem::new(
+                BadInputKind::IncompatibleSchema,
+                format!(
+                    "column `{name}` is {file} in the file (stored as {natural}), but its configured type is {ty:?} ({want}), and converting {natural} to {want} can lose values; set the column's `type` in the configuration to the source column's type"
+                ),
+            ))
+        }
+    }
+}
+
+/// Converts one column, refusing values over `max_field_bytes` and naming the row of a value
+/// that cannot be converted.
+fn convert(
+    col: &ArrayRef,
+    how: &Convert,
+    name: &str,
+    rows: Rows<'_>,
+    max_field_bytes: usize,
+) -> Result<ArrayRef, InputProblem> {
+    let out = match how {
+        Convert::Cast(target) => to_delta(col, target).map_err(|e| {
+            InputProblem::new(
+                BadInputKind::BadValue,
+                format!(
+                    "column `{name}` ({}) cannot be stored as {target}: {e}",
+                    col.data_type()
+                ),
+            )
+        })?,
+        Convert::Parse(ty) => {
+            let text = to_delta(col, &DataType::Utf8)
+                .map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("column `{name}` is not text: {e}")))?;
+            let text = text.as_string::<i32>();
+            let mut b = ColumnBuilder::new(*ty, text.len());
+            for r in 0..text.len() {
+                if text.is_null(r) || text.value(r).is_empty() {
+                    b.append_null();
+                } else if let Err(why) = b.append_text(text.value(r)) {
+                    return Err(InputProblem::new(
+                        BadInputKind::BadValue,
+                        format!(
+                            "row {}: the value of column `{name}` (text in the file, configured {ty:?}) {why}",
+                            rows.number(r)
+                        ),
+                    ));
+                }
+            }
+            b.finish()
+        }
+    };
+    if let Some((r, len)) = longest_value(&out).filter(|&(_, len)| len > max_field_bytes) {
+        return Err(InputProblem::new(
+            BadInputKind::TooLarge,
+            format!(
+                "row {}: the value of column `{name}` is {len} bytes, over {max_field_bytes}, the limits.max_field_bytes setting",
+                rows.number(r)
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// The row and length of a text or binary column's longest value.
+fn longest_value(col: &ArrayRef) -> Option<(usize, usize)> {
+    let offsets = match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().offsets().clone(),
+        DataType::Binary => col.as_binary::<i32>().offsets().clone(),
+        _ => return None,
+    };
+    offsets
+        .windows(2)
+        .enumerate()
+        .map(|(r, w)| (r, usize::try_from(w[1] - w[0]).unwrap_or(0)))
+        .max_by_key(|&(_, len)| len)
+}
+
+/// Refuses a file whose footer declares more uncompressed column data than
+/// `limits.max_inflated_bytes`, before any page is read: a small file can declare pages that
+/// decompress to gigabytes.
+fn check_declared_sizes(meta: &parquet::file::metadata::ParquetMetaData, limits: &Limits) -> Result<(), InputProblem> {
+    let mut total: u64 = 0;
+    let mut largest: Option<(u64, usize, String)> = None;
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        for c in rg.columns() {
+            let size = u64::try_from(c.uncompressed_size()).unwrap_or(u64::MAX);
+            total = total.saturating_add(size);
+            if largest.as_ref().is_none_or(|(l, ..)| size > *l) {
+                largest = Some((size, g, c.column_path().string()));
+            }
+        }
+    }
+    if total > limits.max_inflated_bytes {
+        let at = largest
+            .map(|(size, g, col)| format!(" (the largest part: column `{col}` of row group {g}, {size} bytes)"))
+            .unwrap_or_default();
+        return Err(InputProblem::new(
+            BadInputKind::TooLarge,
+            format!(
+                "the file's footer declares {total} bytes of uncompressed column data{at}, over {}, the limits.max_inflated_bytes setting",
+                limits.max_inflated_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts the bytes a pass decodes, so a file whose footer understates its data (or whose
+/// encoding expands far beyond it) is stopped at the limit too.
+struct Decoded {
+    bytes: u64,
+    limit: u64,
+}
+
+impl Decoded {
+    fn new(limits: &Limits) -> Decoded {
+        Decoded {
+            bytes: 0,
+            limit: limits.max_inflated_bytes,
+        }
+    }
+
+    fn add(&mut self, batch: &RecordBatch) -> Result<(), InputProblem> {
+        self.bytes = self.bytes.saturating_add(batch.get_array_memory_size() as u64);
+        if self.bytes > self.limit {
+            return Err(InputProblem::new(
+                BadInputKind::TooLarge,
+                format!(
+                    "the file decodes to more than {} bytes of column data, the limits.max_inflated_bytes setting",
+                    self.limit
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The Op column as text.
@@ -370,7 +540,7 @@ fn sequences(
 struct Plan {
     file: SchemaRef,
     schema: SchemaRef,
-    data: Vec<(usize, DataType)>,
+    data: Vec<(usize, Convert)>,
     keys: Vec<usize>,
     op: Option<usize>,
     ts: Option<usize>,
@@ -398,14 +568,19 @@ impl Plan {
                     format!("column `{name}` clashes with a dms2delta metadata column"),
                 ));
             } else {
-                let dt = delta_type(f.data_type()).ok_or_else(|| {
+                let natural = delta_type(f.data_type()).ok_or_else(|| {
                     InputProblem::new(
                         BadInputKind::IncompatibleSchema,
                         format!("column `{name}` has type {} which Delta cannot store", f.data_type()),
                     )
                 })?;
-                fields.push(Field::new(name, dt.clone(), true));
-                data.push((i, dt));
+                let configured = spec.columns.as_ref().and_then(|c| c.iter().find(|c| &c.name == name));
+                let how = match configured {
+                    Some(c) => Convert::configured(name, f.data_type(), natural, c.ty)?,
+                    None => Convert::Cast(natural),
+                };
+                fields.push(Field::new(name, how.target(), true));
+                data.push((i, how));
             }
         }
         let keys = spec

@@ -580,3 +580,326 @@ fn parquet_errors_name_rows_in_either_pass() {
     let good = one(&cfg, key, &mk(vec!["I", "U", "I"], vec!["1", "2", "3"], vec![ok_ts; 3]));
     assert_eq!(good.num_rows(), 2);
 }
+
+/// A source whose tables declare column types that Parquet files may contradict.
+const TYPED: &str = r#"
+  - name: typed
+    bucket: dms
+    bucket_folder: typed
+    sequence_column: AR_H_CHANGE_SEQ
+    tables:
+      - schema: s
+        table: t
+        keys: [id]
+        columns:
+          - { name: id, type: INT4 }
+          - { name: amount, type: NUMERIC, precision: 38, scale: 10 }
+          - { name: n, type: INT8 }
+          - { name: AR_H_CHANGE_SEQ, type: STRING }
+      - schema: s
+        table: u
+        keys: [id]
+"#;
+
+fn typed_parquet(columns: Vec<(&str, ArrayRef)>) -> Vec<u8> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    // Compressed as DMS does, so a file can be far smaller than the data it declares.
+    let props = ::parquet::file::properties::WriterProperties::builder()
+        .set_compression(::parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut buf = Vec::new();
+    let mut w = ::parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    buf
+}
+
+#[test]
+fn equal_change_seqs_end_as_the_last_row_in_csv_and_parquet() {
+    let cfg = config_with(TYPED);
+    // Three changes of key 1 in one transaction share one AR_H_CHANGE_SEQ; key 2 shows the
+    // sequence still decides when it differs.
+    let seq = "20240528195141380000000000000000061";
+    let text = format!(
+        "I,1,1.5,10,{seq}\nU,1,2.5,20,{seq}\nU,2,9,1,20240528195141380000000000000000070\nU,1,3.5,30,{seq}\nU,2,8,1,20240528195141380000000000000000069\n"
+    );
+    let b = one(&cfg, "typed/s/t/20240528-195141380.csv", text.as_bytes());
+    assert_eq!(
+        sorted_rows(&b, &["id", "n"]),
+        vec![vec![s("1"), s("30")], vec![s("2"), s("1")]]
+    );
+    // Parquet: both dedup passes (integer and text keys take different indexes).
+    let seqs = StringArray::from(vec![seq, seq, "20240528195141380000000000000000070", seq]);
+    for text_key in [false, true] {
+        let ids: ArrayRef = if text_key {
+            Arc::new(StringArray::from(vec!["1", "1", "2", "1"]))
+        } else {
+            Arc::new(Int32Array::from(vec![1, 1, 2, 1]))
+        };
+        let bytes = typed_parquet(vec![
+            ("Op", Arc::new(StringArray::from(vec!["I", "U", "U", "U"]))),
+            ("id", ids),
+            ("n", Arc::new(Int64Array::from(vec![10, 20, 1, 30]))),
+            ("AR_H_CHANGE_SEQ", Arc::new(seqs.clone())),
+        ]);
+        // Table u has no configured columns: its text key stays text.
+        let table = if text_key { "u" } else { "t" };
+        let b = one(&cfg, &format!("typed/s/{table}/20240528-195141380.parquet"), &bytes);
+        assert_eq!(
+            sorted_rows(&b, &["id", "n"]),
+            vec![vec![s("1"), s("30")], vec![s("2"), s("1")]],
+            "text key: {text_key}"
+        );
+    }
+}
+
+#[test]
+fn digits_beyond_the_configured_scale_are_refused_not_cut() {
+    let cfg = config_with(TYPED);
+    let e = err(
+        &cfg,
+        "typed/s/t/20240528-195141380.csv",
+        b"I,1,0.0000000001,1,\nI,2,0.00000000019,1,\n",
+    );
+    assert_eq!(e.kind, BadInputKind::BadValue, "{}", e.reason);
+    for needle in ["line 2", "`amount`", "11 digits", "scale is 10", "`scale`"] {
+        assert!(e.reason.contains(needle), "{} lacks {needle}", e.reason);
+    }
+    // Trailing zeros beyond the scale lose nothing.
+    let b = one(&cfg, "typed/s/t/20240528-195141380.csv", b"I,1,0.100000000000000,1,\n");
+    assert_eq!(
+        col(&b, "amount").as_primitive::<Decimal128Type>().value(0),
+        1_000_000_000
+    );
+    // Text in a Parquet file is parsed by the same rule.
+    let bytes = typed_parquet(vec![
+        ("id", Arc::new(Int32Array::from(vec![1, 2]))),
+        ("amount", Arc::new(StringArray::from(vec!["1.25", "0.00000000019"]))),
+    ]);
+    let e = err(&cfg, "typed/s/t/20240528-195141380.parquet", &bytes);
+    assert_eq!(e.kind, BadInputKind::BadValue, "{}", e.reason);
+    assert!(
+        e.reason.contains("row 2") && e.reason.contains("11 digits"),
+        "{}",
+        e.reason
+    );
+}
+
+#[test]
+fn parquet_columns_take_the_configured_type_or_are_refused() {
+    let cfg = config_with(TYPED);
+    let key = "typed/s/t/20240528-195141380.parquet";
+    // Lossless: INT32 into INT8 (BIGINT), DECIMAL(10,2) into NUMERIC(38,10), text parsed.
+    let bytes = typed_parquet(vec![
+        ("id", Arc::new(Int32Array::from(vec![1, 2]))),
+        (
+            "amount",
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![125, -5])
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+            ),
+        ),
+        ("n", Arc::new(Int32Array::from(vec![7, 8]))),
+    ]);
+    let b = one(&cfg, key, &bytes);
+    assert_eq!(col(&b, "n").data_type(), &DataType::Int64);
+    assert_eq!(col(&b, "amount").data_type(), &DataType::Decimal128(38, 10));
+    assert_eq!(
+        sorted_rows(&b, &["id", "amount", "n"]),
+        vec![
+            vec![s("1"), s("1.2500000000"), s("7")],
+            vec![s("2"), s("-0.0500000000"), s("8")]
+        ]
+    );
+    let parsed = typed_parquet(vec![
+        ("id", Arc::new(StringArray::from(vec!["1", "2"]))),
+        ("n", Arc::new(StringArray::from(vec![Some("42"), None]))),
+    ]);
+    let b = one(&cfg, key, &parsed);
+    assert_eq!(col(&b, "id").data_type(), &DataType::Int32);
+    assert_eq!(
+        sorted_rows(&b, &["id", "n"]),
+        vec![vec![s("1"), s("42")], vec![s("2"), None]]
+    );
+    // Lossy: BIGINT into INT4, a wider scale into a narrower one, a float into BIGINT.
+    let lossy: Vec<(&str, ArrayRef, &str)> = vec![
+        ("id", Arc::new(Int64Array::from(vec![1])), "Int64"),
+        (
+            "amount",
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![19])
+                    .with_precision_and_scale(38, 12)
+                    .unwrap(),
+            ),
+            "Decimal128(38, 12)",
+        ),
+        ("n", Arc::new(arrow::array::Float64Array::from(vec![1.5])), "Float64"),
+    ];
+    for (name, array, found) in lossy {
+        let mut cols: Vec<(&str, ArrayRef)> = vec![(name, array)];
+        if name != "id" {
+            cols.insert(0, ("id", Arc::new(Int32Array::from(vec![1]))));
+        }
+        let e = err(&cfg, key, &typed_parquet(cols));
+        assert_eq!(e.kind, BadInputKind::IncompatibleSchema, "{}", e.reason);
+        for needle in [
+            format!("`{name}`"),
+            found.to_string(),
+            "configured type".into(),
+            "`type`".into(),
+        ] {
+            assert!(e.reason.contains(&needle), "{} lacks {needle}", e.reason);
+        }
+    }
+    // Text that does not parse names its row.
+    let bad = typed_parquet(vec![
+        ("id", Arc::new(Int32Array::from(vec![1, 2]))),
+        ("n", Arc::new(StringArray::from(vec!["1", "many"]))),
+    ]);
+    let e = err(&cfg, key, &bad);
+    assert_eq!(e.kind, BadInputKind::BadValue);
+    assert!(e.reason.contains("row 2") && e.reason.contains("`n`"), "{}", e.reason);
+}
+
+#[test]
+fn quoted_empty_strings_stay_strings_and_empty_text_keys_are_accepted() {
+    let cfg = config_with("");
+    // name: `""` is an empty string, nothing is NULL; salary (a number): `""` is NULL.
+    let text = "I,1,\"\",\"\",,,\nI,2,,,,,\n";
+    let b = one(&cfg, "raw/hr/emp/20240528-195141380.csv", text.as_bytes());
+    assert_eq!(
+        sorted_rows(&b, &["id", "name", "salary"]),
+        vec![vec![s("1"), s(""), None], vec![s("2"), None, None]]
+    );
+    // A text key is never NULL at the source: empty, quoted or not, is the empty string.
+    let b = one(
+        &cfg,
+        "raw/hr/dept/20240528-195141380.csv",
+        b"I,,Sales\nU,\"\",Ops\nI,D1,\n",
+    );
+    assert_eq!(
+        sorted_rows(&b, &["code", "title", OP]),
+        vec![vec![s(""), s("Ops"), s("U")], vec![s("D1"), None, s("I")]]
+    );
+    // A number key cannot be empty; the report says why.
+    let e = err(&cfg, "raw/hr/emp/20240528-195141380.csv", b"I,,a,1,,,\n");
+    assert_eq!(e.kind, BadInputKind::MissingKey);
+    assert!(e.reason.contains("cannot be NULL"), "{}", e.reason);
+    // With a NULL sentinel, the sentinel in a key column is refused and empty text is a value.
+    let cfg = config_with(
+        r#"
+  - name: nv
+    bucket: dms
+    bucket_folder: nv
+    csv: { null_value: "NULL" }
+    tables:
+      - schema: s
+        table: t
+        keys: [k]
+        columns:
+          - { name: k, type: STRING }
+          - { name: v, type: STRING }
+"#,
+    );
+    let b = one(&cfg, "nv/s/t/20240528-195141380.csv", b"I,,NULL\nI,a,\"\"\n");
+    assert_eq!(
+        sorted_rows(&b, &["k", "v"]),
+        vec![vec![s(""), None], vec![s("a"), s("")]]
+    );
+    let e = err(&cfg, "nv/s/t/20240528-195141380.csv", b"I,NULL,x\n");
+    assert_eq!(e.kind, BadInputKind::MissingKey);
+    assert!(e.reason.contains("csv.null_value"), "{}", e.reason);
+}
+
+#[test]
+fn a_headerless_field_count_report_says_what_was_found_and_expected() {
+    let cfg = config_with("");
+    // Op + 5 values where the 6 configured columns need 6.
+    let e = err(&cfg, "raw/hr/emp/20240528-195141380.csv", b"I,1,a,1,,\n");
+    assert_eq!(e.kind, BadInputKind::FieldCount);
+    for needle in [
+        "the first row has 6 fields: Op + 5 values",
+        "table hr.emp has 6 configured columns",
+        "needs 6 fields (full load) or Op + 6 = 7",
+        "must list the source table's current columns",
+    ] {
+        assert!(e.reason.contains(needle), "{} lacks {needle}", e.reason);
+    }
+    // A later row differs from the first.
+    let e = err(&cfg, "raw/hr/emp/20240528-195141380.csv", b"I,1,a,1,,,\nI,2,b,1,,\n");
+    for needle in ["line 2", "has 6 fields", "have 7, Op included", "first row"] {
+        assert!(e.reason.contains(needle), "{} lacks {needle}", e.reason);
+    }
+}
+
+#[test]
+fn parquet_over_the_limits_is_refused_naming_the_setting() {
+    let cfg = config_with("limits:\n  max_inflated_bytes: 100000\n");
+    let big = "x".repeat(200_000);
+    let bytes = typed_parquet(vec![
+        ("id", Arc::new(Int64Array::from(vec![1, 2]))),
+        ("v", Arc::new(StringArray::from(vec![big.as_str(), "small"]))),
+    ]);
+    // Compressed, the file is small; its footer declares what it inflates to.
+    assert!(bytes.len() < 100_000, "{}", bytes.len());
+    let e = err(&cfg, "raw/hr/pq/20240528-195141380.parquet", &bytes);
+    assert_eq!(e.kind, BadInputKind::TooLarge);
+    for needle in ["limits.max_inflated_bytes", "100000", "column `v`"] {
+        assert!(e.reason.contains(needle), "{} lacks {needle}", e.reason);
+    }
+    // Within the file limit, a value over the field limit (1024 in these tests) is refused.
+    let cfg = config_with("");
+    let bytes = typed_parquet(vec![
+        ("id", Arc::new(Int64Array::from(vec![1, 2]))),
+        ("v", Arc::new(StringArray::from(vec!["small", &"y".repeat(2000)]))),
+    ]);
+    let e = err(&cfg, "raw/hr/pq/20240528-195141380.parquet", &bytes);
+    assert_eq!(e.kind, BadInputKind::TooLarge);
+    assert!(
+        e.reason.contains("row 2") && e.reason.contains("limits.max_field_bytes"),
+        "{}",
+        e.reason
+    );
+}
+
+#[test]
+fn csv_over_the_limits_is_refused_naming_the_setting() {
+    let cfg = config_with("limits:\n  max_inflated_bytes: 5000\n");
+    let rows: String = (0..1000).map(|i| format!("I,{i},a,1,,,\n")).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(rows.as_bytes()).unwrap();
+    let e = err(&cfg, "raw/hr/emp/20240528-195141380.csv.gz", &gz.finish().unwrap());
+    assert_eq!(e.kind, BadInputKind::TooLarge);
+    assert!(
+        e.reason.contains("5000 bytes of CSV text once inflated"),
+        "{}",
+        e.reason
+    );
+    assert!(e.reason.contains("limits.max_inflated_bytes"), "{}", e.reason);
+    // The record limit (4 x the field limit unless set) stops a row of many small fields.
+    let cfg = config_with("limits:\n  max_record_bytes: 3000\n  max_field_bytes: 100\n");
+    let wide = format!("I,1,{}\n", "ab,".repeat(2000));
+    let e = err(&cfg, "raw/hr/emp/20240528-195141380.csv", wide.as_bytes());
+    assert_eq!(e.kind, BadInputKind::TooLarge);
+    assert!(e.reason.contains("limits.max_record_bytes"), "{}", e.reason);
+}
+
+#[test]
+fn limits_that_contradict_each_other_are_refused_at_load() {
+    let e = Config::from_text(&format!(
+        "{CONFIG}limits:\n  max_field_bytes: 1000\n  max_record_bytes: 999\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("limits.max_record_bytes"), "{e}");
+    let e = Config::from_text(&format!("{CONFIG}limits:\n  max_inflated_bytes: 0\n")).unwrap_err();
+    assert!(e.to_string().contains("limits.max_inflated_bytes"), "{e}");
+}

@@ -67,6 +67,39 @@ fn parse_hex(s: &str) -> Option<Vec<u8>> {
     hex::decode(s).ok()
 }
 
+/// Why a value's text cannot be stored in its column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// Not text of the type (names what was expected).
+    Type(&'static str),
+    /// A decimal with significant digits beyond the column's scale: storing it would drop them.
+    Scale { digits: usize, scale: i8 },
+}
+
+impl std::fmt::Display for NotStored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotStored::Type(what) => write!(f, "is not {what}"),
+            NotStored::Scale { digits, scale } => write!(
+                f,
+                "has {digits} digits after the decimal point but the column's scale is {scale}, so digits would be lost; set the column's `scale` (and `precision`) to at least {digits} in the configuration"
+            ),
+        }
+    }
+}
+
+/// The digits after the decimal point that a decimal's text needs (trailing zeros do not count;
+/// an exponent shifts them). `None` when the text is not a plain decimal number.
+fn decimal_digits(t: &str) -> Option<usize> {
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i64>().ok()?),
+        None => (t, 0),
+    };
+    let frac = mantissa.split_once('.').map_or("", |(_, f)| f);
+    let significant = frac.trim_end_matches('0').len() as i64;
+    Some(usize::try_from(significant.saturating_sub(exp)).unwrap_or(0))
+}
+
 /// An Arrow builder for one column, fed with text.
 #[derive(Debug)]
 pub enum ColumnBuilder {
@@ -128,36 +161,44 @@ impl ColumnBuilder {
         matches!(self, ColumnBuilder::Utf8(_) | ColumnBuilder::Binary(_))
     }
 
-    /// Appends the value `s`; `Err` names the type it failed to parse as.
-    pub fn append_text(&mut self, s: &str) -> Result<(), &'static str> {
-        fn int<T: std::str::FromStr>(s: &str) -> Result<T, &'static str> {
+    /// Appends the value `s`; `Err` says why it cannot be stored. Nothing is rounded: a decimal
+    /// with more significant digits than the column's scale is refused, not cut.
+    pub fn append_text(&mut self, s: &str) -> Result<(), NotStored> {
+        fn int<T: std::str::FromStr>(s: &str) -> Result<T, NotStored> {
             let t = s.trim();
             let t = t.strip_prefix('+').unwrap_or(t);
-            t.parse::<T>().map_err(|_| "an integer in range")
+            t.parse::<T>().map_err(|_| NotStored::Type("an integer in range"))
         }
+        let not = NotStored::Type;
         match self {
             ColumnBuilder::Int8(b) => b.append_value(int(s)?),
             ColumnBuilder::Int16(b) => b.append_value(int(s)?),
             ColumnBuilder::Int32(b) => b.append_value(int(s)?),
             ColumnBuilder::Int64(b) => b.append_value(int(s)?),
-            ColumnBuilder::Float32(b) => b.append_value(s.trim().parse::<f32>().map_err(|_| "a number")?),
-            ColumnBuilder::Float64(b) => b.append_value(s.trim().parse::<f64>().map_err(|_| "a number")?),
+            ColumnBuilder::Float32(b) => b.append_value(s.trim().parse::<f32>().map_err(|_| not("a number"))?),
+            ColumnBuilder::Float64(b) => b.append_value(s.trim().parse::<f64>().map_err(|_| not("a number"))?),
             ColumnBuilder::Decimal(b, p, sc) => {
                 let t = s.trim();
                 let t = t.strip_prefix('+').unwrap_or(t);
+                let wanted = "a decimal within the column's precision";
+                // Checked first: the parser would silently cut digits beyond the scale.
+                let digits = decimal_digits(t).ok_or(not(wanted))?;
+                if digits > usize::try_from(*sc).unwrap_or(0) {
+                    return Err(NotStored::Scale { digits, scale: *sc });
+                }
                 let v = arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(t, *p, *sc)
-                    .map_err(|_| "a decimal within the column's precision")?;
+                    .map_err(|_| not(wanted))?;
                 b.append_value(v)
             }
-            ColumnBuilder::Boolean(b) => b.append_value(parse_bool(s).ok_or("a boolean (true/false, t/f, 1/0)")?),
+            ColumnBuilder::Boolean(b) => b.append_value(parse_bool(s).ok_or(not("a boolean (true/false, t/f, 1/0)"))?),
             ColumnBuilder::Utf8(b) => b.append_value(s),
-            ColumnBuilder::Binary(b) => b.append_value(parse_hex(s).ok_or("hexadecimal bytes")?),
+            ColumnBuilder::Binary(b) => b.append_value(parse_hex(s).ok_or(not("hexadecimal bytes"))?),
             ColumnBuilder::Date(b) => {
-                let d = parse_date_days(s).ok_or("a date yyyy-MM-dd")?;
-                b.append_value(i32::try_from(d).map_err(|_| "a date in range")?)
+                let d = parse_date_days(s).ok_or(not("a date yyyy-MM-dd"))?;
+                b.append_value(i32::try_from(d).map_err(|_| not("a date in range"))?)
             }
             ColumnBuilder::Timestamp(b) => {
-                b.append_value(parse_timestamp_micros(s).ok_or("a timestamp yyyy-MM-dd HH:mm:ss[.fffffffff]")?)
+                b.append_value(parse_timestamp_micros(s).ok_or(not("a timestamp yyyy-MM-dd HH:mm:ss[.fffffffff]"))?)
             }
         }
         Ok(())
@@ -239,6 +280,30 @@ mod tests {
             assert_eq!(parse_bool(t), Some(want));
         }
         assert_eq!(parse_bool("maybe"), None);
+
+        // Digits beyond the scale are refused, never cut; trailing zeros and exponents count
+        // by the digits they really need.
+        let mut d = ColumnBuilder::new(ColumnType::Decimal(38, 10), 4);
+        assert_eq!(
+            d.append_text("0.00000000019"),
+            Err(NotStored::Scale { digits: 11, scale: 10 })
+        );
+        assert_eq!(
+            d.append_text("1.5e-10"),
+            Err(NotStored::Scale { digits: 11, scale: 10 })
+        );
+        d.append_text("0.0000000001").unwrap();
+        d.append_text("0.000000000100000").unwrap();
+        d.append_text("1.25e3").unwrap();
+        let a = d.finish();
+        let a = a.as_primitive::<Decimal128Type>();
+        assert_eq!((a.value(0), a.value(1), a.value(2)), (1, 1, 12_500_000_000_000));
+        let mut whole = ColumnBuilder::new(ColumnType::Decimal(10, 0), 1);
+        assert!(matches!(
+            whole.append_text("7.5"),
+            Err(NotStored::Scale { digits: 1, scale: 0 })
+        ));
+        whole.append_text("7.000").unwrap();
 
         let mut i = ColumnBuilder::new(ColumnType::Int32, 2);
         i.append_text(" 42").unwrap();
