@@ -46,6 +46,8 @@ CONFIG_ID_LAMBDA = "dms2delta-decode-direct"
 # SenderId S3 and SNS put on the SQS messages they send (us-east-1).
 S3_SENDER_ID = "AIDAJHIPRHEMV73VRJEBU"
 SNS_SENDER_ID = "AIDAIT2UOQQY3AUEKVGXU"
+# Made up, with the shape of the others: the SenderId EventBridge's messages carry was not seen.
+EVENTBRIDGE_SENDER_ID = "AIDAIE6VAXUQU2DKHOZ3M"
 EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 # key -> (placeholder size, event time). Times follow the CDC file names (UTC) by about a second.
@@ -296,6 +298,46 @@ def build():
         "detail": {},
     }
     files["reprocess-manual.json"] = {"table": "mysql.shop.customers", "since": "2024-05-28T00:00:00Z", "dry_run": True}
+
+    # Added later, after everything above so that the seeded values of the older files stay.
+    # S3 -> EventBridge -> SQS, the default for a DMS bucket the stack does not create: the body
+    # is the EventBridge event itself (DecodeEventRule has no input transformer).
+    eb = cdc.eventbridge()
+    eb_body = compact(eb)
+    files["sqs-eventbridge.json"] = {
+        "Records": [sqs_record(eb_body, epoch_ms(cdc.time) + rng.randint(300, 900), EVENTBRIDGE_SENDER_ID)]
+    }
+    # What EventBridge Scheduler delivers to reprocess: template.yaml's ReprocessSchedule input
+    # with the scheduler's context attributes filled in.
+    files["reprocess-scheduler.json"] = {
+        "version": "0",
+        "id": new_uuid(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.scheduler",
+        "time": "2024-05-28T18:00:00Z",
+        "resources": [f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/default/dms2delta-ReprocessSchedule-{token(12)}"],
+        "detail": {},
+    }
+    # A DMS task failure as EventBridge emits it; DmsTaskStateRule sends it to AlarmTopic (for
+    # the e-mail), and reprocess's subscription filter keeps it from reprocess.
+    files["dms-task-failed.json"] = {
+        "version": "0",
+        "id": new_uuid(),
+        "detail-type": "DMS Replication Task State Change",
+        "source": "aws.dms",
+        "account": ACCOUNT,
+        "time": "2024-05-28T21:14:09Z",
+        "region": REGION,
+        "resources": [f"arn:aws:dms:{REGION}:{ACCOUNT}:task:{token(26)}"],
+        "detail": {
+            "type": "REPLICATION_TASK",
+            "category": "Failure",
+            "eventType": "REPLICATION_TASK_FAILED",
+            "eventId": "DMS-EVENT-0078",
+            "resourceLink": f"https://console.aws.amazon.com/dms/v2/home?region={REGION}#taskDetails/dms-s3-target-mysql-shop",
+            "detailMessage": "Last Error Stream Component Fatal error. Task error notification received from subtask 0, thread 0",
+        },
+    }
     return files
 
 
