@@ -24,7 +24,20 @@ pub enum Call {
     Copy,
 }
 
-type Decide = Arc<dyn Fn(Call, &Path) -> bool + Send + Sync>;
+/// What happens to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call goes through.
+    Pass,
+    /// The call fails before it reaches storage: nothing changed.
+    FailBefore,
+    /// The call is carried out, then its answer is lost: the caller sees an error although the
+    /// write landed (a connection dropped after the server acted). Only writes can be told
+    /// apart this way; for reads and lists it acts as [`Fault::FailBefore`].
+    FailAfter,
+}
+
+type Decide = Arc<dyn Fn(Call, &Path) -> Fault + Send + Sync>;
 
 /// Fails a call with an S3-like transient error whenever `decide(call, path)` says so.
 pub struct FaultyStore {
@@ -33,9 +46,24 @@ pub struct FaultyStore {
 }
 
 impl FaultyStore {
+    /// Fails a call before it reaches storage whenever `decide` returns true.
     pub fn new(
         inner: Arc<dyn ObjectStore>,
         decide: impl Fn(Call, &Path) -> bool + Send + Sync + 'static,
+    ) -> FaultyStore {
+        FaultyStore::with_faults(inner, move |call, path| {
+            if decide(call, path) {
+                Fault::FailBefore
+            } else {
+                Fault::Pass
+            }
+        })
+    }
+
+    /// Lets `decide` also choose a lost answer ([`Fault::FailAfter`]).
+    pub fn with_faults(
+        inner: Arc<dyn ObjectStore>,
+        decide: impl Fn(Call, &Path) -> Fault + Send + Sync + 'static,
     ) -> FaultyStore {
         FaultyStore {
             inner,
@@ -43,14 +71,31 @@ impl FaultyStore {
         }
     }
 
-    fn check(&self, call: Call, path: &Path) -> Result<()> {
-        if (self.decide)(call, path) {
-            return Err(object_store::Error::Generic {
-                store: "FaultyStore",
-                source: format!("injected fault: 503 SlowDown on {call:?} {path}").into(),
-            });
+    fn injected(call: Call, path: &Path, when: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "FaultyStore",
+            source: format!("injected fault: 503 SlowDown on {call:?} {path} ({when})").into(),
         }
-        Ok(())
+    }
+
+    /// For calls that cannot lose an answer after acting: any fault fails them up front.
+    fn check(&self, call: Call, path: &Path) -> Result<()> {
+        match (self.decide)(call, path) {
+            Fault::Pass => Ok(()),
+            Fault::FailBefore | Fault::FailAfter => Err(Self::injected(call, path, "before the call")),
+        }
+    }
+
+    /// Runs a write, failing it before or after it acted as `decide` says.
+    async fn write<T>(&self, call: Call, path: &Path, run: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match (self.decide)(call, path) {
+            Fault::Pass => run.await,
+            Fault::FailBefore => Err(Self::injected(call, path, "before the call")),
+            Fault::FailAfter => {
+                run.await?;
+                Err(Self::injected(call, path, "after the call acted"))
+            }
+        }
     }
 }
 
@@ -69,8 +114,8 @@ impl fmt::Display for FaultyStore {
 #[async_trait]
 impl ObjectStore for FaultyStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        self.check(Call::Put, location)?;
-        self.inner.put_opts(location, payload, opts).await
+        self.write(Call::Put, location, self.inner.put_opts(location, payload, opts))
+            .await
     }
 
     async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
@@ -108,12 +153,12 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.check(Call::Copy, to)?;
-        self.inner.copy_opts(from, to, options).await
+        self.write(Call::Copy, to, self.inner.copy_opts(from, to, options))
+            .await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.check(Call::Copy, to)?;
-        self.inner.rename_opts(from, to, options).await
+        self.write(Call::Copy, to, self.inner.rename_opts(from, to, options))
+            .await
     }
 }

@@ -16,6 +16,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
+use crate::changes::Sequence;
 use crate::types::UTC;
 
 /// A value in the simulator's tables, comparable across readers.
@@ -121,6 +122,12 @@ pub struct Simulation {
     pub expected: BTreeMap<String, Vec<Vec<Value>>>,
     /// `namespace.schema.table` -> its data columns, in order.
     pub columns: BTreeMap<String, Vec<String>>,
+    /// `namespace.schema.table` -> how many of its leading columns form the key.
+    pub key_columns: BTreeMap<String, usize>,
+    /// `namespace.schema.table` -> key -> the `_dms_seq` the table must store for the key's
+    /// surviving row: the sequence of its newest change, derived from the file and row that
+    /// carry it (not read back from anything dms2delta wrote).
+    pub expected_seq: BTreeMap<String, BTreeMap<Vec<Value>, String>>,
 }
 
 impl Simulation {
@@ -202,6 +209,8 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
     let mut files = Vec::new();
     let mut expected = BTreeMap::new();
     let mut columns = BTreeMap::new();
+    let mut key_columns = BTreeMap::new();
+    let mut expected_seq = BTreeMap::new();
     let mut config = String::from("lake: {LAKE}\nstaging: {STAGING}\nquarantine: {QUARANTINE}\n{STORAGE}sources:\n");
     let mut seq_counter: u64 = 0;
     for format in &opts.formats {
@@ -252,6 +261,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 let _ = writeln!(config, "          - {{ name: AR_H_CHANGE_SEQ, type: STRING }}");
             }
             columns.insert(qualified.clone(), sh.columns.iter().map(|c| c.0.to_string()).collect());
+            key_columns.insert(qualified.clone(), sh.keys);
 
             // History.
             let mut state: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
@@ -350,8 +360,24 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             if split < load.len() {
                 load_parts.push(&load[split..]);
             }
+            // Files in the order DMS writes them, so the last change seen per key is its newest.
+            let mut seqs: BTreeMap<Vec<Value>, String> = BTreeMap::new();
+            let mut note = |stem: &str, changes: &[Change], cdc: bool| {
+                for (i, c) in changes.iter().enumerate() {
+                    let key = c.row[..sh.keys].to_vec();
+                    if c.op == 'D' {
+                        seqs.remove(&key);
+                    } else {
+                        seqs.insert(key, stored_seq(*format, stem, i as u64 + 1, c, cdc));
+                    }
+                }
+            };
+            // An empty source table gets no full-load file (an empty headerless CSV would be a
+            // zero-byte object, which decode rightly skips).
+            load_parts.retain(|p| !p.is_empty());
             for (i, part) in load_parts.iter().enumerate() {
                 let name = format!("LOAD{:08X}", i + 1);
+                note(&name, part, false);
                 files.push(render(*format, &folder, &name, &sh, part, false, &mut rng));
             }
             let mut i = 0;
@@ -360,16 +386,11 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 let chunk = &cdc[i..i + n];
                 i += n;
                 let last = chunk.last().map(|c| c.micros).unwrap_or(micros);
-                files.push(render(
-                    *format,
-                    &folder,
-                    &file_time(last + 1_000),
-                    &sh,
-                    chunk,
-                    true,
-                    &mut rng,
-                ));
+                let stem = file_time(last + 1_000);
+                note(&stem, chunk, true);
+                files.push(render(*format, &folder, &stem, &sh, chunk, true, &mut rng));
             }
+            expected_seq.insert(qualified.clone(), seqs);
         }
     }
     Simulation {
@@ -378,6 +399,8 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
         config_template: config,
         expected,
         columns,
+        key_columns,
+        expected_seq,
     }
 }
 
@@ -400,6 +423,27 @@ fn change_seq(c: &Change) -> String {
     let t = civil(c.micros).format("%Y%m%d%H%M%S").to_string();
     let hundredths = (c.micros.rem_euclid(1_000_000)) / 10_000;
     format!("{t}{hundredths:02}{:019}", c.seq)
+}
+
+/// The `_dms_seq` the decoders give row `row` (counted from 1, a CSV header not counted) of the
+/// file named `stem`: the `AR_H_CHANGE_SEQ` value where the format writes one for CDC rows,
+/// else the full-load file's name, or the CDC file's name time, and the row.
+fn stored_seq(format: Format, stem: &str, row: u64, c: &Change, cdc: bool) -> String {
+    let mut out = String::new();
+    match (format, cdc) {
+        (Format::CsvSeq | Format::Parquet, true) => {
+            // `change_seq` renders 35 digits, always a valid sequence.
+            let _ = Sequence::change_seq(&mut out, &change_seq(c));
+        }
+        (Format::CsvHeader, true) => {
+            // `YYYYMMDD-HHMMSSmmm`: its 17 digits, padded to 18.
+            let mut digits: String = stem.chars().filter(char::is_ascii_digit).collect();
+            digits.push('0');
+            Sequence::file(&mut out, &digits, row);
+        }
+        (_, false) => Sequence::load(&mut out, stem, row),
+    }
+    out
 }
 
 fn render(
@@ -646,6 +690,27 @@ mod tests {
         assert!(a.files.iter().any(|f| f.key.ends_with(".parquet")));
         assert!(a.files.iter().any(|f| f.key.contains("/LOAD00000001")));
         assert!(a.files.iter().any(|f| f.key.ends_with(".csv")));
+    }
+
+    #[test]
+    fn every_surviving_row_has_its_expected_sequence() {
+        for format in Format::ALL {
+            let sim = simulate(&SimOptions {
+                tables: 2,
+                formats: vec![format],
+                ..SimOptions::default()
+            });
+            for (name, rows) in &sim.expected {
+                let seqs = &sim.expected_seq[name];
+                let k = sim.key_columns[name];
+                let keys: Vec<Vec<Value>> = rows.iter().map(|r| r[..k].to_vec()).collect();
+                assert_eq!(keys, seqs.keys().cloned().collect::<Vec<_>>(), "{name}");
+                let (load, cdc) = (seqs.values().filter(|s| s.starts_with("0L")).count(), seqs.len());
+                assert!(load < cdc, "{name}: some keys end with a CDC change: {seqs:?}");
+                let marker = if format == Format::CsvHeader { "1F" } else { "1S" };
+                assert!(seqs.values().any(|s| s.starts_with(marker)), "{name}: {seqs:?}");
+            }
+        }
     }
 
     #[test]

@@ -429,3 +429,20 @@ async fn conflicts_past_the_bound_go_back_to_the_queue_and_nothing_is_lost() {
     m.pipeline.commit_all().await.unwrap();
     assert_eq!(m.rows(T, &["id"]).await.len(), 9, "conflicts seen: {conflicts}");
 }
+
+/// A Delta log write lands but its answer is lost (for the table's log and for the tombstone
+/// table's log) while another committer races on the same table: the tables end exact and every
+/// version names the files it applied. Copy-on-write and merge-on-read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_neither_lost_nor_doubled() {
+    use support::ambiguous::{ambiguous_commits, require_lost, Lost};
+    let mut total = Lost::default();
+    for (seed, dv) in [(31, false), (32, true)] {
+        match ambiguous_commits(seed, support::On::Folders, dv).await {
+            Ok(lost) => total += lost,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    support::converge::shown(&format!("ambiguous commits on folders: {total:?}"));
+    require_lost(&total).unwrap();
+}

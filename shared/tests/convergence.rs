@@ -6,7 +6,7 @@
 mod support;
 
 use dms2delta::sim::SimOptions;
-use support::converge::run_case;
+use support::converge::{run_case, seeds, shown, CaseStats};
 use support::{Lab, On};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,26 +42,34 @@ async fn merge_on_read_converges_and_an_independent_reader_agrees() {
     lab.check().await.unwrap();
 }
 
+/// The randomized cases: the fixed seeds, and (unless DMS2DELTA_CONVERGENCE_SEED picks the
+/// seeds) a few drawn fresh each run. Over the run, every kind of adversity must have happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_order_duplicates_crashes_and_concurrency_converge() {
-    let cases: u64 = std::env::var("DMS2DELTA_CONVERGENCE_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
-    let base: u64 = std::env::var("DMS2DELTA_CONVERGENCE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let (seeds, replay) = seeds("CONVERGENCE", 1000, 24, 4);
+    let replay = replay
+        .map(|r| {
+            format!("fresh seeds this run; replay them with {r} cargo test -p dms2delta --test convergence any_order")
+        })
+        .unwrap_or_default();
+    shown(&replay);
     let mut failures = Vec::new();
-    for seed in base..base + cases {
-        if let Err(e) = run_case(seed, On::Folders).await {
-            failures.push(e);
+    let mut total = CaseStats::default();
+    for &seed in &seeds {
+        match run_case(seed, On::Folders).await {
+            Ok(stats) => total += stats,
+            Err(e) => failures.push(e),
         }
     }
+    shown(&format!("{} convergence cases on folders: {total}", seeds.len()));
     assert!(
         failures.is_empty(),
-        "{} of {cases} cases failed:\n{}",
+        "{} of {} cases failed ({replay}):\n{}",
         failures.len(),
+        seeds.len(),
         failures.join("\n")
     );
+    if let Err(e) = total.require_adversity() {
+        panic!("{e} ({replay})");
+    }
 }

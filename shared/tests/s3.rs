@@ -13,7 +13,7 @@ use dms2delta::operations::decode::DecodeOutcome;
 use dms2delta::sim::{Format, SimOptions};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
-use support::converge::{run_case, run_case_via};
+use support::converge::{run_case, run_case_via, seeds, shown, CaseStats};
 use support::proxy::FaultProxy;
 use support::{Lab, On};
 
@@ -128,25 +128,34 @@ async fn eight_concurrent_committers_per_table_lose_nothing() {
 }
 
 /// The randomized convergence cases (shuffled delivery, duplicates, crashes, failed log writes,
-/// up to 8 workers), on S3. Fewer cases than on folders: each S3 call is an HTTP round trip.
+/// compaction, up to 8 workers), on S3: the fixed seeds and one drawn fresh each run. Fewer cases
+/// than on folders: each S3 call is an HTTP round trip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_order_duplicates_crashes_and_concurrency_converge_on_s3() {
-    let cases: u64 = std::env::var("DMS2DELTA_S3_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+    let (seeds, replay) = seeds("S3", 5000, 6, 1);
+    let replay = replay
+        .map(|r| format!("fresh seeds this run; replay them with {r} cargo test -p dms2delta --test s3 any_order"))
+        .unwrap_or_default();
+    shown(&replay);
     let mut failures = Vec::new();
-    for seed in 5000..5000 + cases {
-        if let Err(e) = run_case(seed, On::S3).await {
-            failures.push(e);
+    let mut total = CaseStats::default();
+    for &seed in &seeds {
+        match run_case(seed, On::S3).await {
+            Ok(stats) => total += stats,
+            Err(e) => failures.push(e),
         }
     }
+    shown(&format!("{} convergence cases on S3: {total}", seeds.len()));
     assert!(
         failures.is_empty(),
-        "{} of {cases} cases failed:\n{}",
+        "{} of {} cases failed ({replay}):\n{}",
         failures.len(),
+        seeds.len(),
         failures.join("\n")
     );
+    if let Err(e) = total.require_adversity() {
+        panic!("{e} ({replay})");
+    }
 }
 
 /// S3's own failures, injected by a proxy between the pipeline and the endpoint at random
@@ -162,14 +171,19 @@ async fn s3_errors_and_dropped_connections_still_converge() {
         .unwrap_or(3);
     let mut failures = Vec::new();
     let mut injected = 0;
+    let mut total = CaseStats::default();
     for seed in 7000..7000 + cases {
         let proxy = FaultProxy::start(&moto.url, 0.04, seed).await;
-        if let Err(e) = run_case_via(seed, On::S3, Some(&proxy.url), || proxy.disable()).await {
-            failures.push(e);
+        match run_case_via(seed, On::S3, Some(&proxy.url), || proxy.disable()).await {
+            Ok(stats) => total += stats,
+            Err(e) => failures.push(e),
         }
         injected += proxy.injected.total();
         println!("seed {seed}: injected {:?}", proxy.injected);
     }
+    shown(&format!(
+        "{cases} cases through the fault proxy: {injected} S3 faults, {total}"
+    ));
     assert!(
         failures.is_empty(),
         "{} of {cases} cases failed:\n{}",
@@ -177,6 +191,19 @@ async fn s3_errors_and_dropped_connections_still_converge() {
         failures.join("\n")
     );
     assert!(injected > 0, "the proxy injected nothing");
+}
+
+/// A Delta log write on S3 lands but its answer is lost (table log and tombstone log) while
+/// another committer races on the same table: the tables end exact and every version names the
+/// files it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_neither_lost_nor_doubled_on_s3() {
+    use support::ambiguous::{ambiguous_commits, require_lost};
+    let lost = ambiguous_commits(41, On::S3, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    shown(&format!("ambiguous commits on S3: {lost:?}"));
+    require_lost(&lost).unwrap();
 }
 
 /// A bucket policy may refuse writes without encryption headers: with `server_side_encryption`

@@ -1,11 +1,14 @@
 //! The randomized convergence case, shared by the local-folder and the S3 test binaries.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dms2delta::failpoint::Failpoints;
 use dms2delta::faults::{Call, FaultyStore};
+use dms2delta::operations::commit::CommitMetrics;
+use dms2delta::operations::compact::CompactBuilder;
 use dms2delta::operations::decode::DecodeOutcome;
 use dms2delta::sim::SimOptions;
 use dms2delta::storage::StoreWrapper;
@@ -16,11 +19,157 @@ use super::{Lab, On};
 enum Task {
     Decode(String),
     Commit(String, String, String),
+    Compact(String, String, String),
 }
 
-/// One randomized run, on local folders or on the S3 endpoint: shuffled delivery with duplicates, crashes at every stage boundary and
-/// inside the commit (a failed log write after data files were written), 1 to 8 workers.
-pub async fn run_case(seed: u64, on: On) -> Result<(), String> {
+/// What a case put the pipeline through, so that a test can prove its adversity happened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CaseStats {
+    /// Failpoints that fired (a crash of the invocation at a stage boundary or inside a commit).
+    pub crashes: u64,
+    /// Delta log writes (`_delta_log/*.json`) failed by the fault-injecting store.
+    pub log_faults: u64,
+    /// Commit conflicts with a concurrent writer: retried inside a commit, or past its bound.
+    pub conflicts: u64,
+    /// Compaction runs that finished; those that wrote a checkpoint or rewrote data files;
+    /// the data files they rewrote (few: a case's small tables rarely have several files).
+    pub compactions: u64,
+    pub compactions_changed: u64,
+    pub compacted_files: u64,
+}
+
+impl std::ops::AddAssign for CaseStats {
+    fn add_assign(&mut self, o: CaseStats) {
+        self.crashes += o.crashes;
+        self.log_faults += o.log_faults;
+        self.conflicts += o.conflicts;
+        self.compactions += o.compactions;
+        self.compactions_changed += o.compactions_changed;
+        self.compacted_files += o.compacted_files;
+    }
+}
+
+impl fmt::Display for CaseStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} crashes, {} failed log writes, {} commit conflicts, {} compactions ({} wrote a checkpoint or rewrote files, {} files rewritten)",
+            self.crashes, self.log_faults, self.conflicts, self.compactions, self.compactions_changed, self.compacted_files
+        )
+    }
+}
+
+impl CaseStats {
+    /// Over a whole test run: each kind of adversity the cases inject happened at least once
+    /// (a single case may well see none, e.g. one worker has nobody to conflict with).
+    pub fn require_adversity(&self) -> Result<(), String> {
+        let missing: Vec<&str> = [
+            (self.crashes, "crash"),
+            (self.log_faults, "failed log write"),
+            (self.conflicts, "commit conflict"),
+            (self.compactions_changed, "compaction that changed the table"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n == 0)
+        .map(|(_, what)| *what)
+        .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the cases never injected a {}: they proved nothing about it ({self})",
+                missing.join(", nor a ")
+            ))
+        }
+    }
+}
+
+/// The live counters behind [`CaseStats`], shared by the workers and the fault injectors.
+#[derive(Default)]
+struct Counters {
+    crashes: AtomicU64,
+    log_faults: AtomicU64,
+    conflicts: AtomicU64,
+    compactions: AtomicU64,
+    compactions_changed: AtomicU64,
+    compacted_files: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> CaseStats {
+        CaseStats {
+            crashes: self.crashes.load(Ordering::Relaxed),
+            log_faults: self.log_faults.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            compactions: self.compactions.load(Ordering::Relaxed),
+            compactions_changed: self.compactions_changed.load(Ordering::Relaxed),
+            compacted_files: self.compacted_files.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a commit's conflicts; a change set it quarantined fails the case (no case here
+    /// delivers anything that deserves it).
+    fn commit(&self, m: &CommitMetrics) -> Result<(), String> {
+        Counters::add(&self.conflicts, u64::from(m.conflicts));
+        if m.quarantined.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "commit {} quarantined change sets: {:?}",
+                m.table, m.quarantined
+            ))
+        }
+    }
+}
+
+/// Writes a line the test harness does not capture, so CI logs show it on success too.
+pub fn shown(line: &str) {
+    use std::io::Write;
+    if !line.is_empty() {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+/// The seeds a convergence test runs: `DMS2DELTA_<prefix>_CASES` cases (default `cases`) from
+/// `DMS2DELTA_<prefix>_SEED` (default `base`), and, unless that seed is set, `fresh` more from a
+/// base drawn from the clock, so every CI run also tries cases no run tried before. Returns the
+/// seeds and the line that replays the fresh ones.
+pub fn seeds(prefix: &str, base: u64, cases: u64, fresh: u64) -> (Vec<u64>, Option<String>) {
+    let var = |what: &str| {
+        std::env::var(format!("DMS2DELTA_{prefix}_{what}"))
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let cases = var("CASES").unwrap_or(cases);
+    match var("SEED") {
+        Some(b) => ((b..b + cases).collect(), None),
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            // Far from the fixed seeds, and far from overflowing.
+            let drawn = 1_000_000 + fastrand::Rng::with_seed(nanos).u64(0..1 << 40);
+            let mut all: Vec<u64> = (base..base + cases).collect();
+            all.extend(drawn..drawn + fresh);
+            let replay = format!("DMS2DELTA_{prefix}_SEED={drawn} DMS2DELTA_{prefix}_CASES={fresh}");
+            (all, Some(replay))
+        }
+    }
+}
+
+/// Compaction settings that give the few files of a case something to do.
+const CASE_COMPACTION: &str = "compact:\n  min_small_files: 2\n  checkpoint_interval: 4\n  check_every_commits: 2\n";
+
+/// One randomized run, on local folders or on the S3 endpoint: shuffled delivery with
+/// duplicates, one to three tables per source, crashes at every stage boundary and inside the
+/// commit, failed Delta log writes (after data files were written), compaction running between
+/// commits, 1 to 8 workers. Returns what adversity it injected; every error names the seed.
+pub async fn run_case(seed: u64, on: On) -> Result<CaseStats, String> {
     run_case_via(seed, on, None, || {}).await
 }
 
@@ -31,11 +180,13 @@ pub async fn run_case_via(
     on: On,
     endpoint: Option<&str>,
     before_check: impl FnOnce(),
-) -> Result<(), String> {
+) -> Result<CaseStats, String> {
+    // Shown by the test harness only when the test fails: covers panics, which carry no seed.
+    println!("convergence case: seed {seed} on {on:?}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let opts = SimOptions {
         seed,
-        tables: 1,
+        tables: rng.usize(1..=3),
         keys: rng.u32(3..15),
         changes: rng.usize(5..40),
         max_file_changes: rng.usize(1..10),
@@ -52,100 +203,165 @@ pub async fn run_case_via(
             f
         },
     };
+    let counters = Arc::new(Counters::default());
     let fault_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)));
     let log_fault = rng.f64() * 0.3;
-    let fr = fault_rng.clone();
+    let (fr, c) = (fault_rng.clone(), counters.clone());
     let wrapper: StoreWrapper = Arc::new(move |inner| {
-        let fr = fr.clone();
+        let (fr, c) = (fr.clone(), c.clone());
         Arc::new(FaultyStore::new(inner, move |call, path| {
-            call == Call::Put
+            let fail = call == Call::Put
                 && path.as_ref().contains("_delta_log/")
                 && path.as_ref().ends_with(".json")
-                && fr.lock().unwrap().f64() < log_fault
+                && fr.lock().unwrap().f64() < log_fault;
+            if fail {
+                Counters::add(&c.log_faults, 1);
+            }
+            fail
         }))
     });
     // Half the cases commit merge-on-read (deletion vectors), from a stream of their own so
     // the other choices of a seed stay as they were.
     let dv = fastrand::Rng::with_seed(seed ^ 0xd1f).bool();
-    let lab = match (on, endpoint) {
-        (On::S3, Some(ep)) => Lab::on_s3_via_with(&opts, Some(wrapper), Some(ep), dv).await,
-        _ => Lab::on_with(on, &opts, Some(wrapper), dv).await,
-    };
-    let mut deliveries: Vec<Task> = lab.sim.files.iter().map(|f| Task::Decode(f.key.clone())).collect();
-    for _ in 0..rng.usize(0..=deliveries.len()) {
-        let d = deliveries[rng.usize(0..deliveries.len())].clone();
-        deliveries.push(d);
-    }
-    rng.shuffle(&mut deliveries);
-    let queue = Arc::new(Mutex::new(VecDeque::from(deliveries)));
     let crash = rng.f64() * 0.3;
     let workers = rng.usize(1..=8);
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut handles = Vec::new();
-    for w in 0..workers {
-        let queue = queue.clone();
-        let pipeline = lab.pipeline.clone();
-        let bucket = lab.bucket.clone();
-        let fr = fault_rng.clone();
-        let done = done.clone();
-        handles.push(tokio::spawn(async move {
-            let fail = Failpoints::new(move |_| fr.lock().unwrap().f64() < crash);
-            let mut budget = 10_000;
-            loop {
-                let task = queue.lock().unwrap().pop_front();
-                let Some(task) = task else { break };
-                budget -= 1;
-                if budget == 0 {
-                    return Err(format!("worker {w} did not finish"));
-                }
-                match &task {
-                    Task::Decode(key) => match pipeline.decode(&bucket, key, Some("etag".into()), fail.clone()).await {
-                        Ok(DecodeOutcome::Staged(m)) => {
-                            for t in m.tables {
-                                let mut p = t.table.splitn(3, '.');
-                                let (a, b, c) = (
-                                    p.next().unwrap_or_default(),
-                                    p.next().unwrap_or_default(),
-                                    p.next().unwrap_or_default(),
-                                );
-                                queue
-                                    .lock()
-                                    .unwrap()
-                                    .push_back(Task::Commit(a.into(), b.into(), c.into()));
+    // How often a finished commit is followed by a compaction of its table (never in some cases).
+    let compact = if rng.u8(0..4) == 0 { 0.0 } else { rng.f64() * 0.5 };
+    let context = format!(
+        "seed {seed} on {on:?} ({} tables per source, formats {:?}, {workers} workers, crash {crash:.2}, \
+         log fault {log_fault:.2}, compaction {compact:.2}, deletion vectors {dv})",
+        opts.tables, opts.formats
+    );
+    let lab = Lab::configured(on, &opts, Some(wrapper), endpoint, dv, CASE_COMPACTION).await;
+    let run = async {
+        let mut deliveries: Vec<Task> = lab.sim.files.iter().map(|f| Task::Decode(f.key.clone())).collect();
+        for _ in 0..rng.usize(0..=deliveries.len()) {
+            let d = deliveries[rng.usize(0..deliveries.len())].clone();
+            deliveries.push(d);
+        }
+        rng.shuffle(&mut deliveries);
+        let queue = Arc::new(Mutex::new(VecDeque::from(deliveries)));
+        let mut handles = Vec::new();
+        for w in 0..workers {
+            let queue = queue.clone();
+            let pipeline = lab.pipeline.clone();
+            let bucket = lab.bucket.clone();
+            let (fr, counters) = (fault_rng.clone(), counters.clone());
+            handles.push(tokio::spawn(async move {
+                let fail = {
+                    let (fr, counters) = (fr.clone(), counters.clone());
+                    Failpoints::new(move |_| {
+                        let fire = fr.lock().unwrap().f64() < crash;
+                        if fire {
+                            Counters::add(&counters.crashes, 1);
+                        }
+                        fire
+                    })
+                };
+                let mut budget = 10_000;
+                loop {
+                    let task = queue.lock().unwrap().pop_front();
+                    let Some(task) = task else { break };
+                    budget -= 1;
+                    if budget == 0 {
+                        return Err(format!("worker {w} did not finish within 10000 tasks"));
+                    }
+                    let requeue = || queue.lock().unwrap().push_back(task.clone());
+                    match &task {
+                        Task::Decode(key) => {
+                            match pipeline.decode(&bucket, key, Some("etag".into()), fail.clone()).await {
+                                Ok(DecodeOutcome::Staged(m)) => {
+                                    for t in m.tables {
+                                        let mut p = t.table.splitn(3, '.');
+                                        let (a, b, c) = (
+                                            p.next().unwrap_or_default(),
+                                            p.next().unwrap_or_default(),
+                                            p.next().unwrap_or_default(),
+                                        );
+                                        queue
+                                            .lock()
+                                            .unwrap()
+                                            .push_back(Task::Commit(a.into(), b.into(), c.into()));
+                                    }
+                                }
+                                Ok(other) => return Err(format!("decode {key}: unexpected {other:?}")),
+                                Err(e) if e.is_retryable() => requeue(),
+                                Err(e) => return Err(format!("decode {key}: {e}")),
                             }
                         }
-                        Ok(other) => return Err(format!("{key}: unexpected {other:?}")),
-                        Err(e) if e.is_retryable() => queue.lock().unwrap().push_back(task.clone()),
-                        Err(e) => return Err(format!("{key}: {e}")),
-                    },
-                    Task::Commit(a, b, c) => match pipeline.commit(a, b, c, fail.clone()).await {
-                        Ok(_) => {}
-                        Err(e) if e.is_retryable() => queue.lock().unwrap().push_back(task.clone()),
-                        Err(e) => return Err(format!("commit {a}.{b}.{c}: {e}")),
-                    },
+                        Task::Commit(a, b, c) => match pipeline.commit(a, b, c, fail.clone()).await {
+                            Ok(m) => {
+                                counters.commit(&m)?;
+                                if fr.lock().unwrap().f64() < compact {
+                                    queue
+                                        .lock()
+                                        .unwrap()
+                                        .push_back(Task::Compact(a.clone(), b.clone(), c.clone()));
+                                }
+                            }
+                            Err(e) if e.is_retryable() => {
+                                if let dms2delta::Error::Conflict { attempts, .. } = &e {
+                                    Counters::add(&counters.conflicts, u64::from(*attempts));
+                                }
+                                requeue()
+                            }
+                            Err(e) => return Err(format!("commit {a}.{b}.{c}: {e}")),
+                        },
+                        Task::Compact(a, b, c) => {
+                            // Forced runs also checkpoint, vacuum and expire tombstones.
+                            let force = fr.lock().unwrap().bool();
+                            let r = CompactBuilder::new(pipeline.config.clone(), &pipeline.stores)
+                                .with_table(a, b, c)
+                                .with_force(force)
+                                .await;
+                            match r {
+                                Ok(m) => {
+                                    Counters::add(&counters.compactions, 1);
+                                    let rewritten = m.files_in + m.files_purged;
+                                    if rewritten > 0 || m.checkpoint_written {
+                                        Counters::add(&counters.compactions_changed, 1);
+                                    }
+                                    Counters::add(&counters.compacted_files, rewritten);
+                                }
+                                // Compaction is best effort: the next commit brings it back.
+                                Err(e) if e.is_retryable() => {}
+                                Err(e) => return Err(format!("compact {a}.{b}.{c}: {e}")),
+                            }
+                        }
+                    }
                 }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(())
-        }));
-    }
-    for h in handles {
-        h.await.map_err(|e| e.to_string())??;
-    }
-    // Whatever crashed last is picked up by the next invocation (here: one sweep, no faults).
-    let mut sweeps = 0;
-    loop {
-        match lab.pipeline.commit_all().await {
-            Ok(_) => break,
-            Err(e) if e.is_retryable() && sweeps < 100 => sweeps += 1,
-            Err(e) => return Err(e.to_string()),
+                Ok(())
+            }));
         }
-    }
-    before_check();
-    lab.check_log().await?;
-    lab.check().await.map_err(|e| {
-        format!(
-            "seed {seed} ({workers} workers, crash {crash:.2}, log fault {log_fault:.2}, deletion vectors {dv}): {e}"
-        )
-    })
+        for h in handles {
+            h.await.map_err(|e| format!("worker: {e}"))??;
+        }
+        // Whatever crashed last is picked up by the next invocation (here: one sweep, no faults).
+        let mut sweeps = 0;
+        loop {
+            match lab.pipeline.commit_all().await {
+                Ok(ms) => {
+                    for m in &ms {
+                        counters.commit(m)?;
+                    }
+                    break;
+                }
+                Err(e) if e.is_retryable() && sweeps < 100 => sweeps += 1,
+                Err(e) => return Err(format!("final commit sweep: {e}")),
+            }
+        }
+        before_check();
+        lab.check_quarantine().await?;
+        lab.check_log().await?;
+        if let Err(e) = lab.check().await {
+            let mut logs = String::new();
+            for name in lab.sim.expected.keys().filter(|n| e.contains(&format!("table {n}:"))) {
+                logs.push_str(&format!("log of {name}:\n{}", lab.log_summary(name).await));
+            }
+            return Err(format!("{e}\n{logs}"));
+        }
+        Ok(())
+    };
+    run.await.map_err(|e| format!("{context}: {e}"))?;
+    Ok(counters.stats())
 }

@@ -21,6 +21,7 @@ pub fn pipeline(text: &str, wrapper: Option<StoreWrapper>) -> Pipeline {
     Pipeline::new(config, Arc::new(stores))
 }
 
+pub mod ambiguous;
 pub mod converge;
 pub mod proxy;
 pub mod s3;
@@ -71,6 +72,11 @@ impl Lab {
 
     /// A lab on local folders whose commits use deletion vectors when `dv`.
     pub fn new_with(opts: &SimOptions, wrapper: Option<StoreWrapper>, dv: bool) -> Lab {
+        Lab::new_configured(opts, wrapper, dv, "")
+    }
+
+    /// [`Lab::new_with`], `extra` appended to its configuration.
+    pub fn new_configured(opts: &SimOptions, wrapper: Option<StoreWrapper>, dv: bool, extra: &str) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let sim = simulate(opts);
         let p = |s: &str| dir.path().join(s).display().to_string();
@@ -78,6 +84,7 @@ impl Lab {
         sim.write_files(&data).unwrap();
         let mut text = sim.config(&p("lake"), &p("staged"), &p("quarantine"), &data.display().to_string());
         text.push_str(&commit_settings(dv));
+        text.push_str(extra);
         let pipeline = pipeline(&text, wrapper);
         let bucket = sim.bucket.clone();
         Lab {
@@ -112,6 +119,26 @@ impl Lab {
         let lab = Lab::on_s3_configured(opts, wrapper, endpoint, "", dv).await;
         lab.upload_all().await;
         lab
+    }
+
+    /// A lab on `on` (on S3 through `endpoint` when given), `extra` appended to its
+    /// configuration, every DMS file in place.
+    pub async fn configured(
+        on: On,
+        opts: &SimOptions,
+        wrapper: Option<StoreWrapper>,
+        endpoint: Option<&str>,
+        dv: bool,
+        extra: &str,
+    ) -> Lab {
+        match on {
+            On::Folders => Lab::new_configured(opts, wrapper, dv, extra),
+            On::S3 => {
+                let lab = Lab::on_s3_configured(opts, wrapper, endpoint, extra, dv).await;
+                lab.upload_all().await;
+                lab
+            }
+        }
     }
 
     /// A lab on the S3 endpoint laid out as deployed (staging and quarantine below the lake
@@ -204,7 +231,9 @@ impl Lab {
         self.dir.path().join("lake")
     }
 
-    /// Each table's rows, read back with dms2delta's own reader, against the expected state.
+    /// Each table's rows, read back with dms2delta's own reader, against the expected state:
+    /// the data columns, and per key the stored sequence (`_dms_seq`) against the sequence of
+    /// the key's newest change in the simulated files.
     pub async fn check(&self) -> Result<(), String> {
         for (name, expected) in &self.sim.expected {
             let mut parts = name.splitn(3, '.');
@@ -215,7 +244,18 @@ impl Lab {
                 .read_table(&self.pipeline.table_location(&spec))
                 .await
                 .map_err(|e| e.to_string())?;
-            let actual = rows_of(&batches, &self.sim.columns[name])?;
+            let mut columns = self.sim.columns[name].clone();
+            columns.push(dms2delta::changes::SEQ.to_string());
+            let with_seq = rows_of(&batches, &columns)?;
+            let mut actual: Vec<Vec<dms2delta::sim::Value>> = Vec::with_capacity(with_seq.len());
+            let mut seqs = std::collections::BTreeMap::new();
+            let k = self.sim.key_columns[name];
+            for mut row in with_seq {
+                let seq = row.pop().unwrap_or(dms2delta::sim::Value::Null);
+                seqs.insert(row[..k].to_vec(), seq);
+                actual.push(row);
+            }
+            actual.sort();
             if &actual != expected {
                 return Err(format!(
                     "table {name}: {} rows expected, {} read\n{}",
@@ -224,8 +264,39 @@ impl Lab {
                     dms2delta::sim::diff(expected, &actual)
                 ));
             }
+            for (key, want) in &self.sim.expected_seq[name] {
+                let got = seqs.get(key);
+                if got != Some(&dms2delta::sim::Value::Str(want.clone())) {
+                    return Err(format!(
+                        "table {name}: key {key:?} stores {} `{}`, the newest change has `{want}`",
+                        dms2delta::changes::SEQ,
+                        got.map(|v| v.canonical()).unwrap_or_else(|| "nothing".into()),
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Nothing was quarantined: no report below the quarantine prefix.
+    pub async fn check_quarantine(&self) -> Result<(), String> {
+        let (store, root) = self
+            .pipeline
+            .stores
+            .resolve(&self.pipeline.config.quarantine)
+            .map_err(|e| e.to_string())?;
+        let reports = dms2delta::quarantine::list_reports(store.as_ref(), &root)
+            .await
+            .map_err(|e| e.to_string())?;
+        if reports.is_empty() {
+            Ok(())
+        } else {
+            let what: Vec<String> = reports
+                .iter()
+                .map(|(p, r)| format!("{p}: {} {:?}: {}", r.file, r.kind, r.reason))
+                .collect();
+            Err(format!("{} files quarantined:\n{}", what.len(), what.join("\n")))
+        }
     }
 
     /// Every file delivered once in DMS's order, then all of them again: the tables equal the
@@ -358,6 +429,60 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// One line per version of a table's log: the operation and the files it added and
+    /// removed (short names, `+dv` when the entry carries a deletion vector), for failures.
+    pub async fn log_summary(&self, name: &str) -> String {
+        use futures::TryStreamExt;
+        let mut p = name.splitn(3, '.');
+        let (ns, schema, table) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        let spec = self.pipeline.config.table_by_target(ns, schema, table).unwrap();
+        let loc = self.pipeline.table_location(&spec);
+        let Ok((store, root)) = self.pipeline.stores.resolve(&self.pipeline.stores.physical(&loc)) else {
+            return String::new();
+        };
+        let log = object_store::path::Path::from(format!("{root}/_delta_log"));
+        let mut files: Vec<_> = store.list(Some(&log)).try_collect().await.unwrap_or_default();
+        files.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut out = String::new();
+        for f in files.iter().filter(|f| f.location.as_ref().ends_with(".json")) {
+            let Ok(r) = store.get(&f.location).await else { continue };
+            let bytes = r.bytes().await.unwrap_or_default();
+            let short = |p: &serde_json::Value| {
+                let p = p["path"].as_str().unwrap_or("?");
+                p.get(p.len().saturating_sub(20)..).unwrap_or(p).to_string()
+            };
+            let (mut op, mut adds, mut removes) = (String::new(), Vec::new(), Vec::new());
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                let Ok(a) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if let Some(ci) = a.get("commitInfo") {
+                    op = ci["operation"].as_str().unwrap_or("?").to_string();
+                }
+                for (kind, list) in [("add", &mut adds), ("remove", &mut removes)] {
+                    if let Some(x) = a.get(kind) {
+                        let dv = if x.get("deletionVector").is_some_and(|d| !d.is_null()) {
+                            "+dv"
+                        } else {
+                            ""
+                        };
+                        let dc = if x["dataChange"].as_bool() == Some(false) {
+                            "(no data change)"
+                        } else {
+                            ""
+                        };
+                        list.push(format!("{}{dv}{dc}", short(x)));
+                    }
+                }
+            }
+            out.push_str(&format!(
+                "  {}: {op} add {adds:?} remove {removes:?}\n",
+                f.location.filename().unwrap_or_default()
+            ));
+        }
+        out
     }
 
     /// The same comparison through an independent reader: the Python `deltalake` package.
