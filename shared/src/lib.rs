@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod catalog;
 pub mod changes;
 pub mod config;
+pub mod deadline;
 pub mod decode;
 #[cfg(feature = "delta")]
 pub mod deletion_vector;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use dms2delta::catalog::CatalogSync;
 use dms2delta::config::Validated;
+use dms2delta::deadline::{Deadline, COMMIT_RESERVE};
 use dms2delta::events::{parse, ObjectEvent, ObjectEventKind, Payload};
 use dms2delta::metrics::{Emf, Unit};
 use dms2delta::operations::commit::{CommitChangesBuilder, CommitMetrics};
@@ -61,6 +62,13 @@ fn table_of(state: &State, o: &ObjectEvent) -> Option<TableId> {
 /// number of its change sets in the batch (group commit). An SQS message fails when the commit
 /// of its table failed, so the queue retries it; nothing is dropped.
 pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
+    handle_until(state, payload, Deadline::NONE).await
+}
+
+/// [`handle`] within the invocation's `deadline`: after the first table, a table whose commit
+/// may not finish in the time left ([`COMMIT_RESERVE`]) is not started, and the messages that need it are returned as
+/// batch item failures for the queue to deliver again; the tables committed so far stand.
+pub async fn handle_until(state: &State, payload: Value, deadline: Deadline) -> Result<Value, lambda_runtime::Error> {
     let parsed = parse(&payload)?;
     let deliveries = match &parsed {
         Payload::Sqs(d) => d.iter().collect::<Vec<_>>(),
@@ -86,7 +94,20 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
         needs.push((d.message_id.clone(), ids));
     }
     let namespace = &state.config.config.metrics.namespace;
+    // The first table is always started, so an invocation always makes progress whatever the
+    // function's timeout; the deadline decides about the others.
+    let mut started = false;
     for (id, slot) in tables.iter_mut() {
+        if started && !deadline.allows(COMMIT_RESERVE) {
+            tracing::warn!(stage = "commit", table = %format!("{}.{}.{}", id.0, id.1, id.2), left_ms = deadline.remaining().unwrap_or_default().as_millis() as u64, "too close to the deadline; left for the queue to deliver again");
+            Emf::new(namespace, "commit")
+                .with_table(format!("{}.{}.{}", id.0, id.1, id.2))
+                .metric("Deferred", Unit::Count, 1.0)
+                .emit();
+            *slot = Some(Err("not started: too close to the invocation's deadline".into()));
+            continue;
+        }
+        started = true;
         let res = CommitChangesBuilder::new(state.config.clone(), &state.stores)
             .with_table(&id.0, &id.1, &id.2)
             .await;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use dms2delta::config::Validated;
+use dms2delta::deadline::Deadline;
 use dms2delta::events::{parse, Delivery, ObjectEventKind, Payload};
 use dms2delta::metrics::{Emf, Unit};
 use dms2delta::operations::decode::{DecodeBuilder, DecodeOutcome};
@@ -45,11 +46,39 @@ struct Tally {
 /// too, so that it ends in the dead-letter queue and its alarm calls for a person; reprocess
 /// leaves such messages there until the file decodes (after a fix), then removes them.
 pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
+    handle_until(state, payload, Deadline::NONE).await
+}
+
+/// [`handle`] within the invocation's `deadline`: after the first message, a message whose
+/// files are not expected to decode in the time left ([`Deadline::decode_time`]) is not started
+/// and is returned as a batch item failure, so the queue delivers it again instead of Lambda
+/// cutting the whole batch off.
+pub async fn handle_until(state: &State, payload: Value, deadline: Deadline) -> Result<Value, lambda_runtime::Error> {
     match parse(&payload)? {
         Payload::Sqs(deliveries) => {
             let mut response = SqsBatchResponse::default();
+            // The first message is always started, so a batch always makes progress whatever
+            // the function's timeout; the deadline decides about the others.
+            let mut started = false;
             for d in deliveries {
                 let id = d.message_id.clone().unwrap_or_default();
+                let bytes: u64 = d
+                    .objects
+                    .as_ref()
+                    .map(|o| o.iter().filter_map(|o| o.size).sum())
+                    .unwrap_or(0);
+                let needed = Deadline::decode_time(bytes);
+                if started && !deadline.allows(needed) {
+                    tracing::warn!(stage = "decode", message_id = %id, bytes, needed_ms = needed.as_millis() as u64, left_ms = deadline.remaining().unwrap_or_default().as_millis() as u64, "too close to the deadline; left for the queue to deliver again");
+                    Emf::new(&state.config.config.metrics.namespace, "decode")
+                        .metric("Deferred", Unit::Count, 1.0)
+                        .emit();
+                    let mut f = BatchItemFailure::default();
+                    f.item_identifier = id;
+                    response.batch_item_failures.push(f);
+                    continue;
+                }
+                started = true;
                 let tally = process(state, d).await;
                 if !tally.failed.is_empty() || !tally.quarantined.is_empty() {
                     let mut f = BatchItemFailure::default();

@@ -15,7 +15,8 @@ async fn main() -> Result<(), Error> {
     let state = handler::State::new(Arc::new(config));
     let state = &state;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handler::handle(state, event.payload).await
+        let deadline = dms2delta::deadline::Deadline::from_epoch_millis(event.context.deadline);
+        handler::handle_until(state, event.payload, deadline).await
     }))
     .await
 }

@@ -11,7 +11,8 @@ use dms2delta::pipeline::Pipeline;
 use dms2delta::storage::Stores;
 use serde_json::{json, Value};
 
-use super::{handle, State};
+use super::{handle, handle_until, State};
+use dms2delta::deadline::{Deadline, COMMIT_RESERVE};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -97,6 +98,41 @@ async fn an_sqs_batch_commits_each_table_once_and_reports_no_failures() {
     .unwrap();
     // (100,1) inserted then updated to qty 2; (100,2) inserted; (101,1) deleted before it existed.
     assert_eq!(rows.len(), 2, "{rows:?}");
+}
+
+#[tokio::test]
+async fn tables_that_cannot_commit_before_the_deadline_are_left_to_the_queue() {
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(out.path());
+    let p = stage_samples(&cfg).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let short = Deadline::from_epoch_millis(now + COMMIT_RESERVE.as_millis() as u64 / 2);
+    let batch = event("commit-sqs-batch.json");
+    let r = handle_until(&State::new(cfg.clone()), batch.clone(), short)
+        .await
+        .unwrap();
+    // The first table (customers) is always committed; the second is not started, and the
+    // messages naming it go back to the queue.
+    let failed = r["batchItemFailures"].as_array().unwrap().len();
+    let naming_the_second = batch["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["body"].as_str().unwrap().contains("order+items"))
+        .count();
+    assert!(naming_the_second >= 1);
+    assert_eq!(failed, naming_the_second, "{r}");
+    let left = p.pending().await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].2, "order items");
+    let r = handle_until(&State::new(cfg), batch, Deadline::from_epoch_millis(now + 600_000))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"batchItemFailures": []}));
+    assert!(p.pending().await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use dms2delta::config::Config;
 use serde_json::{json, Value};
 
-use super::{handle, State};
+use super::{handle, handle_until, State};
+use dms2delta::deadline::Deadline;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -114,6 +115,44 @@ async fn sqs_batches_report_no_failures_when_all_succeed() {
     }
     let staged = files_under(&out.path().join("lake-bucket/_dms2delta/staged"));
     assert!(staged.len() >= 2, "{staged:?}");
+}
+
+fn in_secs(secs: u64) -> Deadline {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    Deadline::from_epoch_millis(now + secs * 1000)
+}
+
+#[tokio::test]
+async fn messages_that_cannot_finish_before_the_deadline_are_left_to_the_queue() {
+    let out = tempfile::tempdir().unwrap();
+    let s = state(out.path());
+    let batch = event("sqs-batch.json");
+    let ids: Vec<String> = batch["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["messageId"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.len() >= 2);
+    // Less time left than any decode is given: only the first message is started (a batch
+    // always makes progress), every other one goes back to the queue.
+    let r = handle_until(&s, batch.clone(), in_secs(5)).await.unwrap();
+    let failed: Vec<String> = r["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(failed, ids[1..], "{r}");
+    let first = files_under(&out.path().join("lake-bucket/_dms2delta/staged"));
+    assert_eq!(first.len(), 1, "{first:?}");
+    // With time enough, the same batch decodes.
+    let r = handle_until(&s, batch, in_secs(600)).await.unwrap();
+    assert_eq!(r, json!({"batchItemFailures": []}));
+    assert!(files_under(&out.path().join("lake-bucket/_dms2delta/staged")).len() > first.len());
 }
 
 #[tokio::test]
