@@ -19,6 +19,7 @@ pub mod faults;
 pub mod fuzzing;
 #[cfg(feature = "delta")]
 pub mod lake;
+pub mod lease;
 pub mod metrics;
 pub mod operations;
 #[cfg(feature = "delta")]

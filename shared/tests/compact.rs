@@ -301,9 +301,10 @@ async fn an_ingestion_commit_racing_a_compaction_keeps_one_row_per_key_merge_on_
 }
 
 /// Two compaction runs of one table at once (the compact function runs with a concurrency of 2
-/// or more, and the CLI may run beside it): both read the same small files; the second to commit
-/// must notice that the first already replaced them. Committing anyway adds a second compacted
-/// copy of every row. Found by the convergence cases, which run compaction between commits.
+/// or more, and the CLI may run beside it) would both read the same small files, and delta-rs
+/// lets both OPTIMIZE commits land: a second compacted copy of every row. Found by the
+/// convergence cases, which run compaction between commits; the table's maintenance lease now
+/// makes the second run give way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_compactions_racing_on_one_table_keep_one_row_per_key() {
     use std::sync::mpsc;
@@ -357,14 +358,24 @@ async fn two_compactions_racing_on_one_table_keep_one_row_per_key() {
         after, before,
         "first run {first:?}, second run {second:?}: a row per key or one per compacted copy?"
     );
+    // The race happened: the second run came while the first held the table (stopped at its
+    // log write), and gave way instead of compacting the same files again; the first compacted.
     let second = second.unwrap();
-    assert!(second.files_in >= 3, "the second run compacted nothing: {second:?}");
+    assert!(second.yielded && second.files_in == 0, "{second:?}");
+    let first = first.unwrap();
+    assert!(first.files_in >= 3, "the first run compacted nothing: {first:?}");
+    // The lease is gone with the first run: the next compaction is free to run.
+    let next = CompactBuilder::new(m.pipeline.config.clone(), &m.pipeline.stores)
+        .with_table("my", "app", "t")
+        .await
+        .unwrap();
+    assert!(!next.yielded, "{next:?}");
 }
 
 /// The tombstone table holding two rows for one key (what two racing compactions of it leave,
-/// see above): a later commit touching that key must still apply each change once. Today the
-/// tombstone join returns the change twice (a subtraction overflow panics in debug builds; in
-/// release the duplicated change goes on into the MERGE).
+/// see above, and what a delete, a re-insert and a second delete of one key leave): a later
+/// commit touching that key must still apply each change once (the tombstone lookup once
+/// returned the change once per tombstone row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_with_two_tombstone_rows_still_gets_each_change_once() {
     let m = Mini::new(SOURCE, "");

@@ -525,7 +525,7 @@ impl<'a> CommitChangesBuilder<'a> {
             if tomb_exists {
                 let before = source.num_rows();
                 source = drop_tombstoned(&tomb, source, &spec.keys).await.map_err(derr)?;
-                result.tombstone_stale = (before - source.num_rows()) as u64;
+                result.tombstone_stale = before.saturating_sub(source.num_rows()) as u64;
             }
             let deletes = delete_rows(&source)?;
             if deletes.num_rows() > 0 {
@@ -886,8 +886,13 @@ async fn drop_tombstoned(
         .map(|f| format!("s.{}", q(f.name())))
         .collect::<Vec<_>>()
         .join(", ");
+    // One row per key, its newest tombstone: a key may have several (a delete, a re-insert and
+    // a later delete; or two compactions of the tombstone table that raced), and a plain join
+    // would return the change once per tombstone.
+    let key_cols = keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
     let sql = format!(
-        "SELECT {cols} FROM s LEFT JOIN t ON {on} WHERE t.{seq} IS NULL OR s.{seq} >= t.{seq}",
+        "SELECT {cols} FROM s LEFT JOIN (SELECT {key_cols}, MAX({seq}) AS {seq} FROM t GROUP BY {key_cols}) t \
+         ON {on} WHERE t.{seq} IS NULL OR s.{seq} >= t.{seq}",
         seq = q(SEQ)
     );
     let batches = ctx.sql(&sql).await?.collect().await?;

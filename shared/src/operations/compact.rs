@@ -25,6 +25,7 @@ use object_store::ObjectStoreExt;
 use crate::config::{DeleteMode, TableSpec, Validated};
 use crate::error::{Error, Result, Stage};
 use crate::lake::{self, delta_err, is_conflict};
+use crate::lease::Lease;
 use crate::operations::commit::DELETED_AT;
 use crate::operations::merge_on_read::purge_deleted_rows;
 use crate::storage::{path_below, Location, Stores};
@@ -152,6 +153,54 @@ impl<'a> CompactBuilder<'a> {
         if !exists {
             return Ok(m);
         }
+        // One maintenance run per table at a time (see `lease`): another holder means the work
+        // is being done; this run gives way.
+        let (lake_store, lake_root) = self.stores.resolve(&self.config.lake)?;
+        let lease_path = path_below(
+            &lake_root,
+            &[
+                "_dms2delta",
+                "leases",
+                &spec.namespace,
+                &spec.target_schema,
+                &spec.target_table,
+                "compact",
+            ],
+        )
+        .map_err(|reason| Error::Internal {
+            stage: Stage::Compact,
+            context: m.table.clone(),
+            reason,
+            retryable: false,
+        })?;
+        let now = self.now_millis.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        let Some(lease) = Lease::acquire(lake_store.as_ref(), &lease_path, now).await? else {
+            tracing::info!(stage = "compact", table = %m.table, "another compaction of this table is running; giving way");
+            m.yielded = true;
+            m.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok(m);
+        };
+        let result = self.maintain(table, &spec, m, started).await;
+        // Released on failure too, so the next run need not wait for the expiry.
+        let released = lease.release(lake_store.as_ref()).await;
+        let m = result?;
+        released?;
+        Ok(m)
+    }
+
+    /// The work done under the table's lease: bin-packing, purging, checkpoint, vacuum,
+    /// tombstone upkeep.
+    async fn maintain(
+        &self,
+        table: DeltaTable,
+        spec: &TableSpec,
+        mut m: CompactMetrics,
+        started: Instant,
+    ) -> Result<CompactMetrics> {
+        let c = spec.compact.clone();
+        let loc = self.config.lake.join(&spec.lake_path());
+        let last_cp = last_checkpoint(self.stores, &loc).await?;
+        let checkpoint_due = |v: u64| v.saturating_sub(last_cp.unwrap_or(0)) >= c.checkpoint_interval;
         let derr = |e| delta_err(Stage::Compact, &m.table, e);
         let target = c.target_file_mb * 1024 * 1024;
         let small = {
@@ -166,7 +215,7 @@ impl<'a> CompactBuilder<'a> {
         let mut table = table;
         if small >= c.min_small_files {
             m.due.push("small files");
-            match optimize(table, &spec, target).await {
+            match optimize(table, spec, target).await {
                 Ok((t, stats)) => {
                     table = t;
                     m.files_in = stats.0;
@@ -228,7 +277,7 @@ impl<'a> CompactBuilder<'a> {
                 Err(e) => return Err(derr(e)),
             }
             if spec.delete_mode == DeleteMode::Hard {
-                m.tombstones_dropped = self.maintain_tombstones(&spec, now, target).await?;
+                m.tombstones_dropped = self.maintain_tombstones(spec, now, target).await?;
             }
         }
         m.version = table.version();
