@@ -12,7 +12,7 @@ use dms2delta::failpoint::Failpoints;
 use dms2delta::faults::{Call, FaultyStore};
 use dms2delta::operations::commit::applied_files;
 use dms2delta::operations::decode::DecodeOutcome;
-use support::Mini;
+use support::{parquet, Mini};
 
 /// Headerless CSV with Op and an explicit sequence column, so tests choose the order.
 const SEQ_SOURCE: &str = r#"
@@ -240,21 +240,6 @@ async fn a_column_added_at_the_source_is_added_to_the_table(extra: &str) {
         m.rows("pg.app.t", &["id", "name", "extra"]).await[2],
         vec!["3", "c2", "8"]
     );
-}
-
-fn parquet(fields: Vec<(&str, arrow::datatypes::DataType, arrow::array::ArrayRef)>) -> Vec<u8> {
-    let schema = Arc::new(arrow::datatypes::Schema::new(
-        fields
-            .iter()
-            .map(|(n, dt, _)| arrow::datatypes::Field::new(*n, dt.clone(), true))
-            .collect::<Vec<_>>(),
-    ));
-    let batch = arrow::array::RecordBatch::try_new(schema.clone(), fields.into_iter().map(|f| f.2).collect()).unwrap();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    buf
 }
 
 const PQ_SOURCE: &str = r#"

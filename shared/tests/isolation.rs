@@ -21,6 +21,7 @@ use dms2delta::sim::rows_of;
 use dms2delta::storage::{Location, Stores};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
+use support::parquet;
 use support::s3::{moto, python, repo};
 
 /// Schema and table names as real databases have them: German, Nordic, Japanese and Chinese
@@ -249,21 +250,6 @@ async fn any_identifier_round_trips_on_s3() {
     let store = p.stores.bucket(&lake).unwrap();
     let log = Path::parse("lake/erp/日本/注文/_delta_log/00000000000000000000.json").unwrap();
     store.head(&log).await.unwrap();
-}
-
-fn parquet(fields: Vec<(&str, DataType, ArrayRef)>) -> Vec<u8> {
-    let schema = Arc::new(arrow::datatypes::Schema::new(
-        fields
-            .iter()
-            .map(|(n, dt, _)| arrow::datatypes::Field::new(*n, dt.clone(), true))
-            .collect::<Vec<_>>(),
-    ));
-    let batch = arrow::array::RecordBatch::try_new(schema.clone(), fields.into_iter().map(|f| f.2).collect()).unwrap();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    buf
 }
 
 fn ops(v: &[&str]) -> ArrayRef {

@@ -546,6 +546,22 @@ impl Lab {
     }
 }
 
+/// A Parquet file of one batch with these columns (name, type, values), as DMS might write it.
+pub fn parquet(fields: Vec<(&str, arrow::datatypes::DataType, arrow::array::ArrayRef)>) -> Vec<u8> {
+    let schema = Arc::new(arrow::datatypes::Schema::new(
+        fields
+            .iter()
+            .map(|(n, dt, _)| arrow::datatypes::Field::new(*n, dt.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), fields.into_iter().map(|f| f.2).collect()).unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    buf
+}
+
 pub fn skip_python() -> bool {
     std::env::var("DMS2DELTA_SKIP_PYTHON").is_ok_and(|v| v == "1")
 }
