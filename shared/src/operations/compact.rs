@@ -180,7 +180,7 @@ impl<'a> CompactBuilder<'a> {
             m.duration_ms = started.elapsed().as_millis() as u64;
             return Ok(m);
         };
-        let result = self.maintain(table, &spec, m, started).await;
+        let result = self.maintain(table, &spec, last_cp, now, m, started).await;
         // Released on failure too, so the next run need not wait for the expiry.
         let released = lease.release(lake_store.as_ref()).await;
         let m = result?;
@@ -194,12 +194,13 @@ impl<'a> CompactBuilder<'a> {
         &self,
         table: DeltaTable,
         spec: &TableSpec,
+        last_cp: Option<u64>,
+        now: i64,
         mut m: CompactMetrics,
         started: Instant,
     ) -> Result<CompactMetrics> {
-        let c = spec.compact.clone();
+        let c = &spec.compact;
         let loc = self.config.lake.join(&spec.lake_path());
-        let last_cp = last_checkpoint(self.stores, &loc).await?;
         let checkpoint_due = |v: u64| v.saturating_sub(last_cp.unwrap_or(0)) >= c.checkpoint_interval;
         let derr = |e| delta_err(Stage::Compact, &m.table, e);
         let target = c.target_file_mb * 1024 * 1024;
@@ -263,7 +264,6 @@ impl<'a> CompactBuilder<'a> {
                 .await
                 .map_err(derr)? as u64;
             // Vacuum and tombstone expiry ride on the checkpoint cadence: often enough, cheap.
-            let now = self.now_millis.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
             match table
                 .clone()
                 .vacuum()
