@@ -666,6 +666,7 @@ mod tests {
             changes: 16,
             max_file_changes: 5,
             formats: vec![dms2delta::sim::Format::CsvHeader],
+            variety: false,
         }
     }
 

@@ -216,6 +216,7 @@ mod tests {
             changes: 10,
             max_file_changes: 4,
             formats: vec![Format::CsvSeq],
+            variety: false,
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();

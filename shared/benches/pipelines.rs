@@ -85,6 +85,7 @@ fn workloads() -> Vec<Workload> {
                     changes: n[1],
                     max_file_changes: n[2],
                     formats: vec![Format::Parquet],
+                    variety: false,
                 },
             }
         })

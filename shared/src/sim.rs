@@ -86,6 +86,12 @@ pub struct SimOptions {
     /// Most changes in one CDC file.
     pub max_file_changes: usize,
     pub formats: Vec<Format>,
+    /// Tables that depart from the plain case, each drawn at random: soft delete, partitioned
+    /// by a column that changes (and may be NULL), a column added at the source mid-stream
+    /// (CSV with header and Parquet), a full load taken while CDC was already running; and
+    /// NULL in every non-key column, empty strings and keys, changes with equal commit times.
+    /// Off by default so that the demo and the benchmarks stay as they are.
+    pub variety: bool,
 }
 
 impl Default for SimOptions {
@@ -97,6 +103,7 @@ impl Default for SimOptions {
             changes: 60,
             max_file_changes: 12,
             formats: Format::ALL.to_vec(),
+            variety: false,
         }
     }
 }
@@ -106,6 +113,22 @@ impl Default for SimOptions {
 pub struct SimFile {
     pub key: String,
     pub bytes: Vec<u8>,
+    /// 0 for the first half of a table's history (its full load and early CDC files), 1 for
+    /// the rest: a test may deliver the halves apart, with maintenance in between.
+    pub epoch: u8,
+}
+
+/// How a table of a simulation departs from the plain case.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Variant {
+    /// `delete_mode: soft`: deleted rows stay, flagged.
+    pub soft: bool,
+    /// `partition_by: [active]`.
+    pub partitioned: bool,
+    /// The source gained a text column `note` part way through CDC; later files carry it.
+    pub added_column: bool,
+    /// The full load was read after this many CDC changes had been captured (0: before any).
+    pub load_after: usize,
 }
 
 /// A rendered history.
@@ -118,9 +141,10 @@ pub struct Simulation {
     /// The configuration for these sources; `{LAKE}`, `{STAGING}`, `{QUARANTINE}`, `{STORAGE}`
     /// and `{BUCKET}` are to be replaced (see [`Simulation::config`] and [`Simulation::config_on`]).
     pub config_template: String,
-    /// `namespace.schema.table` -> the source table's final rows, sorted.
+    /// `namespace.schema.table` -> the source table's final rows, sorted. A soft-delete table
+    /// also holds its deleted keys, its last column being `_dms_deleted`.
     pub expected: BTreeMap<String, Vec<Vec<Value>>>,
-    /// `namespace.schema.table` -> its data columns, in order.
+    /// `namespace.schema.table` -> the columns `expected` holds, in order.
     pub columns: BTreeMap<String, Vec<String>>,
     /// `namespace.schema.table` -> how many of its leading columns form the key.
     pub key_columns: BTreeMap<String, usize>,
@@ -128,7 +152,17 @@ pub struct Simulation {
     /// surviving row: the sequence of its newest change, derived from the file and row that
     /// carry it (not read back from anything dms2delta wrote).
     pub expected_seq: BTreeMap<String, BTreeMap<Vec<Value>, String>>,
+    /// `namespace.schema.table` -> how it departs from the plain case.
+    pub variants: BTreeMap<String, Variant>,
+    /// Soft-delete tables whose delete images carry only the key (PostgreSQL's default replica
+    /// identity): the contract fixes their deleted rows' key, flag and sequence, not the other
+    /// values (see the replication contract), so `expected` holds NULL there and a comparison
+    /// must blank them first ([`Simulation::comparable`]).
+    pub key_only_soft: std::collections::BTreeSet<String>,
 }
+
+/// The soft-delete flag column, as the tables name it.
+pub const DELETED_FLAG: &str = "_dms_deleted";
 
 impl Simulation {
     /// The configuration with its placeholders filled in, the bucket mapped to the local folder `data`.
@@ -158,6 +192,24 @@ impl Simulation {
             std::fs::write(p, &f.bytes)?;
         }
         Ok(())
+    }
+
+    /// `rows` (read back from `table`, in `columns` order) with what the contract leaves open
+    /// blanked: the non-key values of soft-deleted rows of key-only-image tables.
+    pub fn comparable(&self, table: &str, mut rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
+        if self.key_only_soft.contains(table) {
+            let k = self.key_columns[table];
+            for row in &mut rows {
+                if row.last() == Some(&Value::Bool(true)) {
+                    let n = row.len();
+                    for v in &mut row[k..n - 1] {
+                        *v = Value::Null;
+                    }
+                }
+            }
+            rows.sort();
+        }
+        rows
     }
 }
 
@@ -202,6 +254,9 @@ const NAMES: [&str; 8] = [
     "日本",
 ];
 
+/// The column a table gains part way through its history.
+const ADDED: (&str, &str) = ("note", "STRING");
+
 /// Generates a history and renders it.
 pub fn simulate(opts: &SimOptions) -> Simulation {
     let mut rng = fastrand::Rng::with_seed(opts.seed);
@@ -211,11 +266,12 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
     let mut columns = BTreeMap::new();
     let mut key_columns = BTreeMap::new();
     let mut expected_seq = BTreeMap::new();
+    let mut variants = BTreeMap::new();
+    let mut key_only_soft = std::collections::BTreeSet::new();
     let mut config = String::from("lake: {LAKE}\nstaging: {STAGING}\nquarantine: {QUARANTINE}\n{STORAGE}sources:\n");
     let mut seq_counter: u64 = 0;
     for format in &opts.formats {
         let source = format.source();
-        let sh = shape(*format);
         let _ = writeln!(
             config,
             "  - name: {source}\n    bucket: {{BUCKET}}\n    bucket_folder: dms/{source}"
@@ -239,14 +295,36 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
         }
         let _ = writeln!(config, "    tables:");
         for t in 0..opts.tables {
+            let mut sh = shape(*format);
             let table = format!("t{t}");
             let qualified = format!("{source}.app.{table}");
+            let variant = if opts.variety {
+                Variant {
+                    soft: rng.u8(0..3) == 0,
+                    partitioned: rng.u8(0..3) == 0,
+                    added_column: *format != Format::CsvSeq && rng.u8(0..3) == 0,
+                    load_after: if rng.u8(0..3) == 0 {
+                        rng.usize(1..=opts.changes.max(1))
+                    } else {
+                        0
+                    },
+                }
+            } else {
+                Variant::default()
+            };
             let keys: Vec<&str> = sh.columns[..sh.keys].iter().map(|c| c.0).collect();
             let _ = writeln!(
                 config,
-                "      - schema: app\n        table: {table}\n        keys: [{}]\n        columns:",
+                "      - schema: app\n        table: {table}\n        keys: [{}]",
                 keys.join(", ")
             );
+            if variant.soft {
+                let _ = writeln!(config, "        delete_mode: soft");
+            }
+            if variant.partitioned {
+                let _ = writeln!(config, "        partition_by: [active]");
+            }
+            let _ = writeln!(config, "        columns:");
             for (n, ty) in &sh.columns {
                 if *ty == "NUMERIC" {
                     let _ = writeln!(
@@ -260,49 +338,99 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             if *format == Format::CsvSeq {
                 let _ = writeln!(config, "          - {{ name: AR_H_CHANGE_SEQ, type: STRING }}");
             }
-            columns.insert(qualified.clone(), sh.columns.iter().map(|c| c.0.to_string()).collect());
+            // The added column is not configured: the files that carry it name it.
+            let base_width = sh.columns.len();
+            if variant.added_column {
+                sh.columns.push(ADDED);
+            }
+            let width = sh.columns.len();
+            let mut table_columns: Vec<String> = sh.columns.iter().map(|c| c.0.to_string()).collect();
+            if variant.soft {
+                table_columns.push(DELETED_FLAG.to_string());
+            }
+            columns.insert(qualified.clone(), table_columns);
             key_columns.insert(qualified.clone(), sh.keys);
+            variants.insert(qualified.clone(), variant);
+            if variant.soft && *format == Format::CsvHeader {
+                key_only_soft.insert(qualified.clone());
+            }
 
-            // History.
-            let mut state: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
-            let mut micros = BASE_MICROS + rng.i64(0..1_000_000);
-            let random_row = |rng: &mut fastrand::Rng, key: &[Value], micros: i64| -> Vec<Value> {
+            // History: an initial state, then CDC changes; the full load is a snapshot taken
+            // after `load_after` of them (DMS captures changes while it reads the table).
+            let variety = opts.variety;
+            let random_row = |rng: &mut fastrand::Rng, key: &[Value], micros: i64, noted: bool| -> Vec<Value> {
                 let mut row = key.to_vec();
-                row.push(if rng.u8(0..10) == 0 {
+                let null = |rng: &mut fastrand::Rng| rng.u8(0..10) == 0;
+                row.push(if null(rng) {
                     Value::Null
+                } else if variety && rng.u8(0..8) == 0 {
+                    Value::Str(String::new())
                 } else {
                     Value::Str(format!("{}{}", NAMES[rng.usize(0..NAMES.len())], rng.u32(0..100)))
                 });
-                row.push(Value::Dec(rng.i128(-1_000_000..10_000_000)));
-                row.push(Value::Bool(rng.bool()));
-                row.push(Value::Ts(micros - rng.i64(0..1_000_000_000)));
+                let nullable = |rng: &mut fastrand::Rng, v: Value| if variety && null(rng) { Value::Null } else { v };
+                let amount = Value::Dec(rng.i128(-1_000_000..10_000_000));
+                row.push(nullable(rng, amount));
+                let active = Value::Bool(rng.bool());
+                row.push(nullable(rng, active));
+                let updated = Value::Ts(micros - rng.i64(0..1_000_000_000));
+                row.push(nullable(rng, updated));
+                // A full delete image whose values are all NULL would look key-only.
+                if row[key.len()..].iter().all(|v| *v == Value::Null) {
+                    row[key.len() + 1] = Value::Dec(0);
+                }
+                if noted {
+                    row.push(if rng.u8(0..4) == 0 {
+                        Value::Null
+                    } else {
+                        Value::Str(format!("n{}", rng.u32(0..1000)))
+                    });
+                } else if width > base_width {
+                    row.push(Value::Null);
+                }
                 row
             };
             let key_of = |k: u32| -> Vec<Value> {
                 let mut key = vec![Value::Int(k as i64)];
                 if sh.keys == 2 {
-                    key.push(Value::Str(["eu", "us", "ap"][k as usize % 3].to_string()));
+                    let regions: &[&str] = if variety { &["eu", "us", ""] } else { &["eu", "us", "ap"] };
+                    key.push(Value::Str(regions[k as usize % 3].to_string()));
                 }
                 key
             };
-            let mut load = Vec::new();
+            let mut state: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
+            let mut micros = BASE_MICROS + rng.i64(0..1_000_000);
             for k in 0..opts.keys {
                 if rng.bool() {
                     let key = key_of(k);
-                    let row = random_row(&mut rng, &key, micros);
-                    state.insert(key, row.clone());
-                    load.push(Change {
-                        op: 'I',
-                        row,
-                        micros,
-                        seq: 0,
-                    });
+                    let row = random_row(&mut rng, &key, micros, false);
+                    state.insert(key, row);
                 }
             }
+            let load_micros = micros;
+            // The CDC files are cut first, so the column can appear at a file boundary.
+            let mut cuts = Vec::new();
+            let mut i = 0;
+            while i < opts.changes {
+                let n = rng.usize(1..=opts.max_file_changes.max(1)).min(opts.changes - i);
+                cuts.push(i..i + n);
+                i += n;
+            }
+            let noted_from = if variant.added_column && !cuts.is_empty() {
+                cuts[rng.usize(0..cuts.len())].start
+            } else {
+                usize::MAX
+            };
+            let mut snapshot = (variant.load_after == 0).then(|| state.clone());
+            let mut deleted: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
             let mut cdc = Vec::new();
-            for _ in 0..opts.changes {
-                micros += 1_000 + rng.i64(0..50_000);
+            for n in 0..opts.changes {
+                // Several changes of one transaction share its commit time.
+                if !(variety && rng.u8(0..5) == 0) {
+                    micros += 1_000 + rng.i64(0..50_000);
+                }
                 seq_counter += 1;
+                let noted = n >= noted_from;
                 let key = key_of(rng.u32(0..opts.keys.max(1)));
                 let change = match state.get(&key) {
                     Some(_) if rng.u8(0..10) < 3 => {
@@ -310,11 +438,17 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         let row = if *format == Format::CsvHeader {
                             // PostgreSQL's default replica identity: only the key is logged.
                             let mut r = key.clone();
-                            r.resize(sh.columns.len(), Value::Null);
+                            r.resize(width, Value::Null);
                             r
                         } else {
-                            old
+                            let mut r = old;
+                            // The image of a delete after the column appeared has the column.
+                            if !noted && width > base_width {
+                                r[base_width] = Value::Null;
+                            }
+                            r
                         };
+                        deleted.insert(key.clone(), row.clone());
                         Change {
                             op: 'D',
                             row,
@@ -322,21 +456,13 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                             seq: seq_counter,
                         }
                     }
-                    Some(_) => {
-                        let row = random_row(&mut rng, &key, micros);
-                        state.insert(key, row.clone());
+                    found => {
+                        let op = if found.is_some() { 'U' } else { 'I' };
+                        let row = random_row(&mut rng, &key, micros, noted);
+                        state.insert(key.clone(), row.clone());
+                        deleted.remove(&key);
                         Change {
-                            op: 'U',
-                            row,
-                            micros,
-                            seq: seq_counter,
-                        }
-                    }
-                    None => {
-                        let row = random_row(&mut rng, &key, micros);
-                        state.insert(key, row.clone());
-                        Change {
-                            op: 'I',
+                            op,
                             row,
                             micros,
                             seq: seq_counter,
@@ -344,8 +470,33 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     }
                 };
                 cdc.push(change);
+                if n + 1 == variant.load_after {
+                    snapshot = Some(state.clone());
+                }
             }
+            let snapshot = snapshot.unwrap_or_else(|| state.clone());
+            let load: Vec<Change> = snapshot
+                .into_values()
+                .map(|row| Change {
+                    op: 'I',
+                    row,
+                    micros: load_micros,
+                    seq: 0,
+                })
+                .collect();
             let mut rows: Vec<Vec<Value>> = state.into_values().collect();
+            if variant.soft {
+                for r in &mut rows {
+                    r.push(Value::Bool(false));
+                }
+                for (_, mut image) in deleted {
+                    if *format == Format::CsvHeader {
+                        image.iter_mut().skip(sh.keys).for_each(|v| *v = Value::Null);
+                    }
+                    image.push(Value::Bool(true));
+                    rows.push(image);
+                }
+            }
             rows.sort();
             expected.insert(qualified.clone(), rows);
 
@@ -362,10 +513,11 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             }
             // Files in the order DMS writes them, so the last change seen per key is its newest.
             let mut seqs: BTreeMap<Vec<Value>, String> = BTreeMap::new();
+            let soft = variant.soft;
             let mut note = |stem: &str, changes: &[Change], cdc: bool| {
                 for (i, c) in changes.iter().enumerate() {
                     let key = c.row[..sh.keys].to_vec();
-                    if c.op == 'D' {
+                    if c.op == 'D' && !soft {
                         seqs.remove(&key);
                     } else {
                         seqs.insert(key, stored_seq(*format, stem, i as u64 + 1, c, cdc));
@@ -378,17 +530,24 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             for (i, part) in load_parts.iter().enumerate() {
                 let name = format!("LOAD{:08X}", i + 1);
                 note(&name, part, false);
-                files.push(render(*format, &folder, &name, &sh, part, false, &mut rng));
+                // The load carries the added column if the column existed when DMS read the table.
+                let w = if noted_from < variant.load_after { width } else { base_width };
+                let file = render(*format, &folder, &name, &sh.columns[..w], part, false, &mut rng);
+                files.push(SimFile { epoch: 0, ..file });
             }
-            let mut i = 0;
-            while i < cdc.len() {
-                let n = rng.usize(1..=opts.max_file_changes.max(1)).min(cdc.len() - i);
-                let chunk = &cdc[i..i + n];
-                i += n;
+            let mut last_stem = 0;
+            for (n, cut) in cuts.iter().enumerate() {
+                let chunk = &cdc[cut.clone()];
                 let last = chunk.last().map(|c| c.micros).unwrap_or(micros);
-                let stem = file_time(last + 1_000);
+                // DMS names a file by when it wrote it: never two files with one name.
+                let at = (last + 1_000).max(last_stem + 1_000);
+                last_stem = at;
+                let stem = file_time(at);
                 note(&stem, chunk, true);
-                files.push(render(*format, &folder, &stem, &sh, chunk, true, &mut rng));
+                let w = if cut.start >= noted_from { width } else { base_width };
+                let file = render(*format, &folder, &stem, &sh.columns[..w], chunk, true, &mut rng);
+                let epoch = u8::from(n >= cuts.len().div_ceil(2));
+                files.push(SimFile { epoch, ..file });
             }
             expected_seq.insert(qualified.clone(), seqs);
         }
@@ -401,6 +560,8 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
         columns,
         key_columns,
         expected_seq,
+        variants,
+        key_only_soft,
     }
 }
 
@@ -446,11 +607,12 @@ fn stored_seq(format: Format, stem: &str, row: u64, c: &Change, cdc: bool) -> St
     out
 }
 
+/// One file of `changes`, with the first `columns.len()` values of each row.
 fn render(
     format: Format,
     folder: &str,
     stem: &str,
-    sh: &Shape,
+    columns: &[(&str, &str)],
     changes: &[Change],
     cdc: bool,
     rng: &mut fastrand::Rng,
@@ -458,7 +620,8 @@ fn render(
     match format {
         Format::Parquet => SimFile {
             key: format!("{folder}/{stem}.parquet"),
-            bytes: parquet_file(sh, changes, cdc),
+            bytes: parquet_file(columns, changes, cdc),
+            epoch: 0,
         },
         Format::CsvSeq | Format::CsvHeader => {
             let mut out = String::new();
@@ -467,7 +630,7 @@ fn render(
                 if cdc {
                     h.push("Op");
                 }
-                h.extend(sh.columns.iter().map(|c| c.0));
+                h.extend(columns.iter().map(|c| c.0));
                 out.push_str(&h.join(","));
                 out.push('\n');
             }
@@ -479,7 +642,7 @@ fn render(
                 if format == Format::CsvSeq {
                     fields.push(ts_text(c.micros));
                 }
-                for v in &c.row {
+                for v in &c.row[..columns.len()] {
                     fields.push(csv_text(v, format == Format::CsvHeader));
                 }
                 if format == Format::CsvSeq {
@@ -494,11 +657,13 @@ fn render(
                 SimFile {
                     key: format!("{folder}/{stem}.csv.gz"),
                     bytes: gz.finish().unwrap_or_default(),
+                    epoch: 0,
                 }
             } else {
                 SimFile {
                     key: format!("{folder}/{stem}.csv"),
                     bytes: out.into_bytes(),
+                    epoch: 0,
                 }
             }
         }
@@ -520,7 +685,7 @@ fn csv_text(v: &Value, pg_bools: bool) -> String {
     }
 }
 
-fn parquet_file(sh: &Shape, changes: &[Change], cdc: bool) -> Vec<u8> {
+fn parquet_file(columns: &[(&str, &str)], changes: &[Change], cdc: bool) -> Vec<u8> {
     let mut fields = Vec::new();
     let mut cols: Vec<ArrayRef> = Vec::new();
     if cdc {
@@ -533,7 +698,7 @@ fn parquet_file(sh: &Shape, changes: &[Change], cdc: bool) -> Vec<u8> {
     cols.push(Arc::new(StringArray::from_iter_values(
         changes.iter().map(|c| ts_text(c.micros)),
     )));
-    for (i, (name, ty)) in sh.columns.iter().enumerate() {
+    for (i, (name, ty)) in columns.iter().enumerate() {
         let vals = changes.iter().map(|c| &c.row[i]);
         let (dt, arr): (DataType, ArrayRef) = match *ty {
             "INT8" => (DataType::Int64, Arc::new(vals.map(as_int).collect::<Int64Array>())),
@@ -711,6 +876,47 @@ mod tests {
                 assert!(seqs.values().any(|s| s.starts_with(marker)), "{name}: {seqs:?}");
             }
         }
+    }
+
+    #[test]
+    fn variety_makes_every_kind_of_table_and_configures_cleanly() {
+        let mut seen = Variant::default();
+        let (mut soft_deleted, mut noted_files, mut halves) = (0, 0, [0, 0]);
+        for seed in 0..20 {
+            let sim = simulate(&SimOptions {
+                seed,
+                tables: 2,
+                variety: true,
+                ..SimOptions::default()
+            });
+            Config::from_text(&sim.config("/l", "/s", "/q", "/d")).unwrap();
+            for (name, v) in &sim.variants {
+                seen.soft |= v.soft;
+                seen.partitioned |= v.partitioned;
+                seen.added_column |= v.added_column;
+                seen.load_after = seen.load_after.max(v.load_after);
+                let cols = &sim.columns[name];
+                assert_eq!(v.soft, cols.last().map(String::as_str) == Some(DELETED_FLAG), "{name}");
+                assert_eq!(v.added_column, cols.iter().any(|c| c == ADDED.0), "{name}");
+                if v.soft {
+                    soft_deleted += sim.expected[name]
+                        .iter()
+                        .filter(|r| r.last() == Some(&Value::Bool(true)))
+                        .count();
+                }
+            }
+            noted_files += sim
+                .files
+                .iter()
+                .filter(|f| f.key.ends_with(".csv") && String::from_utf8_lossy(&f.bytes).starts_with("Op,id,region,name,amount,active,updated,note"))
+                .count();
+            for f in &sim.files {
+                halves[f.epoch as usize] += 1;
+            }
+        }
+        assert!(seen.soft && seen.partitioned && seen.added_column && seen.load_after > 0, "{seen:?}");
+        assert!(soft_deleted > 0 && noted_files > 0, "{soft_deleted} {noted_files}");
+        assert!(halves[0] > 0 && halves[1] > 0, "{halves:?}");
     }
 
     #[test]

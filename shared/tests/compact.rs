@@ -403,3 +403,50 @@ async fn a_key_with_two_tombstone_rows_still_gets_each_change_once() {
         "{commits:?}"
     );
 }
+
+/// Compaction reads the table only once it holds the table's lease. Run B reads the log while
+/// run A takes the lease, compacts and lets go (forced here: A runs inside B's first log read).
+/// Had B read the table before taking the lease, B would optimize the files A already rewrote
+/// and every row would be in the table twice (found by the convergence cases, seed 2005).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_never_works_from_a_read_older_than_its_lease() {
+    use dms2delta::faults::{Call, FaultyStore};
+    use dms2delta::storage::{StoreWrapper, Stores};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    let m = Mini::new(SOURCE, COMPACT);
+    for i in 0..6u32 {
+        m.apply(
+            &format!("app/t/20240528-1951413{i:02}.csv"),
+            format!("I,{i},n{i},{}\n", i + 1).as_bytes(),
+        )
+        .await;
+    }
+    let before = m.rows("my.app.t", &["id", "name"]).await;
+    let armed = Arc::new(AtomicBool::new(true));
+    let inner_run: Arc<Mutex<Vec<CompactMetrics>>> = Arc::default();
+    let (a, armed_w, inner_w) = (m.pipeline.clone(), armed.clone(), inner_run.clone());
+    let handle = tokio::runtime::Handle::current();
+    let wrapper: StoreWrapper = Arc::new(move |store| {
+        let (a, armed, inner, handle) = (a.clone(), armed_w.clone(), inner_w.clone(), handle.clone());
+        Arc::new(FaultyStore::new(store, move |call, path| {
+            let log_read = call == Call::Get && path.as_ref().contains("_delta_log/");
+            if log_read && armed.swap(false, Ordering::SeqCst) {
+                let run = tokio::task::block_in_place(|| handle.block_on(compact(&a, true, None)));
+                inner.lock().unwrap().push(run);
+            }
+            false
+        }))
+    });
+    let stores = Stores::new(m.pipeline.config.config.storage.clone()).with_delta_wrapper(wrapper);
+    let b = dms2delta::pipeline::Pipeline::new(m.pipeline.config.clone(), Arc::new(stores));
+    let outer = compact(&b, true, None).await;
+    let inner = inner_run.lock().unwrap().clone();
+    assert_eq!(inner.len(), 1, "run A must have run inside run B's log read: {outer:?}");
+    // A found the lease taken (B holds it while it reads), so only B rewrote files.
+    assert!(inner[0].yielded, "A: {:?}; B: {outer:?}", inner[0]);
+    assert!(outer.files_in >= 4, "{outer:?}");
+    assert_eq!(m.rows("my.app.t", &["id", "name"]).await, before, "A: {inner:?}; B: {outer:?}");
+    assert_eq!(file_count(&m).await, 1);
+}

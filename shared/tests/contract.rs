@@ -60,6 +60,7 @@ both_modes! {
     a_late_change_after_a_delete_does_not_bring_the_row_back => a_late_change_after_a_delete_does_not_bring_the_row_back_dv,
     full_load_rows_sort_before_every_cdc_change => full_load_rows_sort_before_every_cdc_change_dv,
     soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes => soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes_dv,
+    a_soft_deleted_row_holds_its_full_delete_image_in_any_order => a_soft_deleted_row_holds_its_full_delete_image_in_any_order_dv,
     a_column_added_at_the_source_is_added_to_the_table => a_column_added_at_the_source_is_added_to_the_table_dv,
     a_column_the_source_did_not_log_keeps_its_value => a_column_the_source_did_not_log_keeps_its_value_dv,
     a_partitioned_table_follows_its_rows_across_partitions => a_partitioned_table_follows_its_rows_across_partitions_dv,
@@ -203,6 +204,42 @@ async fn soft_delete_keeps_the_row_flagged_and_still_refuses_late_changes(extra:
     assert_eq!(
         m.rows(T, &["id", "name", "_dms_deleted"]).await,
         vec![vec!["1", "again", "false"], vec!["9", "null", "true"]]
+    );
+}
+
+/// A full delete image (MySQL, Oracle with supplemental logging, PostgreSQL with REPLICA
+/// IDENTITY FULL) is the row as it was deleted: the soft-deleted row holds it whether the older
+/// changes came before the delete, after it, or not at all.
+async fn a_soft_deleted_row_holds_its_full_delete_image_in_any_order(extra: &str) {
+    let soft = SEQ_SOURCE.replace("keys: [id]", "keys: [id]\n        delete_mode: soft");
+    let files: [(String, &[u8]); 3] = [
+        (cdc(1), b"I,1,a,1,1\n"),
+        (cdc(2), b"U,1,b,2,3\n"),
+        (cdc(3), b"D,1,b,2,5\n"),
+    ];
+    // The delete alone: its sequence is what every order must store.
+    let alone = Mini::new(&soft, extra);
+    alone.apply(&files[2].0, files[2].1).await;
+    let want = alone.rows(T, &["id", "name", "n", "_dms_deleted", "_dms_seq"]).await;
+    assert_eq!(want[0][..4], ["1", "b", "2", "true"]);
+    for order in [[0, 1, 2], [2, 0, 1], [1, 2, 0], [0, 2, 1]] {
+        let m = Mini::new(&soft, extra);
+        for i in order {
+            m.apply(&files[i].0, files[i].1).await;
+        }
+        assert_eq!(
+            m.rows(T, &["id", "name", "n", "_dms_deleted", "_dms_seq"]).await,
+            want,
+            "order {order:?}"
+        );
+    }
+    // A key-only image after a full row keeps the row's values.
+    let m = Mini::new(&soft, extra);
+    m.apply(&cdc(1), b"I,2,c,3,1\n").await;
+    m.apply(&cdc(2), b"D,2,,,4\n").await;
+    assert_eq!(
+        m.rows(T, &["id", "name", "n", "_dms_deleted"]).await,
+        vec![vec!["2", "c", "3", "true"]]
     );
 }
 

@@ -165,14 +165,16 @@ async fn any_order_duplicates_crashes_and_concurrency_converge_on_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_errors_and_dropped_connections_still_converge() {
     let moto = support::s3::moto();
-    let cases: u64 = std::env::var("DMS2DELTA_S3_FAULT_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let (seeds, replay) = seeds("S3_FAULT", 7000, 3, 1);
+    let replay = replay
+        .map(|r| format!("fresh seeds this run; replay them with {r} cargo test -p dms2delta --test s3 s3_errors"))
+        .unwrap_or_default();
+    shown(&replay);
+    let cases = seeds.len();
     let mut failures = Vec::new();
     let mut injected = 0;
     let mut total = CaseStats::default();
-    for seed in 7000..7000 + cases {
+    for &seed in &seeds {
         let proxy = FaultProxy::start(&moto.url, 0.04, seed).await;
         match run_case_via(seed, On::S3, Some(&proxy.url), || proxy.disable()).await {
             Ok(stats) => total += stats,
@@ -186,11 +188,11 @@ async fn s3_errors_and_dropped_connections_still_converge() {
     ));
     assert!(
         failures.is_empty(),
-        "{} of {cases} cases failed:\n{}",
+        "{} of {cases} cases failed ({replay}):\n{}",
         failures.len(),
         failures.join("\n")
     );
-    assert!(injected > 0, "the proxy injected nothing");
+    assert!(injected > 0, "the proxy injected nothing ({replay})");
 }
 
 /// A Delta log write on S3 lands but its answer is lost (table log and tombstone log) while

@@ -773,9 +773,22 @@ async fn merge(
             })?;
         }
         DeleteMode::Soft => {
+            // A full delete image is the row as it was deleted, whatever order the changes
+            // came in; a key-only image (PostgreSQL's default replica identity) carries no
+            // values, so the row keeps the ones it has. See merge_on_read's `full_image`.
+            let full_image = data_cols
+                .iter()
+                .filter(|c| !spec.keys.contains(c))
+                .map(|c| s(c).is_not_null())
+                .reduce(Expr::or)
+                .unwrap_or_else(|| lit(false));
             m = m.when_matched_update(|u| {
-                u.predicate(newer.clone().and(is_delete.clone()))
-                    .update(target_col(DELETED), s(DELETED))
+                let mut u = u.predicate(newer.clone().and(is_delete.clone()));
+                for c in data_cols.iter().filter(|c| !spec.keys.contains(c)) {
+                    let image = when(full_image.clone(), value(c)).otherwise(t(c)).unwrap_or_else(|_| t(c));
+                    u = u.update(target_col(c), image);
+                }
+                u.update(target_col(DELETED), s(DELETED))
                     .update(target_col(DELETED_AT), s(DELETED_AT))
                     .update(target_col(SEQ), s(SEQ))
                     .update(target_col(COMMIT_TS), s(COMMIT_TS))
@@ -804,8 +817,8 @@ async fn merge(
             // tombstone that keeps a late insert from bringing the key back.
             m = m.when_not_matched_insert(|i| {
                 let mut i = i.predicate(is_delete.clone());
-                for k in &spec.keys {
-                    i = i.set(target_col(k), s(k));
+                for c in &data_cols {
+                    i = i.set(target_col(c), s(c));
                 }
                 i.set(target_col(SEQ), s(SEQ))
                     .set(target_col(COMMIT_TS), s(COMMIT_TS))

@@ -149,10 +149,6 @@ impl<'a> CompactBuilder<'a> {
             }
         }
 
-        let (table, exists) = lake::open(self.stores, &loc).await?;
-        if !exists {
-            return Ok(m);
-        }
         // One maintenance run per table at a time (see `lease`): another holder means the work
         // is being done; this run gives way.
         let (lake_store, lake_root) = self.stores.resolve(&self.config.lake)?;
@@ -180,7 +176,15 @@ impl<'a> CompactBuilder<'a> {
             m.duration_ms = started.elapsed().as_millis() as u64;
             return Ok(m);
         };
-        let result = self.maintain(table, &spec, last_cp, now, m, started).await;
+        // The table is read under the lease, never before it: a snapshot read earlier could
+        // predate the commit of a run that held the lease meanwhile, and optimizing from it
+        // would rewrite the files that run already rewrote (every row twice; delta-rs does not
+        // see two such OPTIMIZE commits as conflicting).
+        let result = match lake::open(self.stores, &loc).await {
+            Ok((table, true)) => self.maintain(table, &spec, last_cp, now, m, started).await,
+            Ok((_, false)) => Ok(m),
+            Err(e) => Err(e),
+        };
         // Released on failure too, so the next run need not wait for the expiry.
         let released = lease.release(lake_store.as_ref()).await;
         let m = result?;

@@ -474,9 +474,10 @@ pub async fn purge_deleted_rows(table: DeltaTable, percent: u32) -> DeltaResult<
 enum Kind {
     /// The change's values (old ones where the change did not log a column).
     Upsert,
-    /// The stored row, flagged deleted (soft delete of a stored key).
+    /// Flagged deleted (soft delete of a stored key): the delete's values where its image is
+    /// full, else the stored row's (see [`full_images`]).
     SoftDelete,
-    /// Keys only, flagged deleted (soft delete of a key the table never held).
+    /// The delete's image, flagged deleted (soft delete of a key the table never held).
     Marker,
 }
 
@@ -680,6 +681,7 @@ pub async fn apply(
             &new_rows,
             nosup.as_ref(),
             &commit_ts,
+            &full_images(&source, &spec.keys),
         )?;
         writer.write(batch).await?;
         let adds = writer.flush().await?;
@@ -747,7 +749,26 @@ fn loose_bounds(stats: &str) -> String {
     }
 }
 
+/// Per change: whether it carries values beyond its key. A soft-deleted row takes a full delete
+/// image's values, which are the row as it was deleted whatever order the changes arrived in; a
+/// key-only image (PostgreSQL's default replica identity) has none, so the row keeps its own.
+/// The copy-on-write MERGE applies the same rule as an expression.
+fn full_images(source: &RecordBatch, keys: &[String]) -> Vec<bool> {
+    let schema = source.schema();
+    let values: Vec<&ArrayRef> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with("_dms_") && !keys.contains(f.name()))
+        .map(|(i, _)| source.column(i))
+        .collect();
+    (0..source.num_rows())
+        .map(|r| values.iter().any(|c| !c.is_null(r)))
+        .collect()
+}
+
 /// The new row versions, in the writer's schema.
+#[allow(clippy::too_many_arguments)]
 fn new_rows_batch(
     schema: &SchemaRef,
     keys: &[String],
@@ -756,6 +777,7 @@ fn new_rows_batch(
     rows: &[NewRow],
     nosup: Option<&StringArray>,
     commit_ts: &TimestampMicrosecondArray,
+    full: &[bool],
 ) -> DeltaResult<RecordBatch> {
     let src_schema = source.schema();
     let take_src = |name: &str, t: &DataType| -> DeltaResult<ArrayRef> {
@@ -799,12 +821,12 @@ fn new_rows_batch(
                 let null_at = hits.len() + 1;
                 let pick = |r: &NewRow| -> (usize, usize) {
                     let c = r.change as usize;
+                    let unlogged =
+                        || nosup.is_some_and(|n| !n.is_null(c) && n.value(c).contains(&format!("|{name}|")));
                     let keep_old = match r.kind {
-                        Kind::SoftDelete => true,
-                        Kind::Marker => return if is_key { (0, c) } else { (null_at, 0) },
-                        Kind::Upsert => {
-                            nosup.is_some_and(|n| !n.is_null(c) && n.value(c).contains(&format!("|{name}|")))
-                        }
+                        Kind::SoftDelete => !is_key && (!full[c] || unlogged()),
+                        Kind::Marker => false,
+                        Kind::Upsert => unlogged(),
                     };
                     match (keep_old, r.old) {
                         (true, Some((h, pos))) => (1 + h, pos),

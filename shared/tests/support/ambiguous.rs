@@ -71,6 +71,7 @@ async fn run(seed: u64, on: On, dv: bool) -> Result<Lost, String> {
         changes: 30,
         max_file_changes: 4,
         formats: Format::ALL.to_vec(),
+        variety: false,
     };
     let lost: Arc<Mutex<Vec<(LostEntry, bool)>>> = Arc::default();
     let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));

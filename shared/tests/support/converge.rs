@@ -36,6 +36,15 @@ pub struct CaseStats {
     pub compactions: u64,
     pub compactions_changed: u64,
     pub compacted_files: u64,
+    /// Maintenance with the clock moved past every retention, between the halves of a history
+    /// or after it: tombstones it expired and unreferenced data files it vacuumed.
+    pub tombstones_expired: u64,
+    pub files_vacuumed: u64,
+    /// Tables of each kind the cases simulated (see `dms2delta::sim::Variant`).
+    pub soft_tables: u64,
+    pub partitioned_tables: u64,
+    pub added_column_tables: u64,
+    pub overlapping_loads: u64,
 }
 
 impl std::ops::AddAssign for CaseStats {
@@ -46,6 +55,12 @@ impl std::ops::AddAssign for CaseStats {
         self.compactions += o.compactions;
         self.compactions_changed += o.compactions_changed;
         self.compacted_files += o.compacted_files;
+        self.tombstones_expired += o.tombstones_expired;
+        self.files_vacuumed += o.files_vacuumed;
+        self.soft_tables += o.soft_tables;
+        self.partitioned_tables += o.partitioned_tables;
+        self.added_column_tables += o.added_column_tables;
+        self.overlapping_loads += o.overlapping_loads;
     }
 }
 
@@ -53,8 +68,21 @@ impl fmt::Display for CaseStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} crashes, {} failed log writes, {} commit conflicts, {} compactions ({} wrote a checkpoint or rewrote files, {} files rewritten)",
-            self.crashes, self.log_faults, self.conflicts, self.compactions, self.compactions_changed, self.compacted_files
+            "{} crashes, {} failed log writes, {} commit conflicts, {} compactions ({} wrote a checkpoint or rewrote files, {} files rewritten), \
+             {} tombstones expired and {} files vacuumed with the clock past retention; tables: {} soft delete, {} partitioned, \
+             {} with a column added mid-stream, {} with a full load overlapping CDC",
+            self.crashes,
+            self.log_faults,
+            self.conflicts,
+            self.compactions,
+            self.compactions_changed,
+            self.compacted_files,
+            self.tombstones_expired,
+            self.files_vacuumed,
+            self.soft_tables,
+            self.partitioned_tables,
+            self.added_column_tables,
+            self.overlapping_loads
         )
     }
 }
@@ -68,6 +96,12 @@ impl CaseStats {
             (self.log_faults, "failed log write"),
             (self.conflicts, "commit conflict"),
             (self.compactions_changed, "compaction that changed the table"),
+            (self.tombstones_expired, "tombstone expiry"),
+            (self.files_vacuumed, "vacuumed file"),
+            (self.soft_tables, "soft-delete table"),
+            (self.partitioned_tables, "partitioned table"),
+            (self.added_column_tables, "column added mid-stream"),
+            (self.overlapping_loads, "full load overlapping CDC"),
         ]
         .iter()
         .filter(|(n, _)| *n == 0)
@@ -93,6 +127,8 @@ struct Counters {
     compactions: AtomicU64,
     compactions_changed: AtomicU64,
     compacted_files: AtomicU64,
+    tombstones_expired: AtomicU64,
+    files_vacuumed: AtomicU64,
 }
 
 impl Counters {
@@ -108,6 +144,9 @@ impl Counters {
             compactions: self.compactions.load(Ordering::Relaxed),
             compactions_changed: self.compactions_changed.load(Ordering::Relaxed),
             compacted_files: self.compacted_files.load(Ordering::Relaxed),
+            tombstones_expired: self.tombstones_expired.load(Ordering::Relaxed),
+            files_vacuumed: self.files_vacuumed.load(Ordering::Relaxed),
+            ..CaseStats::default()
         }
     }
 
@@ -166,11 +205,25 @@ pub fn seeds(prefix: &str, base: u64, cases: u64, fresh: u64) -> (Vec<u64>, Opti
 const CASE_COMPACTION: &str = "compact:\n  min_small_files: 2\n  checkpoint_interval: 4\n  check_every_commits: 2\n";
 
 /// One randomized run, on local folders or on the S3 endpoint: shuffled delivery with
-/// duplicates, one to three tables per source, crashes at every stage boundary and inside the
-/// commit, failed Delta log writes (after data files were written), compaction running between
-/// commits, 1 to 8 workers. Returns what adversity it injected; every error names the seed.
+/// duplicates, one to three tables per source of every kind the simulator makes (soft delete,
+/// partitioned, a column added mid-stream, a full load overlapping CDC, NULL and empty values,
+/// equal commit times), crashes at every stage boundary and inside the commit, failed Delta log
+/// writes (after data files were written), compaction running between commits, 1 to 8 workers,
+/// and maintenance with the clock past every retention (tombstone expiry, vacuum): between the
+/// two halves of the history in some cases, after it in others. Returns what adversity it
+/// injected; every error names the seed.
 pub async fn run_case(seed: u64, on: On) -> Result<CaseStats, String> {
     run_case_via(seed, on, None, || {}).await
+}
+
+/// What the workers of a case share.
+struct Case {
+    fault_rng: Arc<Mutex<fastrand::Rng>>,
+    counters: Arc<Counters>,
+    /// Chance that a failpoint fires, and that a finished commit is followed by a compaction.
+    crash: f64,
+    compact: f64,
+    workers: usize,
 }
 
 /// [`run_case`] with the pipeline reaching S3 through `endpoint` (a fault-injecting proxy);
@@ -202,6 +255,7 @@ pub async fn run_case_via(
             }
             f
         },
+        variety: true,
     };
     let counters = Arc::new(Counters::default());
     let fault_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)));
@@ -227,127 +281,47 @@ pub async fn run_case_via(
     let workers = rng.usize(1..=8);
     // How often a finished commit is followed by a compaction of its table (never in some cases).
     let compact = if rng.u8(0..4) == 0 { 0.0 } else { rng.f64() * 0.5 };
+    // Deliver the history in two halves with expiry and vacuum in between, or all at once.
+    let halves = rng.bool();
     let context = format!(
         "seed {seed} on {on:?} ({} tables per source, formats {:?}, {workers} workers, crash {crash:.2}, \
-         log fault {log_fault:.2}, compaction {compact:.2}, deletion vectors {dv})",
+         log fault {log_fault:.2}, compaction {compact:.2}, deletion vectors {dv}, delivered in halves {halves})",
         opts.tables, opts.formats
     );
     let lab = Lab::configured(on, &opts, Some(wrapper), endpoint, dv, CASE_COMPACTION).await;
+    let case = Case {
+        fault_rng,
+        counters: counters.clone(),
+        crash,
+        compact,
+        workers,
+    };
     let run = async {
-        let mut deliveries: Vec<Task> = lab.sim.files.iter().map(|f| Task::Decode(f.key.clone())).collect();
-        for _ in 0..rng.usize(0..=deliveries.len()) {
-            let d = deliveries[rng.usize(0..deliveries.len())].clone();
-            deliveries.push(d);
-        }
-        rng.shuffle(&mut deliveries);
-        let queue = Arc::new(Mutex::new(VecDeque::from(deliveries)));
-        let mut handles = Vec::new();
-        for w in 0..workers {
-            let queue = queue.clone();
-            let pipeline = lab.pipeline.clone();
-            let bucket = lab.bucket.clone();
-            let (fr, counters) = (fault_rng.clone(), counters.clone());
-            handles.push(tokio::spawn(async move {
-                let fail = {
-                    let (fr, counters) = (fr.clone(), counters.clone());
-                    Failpoints::new(move |_| {
-                        let fire = fr.lock().unwrap().f64() < crash;
-                        if fire {
-                            Counters::add(&counters.crashes, 1);
-                        }
-                        fire
-                    })
-                };
-                let mut budget = 10_000;
-                loop {
-                    let task = queue.lock().unwrap().pop_front();
-                    let Some(task) = task else { break };
-                    budget -= 1;
-                    if budget == 0 {
-                        return Err(format!("worker {w} did not finish within 10000 tasks"));
-                    }
-                    let requeue = || queue.lock().unwrap().push_back(task.clone());
-                    match &task {
-                        Task::Decode(key) => {
-                            match pipeline.decode(&bucket, key, Some("etag".into()), fail.clone()).await {
-                                Ok(DecodeOutcome::Staged(m)) => {
-                                    for t in m.tables {
-                                        let mut p = t.table.splitn(3, '.');
-                                        let (a, b, c) = (
-                                            p.next().unwrap_or_default(),
-                                            p.next().unwrap_or_default(),
-                                            p.next().unwrap_or_default(),
-                                        );
-                                        queue
-                                            .lock()
-                                            .unwrap()
-                                            .push_back(Task::Commit(a.into(), b.into(), c.into()));
-                                    }
-                                }
-                                Ok(other) => return Err(format!("decode {key}: unexpected {other:?}")),
-                                Err(e) if e.is_retryable() => requeue(),
-                                Err(e) => return Err(format!("decode {key}: {e}")),
-                            }
-                        }
-                        Task::Commit(a, b, c) => match pipeline.commit(a, b, c, fail.clone()).await {
-                            Ok(m) => {
-                                counters.commit(&m)?;
-                                if fr.lock().unwrap().f64() < compact {
-                                    queue
-                                        .lock()
-                                        .unwrap()
-                                        .push_back(Task::Compact(a.clone(), b.clone(), c.clone()));
-                                }
-                            }
-                            Err(e) if e.is_retryable() => {
-                                if let dms2delta::Error::Conflict { attempts, .. } = &e {
-                                    Counters::add(&counters.conflicts, u64::from(*attempts));
-                                }
-                                requeue()
-                            }
-                            Err(e) => return Err(format!("commit {a}.{b}.{c}: {e}")),
-                        },
-                        Task::Compact(a, b, c) => {
-                            // Forced runs also checkpoint, vacuum and expire tombstones.
-                            let force = fr.lock().unwrap().bool();
-                            let r = CompactBuilder::new(pipeline.config.clone(), &pipeline.stores)
-                                .with_table(a, b, c)
-                                .with_force(force)
-                                .await;
-                            match r {
-                                Ok(m) => {
-                                    Counters::add(&counters.compactions, 1);
-                                    let rewritten = m.files_in + m.files_purged;
-                                    if rewritten > 0 || m.checkpoint_written {
-                                        Counters::add(&counters.compactions_changed, 1);
-                                    }
-                                    Counters::add(&counters.compacted_files, rewritten);
-                                }
-                                // Compaction is best effort: the next commit brings it back.
-                                Err(e) if e.is_retryable() => {}
-                                Err(e) => return Err(format!("compact {a}.{b}.{c}: {e}")),
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            }));
-        }
-        for h in handles {
-            h.await.map_err(|e| format!("worker: {e}"))??;
-        }
-        // Whatever crashed last is picked up by the next invocation (here: one sweep, no faults).
-        let mut sweeps = 0;
-        loop {
-            match lab.pipeline.commit_all().await {
-                Ok(ms) => {
-                    for m in &ms {
-                        counters.commit(m)?;
-                    }
-                    break;
-                }
-                Err(e) if e.is_retryable() && sweeps < 100 => sweeps += 1,
-                Err(e) => return Err(format!("final commit sweep: {e}")),
+        let keys = |epoch: Option<u8>| -> Vec<String> {
+            lab.sim
+                .files
+                .iter()
+                .filter(|f| epoch.is_none_or(|e| f.epoch == e))
+                .map(|f| f.key.clone())
+                .collect()
+        };
+        let phases = if halves {
+            vec![keys(Some(0)), keys(Some(1))]
+        } else {
+            vec![keys(None)]
+        };
+        for (i, phase) in phases.iter().enumerate() {
+            let mut deliveries: Vec<Task> = phase.iter().map(|k| Task::Decode(k.clone())).collect();
+            for _ in 0..rng.usize(0..=deliveries.len()) {
+                let d = deliveries[rng.usize(0..deliveries.len())].clone();
+                deliveries.push(d);
+            }
+            rng.shuffle(&mut deliveries);
+            deliver(&lab, &case, deliveries).await?;
+            sweep(&lab, &counters).await?;
+            // Expiry between the halves: every change after it is newer than what expired.
+            if i == 0 || rng.bool() {
+                expire(&lab, &counters).await?;
             }
         }
         before_check();
@@ -363,5 +337,168 @@ pub async fn run_case_via(
         Ok(())
     };
     run.await.map_err(|e| format!("{context}: {e}"))?;
-    Ok(counters.stats())
+    let mut stats = counters.stats();
+    for v in lab.sim.variants.values() {
+        stats.soft_tables += u64::from(v.soft);
+        stats.partitioned_tables += u64::from(v.partitioned);
+        stats.added_column_tables += u64::from(v.added_column);
+        stats.overlapping_loads += u64::from(v.load_after > 0);
+    }
+    Ok(stats)
+}
+
+/// Runs `deliveries` (and the commits and compactions they lead to) on the case's workers.
+async fn deliver(lab: &Lab, case: &Case, deliveries: Vec<Task>) -> Result<(), String> {
+    let queue = Arc::new(Mutex::new(VecDeque::from(deliveries)));
+    let mut handles = Vec::new();
+    for w in 0..case.workers {
+        let queue = queue.clone();
+        let pipeline = lab.pipeline.clone();
+        let bucket = lab.bucket.clone();
+        let (fr, counters) = (case.fault_rng.clone(), case.counters.clone());
+        let (crash, compact) = (case.crash, case.compact);
+        handles.push(tokio::spawn(async move {
+            let fail = {
+                let (fr, counters) = (fr.clone(), counters.clone());
+                Failpoints::new(move |_| {
+                    let fire = fr.lock().unwrap().f64() < crash;
+                    if fire {
+                        Counters::add(&counters.crashes, 1);
+                    }
+                    fire
+                })
+            };
+            let mut budget = 10_000;
+            loop {
+                let task = queue.lock().unwrap().pop_front();
+                let Some(task) = task else { break };
+                budget -= 1;
+                if budget == 0 {
+                    return Err(format!("worker {w} did not finish within 10000 tasks"));
+                }
+                let requeue = || queue.lock().unwrap().push_back(task.clone());
+                match &task {
+                    Task::Decode(key) => match pipeline.decode(&bucket, key, Some("etag".into()), fail.clone()).await {
+                        Ok(DecodeOutcome::Staged(m)) => {
+                            for t in m.tables {
+                                let mut p = t.table.splitn(3, '.');
+                                let (a, b, c) = (
+                                    p.next().unwrap_or_default(),
+                                    p.next().unwrap_or_default(),
+                                    p.next().unwrap_or_default(),
+                                );
+                                queue
+                                    .lock()
+                                    .unwrap()
+                                    .push_back(Task::Commit(a.into(), b.into(), c.into()));
+                            }
+                        }
+                        Ok(other) => return Err(format!("decode {key}: unexpected {other:?}")),
+                        Err(e) if e.is_retryable() => requeue(),
+                        Err(e) => return Err(format!("decode {key}: {e}")),
+                    },
+                    Task::Commit(a, b, c) => match pipeline.commit(a, b, c, fail.clone()).await {
+                        Ok(m) => {
+                            counters.commit(&m)?;
+                            if fr.lock().unwrap().f64() < compact {
+                                queue
+                                    .lock()
+                                    .unwrap()
+                                    .push_back(Task::Compact(a.clone(), b.clone(), c.clone()));
+                            }
+                        }
+                        Err(e) if e.is_retryable() => {
+                            if let dms2delta::Error::Conflict { attempts, .. } = &e {
+                                Counters::add(&counters.conflicts, u64::from(*attempts));
+                            }
+                            requeue()
+                        }
+                        Err(e) => return Err(format!("commit {a}.{b}.{c}: {e}")),
+                    },
+                    Task::Compact(a, b, c) => {
+                        // Forced runs also checkpoint, vacuum and expire tombstones.
+                        let force = fr.lock().unwrap().bool();
+                        let r = CompactBuilder::new(pipeline.config.clone(), &pipeline.stores)
+                            .with_table(a, b, c)
+                            .with_force(force)
+                            .await;
+                        match r {
+                            Ok(m) => {
+                                Counters::add(&counters.compactions, 1);
+                                let rewritten = m.files_in + m.files_purged;
+                                if rewritten > 0 || m.checkpoint_written {
+                                    Counters::add(&counters.compactions_changed, 1);
+                                }
+                                Counters::add(&counters.compacted_files, rewritten);
+                            }
+                            // Compaction is best effort: the next commit brings it back.
+                            Err(e) if e.is_retryable() => {}
+                            Err(e) => return Err(format!("compact {a}.{b}.{c}: {e}")),
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    for h in handles {
+        h.await.map_err(|e| format!("worker: {e}"))??;
+    }
+    Ok(())
+}
+
+/// Whatever crashed last is picked up by the next invocation (here: one sweep, no crashes).
+async fn sweep(lab: &Lab, counters: &Counters) -> Result<(), String> {
+    let mut sweeps = 0;
+    loop {
+        match lab.pipeline.commit_all().await {
+            Ok(ms) => {
+                for m in &ms {
+                    counters.commit(m)?;
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() && sweeps < 100 => sweeps += 1,
+            Err(e) => return Err(format!("final commit sweep: {e}")),
+        }
+    }
+}
+
+/// Forced maintenance of every table with the clock a day past both retentions, as a compact
+/// run long after the changes so far: their tombstones expire and the files their commits
+/// replaced are vacuumed. Runs without the fault-injecting store wrapper (a proxy in front of
+/// the endpoint still fails some requests), and the counts are those of the run that finished.
+async fn expire(lab: &Lab, counters: &Counters) -> Result<(), String> {
+    let config = lab.pipeline.config.clone();
+    let stores = dms2delta::storage::Stores::new(config.config.storage.clone());
+    let hours = config.config.commit.tombstone_retention_hours.max(config.config.compact.vacuum_retention_hours) as i64;
+    let later = chrono::Utc::now().timestamp_millis() + (hours + 24) * 3_600_000;
+    for name in lab.sim.expected.keys() {
+        let mut p = name.splitn(3, '.');
+        let (a, b, c) = (
+            p.next().unwrap_or_default(),
+            p.next().unwrap_or_default(),
+            p.next().unwrap_or_default(),
+        );
+        // Through the fault proxy, S3 errors reach this run too: retry as the next run would.
+        let mut attempts = 0;
+        let m = loop {
+            let r = CompactBuilder::new(config.clone(), &stores)
+                .with_table(a, b, c)
+                .with_force(true)
+                .with_now_millis(later)
+                .await;
+            match r {
+                Ok(m) => break m,
+                Err(e) if e.is_retryable() && attempts < 20 => attempts += 1,
+                Err(e) => return Err(format!("maintenance of {name} past the retentions: {e}")),
+            }
+        };
+        if m.yielded {
+            return Err(format!("maintenance of {name} past the retentions gave way: {m:?}"));
+        }
+        Counters::add(&counters.tombstones_expired, m.tombstones_dropped);
+        Counters::add(&counters.files_vacuumed, m.files_vacuumed);
+    }
+    Ok(())
 }

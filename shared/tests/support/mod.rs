@@ -256,6 +256,7 @@ impl Lab {
                 actual.push(row);
             }
             actual.sort();
+            let actual = self.sim.comparable(name, actual);
             if &actual != expected {
                 return Err(format!(
                     "table {name}: {} rows expected, {} read\n{}",
