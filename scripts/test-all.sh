@@ -45,7 +45,7 @@ step "template.yaml: security scan (checkov; every finding fixed or justified in
 "$CHECKOV_VENV/bin/checkov" -f template.yaml --framework cloudformation --compact --quiet --skip-download
 
 step "cargo test"
-export DMS2DELTA_CONVERGENCE_CASES="${DMS2DELTA_CONVERGENCE_CASES:-100}"
+export DMS2DELTA_CONVERGENCE_CASES="${DMS2DELTA_CONVERGENCE_CASES:-60}"
 cargo test --workspace --no-fail-fast 2>&1 | tee "${TMPDIR:-/tmp}/dms2delta-test.log"
 status=${PIPESTATUS[0]}
 if [ "$status" -ne 0 ]; then
