@@ -476,7 +476,11 @@ async fn expire(lab: &Lab, counters: &Counters) -> Result<(), String> {
         .commit
         .tombstone_retention_hours
         .max(config.config.compact.vacuum_retention_hours) as i64;
-    let later = chrono::Utc::now().timestamp_millis() + (hours + 24) * 3_600_000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let later = now_ms + (hours + 24) * 3_600_000;
     for name in lab.sim.expected.keys() {
         let mut p = name.splitn(3, '.');
         let (a, b, c) = (
