@@ -63,7 +63,8 @@ pub fn is_meta(name: &str) -> bool {
 }
 
 /// Builds sequence strings. Text order equals change order:
-/// - full-load rows: `0L<file stem>:<row>`, below every CDC change;
+/// - full-load rows: `0L<file stem>:<row>`, or `0L<folder>/<file stem>:<row>` for a file in a
+///   sub-folder of its table folder (a parallel-load partition), below every CDC change;
 /// - CDC rows with `$AR_H_CHANGE_SEQ`: `1S<35 digits>`;
 /// - other CDC rows: `1F<18 digits of the file name's UTC time>:<row>`.
 ///
@@ -73,8 +74,20 @@ pub struct Sequence;
 
 impl Sequence {
     pub fn load(out: &mut String, stem: &str, row: u64) {
+        Sequence::load_in(out, None, stem, row);
+    }
+
+    /// A full-load row of file `stem` in `folder` below its table folder. Parallel-load
+    /// partitions each write their own `LOAD00000001`: with the folder in it, no two files'
+    /// rows share a sequence. A folder never holds `/` at its ends and a stem never holds one,
+    /// so `folder/stem` names one file; the `0L` start keeps every one below CDC changes.
+    pub fn load_in(out: &mut String, folder: Option<&str>, stem: &str, row: u64) {
         out.clear();
         out.push_str("0L");
+        if let Some(f) = folder {
+            out.push_str(f);
+            out.push('/');
+        }
         out.push_str(stem);
         out.push(':');
         push_row(out, row);
@@ -121,7 +134,15 @@ impl Sequence {
     }
 
     pub fn load_prefix(stem: &str) -> String {
-        format!("0L{stem}:")
+        Sequence::load_prefix_in(None, stem)
+    }
+
+    /// [`Sequence::load_in`]'s text before the row number.
+    pub fn load_prefix_in(folder: Option<&str>, stem: &str) -> String {
+        match folder {
+            Some(f) => format!("0L{f}/{stem}:"),
+            None => format!("0L{stem}:"),
+        }
     }
 
     pub fn file_prefix(time_digits: &str) -> String {
@@ -1283,6 +1304,47 @@ pub(crate) mod tests {
             Sequence::load(&mut one, "LOAD00000001", row);
             assert_eq!(b.value(i), one);
         }
+        let c = Sequence::positional(
+            &Sequence::load_prefix_in(Some("p_2024"), "LOAD00000001"),
+            rows.iter().copied(),
+        )
+        .unwrap();
+        for (i, &row) in rows.iter().enumerate() {
+            Sequence::load_in(&mut one, Some("p_2024"), "LOAD00000001", row);
+            assert_eq!(c.value(i), one);
+        }
+    }
+
+    #[test]
+    fn parallel_load_partitions_never_share_sequences_and_stay_below_cdc() {
+        let mut cdc = String::new();
+        Sequence::file(&mut cdc, "000101010000000000", 1);
+        let mut lowest_change_seq = String::new();
+        Sequence::change_seq(&mut lowest_change_seq, "0").unwrap();
+        let mut seen = std::collections::HashSet::new();
+        // Partition names as a source may spell them, including ones that sort high as text.
+        for folder in [
+            None,
+            Some("p1"),
+            Some("p2"),
+            Some("zzz"),
+            Some("~~"),
+            Some("2024/05/28"),
+        ] {
+            for stem in ["LOAD00000001", "LOAD00000002", "SEGMENT1_LOAD00000001"] {
+                for row in [1, 2] {
+                    let mut s = String::new();
+                    Sequence::load_in(&mut s, folder, stem, row);
+                    assert!(s < cdc && s < lowest_change_seq, "{s}");
+                    assert!(seen.insert(s.clone()), "{s} twice");
+                }
+            }
+        }
+        // A file in the table folder keeps the sequences it always had.
+        let (mut plain, mut none) = (String::new(), String::new());
+        Sequence::load(&mut plain, "LOAD00000001", 3);
+        Sequence::load_in(&mut none, None, "LOAD00000001", 3);
+        assert_eq!(plain, none);
     }
 
     #[test]

@@ -104,8 +104,10 @@ impl BadInputKind {
                  mark ColumnIsPk in `table_definitions`), then run reprocess"
             }
             BadInputKind::UnroutableKey => {
-                "the key must look like [bucket_folder/]schema/table/[date folders/]file: check the \
-                 source's `bucket_folder`, `cdc_path` and `date_partitioning` settings"
+                "the key must look like [bucket_folder/]schema/table/[date folders/]file, or \
+                 [bucket_folder/]schema/table/<partition folder>/LOAD… for a parallel full load: \
+                 check the source's `bucket_folder`, `cdc_path` and `date_partitioning` settings, \
+                 then run reprocess"
             }
             BadInputKind::IncompatibleSchema => {
                 "the column's type changed in a way Delta cannot widen, or a Parquet column's type \

@@ -24,8 +24,14 @@ pub struct Routed {
     pub schema: Option<String>,
     pub table: Option<String>,
     pub kind: FileKind,
-    /// The file name without folders and extensions, e.g. `LOAD0000000A` or `20240528-195141380`.
+    /// The file name without folders and extensions, e.g. `LOAD0000000A`, `SEGMENT2_LOAD00000001`
+    /// or `20240528-195141380`.
     pub stem: String,
+    /// For a full-load file below a sub-folder of its table folder (a parallel-load partition or
+    /// segment folder, or date folders): that folder path, e.g. `p2024_q1`. Every partition of a
+    /// parallel load starts its own `LOAD00000001`, so the folder is part of the file's identity
+    /// wherever the name alone would be (its rows' sequences).
+    pub load_folder: Option<String>,
     /// For CDC and CDC_TXN files: the UTC time of the name as 18 digits `YYYYMMDDHHMMSSmmmm`.
     pub time_digits: Option<String>,
 }
@@ -113,6 +119,7 @@ fn route_in(config: &Validated, source: usize, rest: &str, key: &str) -> Result<
             kind: FileKind::CdcTxn,
             stem: stem.to_string(),
             time_digits: Some(digits),
+            load_folder: None,
         }));
     }
 
@@ -122,16 +129,53 @@ fn route_in(config: &Validated, source: usize, rest: &str, key: &str) -> Result<
         ));
     }
     let (schema, table) = (folders[0], folders[1]);
-    check_date_folders(&folders[2..], src.date_partitioning.enabled, &src.date_partitioning)
-        .map_err(|w| unroutable(&w))?;
+    let below = &folders[2..];
+    let dp = &src.date_partitioning;
 
-    let (kind, time_digits) = if stem.starts_with("LOAD") {
-        (FileKind::Load, None)
+    let (kind, time_digits, load_folder) = if is_load_stem(stem) {
+        // A full-load file in a sub-folder is one series of a parallel load (partitions-auto,
+        // partitions-list, ranges with segment-names: one folder named after the partition or
+        // segment), or sits in date folders. Either way the folder path tells its series apart
+        // from the other folders' series of the same names, so the two need no telling apart.
+        let folder = match below {
+            [] => None,
+            [one] => Some((*one).to_string()),
+            _ if dp.enabled && check_date_folders(below, dp).is_ok() => Some(below.join("/")),
+            _ => {
+                return Err(unroutable(&format!(
+                    "a full-load file {} folders below the table folder (`{}`): DMS parallel load \
+                     writes one partition or segment folder (schema/table/<partition>/LOAD…), and \
+                     several folders are only read as date folders matching `date_partitioning`; \
+                     check the source's `bucket_folder` and `date_partitioning`",
+                    below.len(),
+                    below.join("/")
+                )))
+            }
+        };
+        (FileKind::Load, None, folder)
     } else if let Some(d) = cdc_name_digits(stem) {
-        (FileKind::Cdc, Some(d))
+        if !below.is_empty() {
+            if !dp.enabled {
+                return Err(unroutable(&format!(
+                    "a CDC file in folders `{}` below the table folder: DMS writes CDC files in the \
+                     table folder, or in date folders when DatePartitionEnabled is on (then set the \
+                     source's `date_partitioning` to match); only full-load (LOAD…) files sit in \
+                     parallel-load partition folders",
+                    below.join("/")
+                )));
+            }
+            check_date_folders(below, dp).map_err(|w| {
+                unroutable(&format!(
+                    "a CDC file in {w}: DMS writes CDC files in the table folder or its date \
+                     folders; only full-load (LOAD…) files sit in parallel-load partition folders"
+                ))
+            })?;
+        }
+        (FileKind::Cdc, Some(d), None)
     } else {
         return Err(unroutable(
-            "the file name is neither LOAD… nor a CDC name YYYYMMDD-HHMMSSmmm",
+            "the file name is neither a full-load name (LOAD…, SEGMENTn_LOAD…) nor a CDC name \
+             YYYYMMDD-HHMMSSmmm",
         ));
     };
     Ok(Route::File(Routed {
@@ -141,7 +185,26 @@ fn route_in(config: &Validated, source: usize, rest: &str, key: &str) -> Result<
         kind,
         stem: stem.to_string(),
         time_digits,
+        load_folder,
     }))
+}
+
+/// Whether a file name (folders and extension stripped) is a full-load file's: `LOAD…`, or
+/// `SEGMENT<n>_LOAD…` as DMS names the series of a segmented parallel load (MongoDB and
+/// DocumentDB segmentation, `ranges` without `segment-names`) in the table folder.
+pub fn is_load_stem(stem: &str) -> bool {
+    if stem.starts_with("LOAD") {
+        return true;
+    }
+    stem.strip_prefix("SEGMENT")
+        .and_then(|rest| rest.split_once("_LOAD"))
+        .is_some_and(|(segment, _)| !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// [`is_load_stem`] of a key's last segment, extension included.
+pub fn is_load_file(key: &str) -> bool {
+    let file = key.rsplit('/').next().unwrap_or(key);
+    is_load_stem(strip_extension(file))
 }
 
 fn strip_extension(file: &str) -> &str {
@@ -180,16 +243,8 @@ fn cdc_digits(s: &str, len: usize) -> Option<String> {
     Some(d)
 }
 
-fn check_date_folders(folders: &[&str], enabled: bool, dp: &crate::config::DatePartitioning) -> Result<(), String> {
-    if folders.is_empty() {
-        return Ok(());
-    }
-    if !enabled {
-        return Err(format!(
-            "unexpected folders `{}` between the table folder and the file (if DMS DatePartitionEnabled is on, set `date_partitioning`)",
-            folders.join("/")
-        ));
-    }
+/// Whether `folders` (not empty) are the date folders `dp` describes.
+fn check_date_folders(folders: &[&str], dp: &crate::config::DatePartitioning) -> Result<(), String> {
     let widths = dp.sequence.parts();
     let digits = |s: &str, w: usize| s.len() == w && s.bytes().all(|b| b.is_ascii_digit());
     let ok = match dp.delimiter {
@@ -213,7 +268,7 @@ fn check_date_folders(folders: &[&str], enabled: bool, dp: &crate::config::DateP
         Ok(())
     } else {
         Err(format!(
-            "date folders `{}` do not match date_partitioning ({:?}, {:?})",
+            "folders `{}`, which do not match date_partitioning ({:?}, {:?})",
             folders.join("/"),
             dp.sequence,
             dp.delimiter
@@ -330,6 +385,131 @@ sources:
         let c = cfg("");
         let e = route(&c, "dms", "raw/hr/emp/2024/05/28/20240528-195141380.csv").unwrap_err();
         assert!(e.reason.contains("date_partitioning"), "{}", e.reason);
+    }
+
+    /// (kind, table, stem, load folder) of a key that must route.
+    fn parts(c: &Validated, key: &str) -> (FileKind, String, String, Option<String>) {
+        let f = file(route(c, "dms", key));
+        (f.kind, f.table.unwrap_or_default(), f.stem, f.load_folder)
+    }
+
+    fn load(table: &str, stem: &str, folder: Option<&str>) -> (FileKind, String, String, Option<String>) {
+        (FileKind::Load, table.into(), stem.into(), folder.map(str::to_string))
+    }
+
+    #[test]
+    fn parallel_load_layouts() {
+        for extra in [
+            "",
+            "    date_partitioning: { enabled: true, sequence: YYYYMMDD, delimiter: SLASH }",
+            "    date_partitioning: { enabled: true, sequence: YYYYMMDD, delimiter: NONE }",
+        ] {
+            let c = cfg(extra);
+            // partitions-auto, partitions-list, ranges with segment-names: one folder per
+            // partition or segment, each with its own LOAD series from 00000001.
+            for (key, want) in [
+                (
+                    "raw/hr/emp/p_2024_q1/LOAD00000001.csv",
+                    load("emp", "LOAD00000001", Some("p_2024_q1")),
+                ),
+                (
+                    "raw/hr/emp/p_2024_q2/LOAD00000001.csv",
+                    load("emp", "LOAD00000001", Some("p_2024_q2")),
+                ),
+                (
+                    "raw/hr/emp/custom_segment1/LOAD0000000A.parquet",
+                    load("emp", "LOAD0000000A", Some("custom_segment1")),
+                ),
+                (
+                    "raw/hr/emp/SYS_P1234/LOAD00000002.csv.gz",
+                    load("emp", "LOAD00000002", Some("SYS_P1234")),
+                ),
+                // MongoDB/DocumentDB segmentation and ranges without segment-names.
+                (
+                    "raw/hr/emp/SEGMENT1_LOAD00000001.csv",
+                    load("emp", "SEGMENT1_LOAD00000001", None),
+                ),
+                (
+                    "raw/hr/emp/SEGMENT12_LOAD0000000A.csv.gz",
+                    load("emp", "SEGMENT12_LOAD0000000A", None),
+                ),
+                (
+                    "raw/hr/emp/seg/SEGMENT2_LOAD00000009.parquet",
+                    load("emp", "SEGMENT2_LOAD00000009", Some("seg")),
+                ),
+                // The plain layout is unchanged.
+                ("raw/hr/emp/LOAD00000001.csv", load("emp", "LOAD00000001", None)),
+            ] {
+                assert_eq!(parts(&c, key), want, "{key} with `{extra}`");
+            }
+            // The same name in two partitions is two files: their routes differ.
+            assert_ne!(
+                file(route(&c, "dms", "raw/hr/emp/a/LOAD00000001.csv")),
+                file(route(&c, "dms", "raw/hr/emp/b/LOAD00000001.csv"))
+            );
+            // Whatever the date settings, a CDC file never sits in a partition folder.
+            let e = route(&c, "dms", "raw/hr/emp/p_2024_q1/20240528-195141380.csv").unwrap_err();
+            assert_eq!(e.kind, BadInputKind::UnroutableKey);
+            assert!(
+                e.reason.contains("raw/hr/emp/p_2024_q1/20240528-195141380.csv"),
+                "{}",
+                e.reason
+            );
+            assert!(e.reason.contains("date_partitioning"), "{}", e.reason);
+        }
+    }
+
+    #[test]
+    fn parallel_load_next_to_date_folders() {
+        let c = cfg("    date_partitioning: { enabled: true, sequence: YYYYMMDD, delimiter: SLASH }");
+        // CDC files in date folders are dated by their names, as before.
+        let f = file(route(&c, "dms", "raw/hr/emp/2024/05/28/20240528-195141380.csv"));
+        assert_eq!((f.kind, f.load_folder), (FileKind::Cdc, None));
+        assert_eq!(f.time_digits.as_deref(), Some("202405281951413800"));
+        // A LOAD file in date folders: those folders are its series.
+        assert_eq!(
+            parts(&c, "raw/hr/emp/2024/05/28/LOAD00000001.csv"),
+            load("emp", "LOAD00000001", Some("2024/05/28"))
+        );
+        // Several folders that are not date folders: not a DMS layout.
+        let e = route(&c, "dms", "raw/hr/emp/p1/sub/LOAD00000001.csv").unwrap_err();
+        assert!(e.reason.contains("p1/sub"), "{}", e.reason);
+        let c = cfg("    date_partitioning: { enabled: true, sequence: YYYYMMDD, delimiter: NONE }");
+        let f = file(route(&c, "dms", "raw/hr/emp/20240528/20240528-195141380.csv"));
+        assert_eq!((f.kind, f.load_folder), (FileKind::Cdc, None));
+        let c = cfg("");
+        let e = route(&c, "dms", "raw/hr/emp/p1/sub/LOAD00000001.csv").unwrap_err();
+        assert!(e.reason.contains("one partition or segment folder"), "{}", e.reason);
+    }
+
+    #[test]
+    fn load_names() {
+        for yes in [
+            "LOAD00000001",
+            "LOAD0000000A",
+            "SEGMENT1_LOAD00000001",
+            "SEGMENTZ_LOAD00000001",
+        ] {
+            assert!(is_load_stem(yes), "{yes}");
+        }
+        for no in [
+            "SEGMENT_LOAD00000001",
+            "SEGMENT1-LOAD00000001",
+            "SEGMENT1_L0AD1",
+            "segment1_LOAD1",
+            "20240528-195141380",
+            "notes",
+        ] {
+            assert!(!is_load_stem(no), "{no}");
+        }
+        assert!(is_load_file("raw/hr/emp/p1/SEGMENT3_LOAD0000000A.csv.gz"));
+        assert!(!is_load_file("raw/hr/emp/20240528-195141380.csv"));
+        let c = cfg("");
+        for bad in ["raw/hr/emp/SEGMENT_LOAD00000001.csv", "raw/hr/emp/p1/notes.txt"] {
+            let e = route(&c, "dms", bad).unwrap_err();
+            assert_eq!(e.kind, BadInputKind::UnroutableKey, "{bad}");
+            assert!(e.reason.contains("SEGMENTn_LOAD"), "{}", e.reason);
+        }
     }
 
     #[test]

@@ -468,3 +468,216 @@ async fn a_commit_whose_answer_is_lost_is_neither_lost_nor_doubled() {
     support::converge::shown(&format!("ambiguous commits on folders: {total:?}"));
     require_lost(&total).unwrap();
 }
+
+/// Headerless CSV without a sequence column: full-load rows are sequenced by their file and row,
+/// CDC rows by their file's name time and row.
+const PLAIN_SOURCE: &str = r#"
+  - name: my
+    bucket: dms
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+        columns:
+          - { name: id, type: INT8 }
+          - { name: name, type: STRING }
+          - { name: n, type: INT4 }
+      - schema: app
+        table: docs
+        keys: [id]
+        columns:
+          - { name: id, type: INT8 }
+          - { name: name, type: STRING }
+          - { name: n, type: INT4 }
+"#;
+
+/// A parallel full load as DMS writes it (one partition folder per partition with its own
+/// `LOAD00000001…` for partitions-auto / partitions-list / ranges with segment-names, and
+/// `SEGMENTn_LOAD…` names for MongoDB/DocumentDB segmentation), then CDC, per table: (key, bytes).
+fn parallel_load_files(table: &str) -> Vec<(String, &'static [u8])> {
+    let loads: [(&str, &[u8]); 4] = if table == "t" {
+        [
+            ("p_north/LOAD00000001.csv", b"1,a,1\n2,b,1\n"),
+            ("p_north/LOAD00000002.csv", b"3,c,1\n"),
+            ("p_south/LOAD00000001.csv", b"4,d,2\n5,e,2\n"),
+            ("p_west/LOAD00000001.csv", b"6,f,3\n7,g,3\n"),
+        ]
+    } else {
+        [
+            ("SEGMENT1_LOAD00000001.csv", b"1,a,1\n2,b,1\n"),
+            ("SEGMENT1_LOAD00000002.csv", b"3,c,1\n"),
+            ("SEGMENT2_LOAD00000001.csv", b"4,d,2\n5,e,2\n"),
+            ("SEGMENT3_LOAD00000001.csv", b"6,f,3\n7,g,3\n"),
+        ]
+    };
+    let cdc: [(&str, &[u8]); 3] = [
+        // Updates, a delete, an insert of a new key, then that key deleted, a deleted key
+        // inserted again, and a row moving to another partition's range.
+        ("20240528-195141301.csv", b"U,1,a2,1\nD,4,,\nI,8,h,3\n"),
+        ("20240528-195141302.csv", b"U,6,f2,3\nU,1,a3,1\nD,8,,\n"),
+        ("20240528-195141303.csv", b"I,4,d2,2\nU,2,b2,2\n"),
+    ];
+    loads
+        .into_iter()
+        .chain(cdc)
+        .map(|(f, b)| (format!("app/{table}/{f}"), b))
+        .collect()
+}
+
+const PARALLEL_LOAD_END: [[&str; 3]; 7] = [
+    ["1", "a3", "1"],
+    ["2", "b2", "2"],
+    ["3", "c", "1"],
+    ["4", "d2", "2"],
+    ["5", "e", "2"],
+    ["6", "f2", "3"],
+    ["7", "g", "3"],
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_full_load_in_several_series_and_its_cdc_end_exact_in_any_order() {
+    let want: Vec<Vec<String>> = PARALLEL_LOAD_END
+        .iter()
+        .map(|r| r.iter().map(|v| v.to_string()).collect())
+        .collect();
+    let (mut cdc_before_load, mut duplicates) = (0, 0);
+    for seed in 0..6u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let m = Mini::new(PLAIN_SOURCE, "");
+        let mut files: Vec<(String, &[u8])> = parallel_load_files("t");
+        files.extend(parallel_load_files("docs"));
+        rng.shuffle(&mut files);
+        // At-least-once delivery: some files come twice, anywhere.
+        for _ in 0..2 {
+            let again = files[rng.usize(..files.len())].clone();
+            files.insert(rng.usize(..=files.len()), again);
+            duplicates += 1;
+        }
+        let first_cdc = files.iter().position(|(k, _)| k.contains("/2024")).unwrap();
+        let last_load = files.iter().rposition(|(k, _)| k.contains("LOAD")).unwrap();
+        cdc_before_load += usize::from(first_cdc < last_load);
+        // Seed 0 stages every file before one commit; the others commit at random points.
+        let mut written = std::collections::HashSet::new();
+        for (key, bytes) in &files {
+            // A redelivered event names the object DMS wrote once.
+            if written.insert(key.clone()) {
+                m.put(key, bytes);
+            }
+            let out = m.decode(key).await;
+            assert!(matches!(out, DecodeOutcome::Staged(_)), "seed {seed}, {key}: {out:?}");
+            if seed > 0 && rng.bool() {
+                m.pipeline.commit_all().await.unwrap();
+            }
+        }
+        if seed == 0 {
+            // Every file has its own change set: the same name in three partition folders
+            // does not collide in staging.
+            let staged = walk(&m.dir.path().join("staged/my/app/t"));
+            assert_eq!(staged.len(), 7, "seed {seed}: {staged:?}");
+        }
+        m.pipeline.commit_all().await.unwrap();
+        for table in ["my.app.t", "my.app.docs"] {
+            assert_eq!(m.rows(table, &["id", "name", "n"]).await, want, "seed {seed}, {table}");
+        }
+        // Each file is traceable on its own, the partition folder included.
+        let trace = applied_files(&m.pipeline.stores, &m.location("my.app.t"), None)
+            .await
+            .unwrap();
+        let mut applied: Vec<String> = trace.into_iter().flat_map(|(_, fs)| fs).collect();
+        applied.sort();
+        applied.dedup();
+        let mut expected: Vec<String> = parallel_load_files("t")
+            .into_iter()
+            .map(|(k, _)| format!("s3://dms/{k}"))
+            .collect();
+        expected.sort();
+        assert_eq!(applied, expected, "seed {seed}");
+        // Rows untouched since the full load keep a sequence naming their partition's file.
+        let b = m.batches("my.app.t").await;
+        let mut seqs: Vec<(i64, String)> = Vec::new();
+        for batch in &b {
+            let ids = arrow::compute::cast(
+                batch.column(batch.schema().index_of("id").unwrap()),
+                &arrow::datatypes::DataType::Int64,
+            )
+            .unwrap();
+            let seq = arrow::compute::cast(
+                batch.column(batch.schema().index_of("_dms_seq").unwrap()),
+                &arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let (ids, seq) = (
+                ids.as_primitive::<arrow::datatypes::Int64Type>(),
+                seq.as_string::<i32>(),
+            );
+            seqs.extend((0..batch.num_rows()).map(|i| (ids.value(i), seq.value(i).to_string())));
+        }
+        seqs.sort();
+        let seq_of = |id: i64| seqs.iter().find(|(i, _)| *i == id).map(|(_, s)| s.clone()).unwrap();
+        assert_eq!(seq_of(3), format!("0Lp_north/LOAD00000002:{:012}", 1), "seed {seed}");
+        assert_eq!(seq_of(5), format!("0Lp_south/LOAD00000001:{:012}", 2), "seed {seed}");
+        assert_eq!(seq_of(7), format!("0Lp_west/LOAD00000001:{:012}", 2), "seed {seed}");
+    }
+    // The point of the shuffles: CDC reached the table before the full load finished.
+    assert!(cdc_before_load > 0 && duplicates > 0, "{cdc_before_load} {duplicates}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misplaced_file_beside_a_parallel_load_is_quarantined_with_a_clear_report() {
+    let m = Mini::new(PLAIN_SOURCE, "");
+    let cases = [
+        // CDC files never sit in partition folders.
+        (
+            "app/t/p_north/20240528-195141304.csv",
+            &b"U,1,x,1\n"[..],
+            "only full-load (LOAD…) files sit in parallel-load partition folders",
+        ),
+        // Parallel load writes one partition folder, not two.
+        (
+            "app/t/p_north/sub/LOAD00000001.csv",
+            &b"9,x,1\n"[..],
+            "one partition or segment folder",
+        ),
+    ];
+    for (key, bytes, says) in cases {
+        m.put(key, bytes);
+        match m.decode(key).await {
+            DecodeOutcome::Quarantined {
+                report,
+                report_location,
+            } => {
+                assert_eq!(report.file, format!("s3://dms/{key}"));
+                assert_eq!(report.stage, dms2delta::error::Stage::Route, "{report:?}");
+                assert_eq!(report.kind, dms2delta::error::BadInputKind::UnroutableKey);
+                assert!(report.reason.contains(key), "{report:?}");
+                assert!(report.reason.contains(says), "{report:?}");
+                assert!(report.fix.contains("partition folder"), "{report:?}");
+                let written = m.dir.path().join("quarantine").join(&report_location);
+                let on_disk = std::fs::read_to_string(&written)
+                    .or_else(|_| std::fs::read_to_string(&report_location))
+                    .unwrap();
+                assert!(
+                    on_disk.contains("\"stage\": \"route\"") || on_disk.contains("\"stage\":\"route\""),
+                    "{on_disk}"
+                );
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert!(m.pipeline.pending().await.unwrap().is_empty());
+}

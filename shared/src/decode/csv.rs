@@ -504,7 +504,12 @@ impl TableDecoder {
             Some(s) => Sequence::change_seq(&mut self.seq_buf, s)
                 .map_err(|r| InputProblem::new(BadInputKind::BadValue, format!("line {line}: {r}")))?,
             None => match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
-                (FileKind::Load, _) | (_, None) => Sequence::load(&mut self.seq_buf, &ctx.routed.stem, row),
+                (FileKind::Load, _) | (_, None) => Sequence::load_in(
+                    &mut self.seq_buf,
+                    ctx.routed.load_folder.as_deref(),
+                    &ctx.routed.stem,
+                    row,
+                ),
                 (_, Some(d)) => Sequence::file(&mut self.seq_buf, d, row),
             },
         }

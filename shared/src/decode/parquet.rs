@@ -507,7 +507,9 @@ fn sequences(
         }
         None => {
             let prefix = match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
-                (FileKind::Load, _) | (_, None) => Sequence::load_prefix(&ctx.routed.stem),
+                (FileKind::Load, _) | (_, None) => {
+                    Sequence::load_prefix_in(ctx.routed.load_folder.as_deref(), &ctx.routed.stem)
+                }
                 (_, Some(d)) => Sequence::file_prefix(d),
             };
             return Sequence::positional(&prefix, (0..n).map(|r| rows.number(r)))
@@ -527,7 +529,12 @@ fn sequences(
             Some(v) => Sequence::change_seq(&mut seq_buf, v)
                 .map_err(|e| InputProblem::new(BadInputKind::BadValue, format!("row {this_row}: {e}")))?,
             None => match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
-                (FileKind::Load, _) | (_, None) => Sequence::load(&mut seq_buf, &ctx.routed.stem, this_row),
+                (FileKind::Load, _) | (_, None) => Sequence::load_in(
+                    &mut seq_buf,
+                    ctx.routed.load_folder.as_deref(),
+                    &ctx.routed.stem,
+                    this_row,
+                ),
                 (_, Some(d)) => Sequence::file(&mut seq_buf, d, this_row),
             },
         }

@@ -128,7 +128,7 @@ impl<'a> DecodeBuilder<'a> {
                 let (store, root) = self.stores.resolve(&self.config.quarantine)?;
                 let path = write_report(store.as_ref(), &root, &report).await?;
                 tracing::warn!(
-                    stage = "decode",
+                    stage = %report.stage,
                     file = %file_uri,
                     table = report.table.as_deref().unwrap_or(""),
                     kind = %report.kind,
@@ -147,11 +147,14 @@ impl<'a> DecodeBuilder<'a> {
 
     async fn decode(&self, file_uri: &str, started: Instant) -> Result<DecodeOutcome> {
         let bad = |p: InputProblem, table: Option<&str>| p.into_error(Stage::Decode, file_uri, table);
-        let routed = match route(&self.config, &self.bucket, &self.key).map_err(|p| bad(p, None))? {
+        // A key outside DMS's layout is named as a routing problem, not a decoding one: the fix
+        // is in the source's folder settings, not in the file.
+        let unroutable = |p: InputProblem| p.into_error(Stage::Route, file_uri, None);
+        let routed = match route(&self.config, &self.bucket, &self.key).map_err(unroutable)? {
             Route::Ignore(why) => return Ok(skip(why)),
             Route::File(f) => f,
         };
-        let path = object_path(&self.key).map_err(|r| bad(InputProblem::new(BadInputKind::UnroutableKey, r), None))?;
+        let path = object_path(&self.key).map_err(|r| unroutable(InputProblem::new(BadInputKind::UnroutableKey, r)))?;
         let spec = match (&routed.schema, &routed.table) {
             (Some(schema), Some(table)) => {
                 let name = format!("{}.{schema}.{table}", self.config.sources()[routed.source].name);

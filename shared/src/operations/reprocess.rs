@@ -456,8 +456,7 @@ impl<'a> IntoFuture for ReprocessBuilder<'a> {
 
 /// Full-load files first, so a table's history is rebuilt in DMS's order.
 fn load_rank(key: &str) -> u8 {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    u8::from(!name.starts_with("LOAD"))
+    u8::from(!crate::route::is_load_file(key))
 }
 
 async fn list(store: &dyn ObjectStore, root: &Path) -> Result<Vec<ObjectMeta>> {
