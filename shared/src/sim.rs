@@ -393,7 +393,11 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             let key_of = |k: u32| -> Vec<Value> {
                 let mut key = vec![Value::Int(k as i64)];
                 if sh.keys == 2 {
-                    let regions: &[&str] = if variety { &["eu", "us", ""] } else { &["eu", "us", "ap"] };
+                    let regions: &[&str] = if variety {
+                        &["eu", "us", ""]
+                    } else {
+                        &["eu", "us", "ap"]
+                    };
                     key.push(Value::Str(regions[k as usize % 3].to_string()));
                 }
                 key
@@ -531,7 +535,11 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 let name = format!("LOAD{:08X}", i + 1);
                 note(&name, part, false);
                 // The load carries the added column if the column existed when DMS read the table.
-                let w = if noted_from < variant.load_after { width } else { base_width };
+                let w = if noted_from < variant.load_after {
+                    width
+                } else {
+                    base_width
+                };
                 let file = render(*format, &folder, &name, &sh.columns[..w], part, false, &mut rng);
                 files.push(SimFile { epoch: 0, ..file });
             }
@@ -908,13 +916,19 @@ mod tests {
             noted_files += sim
                 .files
                 .iter()
-                .filter(|f| f.key.ends_with(".csv") && String::from_utf8_lossy(&f.bytes).starts_with("Op,id,region,name,amount,active,updated,note"))
+                .filter(|f| {
+                    f.key.ends_with(".csv")
+                        && String::from_utf8_lossy(&f.bytes).starts_with("Op,id,region,name,amount,active,updated,note")
+                })
                 .count();
             for f in &sim.files {
                 halves[f.epoch as usize] += 1;
             }
         }
-        assert!(seen.soft && seen.partitioned && seen.added_column && seen.load_after > 0, "{seen:?}");
+        assert!(
+            seen.soft && seen.partitioned && seen.added_column && seen.load_after > 0,
+            "{seen:?}"
+        );
         assert!(soft_deleted > 0 && noted_files > 0, "{soft_deleted} {noted_files}");
         assert!(halves[0] > 0 && halves[1] > 0, "{halves:?}");
     }

@@ -447,6 +447,10 @@ async fn a_compaction_never_works_from_a_read_older_than_its_lease() {
     // A found the lease taken (B holds it while it reads), so only B rewrote files.
     assert!(inner[0].yielded, "A: {:?}; B: {outer:?}", inner[0]);
     assert!(outer.files_in >= 4, "{outer:?}");
-    assert_eq!(m.rows("my.app.t", &["id", "name"]).await, before, "A: {inner:?}; B: {outer:?}");
+    assert_eq!(
+        m.rows("my.app.t", &["id", "name"]).await,
+        before,
+        "A: {inner:?}; B: {outer:?}"
+    );
     assert_eq!(file_count(&m).await, 1);
 }

@@ -785,7 +785,9 @@ async fn merge(
             m = m.when_matched_update(|u| {
                 let mut u = u.predicate(newer.clone().and(is_delete.clone()));
                 for c in data_cols.iter().filter(|c| !spec.keys.contains(c)) {
-                    let image = when(full_image.clone(), value(c)).otherwise(t(c)).unwrap_or_else(|_| t(c));
+                    let image = when(full_image.clone(), value(c))
+                        .otherwise(t(c))
+                        .unwrap_or_else(|_| t(c));
                     u = u.update(target_col(c), image);
                 }
                 u.update(target_col(DELETED), s(DELETED))

@@ -821,8 +821,7 @@ fn new_rows_batch(
                 let null_at = hits.len() + 1;
                 let pick = |r: &NewRow| -> (usize, usize) {
                     let c = r.change as usize;
-                    let unlogged =
-                        || nosup.is_some_and(|n| !n.is_null(c) && n.value(c).contains(&format!("|{name}|")));
+                    let unlogged = || nosup.is_some_and(|n| !n.is_null(c) && n.value(c).contains(&format!("|{name}|")));
                     let keep_old = match r.kind {
                         Kind::SoftDelete => !is_key && (!full[c] || unlogged()),
                         Kind::Marker => false,

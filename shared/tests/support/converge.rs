@@ -471,7 +471,11 @@ async fn sweep(lab: &Lab, counters: &Counters) -> Result<(), String> {
 async fn expire(lab: &Lab, counters: &Counters) -> Result<(), String> {
     let config = lab.pipeline.config.clone();
     let stores = dms2delta::storage::Stores::new(config.config.storage.clone());
-    let hours = config.config.commit.tombstone_retention_hours.max(config.config.compact.vacuum_retention_hours) as i64;
+    let hours = config
+        .config
+        .commit
+        .tombstone_retention_hours
+        .max(config.config.compact.vacuum_retention_hours) as i64;
     let later = chrono::Utc::now().timestamp_millis() + (hours + 24) * 3_600_000;
     for name in lab.sim.expected.keys() {
         let mut p = name.splitn(3, '.');
