@@ -391,6 +391,17 @@ pub struct DatePartitioning {
     pub sequence: DatePartitionSequence,
     #[serde(default)]
     pub delimiter: DatePartitionDelimiter,
+    /// DMS `DatePartitionTimezone`: the IANA zone DMS names date folders and CDC files in
+    /// (UTC when unset). Checked at load.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+impl DatePartitioning {
+    /// The zone CDC file names are in, when it is not UTC.
+    pub fn zone(&self) -> Option<chrono_tz::Tz> {
+        self.timezone.as_deref().and_then(|z| z.parse().ok())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -775,6 +786,20 @@ impl Config {
             for (field, v) in [("bucket_folder", &s.bucket_folder), ("cdc_path", &s.cdc_path)] {
                 if let Some(v) = v {
                     check_prefix(v).map_err(|r| cfg_err(format!("{p}.{field}"), r))?;
+                }
+            }
+            if let Some(z) = &s.date_partitioning.timezone {
+                if z.parse::<chrono_tz::Tz>().is_err() {
+                    return Err(cfg_err(
+                        format!("{p}.date_partitioning.timezone"),
+                        format!("`{z}` is not an IANA time zone name (e.g. `Europe/Berlin`, `America/New_York`); use the DatePartitionTimezone value of the DMS endpoint"),
+                    ));
+                }
+                if !s.date_partitioning.enabled {
+                    return Err(cfg_err(
+                        format!("{p}.date_partitioning.timezone"),
+                        "DMS applies DatePartitionTimezone only with DatePartitionEnabled: set date_partitioning.enabled too, or remove the zone",
+                    ));
                 }
             }
             let d = &s.csv.delimiter;

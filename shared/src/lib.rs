@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod lake;
 pub mod lease;
 pub mod metrics;
+pub mod name_time;
 pub mod operations;
 #[cfg(feature = "delta")]
 pub mod pipeline;

@@ -681,3 +681,60 @@ async fn a_misplaced_file_beside_a_parallel_load_is_quarantined_with_a_clear_rep
     }
     assert!(m.pipeline.pending().await.unwrap().is_empty());
 }
+
+/// DMS names CDC files in `DatePartitionTimezone`. In the hour repeated when the clocks go back,
+/// an older file's local name can sort after a newer one's; ordered by the true UTC instant
+/// (LastModified tells the two candidates apart), the newer change wins in either delivery order.
+#[tokio::test]
+async fn cdc_file_names_in_local_time_order_by_their_utc_instant_across_the_fall_back_hour() {
+    const ZONED: &str = r#"
+  - name: pg
+    bucket: dms
+    csv: { header: true }
+    date_partitioning: { enabled: true, timezone: America/New_York }
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+"#;
+    let at = |rfc3339: &str| -> std::time::SystemTime { chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().into() };
+    // 01:50 EDT (05:50 UTC), then 01:10 EST (06:10 UTC): the second file is the newer one.
+    let older = (
+        "app/t/2024/11/03/20241103-015000000.csv",
+        b"Op,id,name\nU,1,older\n",
+        at("2024-11-03T05:50:41Z"),
+    );
+    let newer = (
+        "app/t/2024/11/03/20241103-011000000.csv",
+        b"Op,id,name\nU,1,newer\n",
+        at("2024-11-03T06:10:37Z"),
+    );
+    for order in [[&older, &newer], [&newer, &older]] {
+        let m = Mini::new(ZONED, "");
+        for (key, bytes, modified) in order {
+            m.put(key, *bytes);
+            let p = m.dir.path().join("bucket").join(key);
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(*modified)
+                .unwrap();
+            m.decode(key).await;
+            m.pipeline.commit_all().await.unwrap();
+        }
+        assert_eq!(
+            m.rows("pg.app.t", &["id", "name"]).await,
+            vec![vec!["1", "newer"]],
+            "{order:?}"
+        );
+    }
+    // A zone that does not fit DMS's names is refused at load with the field's path.
+    let e = dms2delta::config::Config::from_text(&format!(
+        "lake: /l\nstaging: /s\nquarantine: /q\nsources:\n{}",
+        ZONED.replace("America/New_York", "Mars/Olympus")
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sources[0].date_partitioning.timezone"), "{e}");
+}

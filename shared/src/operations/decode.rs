@@ -150,7 +150,7 @@ impl<'a> DecodeBuilder<'a> {
         // A key outside DMS's layout is named as a routing problem, not a decoding one: the fix
         // is in the source's folder settings, not in the file.
         let unroutable = |p: InputProblem| p.into_error(Stage::Route, file_uri, None);
-        let routed = match route(&self.config, &self.bucket, &self.key).map_err(unroutable)? {
+        let mut routed = match route(&self.config, &self.bucket, &self.key).map_err(unroutable)? {
             Route::Ignore(why) => return Ok(skip(why)),
             Route::File(f) => f,
         };
@@ -186,7 +186,7 @@ impl<'a> DecodeBuilder<'a> {
             None => tempfile::NamedTempFile::new(),
         }
         .map_err(Error::io("create spool file"))?;
-        let (bytes_read, object_etag) = match self
+        let (bytes_read, object_etag, last_modified) = match self
             .download(store.as_ref(), &path, spool.path(), limits.max_file_bytes)
             .await
         {
@@ -199,6 +199,12 @@ impl<'a> DecodeBuilder<'a> {
         };
         if bytes_read == 0 {
             return Ok(skip("zero-byte object"));
+        }
+        let zone = self.config.sources()[routed.source].date_partitioning.zone();
+        if let (Some(zone), Some(digits)) = (zone, routed.time_digits.as_deref()) {
+            let utc = crate::name_time::to_utc_digits(digits, zone, last_modified)
+                .map_err(|r| bad(InputProblem::new(BadInputKind::UnroutableKey, r), table_name.as_deref()))?;
+            routed.time_digits = Some(utc);
         }
         if bytes_read > limits.max_file_bytes {
             return Err(bad(
@@ -279,10 +285,11 @@ impl<'a> DecodeBuilder<'a> {
         path: &object_store::path::Path,
         to: &std::path::Path,
         max: u64,
-    ) -> Result<(u64, Option<String>)> {
+    ) -> Result<(u64, Option<String>, Option<chrono::DateTime<chrono::Utc>>)> {
         let loc = format!("s3://{}/{}", self.bucket, self.key);
         let got = store.get(path).await.map_err(Error::storage("get", &loc))?;
         let etag = got.meta.e_tag.clone();
+        let last_modified = Some(got.meta.last_modified);
         let mut stream = got.into_stream();
         let mut out = tokio::fs::File::create(to)
             .await
@@ -297,7 +304,7 @@ impl<'a> DecodeBuilder<'a> {
             out.write_all(&chunk).await.map_err(Error::io("write spool file"))?;
         }
         out.flush().await.map_err(Error::io("write spool file"))?;
-        Ok((n, etag))
+        Ok((n, etag, last_modified))
     }
 }
 
