@@ -468,3 +468,106 @@ async fn a_commit_whose_answer_is_lost_is_neither_lost_nor_doubled() {
     support::converge::shown(&format!("ambiguous commits on folders: {total:?}"));
     require_lost(&total).unwrap();
 }
+
+const RENAMED: &str = r#"
+  - name: pg
+    bucket: dms
+    csv: { header: true }
+    tables:
+      - schema: app
+        table: customers
+        keys: [id]
+      - schema: app
+        table: clients
+        keys: [id]
+        renamed_from: { schema: app, table: customers }
+        renamed_columns: { full_name: name }
+"#;
+
+/// DMS Rename Table and Rename Column: with `renamed_from` and `renamed_columns`, files of the
+/// new name go on in the old name's Delta table and column, in any order with late files of
+/// the old name; without them the new name is a new table.
+#[tokio::test]
+async fn a_table_and_a_column_renamed_at_the_source_stay_one_delta_table() {
+    let files: [(&str, &[u8]); 3] = [
+        ("app/customers/20240528-195141300.csv", b"Op,id,name\nI,1,ann\nI,2,bo\n"),
+        ("app/customers/20240528-195141310.csv", b"Op,id,name\nU,1,ann-old\n"),
+        (
+            "app/clients/20240528-195141320.csv",
+            b"Op,id,full_name\nU,1,Ann New\nI,3,cy\n",
+        ),
+    ];
+    for order in [[0, 1, 2], [0, 2, 1], [2, 1, 0]] {
+        let m = Mini::new(RENAMED, "");
+        for i in order {
+            m.apply(files[i].0, files[i].1).await;
+        }
+        assert_eq!(
+            m.rows("pg.app.customers", &["id", "name"]).await,
+            vec![vec!["1", "Ann New"], vec!["2", "bo"], vec!["3", "cy"]],
+            "order {order:?}"
+        );
+        let columns: Vec<String> = m.batches("pg.app.customers").await[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert!(!columns.contains(&"full_name".to_string()), "{columns:?}");
+        assert!(!m.dir.path().join("lake/pg/app/clients").exists());
+    }
+    // Without the declarations, the new name is a table of its own.
+    let plain = RENAMED
+        .replace("        renamed_from: { schema: app, table: customers }\n", "")
+        .replace("        renamed_columns: { full_name: name }\n", "");
+    let m = Mini::new(&plain, "");
+    m.apply(files[0].0, files[0].1).await;
+    m.apply(files[2].0, files[2].1).await;
+    assert_eq!(
+        m.rows("pg.app.clients", &["id", "full_name"]).await,
+        vec![vec!["1", "Ann New"], vec!["3", "cy"]]
+    );
+}
+
+#[test]
+fn renames_that_would_mix_tables_are_refused_at_load() {
+    let load = |sources: &str| {
+        dms2delta::config::Config::from_text(&format!("lake: /l\nstaging: /s\nquarantine: /q\nsources:\n{sources}"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let cycle = RENAMED.replace(
+        "        table: customers\n        keys: [id]\n",
+        "        table: customers\n        keys: [id]\n        renamed_from: { schema: app, table: clients }\n",
+    );
+    let e = load(&cycle);
+    assert!(
+        e.contains("sources[0].tables[0].renamed_from") && e.contains("lead back"),
+        "{e}"
+    );
+    let keys = RENAMED.replace(
+        "        table: clients\n        keys: [id]\n",
+        "        table: clients\n        keys: [id, region]\n",
+    );
+    let e = load(&keys);
+    assert!(e.contains("keys differ"), "{e}");
+    let twice = RENAMED.replace("{ full_name: name }", "{ full_name: name, nick: name }");
+    let e = load(&twice);
+    assert!(e.contains("renamed_columns"), "{e}");
+}
+
+/// A column dropped at the source: files without it insert rows with NULL there, and updates
+/// keep the value the row had (the file says nothing about it).
+#[tokio::test]
+async fn a_column_dropped_at_the_source_is_null_in_new_rows_and_kept_in_updated_ones() {
+    let m = Mini::new(HEADER_SOURCE, "");
+    m.apply("app/t/20240528-195141301.csv", b"Op,id,name,extra\nI,1,a,7\n")
+        .await;
+    m.apply("app/t/20240528-195141302.csv", b"Op,id,name\nU,1,a2\nI,2,b\n")
+        .await;
+    assert_eq!(
+        m.rows("pg.app.t", &["id", "name", "extra"]).await,
+        vec![vec!["1", "a2", "7"], vec!["2", "b", "null"]]
+    );
+}

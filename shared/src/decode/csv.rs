@@ -249,12 +249,19 @@ impl TableDecoder {
                     } else if ts_name.as_deref() == Some(n.as_str()) {
                         ts_pos = Some(i);
                     } else {
+                        let n = spec.column_name(n);
                         let ty = configured
                             .as_ref()
-                            .and_then(|c| c.iter().find(|c| &c.name == n))
+                            .and_then(|c| c.iter().find(|c| c.name == n))
                             .map(|c| c.ty)
                             .unwrap_or(ColumnType::Utf8);
-                        positions.push((i, Column { name: n.clone(), ty }));
+                        positions.push((
+                            i,
+                            Column {
+                                name: n.to_string(),
+                                ty,
+                            },
+                        ));
                     }
                 }
             }

@@ -556,6 +556,7 @@ impl Plan {
         let mut fields = Vec::new();
         for (i, f) in file.fields().iter().enumerate() {
             let name = f.name();
+            let table_name = spec.column_name(name);
             if i == 0 && name.eq_ignore_ascii_case("Op") {
                 op = Some(i);
             } else if spec.timestamp_column.as_deref() == Some(name.as_str()) {
@@ -574,12 +575,15 @@ impl Plan {
                         format!("column `{name}` has type {} which Delta cannot store", f.data_type()),
                     )
                 })?;
-                let configured = spec.columns.as_ref().and_then(|c| c.iter().find(|c| &c.name == name));
+                let configured = spec
+                    .columns
+                    .as_ref()
+                    .and_then(|c| c.iter().find(|c| c.name == table_name));
                 let how = match configured {
-                    Some(c) => Convert::configured(name, f.data_type(), natural, c.ty)?,
+                    Some(c) => Convert::configured(table_name, f.data_type(), natural, c.ty)?,
                     None => Convert::Cast(natural),
                 };
-                fields.push(Field::new(name, how.target(), true));
+                fields.push(Field::new(table_name, how.target(), true));
                 data.push((i, how));
             }
         }
