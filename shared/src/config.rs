@@ -492,6 +492,10 @@ pub struct TableConfig {
     /// Source column renames (DMS Rename Column), new name -> the name the Delta table keeps.
     #[serde(default)]
     pub renamed_columns: BTreeMap<String, String>,
+    /// Columns whose NULL in an update means "not logged" (unchanged PostgreSQL TOAST values,
+    /// LOBs DMS did not look up; DMS Parquet has no marker for them): the table keeps the value.
+    #[serde(default)]
+    pub unlogged_when_null: Vec<String>,
 }
 
 /// A source table's schema and name, as DMS names its folders.
@@ -629,6 +633,8 @@ pub struct TableSpec {
     pub compact: CompactConfig,
     /// Columns renamed at the source: the file's name -> the table's.
     pub renamed_columns: BTreeMap<String, String>,
+    /// Columns whose NULL in an update means the source did not log them.
+    pub unlogged_when_null: Vec<String>,
 }
 
 impl TableSpec {
@@ -930,6 +936,21 @@ impl Config {
                         ));
                     }
                 }
+                for (k, col) in t.unlogged_when_null.iter().enumerate() {
+                    let wrong = if t.keys.contains(col) {
+                        Some("is a key column, which every change logs")
+                    } else if t.columns.is_some() && !seen.contains(col) {
+                        Some("is not one of the table's columns")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = wrong {
+                        return Err(cfg_err(
+                            format!("{tp}.unlogged_when_null[{k}]"),
+                            format!("`{col}` {why}"),
+                        ));
+                    }
+                }
                 for (k, col) in t.partition_by.iter().enumerate() {
                     if t.columns.is_some() && !seen.contains(col) {
                         return Err(cfg_err(
@@ -1157,6 +1178,7 @@ impl Validated {
                 .and_then(|t| t.compact.clone())
                 .unwrap_or_else(|| self.config.compact.clone()),
             renamed_columns: entry.map(|t| t.renamed_columns.clone()).unwrap_or_default(),
+            unlogged_when_null: entry.map(|t| t.unlogged_when_null.clone()).unwrap_or_default(),
         }))
     }
 

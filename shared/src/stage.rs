@@ -221,6 +221,7 @@ mod tests {
             deletion_vectors: false,
             compact: Default::default(),
             renamed_columns: Default::default(),
+            unlogged_when_null: Default::default(),
         };
         let root = Path::from("staged");
         let p = change_set_path(&root, &spec, "abc").unwrap();

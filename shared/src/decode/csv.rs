@@ -198,6 +198,8 @@ struct DataColumn {
     name: String,
     ty: ColumnType,
     builder: ColumnBuilder,
+    /// In `unlogged_when_null`: NULL in an update means not logged.
+    unlogged_when_null: bool,
 }
 
 struct TableDecoder {
@@ -356,6 +358,7 @@ impl TableDecoder {
             .map(|(pos, c)| DataColumn {
                 pos,
                 builder: ColumnBuilder::for_column(&c, BATCH_ROWS),
+                unlogged_when_null: spec.unlogged_when_null.contains(&c.name),
                 name: c.name,
                 ty: c.ty,
             })
@@ -460,15 +463,6 @@ impl TableDecoder {
                     )
                 })?
             };
-            if settings.no_sup_value.as_deref() == Some(v) {
-                d.builder.append_null();
-                if self.nosup_buf.is_empty() {
-                    self.nosup_buf.push('|');
-                }
-                self.nosup_buf.push_str(&d.name);
-                self.nosup_buf.push('|');
-                continue;
-            }
             let is_key = self.keys.contains(&ci);
             let is_null = match &settings.null_value {
                 // With a sentinel, an empty field is an empty string where a string can be one.
@@ -477,6 +471,15 @@ impl TableDecoder {
                 // and so is an empty key field: a key is never NULL in the source.
                 None => v.is_empty() && !(d.builder.takes_empty() && (is_key || record.is_quoted_empty(d.pos))),
             };
+            if settings.no_sup_value.as_deref() == Some(v) || (is_null && op == "U" && d.unlogged_when_null) {
+                d.builder.append_null();
+                if self.nosup_buf.is_empty() {
+                    self.nosup_buf.push('|');
+                }
+                self.nosup_buf.push_str(&d.name);
+                self.nosup_buf.push('|');
+                continue;
+            }
             if is_null {
                 if is_key {
                     return Err(InputProblem::new(
