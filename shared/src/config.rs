@@ -495,6 +495,26 @@ pub struct TableConfig {
     /// Overrides the top-level `compact` settings for this table.
     #[serde(default)]
     pub compact: Option<CompactConfig>,
+    /// The source renamed this table from `renamed_from` (DMS Rename Table): its rows go on in
+    /// the Delta table the old name lands at, so late files of the old name and new files of
+    /// this one meet in one table. Without it the new name starts a new Delta table.
+    #[serde(default)]
+    pub renamed_from: Option<TableName>,
+    /// Source column renames (DMS Rename Column), new name -> the name the Delta table keeps.
+    #[serde(default)]
+    pub renamed_columns: BTreeMap<String, String>,
+    /// Columns whose NULL in an update means "not logged" (unchanged PostgreSQL TOAST values,
+    /// LOBs DMS did not look up; DMS Parquet has no marker for them): the table keeps the value.
+    #[serde(default)]
+    pub unlogged_when_null: Vec<String>,
+}
+
+/// A source table's schema and name, as DMS names its folders.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -622,9 +642,18 @@ pub struct TableSpec {
     /// Commits mark replaced rows in deletion vectors instead of rewriting files.
     pub deletion_vectors: bool,
     pub compact: CompactConfig,
+    /// Columns renamed at the source: the file's name -> the table's.
+    pub renamed_columns: BTreeMap<String, String>,
+    /// Columns whose NULL in an update means the source did not log them.
+    pub unlogged_when_null: Vec<String>,
 }
 
 impl TableSpec {
+    /// The table's name for a column the file names `name` (see `renamed_columns`).
+    pub fn column_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.renamed_columns.get(name).map_or(name, String::as_str)
+    }
+
     /// `namespace.schema.table` in the lake: the table's name in logs, metrics and queries.
     pub fn qualified_name(&self) -> String {
         format!("{}.{}.{}", self.namespace, self.target_schema, self.target_table)
@@ -850,6 +879,37 @@ impl Config {
                     }
                 }
             }
+            // Renames must end at a first name: no table renamed from itself, no cycle.
+            let firsts: HashMap<(&str, &str), (&str, &str)> = s
+                .tables
+                .iter()
+                .filter_map(|t| {
+                    t.renamed_from.as_ref().map(|f| {
+                        (
+                            (t.schema.as_str(), t.table.as_str()),
+                            (f.schema.as_str(), f.table.as_str()),
+                        )
+                    })
+                })
+                .collect();
+            for (j, t) in s.tables.iter().enumerate() {
+                let mut at = (t.schema.as_str(), t.table.as_str());
+                for _ in 0..=s.tables.len() {
+                    match firsts.get(&at) {
+                        Some(prev) if *prev == (t.schema.as_str(), t.table.as_str()) => {
+                            return Err(cfg_err(
+                                format!("{p}.tables[{j}].renamed_from"),
+                                format!(
+                                    "the renames of {}.{} lead back to it: name the table's earlier name, which must not itself be renamed from this one",
+                                    t.schema, t.table
+                                ),
+                            ))
+                        }
+                        Some(prev) => at = *prev,
+                        None => break,
+                    }
+                }
+            }
             let mut by_name = HashMap::new();
             for (j, t) in s.tables.iter().enumerate() {
                 let tp = format!("{p}.tables[{j}]");
@@ -880,6 +940,15 @@ impl Config {
                 if let Some(c) = &t.compact {
                     c.check(&format!("{tp}.compact"))?;
                 }
+                let mut kept = BTreeSet::new();
+                for (new, old) in &t.renamed_columns {
+                    if new == old || new.is_empty() || old.is_empty() || !kept.insert(old) {
+                        return Err(cfg_err(
+                            format!("{tp}.renamed_columns.{new}"),
+                            "each renamed column maps its new name to a different, non-empty old name, and no two new names to one old name",
+                        ));
+                    }
+                }
                 let mut key_seen = BTreeSet::new();
                 for (k, key) in t.keys.iter().enumerate() {
                     if !key_seen.insert(key) {
@@ -889,6 +958,21 @@ impl Config {
                         return Err(cfg_err(
                             format!("{tp}.keys[{k}]"),
                             format!("key `{key}` is not one of the table's columns"),
+                        ));
+                    }
+                }
+                for (k, col) in t.unlogged_when_null.iter().enumerate() {
+                    let wrong = if t.keys.contains(col) {
+                        Some("is a key column, which every change logs")
+                    } else if t.columns.is_some() && !seen.contains(col) {
+                        Some("is not one of the table's columns")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = wrong {
+                        return Err(cfg_err(
+                            format!("{tp}.unlogged_when_null[{k}]"),
+                            format!("`{col}` {why}"),
                         ));
                     }
                 }
@@ -1074,8 +1158,20 @@ impl Validated {
                 ),
             ));
         }
-        let (mut target_schema, mut target_table) = (schema.to_string(), table.to_string());
-        if let Some(r) = self.rename_rule(source, schema, table).map(|j| &s.rules[j]) {
+        // A table renamed at the source lands where its first name does (followed back
+        // through every rename; validation refuses cycles).
+        let mut landing = (schema, table);
+        for _ in 0..s.tables.len() {
+            let from = self.tables[source]
+                .get(&(landing.0.to_string(), landing.1.to_string()))
+                .and_then(|&i| s.tables[i].renamed_from.as_ref());
+            match from {
+                Some(f) => landing = (f.schema.as_str(), f.table.as_str()),
+                None => break,
+            }
+        }
+        let (mut target_schema, mut target_table) = (landing.0.to_string(), landing.1.to_string());
+        if let Some(r) = self.rename_rule(source, landing.0, landing.1).map(|j| &s.rules[j]) {
             if let Some(ts) = &r.to_schema {
                 target_schema = ts.clone();
             }
@@ -1106,6 +1202,8 @@ impl Validated {
             compact: entry
                 .and_then(|t| t.compact.clone())
                 .unwrap_or_else(|| self.config.compact.clone()),
+            renamed_columns: entry.map(|t| t.renamed_columns.clone()).unwrap_or_default(),
+            unlogged_when_null: entry.map(|t| t.unlogged_when_null.clone()).unwrap_or_default(),
         }))
     }
 
@@ -1176,6 +1274,26 @@ impl Validated {
                     ));
                 }
                 if let Some(other) = landed.insert(target.clone(), this.clone()) {
+                    // One table under its old and new source names: meant, if the keys agree.
+                    if self.renamed_chain(i, &this, &other) {
+                        let other_keys = self.table(i, &other.0, &other.1).ok().flatten().map(|o| o.keys);
+                        if other_keys.as_ref() != Some(&spec.keys) {
+                            return Err(cfg_err(
+                                format!("sources[{i}].tables"),
+                                format!(
+                                    "{}.{} is renamed from {}.{} (one Delta table) but their keys differ \
+                                     ({:?} and {:?}): configure the same key columns for both names",
+                                    this.0,
+                                    this.1,
+                                    other.0,
+                                    other.1,
+                                    spec.keys,
+                                    other_keys.unwrap_or_default()
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
                     let path = match self.rename_rule(i, schema, table) {
                         Some(j) => format!("sources[{i}].rules[{j}]"),
                         None => match self.rename_rule(i, &other.0, &other.1) {
@@ -1196,6 +1314,29 @@ impl Validated {
             }
         }
         Ok(())
+    }
+
+    /// Whether `a` and `b` are names of one table renamed at the source (`renamed_from` links,
+    /// either way, through any number of renames).
+    fn renamed_chain(&self, source: usize, a: &(String, String), b: &(String, String)) -> bool {
+        let s = &self.config.sources[source];
+        let back = |from: &(String, String), to: &(String, String)| {
+            let mut at = from.clone();
+            for _ in 0..s.tables.len() {
+                let prev = self.tables[source]
+                    .get(&at)
+                    .and_then(|&i| s.tables[i].renamed_from.as_ref());
+                match prev {
+                    Some(p) => at = (p.schema.clone(), p.table.clone()),
+                    None => return false,
+                }
+                if &at == to {
+                    return true;
+                }
+            }
+            false
+        };
+        back(a, b) || back(b, a)
     }
 
     /// The index of the rename rule that applies to `schema.table` of source `source`.

@@ -220,6 +220,8 @@ mod tests {
             partition_by: vec![],
             deletion_vectors: false,
             compact: Default::default(),
+            renamed_columns: Default::default(),
+            unlogged_when_null: Default::default(),
         };
         let root = Path::from("staged");
         let p = change_set_path(&root, &spec, "abc").unwrap();

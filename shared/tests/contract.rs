@@ -63,6 +63,7 @@ both_modes! {
     a_soft_deleted_row_holds_its_full_delete_image_in_any_order => a_soft_deleted_row_holds_its_full_delete_image_in_any_order_dv,
     a_column_added_at_the_source_is_added_to_the_table => a_column_added_at_the_source_is_added_to_the_table_dv,
     a_column_the_source_did_not_log_keeps_its_value => a_column_the_source_did_not_log_keeps_its_value_dv,
+    an_update_that_did_not_log_a_large_value_keeps_it => an_update_that_did_not_log_a_large_value_keeps_it_dv,
     a_partitioned_table_follows_its_rows_across_partitions => a_partitioned_table_follows_its_rows_across_partitions_dv,
     no_partial_commit_when_the_log_write_fails => no_partial_commit_when_the_log_write_fails_dv,
     versions_and_source_files_trace_each_other => versions_and_source_files_trace_each_other_dv,
@@ -737,4 +738,192 @@ async fn cdc_file_names_in_local_time_order_by_their_utc_instant_across_the_fall
     .unwrap_err()
     .to_string();
     assert!(e.contains("sources[0].date_partitioning.timezone"), "{e}");
+}
+
+const RENAMED: &str = r#"
+  - name: pg
+    bucket: dms
+    csv: { header: true }
+    tables:
+      - schema: app
+        table: customers
+        keys: [id]
+      - schema: app
+        table: clients
+        keys: [id]
+        renamed_from: { schema: app, table: customers }
+        renamed_columns: { full_name: name }
+"#;
+
+/// DMS Rename Table and Rename Column: with `renamed_from` and `renamed_columns`, files of the
+/// new name go on in the old name's Delta table and column, in any order with late files of
+/// the old name; without them the new name is a new table.
+#[tokio::test]
+async fn a_table_and_a_column_renamed_at_the_source_stay_one_delta_table() {
+    let files: [(&str, &[u8]); 3] = [
+        ("app/customers/20240528-195141300.csv", b"Op,id,name\nI,1,ann\nI,2,bo\n"),
+        ("app/customers/20240528-195141310.csv", b"Op,id,name\nU,1,ann-old\n"),
+        (
+            "app/clients/20240528-195141320.csv",
+            b"Op,id,full_name\nU,1,Ann New\nI,3,cy\n",
+        ),
+    ];
+    for order in [[0, 1, 2], [0, 2, 1], [2, 1, 0]] {
+        let m = Mini::new(RENAMED, "");
+        for i in order {
+            m.apply(files[i].0, files[i].1).await;
+        }
+        assert_eq!(
+            m.rows("pg.app.customers", &["id", "name"]).await,
+            vec![vec!["1", "Ann New"], vec!["2", "bo"], vec!["3", "cy"]],
+            "order {order:?}"
+        );
+        let columns: Vec<String> = m.batches("pg.app.customers").await[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert!(!columns.contains(&"full_name".to_string()), "{columns:?}");
+        assert!(!m.dir.path().join("lake/pg/app/clients").exists());
+    }
+    // Without the declarations, the new name is a table of its own.
+    let plain = RENAMED
+        .replace("        renamed_from: { schema: app, table: customers }\n", "")
+        .replace("        renamed_columns: { full_name: name }\n", "");
+    let m = Mini::new(&plain, "");
+    m.apply(files[0].0, files[0].1).await;
+    m.apply(files[2].0, files[2].1).await;
+    assert_eq!(
+        m.rows("pg.app.clients", &["id", "full_name"]).await,
+        vec![vec!["1", "Ann New"], vec!["3", "cy"]]
+    );
+}
+
+#[test]
+fn renames_that_would_mix_tables_are_refused_at_load() {
+    let load = |sources: &str| {
+        dms2delta::config::Config::from_text(&format!("lake: /l\nstaging: /s\nquarantine: /q\nsources:\n{sources}"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let cycle = RENAMED.replace(
+        "        table: customers\n        keys: [id]\n",
+        "        table: customers\n        keys: [id]\n        renamed_from: { schema: app, table: clients }\n",
+    );
+    let e = load(&cycle);
+    assert!(
+        e.contains("sources[0].tables[0].renamed_from") && e.contains("lead back"),
+        "{e}"
+    );
+    let keys = RENAMED.replace(
+        "        table: clients\n        keys: [id]\n",
+        "        table: clients\n        keys: [id, region]\n",
+    );
+    let e = load(&keys);
+    assert!(e.contains("keys differ"), "{e}");
+    let twice = RENAMED.replace("{ full_name: name }", "{ full_name: name, nick: name }");
+    let e = load(&twice);
+    assert!(e.contains("renamed_columns"), "{e}");
+}
+
+/// A column dropped at the source: files without it insert rows with NULL there, and updates
+/// keep the value the row had (the file says nothing about it).
+#[tokio::test]
+async fn a_column_dropped_at_the_source_is_null_in_new_rows_and_kept_in_updated_ones() {
+    let m = Mini::new(HEADER_SOURCE, "");
+    m.apply("app/t/20240528-195141301.csv", b"Op,id,name,extra\nI,1,a,7\n")
+        .await;
+    m.apply("app/t/20240528-195141302.csv", b"Op,id,name\nU,1,a2\nI,2,b\n")
+        .await;
+    assert_eq!(
+        m.rows("pg.app.t", &["id", "name", "extra"]).await,
+        vec![vec!["1", "a2", "7"], vec!["2", "b", "null"]]
+    );
+}
+
+/// PostgreSQL's default replica identity does not log an unchanged TOAST value, and DMS Parquet
+/// writes it as NULL. With `unlogged_when_null`, such a NULL in an update keeps the table's
+/// value, or takes it from an earlier change of the key in the same file; a NULL in an insert is
+/// a NULL. In CSV and in Parquet, copy-on-write and merge-on-read.
+async fn an_update_that_did_not_log_a_large_value_keeps_it(extra: &str) {
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::datatypes::DataType;
+    let big = "x".repeat(5000);
+    let csv_source = HEADER_SOURCE.replace("keys: [id]", "keys: [id]\n        unlogged_when_null: [name]");
+    let m = Mini::new(&csv_source, extra);
+    // Within one file: the insert carries the value, the update does not log it.
+    m.apply(
+        "app/t/20240528-195141301.csv",
+        format!("Op,id,name,extra\nI,1,{big},1\nU,1,,2\nI,2,,3\n").as_bytes(),
+    )
+    .await;
+    // A later file: another update without the value.
+    m.apply("app/t/20240528-195141302.csv", b"Op,id,name,extra\nU,1,,4\n")
+        .await;
+    let rows = m.rows("pg.app.t", &["id", "name", "extra"]).await;
+    assert_eq!(rows[0], vec!["1".to_string(), big.clone(), "4".into()]);
+    assert_eq!(rows[1], vec!["2", "null", "3"], "a NULL in an insert is a NULL");
+
+    let pq_source = PQ_SOURCE.replace("keys: [id]", "keys: [id]\n        unlogged_when_null: [body]");
+    let m = Mini::new(&pq_source, extra);
+    let text = |v: &[Option<&str>]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+    let ids = |v: &[i64]| Arc::new(Int64Array::from(v.to_vec())) as ArrayRef;
+    m.apply(
+        "app/t/20240528-195141301.parquet",
+        &parquet(vec![
+            (
+                "Op",
+                DataType::Utf8,
+                text(&[Some("I"), Some("U"), Some("I"), Some("U")]),
+            ),
+            ("id", DataType::Int64, ids(&[1, 1, 2, 2])),
+            (
+                "body",
+                DataType::Utf8,
+                text(&[Some(&big), None, Some("b2"), Some("b2-new")]),
+            ),
+            ("n", DataType::Int64, ids(&[1, 2, 3, 4])),
+        ]),
+    )
+    .await;
+    m.apply(
+        "app/t/20240528-195141302.parquet",
+        &parquet(vec![
+            ("Op", DataType::Utf8, text(&[Some("U"), Some("I")])),
+            ("id", DataType::Int64, ids(&[1, 3])),
+            ("body", DataType::Utf8, text(&[None, None])),
+            ("n", DataType::Int64, ids(&[5, 6])),
+        ]),
+    )
+    .await;
+    let rows = m.rows("ora.app.t", &["id", "body", "n"]).await;
+    assert_eq!(rows[0], vec!["1".to_string(), big, "5".into()]);
+    assert_eq!(rows[1], vec!["2", "b2-new", "4"]);
+    assert_eq!(rows[2], vec!["3", "null", "6"]);
+    // Without the setting, DMS Parquet's NULL is a NULL: the value is wiped (the trap).
+    let m = Mini::new(PQ_SOURCE, extra);
+    m.apply(
+        "app/t/20240528-195141301.parquet",
+        &parquet(vec![
+            ("Op", DataType::Utf8, text(&[Some("I"), Some("U")])),
+            ("id", DataType::Int64, ids(&[1, 1])),
+            ("body", DataType::Utf8, text(&[Some("kept?"), None])),
+        ]),
+    )
+    .await;
+    assert_eq!(m.rows("ora.app.t", &["id", "body"]).await, vec![vec!["1", "null"]]);
+}
+
+#[test]
+fn unlogged_when_null_refuses_a_key_column() {
+    let e = dms2delta::config::Config::from_text(&format!(
+        "lake: /l\nstaging: /s\nquarantine: /q\nsources:\n{}",
+        PQ_SOURCE.replace("keys: [id]", "keys: [id]\n        unlogged_when_null: [id]")
+    ))
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sources[0].tables[0].unlogged_when_null[0]"), "{e}");
 }

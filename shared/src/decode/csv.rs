@@ -198,6 +198,8 @@ struct DataColumn {
     name: String,
     ty: ColumnType,
     builder: ColumnBuilder,
+    /// In `unlogged_when_null`: NULL in an update means not logged.
+    unlogged_when_null: bool,
 }
 
 struct TableDecoder {
@@ -249,12 +251,19 @@ impl TableDecoder {
                     } else if ts_name.as_deref() == Some(n.as_str()) {
                         ts_pos = Some(i);
                     } else {
+                        let n = spec.column_name(n);
                         let ty = configured
                             .as_ref()
-                            .and_then(|c| c.iter().find(|c| &c.name == n))
+                            .and_then(|c| c.iter().find(|c| c.name == n))
                             .map(|c| c.ty)
                             .unwrap_or(ColumnType::Utf8);
-                        positions.push((i, Column { name: n.clone(), ty }));
+                        positions.push((
+                            i,
+                            Column {
+                                name: n.to_string(),
+                                ty,
+                            },
+                        ));
                     }
                 }
             }
@@ -349,6 +358,7 @@ impl TableDecoder {
             .map(|(pos, c)| DataColumn {
                 pos,
                 builder: ColumnBuilder::for_column(&c, BATCH_ROWS),
+                unlogged_when_null: spec.unlogged_when_null.contains(&c.name),
                 name: c.name,
                 ty: c.ty,
             })
@@ -453,15 +463,6 @@ impl TableDecoder {
                     )
                 })?
             };
-            if settings.no_sup_value.as_deref() == Some(v) {
-                d.builder.append_null();
-                if self.nosup_buf.is_empty() {
-                    self.nosup_buf.push('|');
-                }
-                self.nosup_buf.push_str(&d.name);
-                self.nosup_buf.push('|');
-                continue;
-            }
             let is_key = self.keys.contains(&ci);
             let is_null = match &settings.null_value {
                 // With a sentinel, an empty field is an empty string where a string can be one.
@@ -470,6 +471,15 @@ impl TableDecoder {
                 // and so is an empty key field: a key is never NULL in the source.
                 None => v.is_empty() && !(d.builder.takes_empty() && (is_key || record.is_quoted_empty(d.pos))),
             };
+            if settings.no_sup_value.as_deref() == Some(v) || (is_null && op == "U" && d.unlogged_when_null) {
+                d.builder.append_null();
+                if self.nosup_buf.is_empty() {
+                    self.nosup_buf.push('|');
+                }
+                self.nosup_buf.push_str(&d.name);
+                self.nosup_buf.push('|');
+                continue;
+            }
             if is_null {
                 if is_key {
                     return Err(InputProblem::new(

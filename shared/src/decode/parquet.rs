@@ -50,7 +50,11 @@ pub(super) fn decode(
         None => metadata.clone(),
     };
     let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(reopen(&file)?, first_pass);
-    let (winners, rows_in) = winners(builder, &plan, spec, ctx)?;
+    let Winners {
+        rows: winners,
+        rows_in,
+        unlogged,
+    } = winners(builder, &plan, spec, ctx)?;
     sink.count(spec, rows_in);
     if winners.is_empty() {
         return Ok(());
@@ -96,7 +100,24 @@ pub(super) fn decode(
             source_file_column(ctx.source_file, n)
                 .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?,
         );
-        cols.push(arrow::array::new_null_array(&DataType::Utf8, n));
+        match &unlogged {
+            // The first pass's values for the unlogged-when-null columns, and its marks.
+            Some(first) => {
+                let part = first.slice(done - n, n);
+                for &u in &plan.unlogged {
+                    let name = plan.schema.field(u).name();
+                    if let Some(c) = part.column_by_name(name) {
+                        cols[u] = c.clone();
+                    }
+                }
+                let marks = part
+                    .column_by_name(NOSUP)
+                    .cloned()
+                    .unwrap_or_else(|| arrow::array::new_null_array(&DataType::Utf8, n));
+                cols.push(marks);
+            }
+            None => cols.push(arrow::array::new_null_array(&DataType::Utf8, n)),
+        }
         let out = RecordBatch::try_new(plan.schema.clone(), cols)
             .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
         sink.push_deduplicated(spec, out)?;
@@ -123,8 +144,9 @@ fn winners(
     plan: &Plan,
     spec: &TableSpec,
     ctx: &FileContext<'_>,
-) -> Result<(Vec<usize>, u64), InputProblem> {
+) -> Result<Winners, InputProblem> {
     let mut roots: Vec<usize> = plan.keys.iter().map(|&k| plan.data[k].0).collect();
+    roots.extend(plan.unlogged.iter().map(|&u| plan.data[u].0));
     roots.extend(plan.op);
     roots.extend(plan.seq);
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
@@ -136,6 +158,7 @@ fn winners(
         .map_err(corrupt)?;
     let mut fields: Vec<Field> = plan.keys.iter().map(|&k| plan.schema.field(k).clone()).collect();
     fields.push(Field::new(ROW, DataType::UInt64, false));
+    fields.extend(plan.unlogged.iter().map(|&u| plan.schema.field(u).clone()));
     fields.extend(
         meta_fields()
             .into_iter()
@@ -145,7 +168,10 @@ fn winners(
     // Later rows win and one integer key: positions alone decide. Otherwise the general deduper
     // over narrow batches (key, position and metadata columns).
     let mut last = match plan.keys.as_slice() {
-        [k] if plan.seq.is_none() && LastRowPerKey::supports(plan.schema.field(*k).data_type()) => {
+        [k] if plan.seq.is_none()
+            && plan.unlogged.is_empty()
+            && LastRowPerKey::supports(plan.schema.field(*k).data_type()) =>
+        {
             Some(LastRowPerKey::with_capacity(file_rows))
         }
         _ => None,
@@ -194,16 +220,25 @@ fn winners(
         cols.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
             row..row + n as u64,
         )));
-        cols.push(match plan.op {
+        let mut unlogged = Vec::with_capacity(plan.unlogged.len());
+        for &u in &plan.unlogged {
+            let (i, how) = &plan.data[u];
+            let col = convert(&column(*i)?, how, file_name(plan, *i), rows, ctx.max_field_bytes)?;
+            cols.push(col.clone());
+            unlogged.push((plan.schema.field(u).name().as_str(), col));
+        }
+        let ops = match plan.op {
             Some(i) => op_text(&column(i)?)?,
             None => Arc::new(StringArray::from_iter_values(std::iter::repeat_n("I", n))),
-        });
+        };
+        let nosup = unlogged_marks(&ops, &unlogged);
+        cols.push(ops);
         cols.push(match plan.seq {
             Some(_) => Arc::new(sequences(&batch, plan, ctx, rows)?),
             // Rows in sequence order: the deduper compares positions, not sequences.
             None => Arc::new(StringArray::from_iter_values(std::iter::repeat_n("", n))),
         });
-        cols.push(arrow::array::new_null_array(&DataType::Utf8, n));
+        cols.push(nosup);
         let narrow_batch = RecordBatch::try_new(narrow.clone(), cols)
             .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
         dedup.push(narrow_batch)?;
@@ -213,21 +248,71 @@ fn winners(
         let last = last.unwrap_or_default();
         let rows_in = last.rows_in();
         let pos = last.finish().into_iter().map(|p| p as usize).collect();
-        return Ok((pos, rows_in));
+        return Ok(Winners {
+            rows: pos,
+            rows_in,
+            unlogged: None,
+        });
     };
     let rows_in = dedup.rows_in();
     let Some(survivors) = dedup.finish()? else {
-        return Ok((Vec::new(), rows_in));
+        return Ok(Winners {
+            rows: Vec::new(),
+            rows_in,
+            unlogged: None,
+        });
     };
+    let row_col = survivors
+        .column_by_name(ROW)
+        .cloned()
+        .ok_or_else(|| InputProblem::new(BadInputKind::CorruptFile, "the first pass lost its positions"))?;
+    // The deduper returns survivors in arrival order, which is file order; sorting is cheap
+    // insurance for the row selection, which needs it (and keeps the unlogged values aligned).
+    let order = arrow::compute::sort_to_indices(&row_col, None, None).map_err(bad_batch)?;
+    let survivors = arrow::compute::take_record_batch(&survivors, &order).map_err(bad_batch)?;
     let pos = survivors
         .column_by_name(ROW)
         .map(|c| c.as_primitive::<arrow::datatypes::UInt64Type>().values().to_vec())
         .unwrap_or_default();
-    let mut pos: Vec<usize> = pos.into_iter().map(|p| p as usize).collect();
-    // The deduper returns survivors in arrival order, which is file order; sorting is cheap
-    // insurance for the row selection, which needs it.
-    pos.sort_unstable();
-    Ok((pos, rows_in))
+    let pos: Vec<usize> = pos.into_iter().map(|p| p as usize).collect();
+    Ok(Winners {
+        rows: pos,
+        rows_in,
+        unlogged: (!plan.unlogged.is_empty()).then_some(survivors),
+    })
+}
+
+/// What the first pass decided.
+struct Winners {
+    /// Positions of the surviving rows, ascending.
+    rows: Vec<usize>,
+    rows_in: u64,
+    /// With `unlogged_when_null` columns: the survivors as the first pass built them, in
+    /// position order, holding those columns' values (taken from earlier changes of the key
+    /// where an update did not log them) and what is still not logged (`_dms_nosup`).
+    unlogged: Option<RecordBatch>,
+}
+
+fn bad_batch(e: arrow::error::ArrowError) -> InputProblem {
+    InputProblem::new(BadInputKind::BadValue, e.to_string())
+}
+
+/// `_dms_nosup` for changes whose unlogged-when-null columns are NULL in an update.
+fn unlogged_marks(ops: &ArrayRef, unlogged: &[(&str, ArrayRef)]) -> ArrayRef {
+    if unlogged.is_empty() {
+        return arrow::array::new_null_array(&DataType::Utf8, ops.len());
+    }
+    let ops = ops.as_string::<i32>();
+    let marks: StringArray = (0..ops.len())
+        .map(|r| {
+            if ops.value(r) != "U" {
+                return None;
+            }
+            let names: Vec<&str> = unlogged.iter().filter(|(_, c)| c.is_null(r)).map(|(n, _)| *n).collect();
+            (!names.is_empty()).then(|| format!("|{}|", names.join("|")))
+        })
+        .collect();
+    Arc::new(marks)
 }
 
 /// The position column of the first pass (not a change-set column).
@@ -549,6 +634,9 @@ struct Plan {
     schema: SchemaRef,
     data: Vec<(usize, Convert)>,
     keys: Vec<usize>,
+    /// Data columns (indexes into `data`) of `unlogged_when_null`: read in the first pass too,
+    /// so that an update that did not log one takes it from an earlier change in the file.
+    unlogged: Vec<usize>,
     op: Option<usize>,
     ts: Option<usize>,
     seq: Option<usize>,
@@ -563,6 +651,7 @@ impl Plan {
         let mut fields = Vec::new();
         for (i, f) in file.fields().iter().enumerate() {
             let name = f.name();
+            let table_name = spec.column_name(name);
             if i == 0 && name.eq_ignore_ascii_case("Op") {
                 op = Some(i);
             } else if spec.timestamp_column.as_deref() == Some(name.as_str()) {
@@ -581,12 +670,15 @@ impl Plan {
                         format!("column `{name}` has type {} which Delta cannot store", f.data_type()),
                     )
                 })?;
-                let configured = spec.columns.as_ref().and_then(|c| c.iter().find(|c| &c.name == name));
+                let configured = spec
+                    .columns
+                    .as_ref()
+                    .and_then(|c| c.iter().find(|c| c.name == table_name));
                 let how = match configured {
-                    Some(c) => Convert::configured(name, f.data_type(), natural, c.ty)?,
+                    Some(c) => Convert::configured(table_name, f.data_type(), natural, c.ty)?,
                     None => Convert::Cast(natural),
                 };
-                fields.push(Field::new(name, how.target(), true));
+                fields.push(Field::new(table_name, how.target(), true));
                 data.push((i, how));
             }
         }
@@ -602,12 +694,19 @@ impl Plan {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let unlogged = fields
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| spec.unlogged_when_null.iter().any(|c| c == f.name()))
+            .map(|(i, _)| i)
+            .collect();
         fields.extend(meta_fields());
         Ok(Plan {
             file: Arc::new(file.clone()),
             schema: Arc::new(Schema::new(fields)),
             data,
             keys,
+            unlogged,
             op,
             ts,
             seq,
