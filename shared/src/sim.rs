@@ -129,6 +129,9 @@ pub struct Variant {
     pub added_column: bool,
     /// The full load was read after this many CDC changes had been captured (0: before any).
     pub load_after: usize,
+    /// A parallel full load: each key range in a partition folder of its own, every folder's
+    /// series starting at `LOAD00000001`.
+    pub parallel_load: bool,
 }
 
 /// A rendered history.
@@ -308,6 +311,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     } else {
                         0
                     },
+                    parallel_load: rng.u8(0..3) == 0,
                 }
             } else {
                 Variant::default()
@@ -506,15 +510,22 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
 
             // Rendering.
             let folder = format!("dms/{source}/app/{table}");
-            let split = if load.len() > 3 && rng.bool() {
-                load.len() / 2
+            let mut load_parts: Vec<&[Change]> = if variant.parallel_load {
+                // Key ranges (the snapshot is in key order), as partitions-auto splits a table.
+                let n = load.len().div_ceil(3).max(1);
+                load.chunks(n).collect()
             } else {
-                load.len()
+                let split = if load.len() > 3 && rng.bool() {
+                    load.len() / 2
+                } else {
+                    load.len()
+                };
+                let mut parts = vec![&load[..split]];
+                if split < load.len() {
+                    parts.push(&load[split..]);
+                }
+                parts
             };
-            let mut load_parts = vec![&load[..split]];
-            if split < load.len() {
-                load_parts.push(&load[split..]);
-            }
             // Files in the order DMS writes them, so the last change seen per key is its newest.
             let mut seqs: BTreeMap<Vec<Value>, String> = BTreeMap::new();
             let soft = variant.soft;
@@ -532,15 +543,25 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             // zero-byte object, which decode rightly skips).
             load_parts.retain(|p| !p.is_empty());
             for (i, part) in load_parts.iter().enumerate() {
-                let name = format!("LOAD{:08X}", i + 1);
-                note(&name, part, false);
+                let (file_folder, name, series) = if variant.parallel_load {
+                    let p = format!("part{i}");
+                    (
+                        format!("{folder}/{p}"),
+                        "LOAD00000001".to_string(),
+                        format!("{p}/LOAD00000001"),
+                    )
+                } else {
+                    let name = format!("LOAD{:08X}", i + 1);
+                    (folder.clone(), name.clone(), name)
+                };
+                note(&series, part, false);
                 // The load carries the added column if the column existed when DMS read the table.
                 let w = if noted_from < variant.load_after {
                     width
                 } else {
                     base_width
                 };
-                let file = render(*format, &folder, &name, &sh.columns[..w], part, false, &mut rng);
+                let file = render(*format, &file_folder, &name, &sh.columns[..w], part, false, &mut rng);
                 files.push(SimFile { epoch: 0, ..file });
             }
             let mut last_stem = 0;
@@ -903,6 +924,7 @@ mod tests {
                 seen.partitioned |= v.partitioned;
                 seen.added_column |= v.added_column;
                 seen.load_after = seen.load_after.max(v.load_after);
+                seen.parallel_load |= v.parallel_load;
                 let cols = &sim.columns[name];
                 assert_eq!(v.soft, cols.last().map(String::as_str) == Some(DELETED_FLAG), "{name}");
                 assert_eq!(v.added_column, cols.iter().any(|c| c == ADDED.0), "{name}");
@@ -926,8 +948,23 @@ mod tests {
             }
         }
         assert!(
-            seen.soft && seen.partitioned && seen.added_column && seen.load_after > 0,
+            seen.soft && seen.partitioned && seen.added_column && seen.load_after > 0 && seen.parallel_load,
             "{seen:?}"
+        );
+        let parallel = |sim: &Simulation| {
+            sim.files
+                .iter()
+                .filter(|f| f.key.contains("/part1/LOAD00000001"))
+                .count()
+        };
+        assert!(
+            (0..20).any(|seed| parallel(&simulate(&SimOptions {
+                seed,
+                tables: 2,
+                variety: true,
+                ..SimOptions::default()
+            })) > 0),
+            "some table loads in partition folders"
         );
         assert!(soft_deleted > 0 && noted_files > 0, "{soft_deleted} {noted_files}");
         assert!(halves[0] > 0 && halves[1] > 0, "{halves:?}");

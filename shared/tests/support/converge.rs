@@ -45,6 +45,7 @@ pub struct CaseStats {
     pub partitioned_tables: u64,
     pub added_column_tables: u64,
     pub overlapping_loads: u64,
+    pub parallel_loads: u64,
 }
 
 impl std::ops::AddAssign for CaseStats {
@@ -61,6 +62,7 @@ impl std::ops::AddAssign for CaseStats {
         self.partitioned_tables += o.partitioned_tables;
         self.added_column_tables += o.added_column_tables;
         self.overlapping_loads += o.overlapping_loads;
+        self.parallel_loads += o.parallel_loads;
     }
 }
 
@@ -70,7 +72,7 @@ impl fmt::Display for CaseStats {
             f,
             "{} crashes, {} failed log writes, {} commit conflicts, {} compactions ({} wrote a checkpoint or rewrote files, {} files rewritten), \
              {} tombstones expired and {} files vacuumed with the clock past retention; tables: {} soft delete, {} partitioned, \
-             {} with a column added mid-stream, {} with a full load overlapping CDC",
+             {} with a column added mid-stream, {} with a full load overlapping CDC, {} loaded in parallel",
             self.crashes,
             self.log_faults,
             self.conflicts,
@@ -82,7 +84,8 @@ impl fmt::Display for CaseStats {
             self.soft_tables,
             self.partitioned_tables,
             self.added_column_tables,
-            self.overlapping_loads
+            self.overlapping_loads,
+            self.parallel_loads
         )
     }
 }
@@ -102,6 +105,7 @@ impl CaseStats {
             (self.partitioned_tables, "partitioned table"),
             (self.added_column_tables, "column added mid-stream"),
             (self.overlapping_loads, "full load overlapping CDC"),
+            (self.parallel_loads, "parallel full load"),
         ]
         .iter()
         .filter(|(n, _)| *n == 0)
@@ -343,6 +347,7 @@ pub async fn run_case_via(
         stats.partitioned_tables += u64::from(v.partitioned);
         stats.added_column_tables += u64::from(v.added_column);
         stats.overlapping_loads += u64::from(v.load_after > 0);
+        stats.parallel_loads += u64::from(v.parallel_load);
     }
     Ok(stats)
 }
