@@ -153,7 +153,10 @@ async fn any_order_duplicates_crashes_and_concurrency_converge_on_s3() {
         seeds.len(),
         failures.join("\n")
     );
-    if let Err(e) = total.require_adversity() {
+    // Seven cases often have nothing to vacuum (merge-on-read commits remove no files, and
+    // compaction of a few small files may find nothing to rewrite); the local run, with four
+    // times the cases, requires it.
+    if let Err(e) = total.require_adversity_but(&["vacuumed file"]) {
         panic!("{e} ({replay})");
     }
 }
