@@ -80,7 +80,11 @@ impl Requirements {
             .filter(|v| *v > limit)
             .map(|v| format!("needs GLIBC_{v}, newer than the {limit} allowed"))
             .collect();
-        out.extend(self.glibc_other.iter().map(|o| format!("needs {o}, which no other glibc build provides")));
+        out.extend(
+            self.glibc_other
+                .iter()
+                .map(|o| format!("needs {o}, which no other glibc build provides")),
+        );
         out
     }
 }
@@ -97,7 +101,9 @@ pub fn requirements(data: &[u8]) -> Result<Requirements, Error> {
     };
     let sections = header.sections(endian, data).map_err(|e| bad("section table", e))?;
 
-    let dynamic = sections.dynamic_table(endian, data).map_err(|e| bad("dynamic section", e))?;
+    let dynamic = sections
+        .dynamic_table(endian, data)
+        .map_err(|e| bad("dynamic section", e))?;
     let mut needed_libraries = Vec::new();
     for entry in dynamic.iter().filter(|d| d.tag == elf::DT_NEEDED) {
         let name = dynamic.string(entry).map_err(|e| bad("DT_NEEDED name", e))?;
@@ -106,8 +112,13 @@ pub fn requirements(data: &[u8]) -> Result<Requirements, Error> {
 
     let mut glibc_versions = Vec::new();
     let mut glibc_other = Vec::new();
-    if let Some((mut needs, link)) = sections.gnu_verneed(endian, data).map_err(|e| bad("version-needed section", e))? {
-        let strings = sections.strings(endian, data, link).map_err(|e| bad("version strings", e))?;
+    if let Some((mut needs, link)) = sections
+        .gnu_verneed(endian, data)
+        .map_err(|e| bad("version-needed section", e))?
+    {
+        let strings = sections
+            .strings(endian, data, link)
+            .map_err(|e| bad("version strings", e))?;
         while let Some((_need, mut aux)) = needs.next().map_err(|e| bad("version-needed entry", e))? {
             while let Some(entry) = aux.next().map_err(|e| bad("version-needed entry", e))? {
                 let name = entry.name(endian, strings).map_err(|e| bad("version name", e))?;

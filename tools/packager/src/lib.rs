@@ -138,7 +138,11 @@ pub fn inspect_with(function: &str, arch: Arch, zip_bytes: &[u8], limits: &Limit
     }
     let req = elf::requirements(&bootstrap.data)?;
     if req.arch != arch {
-        problems.push(format!("bootstrap is built for {}, not {}", req.arch.lambda_name(), arch.lambda_name()));
+        problems.push(format!(
+            "bootstrap is built for {}, not {}",
+            req.arch.lambda_name(),
+            arch.lambda_name()
+        ));
     }
     problems.extend(req.violations(limit));
     let glibc_max = match req.glibc_max() {
@@ -172,12 +176,14 @@ pub fn inspect_with(function: &str, arch: Arch, zip_bytes: &[u8], limits: &Limit
 pub fn verify_dir(dir: &Path) -> Result<Manifest, Error> {
     let path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::Manifest(format!("{}: {e}", path.display())))?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| Error::Manifest(format!("{}: {e}", path.display())))?;
     if manifest.packages.is_empty() {
         return Err(Error::Manifest("lists no packages".into()));
     }
     for p in &manifest.packages {
-        let arch = Arch::from_lambda_name(&p.arch).ok_or_else(|| Error::Manifest(format!("unknown arch {}", p.arch)))?;
+        let arch =
+            Arch::from_lambda_name(&p.arch).ok_or_else(|| Error::Manifest(format!("unknown arch {}", p.arch)))?;
         let zip_path = dir.join(&p.zip);
         let bytes = std::fs::read(&zip_path).map_err(io(&zip_path))?;
         let found = inspect(&p.function, arch, &bytes)?;
@@ -201,7 +207,10 @@ pub fn zip_template(template: &str, arch: Arch, header: &str) -> Result<String, 
         let from = format!("CodeUri: functions/{function}");
         let hits: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].trim() == from).collect();
         let [i] = hits[..] else {
-            return Err(Error::Template(format!("`{from}` appears {} times, not once", hits.len())));
+            return Err(Error::Template(format!(
+                "`{from}` appears {} times, not once",
+                hits.len()
+            )));
         };
         let indent = &lines[i][..lines[i].len() - lines[i].trim_start().len()];
         lines[i] = format!("{indent}CodeUri: {}", zip_name(function, arch));
@@ -225,7 +234,9 @@ pub fn zip_template(template: &str, arch: Arch, header: &str) -> Result<String, 
         }
     }
     if replaced != 2 {
-        return Err(Error::Template("the `Architecture` parameter has no Default and AllowedValues to pin".into()));
+        return Err(Error::Template(
+            "the `Architecture` parameter has no Default and AllowedValues to pin".into(),
+        ));
     }
     let mut out = String::with_capacity(template.len() + header.len() + 1);
     for l in header.lines() {

@@ -84,7 +84,8 @@ fn package(dist: &Path, builds: &[String], template: &Path, mut manifest: Manife
         let (arch, dir) = b
             .split_once('=')
             .ok_or_else(|| Error::Manifest(format!("--build {b}: expected ARCH=DIR")))?;
-        let arch = Arch::from_lambda_name(arch).ok_or_else(|| Error::Manifest(format!("--build {b}: ARCH is x86_64 or arm64")))?;
+        let arch = Arch::from_lambda_name(arch)
+            .ok_or_else(|| Error::Manifest(format!("--build {b}: ARCH is x86_64 or arm64")))?;
         arches.push((arch, PathBuf::from(dir)));
     }
 
@@ -97,7 +98,9 @@ fn package(dist: &Path, builds: &[String], template: &Path, mut manifest: Manife
         let ours = name == MANIFEST
             || name == CHECKSUMS
             || (name.starts_with("template-") && name.ends_with(".yaml"))
-            || FUNCTIONS.iter().any(|f| name.starts_with(&format!("{f}-")) && name.ends_with(".zip"));
+            || FUNCTIONS
+                .iter()
+                .any(|f| name.starts_with(&format!("{f}-")) && name.ends_with(".zip"));
         if ours {
             std::fs::remove_file(&path).map_err(io(&path))?;
         }
@@ -117,7 +120,11 @@ fn package(dist: &Path, builds: &[String], template: &Path, mut manifest: Manife
         }
     }
     if !rejected.is_empty() {
-        return Err(Error::Manifest(format!("nothing written to {}:\n{}", dist.display(), rejected.join("\n"))));
+        return Err(Error::Manifest(format!(
+            "nothing written to {}:\n{}",
+            dist.display(),
+            rejected.join("\n")
+        )));
     }
 
     let template_text = std::fs::read_to_string(template).map_err(io(template))?;
@@ -133,14 +140,21 @@ fn package(dist: &Path, builds: &[String], template: &Path, mut manifest: Manife
              its zip beside this file ({}), so `sam deploy --template-file` uploads the zips\n\
              as they are, with no build step (docs/deploy.md, \"Deploying the release zips\").",
             manifest.git_commit,
-            if manifest.git_dirty { " (with uncommitted changes)" } else { "" },
+            if manifest.git_dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            },
             arch.lambda_name()
         );
         let text = zip_template(&template_text, *arch, &header)?;
         let name = format!("template-{}.yaml", arch.lambda_name());
         let path = dist.join(&name);
         std::fs::write(&path, &text).map_err(io(&path))?;
-        sums.push_str(&format!("{}  {name}\n", dms2delta_packager::sha256_hex(text.as_bytes())));
+        sums.push_str(&format!(
+            "{}  {name}\n",
+            dms2delta_packager::sha256_hex(text.as_bytes())
+        ));
     }
     let path = dist.join(CHECKSUMS);
     std::fs::write(&path, sums).map_err(io(&path))?;
@@ -157,7 +171,10 @@ fn package(dist: &Path, builds: &[String], template: &Path, mut manifest: Manife
 }
 
 fn print_table(packages: &[Package]) {
-    println!("{:<10} {:<7} {:>12} {:>9} {:>13} {:>6}  sha256", "function", "arch", "zip bytes", "zip MB", "bootstrap MB", "glibc");
+    println!(
+        "{:<10} {:<7} {:>12} {:>9} {:>13} {:>6}  sha256",
+        "function", "arch", "zip bytes", "zip MB", "bootstrap MB", "glibc"
+    );
     for p in packages {
         println!(
             "{:<10} {:<7} {:>12} {:>9.1} {:>13.1} {:>6}  {}",

@@ -45,9 +45,12 @@ pub fn write_single(name: &str, contents: &[u8]) -> Result<Vec<u8>, Error> {
 pub fn write_single_at(name: &str, contents: &[u8], level: Compression) -> Result<Vec<u8>, Error> {
     let size = u32::try_from(contents.len()).map_err(|_| Error::Zip(format!("{name} is over 4 GiB")))?;
     let mut encoder = DeflateEncoder::new(Vec::new(), level);
-    encoder.write_all(contents).map_err(|e| Error::Zip(format!("deflate: {e}")))?;
+    encoder
+        .write_all(contents)
+        .map_err(|e| Error::Zip(format!("deflate: {e}")))?;
     let compressed = encoder.finish().map_err(|e| Error::Zip(format!("deflate: {e}")))?;
-    let compressed_size = u32::try_from(compressed.len()).map_err(|_| Error::Zip(format!("{name} deflates to over 4 GiB")))?;
+    let compressed_size =
+        u32::try_from(compressed.len()).map_err(|_| Error::Zip(format!("{name} deflates to over 4 GiB")))?;
     let crc = crc32fast::hash(contents);
     let name_len = u16::try_from(name.len()).map_err(|_| Error::Zip("file name too long".into()))?;
 

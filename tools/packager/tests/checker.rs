@@ -1,6 +1,8 @@
 //! The release checks themselves, on a binary at hand: this test executable, which the host's
 //! toolchain links against the host's glibc like any binary built without a pinned glibc.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use dms2delta_packager::zip::Compression;
 use dms2delta_packager::{elf, inspect_with, zip, Arch, Error, GlibcVersion, Limits, GLIBC_LIMIT, ZIP_LIMIT_BYTES};
 
@@ -40,9 +42,17 @@ fn reads_the_glibc_versions_a_binary_needs() {
     let req = elf::requirements(&this_binary()).unwrap();
     println!("this test binary: {req:?}");
     assert_eq!(req.arch, host_arch());
-    assert!(req.needed_libraries.iter().any(|l| l == "libc.so.6"), "{:?}", req.needed_libraries);
+    assert!(
+        req.needed_libraries.iter().any(|l| l == "libc.so.6"),
+        "{:?}",
+        req.needed_libraries
+    );
     // The oldest version each architecture's glibc port starts at; every Rust binary needs it.
-    let base = if host_arch() == Arch::X86_64 { v("2.2.5") } else { v("2.17") };
+    let base = if host_arch() == Arch::X86_64 {
+        v("2.2.5")
+    } else {
+        v("2.17")
+    };
     assert!(req.glibc_versions.contains(&base), "{:?}", req.glibc_versions);
     let max = req.glibc_max().unwrap().clone();
     assert!(max >= base);
@@ -118,7 +128,11 @@ fn inspect_passes_a_good_zip_and_names_every_problem_of_a_bad_one() {
         glibc: below,
         zip_bytes: good.len() as u64 - 1,
     };
-    let other_arch = if host_arch() == Arch::X86_64 { Arch::Arm64 } else { Arch::X86_64 };
+    let other_arch = if host_arch() == Arch::X86_64 {
+        Arch::Arm64
+    } else {
+        Arch::X86_64
+    };
     let found = problems(inspect_with("commit", other_arch, &good, &strict));
     assert_eq!(found.len(), 3, "{found:?}");
     assert!(found.iter().any(|p| p.contains(&format!("GLIBC_{max}"))), "{found:?}");
