@@ -73,13 +73,13 @@ for arch in "${ARCHES[@]}"; do
   target="$(triple "$arch").$GLIBC"
   out="$CARGO_TARGET_DIR/lambda-$arch"
   rm -rf "$out"
-  step "$arch: decode ($target)"
-  # Decode on its own: built together with the others, cargo would unify the crates' features
-  # and decode would link the Delta engine it does not use.
-  cargo lambda build --release --compiler cargo-zigbuild --target "$target" --lambda-dir "$out" --locked -p decode
-  step "$arch: commit, compact, reprocess ($target)"
-  cargo lambda build --release --compiler cargo-zigbuild --target "$target" --lambda-dir "$out" --locked \
-    -p commit -p compact -p reprocess
+  # One function per build, as `sam build` does from each function's crate: built together,
+  # cargo would unify the crates' features (decode would link the Delta engine it does not
+  # use). The dependencies the functions share are compiled once and reused.
+  for function in decode commit compact reprocess; do
+    step "$arch: $function ($target)"
+    cargo lambda build --release --compiler cargo-zigbuild --target "$target" --lambda-dir "$out" --locked -p "$function"
+  done
   BUILDS+=(--build "$arch=$out")
   TARGETS+=("$target")
 done
