@@ -15,6 +15,7 @@ use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 
 use crate::error::{BadInputKind, InputProblem};
+use crate::generation::Anchor;
 use crate::types::UTC;
 
 /// `I`, `U` or `D`.
@@ -27,6 +28,10 @@ pub const COMMIT_TS: &str = "_dms_commit_ts";
 pub const SOURCE_FILE: &str = "_dms_source_file";
 /// Columns the source did not log (DMS's no-sup value), as `|a|b|`: keep the table's old value.
 pub const NOSUP: &str = "_dms_nosup";
+/// Soft-delete flag column of a Delta table.
+pub const DELETED: &str = "_dms_deleted";
+/// When a soft-deleted row (or a tombstone) was deleted.
+pub const DELETED_AT: &str = "_dms_deleted_at";
 
 /// The metadata columns every change set ends with, in this order.
 pub fn meta_fields() -> Vec<Field> {
@@ -64,7 +69,8 @@ pub fn is_meta(name: &str) -> bool {
 
 /// Builds sequence strings. Text order equals change order:
 /// - full-load rows: `0L<file stem>:<row>`, or `0L<folder>/<file stem>:<row>` for a file in a
-///   sub-folder of its table folder (a parallel-load partition), below every CDC change;
+///   sub-folder of its table folder (a parallel-load partition), below every CDC change; a
+///   reload's rows: `<anchor>L<folder/stem>:<row>` (see [`crate::generation`]);
 /// - CDC rows with `$AR_H_CHANGE_SEQ`: `1S<35 digits>`;
 /// - other CDC rows: `1F<18 digits of the file name's UTC time>:<row>`.
 ///
@@ -74,16 +80,23 @@ pub struct Sequence;
 
 impl Sequence {
     pub fn load(out: &mut String, stem: &str, row: u64) {
-        Sequence::load_in(out, None, stem, row);
+        Sequence::load_in(out, None, None, stem, row);
     }
 
     /// A full-load row of file `stem` in `folder` below its table folder. Parallel-load
     /// partitions each write their own `LOAD00000001`: with the folder in it, no two files'
     /// rows share a sequence. A folder never holds `/` at its ends and a stem never holds one,
     /// so `folder/stem` names one file; the `0L` start keeps every one below CDC changes.
-    pub fn load_in(out: &mut String, folder: Option<&str>, stem: &str, row: u64) {
+    /// A reload's rows start with their generation's anchor instead (see [`crate::generation`]).
+    pub fn load_in(out: &mut String, anchor: Option<&Anchor>, folder: Option<&str>, stem: &str, row: u64) {
         out.clear();
-        out.push_str("0L");
+        match anchor {
+            Some(a) => {
+                out.push_str(a.as_str());
+                out.push('L');
+            }
+            None => out.push_str("0L"),
+        }
         if let Some(f) = folder {
             out.push_str(f);
             out.push('/');
@@ -134,11 +147,14 @@ impl Sequence {
     }
 
     pub fn load_prefix(stem: &str) -> String {
-        Sequence::load_prefix_in(None, stem)
+        Sequence::load_prefix_in(None, None, stem)
     }
 
     /// [`Sequence::load_in`]'s text before the row number.
-    pub fn load_prefix_in(folder: Option<&str>, stem: &str) -> String {
+    pub fn load_prefix_in(anchor: Option<&Anchor>, folder: Option<&str>, stem: &str) -> String {
+        if let Some(a) = anchor {
+            return a.load_prefix(folder, stem);
+        }
         match folder {
             Some(f) => format!("0L{f}/{stem}:"),
             None => format!("0L{stem}:"),
@@ -1305,12 +1321,12 @@ pub(crate) mod tests {
             assert_eq!(b.value(i), one);
         }
         let c = Sequence::positional(
-            &Sequence::load_prefix_in(Some("p_2024"), "LOAD00000001"),
+            &Sequence::load_prefix_in(None, Some("p_2024"), "LOAD00000001"),
             rows.iter().copied(),
         )
         .unwrap();
         for (i, &row) in rows.iter().enumerate() {
-            Sequence::load_in(&mut one, Some("p_2024"), "LOAD00000001", row);
+            Sequence::load_in(&mut one, None, Some("p_2024"), "LOAD00000001", row);
             assert_eq!(c.value(i), one);
         }
     }
@@ -1334,7 +1350,7 @@ pub(crate) mod tests {
             for stem in ["LOAD00000001", "LOAD00000002", "SEGMENT1_LOAD00000001"] {
                 for row in [1, 2] {
                     let mut s = String::new();
-                    Sequence::load_in(&mut s, folder, stem, row);
+                    Sequence::load_in(&mut s, None, folder, stem, row);
                     assert!(s < cdc && s < lowest_change_seq, "{s}");
                     assert!(seen.insert(s.clone()), "{s} twice");
                 }
@@ -1343,7 +1359,7 @@ pub(crate) mod tests {
         // A file in the table folder keeps the sequences it always had.
         let (mut plain, mut none) = (String::new(), String::new());
         Sequence::load(&mut plain, "LOAD00000001", 3);
-        Sequence::load_in(&mut none, None, "LOAD00000001", 3);
+        Sequence::load_in(&mut none, None, None, "LOAD00000001", 3);
         assert_eq!(plain, none);
     }
 

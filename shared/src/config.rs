@@ -339,6 +339,10 @@ pub struct SourceConfig {
     /// The column added with `$AR_H_CHANGE_SEQ`, for every table of this source.
     #[serde(default)]
     pub sequence_column: Option<String>,
+    /// Table reloads (a new full load while CDC goes on): how they are recognised and when the
+    /// rows a new snapshot lacks are removed.
+    #[serde(default)]
+    pub reloads: ReloadSettings,
     /// Table selection and renames, DMS table-mapping style. No rules: every table is selected.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -380,6 +384,43 @@ impl Default for CsvSettings {
 
 fn default_delimiter() -> String {
     ",".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadSettings {
+    /// Recognise a LOAD file written after a CDC file of its table as a reload (a new load
+    /// generation) rather than a late part of the first load.
+    #[serde(default = "yes")]
+    pub detect: bool,
+    /// A reload's load is over once a change written after it is committed, or this long
+    /// after its first LOAD file was decoded (for a table without changes after the reload);
+    /// then rows the new snapshot lacks are removed.
+    #[serde(default = "default_settle_seconds")]
+    pub settle_after_seconds: u64,
+    /// A CDC object tells when DMS wrote it only if its upload time (LastModified) lies within
+    /// this many seconds after the time in its name (DMS's `CdcMaxBatchInterval` plus upload
+    /// time); objects copied into the bucket later are no evidence of a reload.
+    #[serde(default = "default_settle_seconds")]
+    pub max_name_skew_seconds: u64,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings {
+            detect: true,
+            settle_after_seconds: default_settle_seconds(),
+            max_name_skew_seconds: default_settle_seconds(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_settle_seconds() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

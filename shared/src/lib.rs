@@ -17,6 +17,7 @@ pub mod events;
 pub mod failpoint;
 pub mod faults;
 pub mod fuzzing;
+pub mod generation;
 #[cfg(feature = "delta")]
 pub mod lake;
 pub mod lease;

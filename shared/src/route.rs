@@ -34,6 +34,9 @@ pub struct Routed {
     pub load_folder: Option<String>,
     /// For CDC and CDC_TXN files: the UTC time of the name as 18 digits `YYYYMMDDHHMMSSmmmm`.
     pub time_digits: Option<String>,
+    /// For a full-load file of a reload: its generation's anchor (set by decode from a listing
+    /// of the table folder, see [`crate::generation`]); `None` for the first load.
+    pub load_anchor: Option<crate::generation::Anchor>,
 }
 
 /// The result of routing a key.
@@ -120,6 +123,7 @@ fn route_in(config: &Validated, source: usize, rest: &str, key: &str) -> Result<
             stem: stem.to_string(),
             time_digits: Some(digits),
             load_folder: None,
+            load_anchor: None,
         }));
     }
 
@@ -186,6 +190,7 @@ fn route_in(config: &Validated, source: usize, rest: &str, key: &str) -> Result<
         stem: stem.to_string(),
         time_digits,
         load_folder,
+        load_anchor: None,
     }))
 }
 

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::TableSpec;
 use crate::error::{Error, Result, Stage};
+use crate::generation::{Anchor, FloorKind};
 use crate::storage::path_below;
 
 /// What a staged change set says about itself (Parquet key-value metadata).
@@ -70,15 +71,33 @@ pub fn change_set_path(root: &Path, spec: &TableSpec, id: &str) -> Result<Path> 
 }
 
 /// Where a staged object belongs: `(namespace, schema, table, id)`, or `None` for anything else.
+/// A table's floor markers (see [`crate::generation`]) are staged work too: their id is their
+/// file name, which no change set id can equal.
 pub fn parse_change_set_path(root: &Path, path: &Path) -> Option<(String, String, String, String)> {
     let rest: Vec<String> = path.prefix_match(root)?.map(|p| p.as_ref().to_string()).collect();
     match rest.as_slice() {
         [ns, schema, table, file] => {
-            let id = file.strip_suffix(".parquet")?;
+            let id = match file.strip_suffix(".parquet") {
+                Some(id) => id,
+                None => Anchor::from_marker_name(file).map(|_| file.as_str())?,
+            };
             Some((ns.clone(), schema.clone(), table.clone(), id.to_string()))
         }
         _ => None,
     }
+}
+
+/// The floor markers among a table folder's staged objects, with when each was written.
+pub fn floor_markers(listed: &[object_store::ObjectMeta]) -> Vec<(FloorKind, Anchor, object_store::ObjectMeta)> {
+    let mut out: Vec<_> = listed
+        .iter()
+        .filter_map(|m| {
+            let (kind, anchor) = Anchor::from_marker_name(m.location.filename()?)?;
+            Some((kind, anchor, m.clone()))
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    out
 }
 
 /// Every table with staged change sets: `(namespace, schema, table)`.

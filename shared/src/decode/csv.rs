@@ -516,6 +516,7 @@ impl TableDecoder {
             None => match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
                 (FileKind::Load, _) | (_, None) => Sequence::load_in(
                     &mut self.seq_buf,
+                    ctx.routed.load_anchor.as_ref(),
                     ctx.routed.load_folder.as_deref(),
                     &ctx.routed.stem,
                     row,

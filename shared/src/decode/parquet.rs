@@ -592,9 +592,11 @@ fn sequences(
         }
         None => {
             let prefix = match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
-                (FileKind::Load, _) | (_, None) => {
-                    Sequence::load_prefix_in(ctx.routed.load_folder.as_deref(), &ctx.routed.stem)
-                }
+                (FileKind::Load, _) | (_, None) => Sequence::load_prefix_in(
+                    ctx.routed.load_anchor.as_ref(),
+                    ctx.routed.load_folder.as_deref(),
+                    &ctx.routed.stem,
+                ),
                 (_, Some(d)) => Sequence::file_prefix(d),
             };
             return Sequence::positional(&prefix, (0..n).map(|r| rows.number(r)))
@@ -616,6 +618,7 @@ fn sequences(
             None => match (ctx.routed.kind, ctx.routed.time_digits.as_deref()) {
                 (FileKind::Load, _) | (_, None) => Sequence::load_in(
                     &mut seq_buf,
+                    ctx.routed.load_anchor.as_ref(),
                     ctx.routed.load_folder.as_deref(),
                     &ctx.routed.stem,
                     this_row,

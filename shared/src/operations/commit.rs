@@ -33,18 +33,17 @@ use crate::changes::{COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec, Validated};
 use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::failpoint::{self, Failpoints};
+use crate::generation::{Anchor, FloorKind};
 use crate::lake::{self, delta_err, is_conflict};
+use crate::operations::floor;
 use crate::operations::merge_on_read::{self, DvCounts};
 use crate::quarantine::{write_report, QuarantineReport};
-use crate::stage::{names_dir, read_change_set, table_dir, ChangeSetMeta};
+use crate::stage::{floor_markers, names_dir, read_change_set, table_dir, ChangeSetMeta};
 use crate::storage::{Location, Stores};
 use crate::types::UTC;
 use crate::unify::unify;
 
-/// Soft-delete flag column.
-pub const DELETED: &str = "_dms_deleted";
-/// When a soft-deleted row (or a tombstone) was deleted.
-pub const DELETED_AT: &str = "_dms_deleted_at";
+pub use crate::changes::{DELETED, DELETED_AT};
 /// The key of dms2delta's entry in each commit's `commitInfo`.
 pub const COMMIT_INFO_KEY: &str = "dms2delta";
 const APP_ID: &str = "dms2delta";
@@ -108,6 +107,10 @@ pub struct CommitMetrics {
     /// committed), so a catalog can follow without reading the log again.
     pub table_schema: Option<arrow::datatypes::SchemaRef>,
     pub partition_columns: Vec<String>,
+    /// Rows removed (or marked deleted) because the table's floor was raised after a reload's
+    /// load or a truncate, and the floor raised to.
+    pub rows_swept: u64,
+    pub floor: Option<String>,
     /// Now minus the newest source commit time applied.
     pub lag_seconds: Option<f64>,
     pub duration_ms: u64,
@@ -197,6 +200,7 @@ impl<'a> CommitChangesBuilder<'a> {
             .try_collect()
             .await
             .map_err(Error::storage("list staged change sets", &dir))?;
+        let markers = floor_markers(&listed);
         listed.retain(|m| m.location.as_ref().ends_with(".parquet"));
         listed.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
         listed.truncate(
@@ -230,12 +234,16 @@ impl<'a> CommitChangesBuilder<'a> {
                 Err(e) => return Err(e),
             }
         }
+        let table_loc = self.config.lake.join(&spec.lake_path());
         if pending.is_empty() {
+            if !markers.is_empty() {
+                self.settle_floors(&spec, &table_loc, &markers, &[], &stage_store, &mut metrics)
+                    .await?;
+            }
             metrics.duration_ms = started.elapsed().as_millis() as u64;
             return Ok(metrics);
         }
 
-        let table_loc = self.config.lake.join(&spec.lake_path());
         let tomb_loc = self
             .config
             .lake
@@ -324,11 +332,112 @@ impl<'a> CommitChangesBuilder<'a> {
                 .saturating_sub(result.tombstones_written.min(metrics.rows_stale));
         }
         let _ = result.tombstone_stale;
+        if !markers.is_empty() {
+            self.settle_floors(&spec, &table_loc, &markers, &pending, &stage_store, &mut metrics)
+                .await?;
+        }
         metrics.lag_seconds = result
             .newest_commit_ts
             .map(|ts| (chrono::Utc::now().timestamp_micros() - ts) as f64 / 1e6);
         metrics.duration_ms = started.elapsed().as_millis() as u64;
         Ok(metrics)
+    }
+
+    /// Raises the table's floor for the reloads and truncates its staging folder records (see
+    /// [`crate::generation`]) once each is due: a truncate at once; a reload when a change
+    /// written after its load has been committed (here, in `applied`, or since: any change
+    /// above the anchor that is not one of the reload's own rows), or when its marker is older
+    /// than `reloads.settle_after_seconds`. Markers at or below the floor are removed.
+    async fn settle_floors(
+        &self,
+        spec: &TableSpec,
+        table_loc: &Location,
+        markers: &[(FloorKind, Anchor, ObjectMeta)],
+        applied: &[Pending],
+        stage_store: &Arc<dyn ObjectStore>,
+        metrics: &mut CommitMetrics,
+    ) -> Result<()> {
+        let name = spec.qualified_name();
+        let derr = |e| delta_err(Stage::Commit, &name, e);
+        let settle = self
+            .config
+            .sources()
+            .iter()
+            .find(|s| s.name == spec.source)
+            .map_or(3600, |s| s.reloads.settle_after_seconds);
+        let now = chrono::Utc::now();
+        let due = |kind: FloorKind, anchor: &Anchor, written: chrono::DateTime<chrono::Utc>| {
+            kind == FloorKind::Truncate
+                || (now - written).num_seconds() >= i64::try_from(settle).unwrap_or(i64::MAX)
+                || applied
+                    .iter()
+                    .any(|p| p.batches.iter().any(|b| has_later_change(b, anchor)))
+        };
+        let mut target = markers
+            .iter()
+            .filter(|(k, a, m)| due(*k, a, m.last_modified))
+            .map(|(_, a, _)| a)
+            .max()
+            .cloned();
+        if target.is_none() {
+            // The change that ends the load may have been committed before the reload's first
+            // LOAD file was decoded: look for it in the table (newest marker first).
+            let (table, exists) = lake::open(self.stores, table_loc).await?;
+            if exists {
+                for (_, a, _) in markers.iter().rev() {
+                    if floor::holds_later_change(&table, a).await.map_err(derr)? {
+                        target = Some(a.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(target) = target else {
+            return Ok(());
+        };
+        let c = &self.config.config.commit;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (table, exists) = lake::open(self.stores, table_loc).await?;
+            if !exists {
+                // Nothing to remove yet; the marker waits for the table.
+                return Ok(());
+            }
+            if floor::table_floor(&table).is_some_and(|f| f >= target) && attempts == 1 {
+                break;
+            }
+            match floor::raise(table, spec, &target).await {
+                Ok((t, swept)) => {
+                    metrics.rows_swept += swept;
+                    metrics.version = t.version().or(metrics.version);
+                    tracing::info!(stage = "commit", table = %name, floor = %target.as_str(), rows_swept = swept, "table floor raised after a reload or truncate");
+                    break;
+                }
+                Err(e) if is_conflict(&e) && attempts < c.max_attempts => {
+                    metrics.conflicts += 1;
+                    tokio::time::sleep(backoff(attempts, c.backoff_base_ms, c.backoff_max_ms)).await;
+                }
+                Err(e) if is_conflict(&e) => {
+                    return Err(Error::Conflict {
+                        table: name.clone(),
+                        attempts,
+                        reason: e.to_string(),
+                    })
+                }
+                Err(e) => return Err(derr(e)),
+            }
+        }
+        metrics.floor = Some(target.as_str().to_string());
+        for (_, a, m) in markers {
+            if *a <= target {
+                match stage_store.delete(&m.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::storage("delete a settled floor marker", &m.location)(e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The change sets staged under a lake name no configured table lands at (the table was
@@ -500,6 +609,11 @@ impl<'a> CommitChangesBuilder<'a> {
             newest_commit_ts: newest_commit_ts(&source),
             ..Default::default()
         };
+        // Changes from before the table's last reload or truncate are stale, whatever the key.
+        let source = match floor::table_floor(&table) {
+            Some(f) if exists => floor::drop_below(source, &f).map_err(|e| internal(format!("floor filter: {e}")))?,
+            _ => source,
+        };
 
         if exists && !unified.widen.is_empty() {
             match widen_table(table, &unified.widen).await {
@@ -588,6 +702,13 @@ impl<'a> IntoFuture for CommitChangesBuilder<'a> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
     }
+}
+
+/// Whether `b` holds a change written after the load of the generation anchored at `anchor`.
+fn has_later_change(b: &RecordBatch, anchor: &Anchor) -> bool {
+    let Ok(i) = b.schema().index_of(SEQ) else { return false };
+    let seqs = b.column(i).as_string::<i32>();
+    (0..seqs.len()).any(|r| !seqs.is_null(r) && anchor.is_later_change(seqs.value(r)))
 }
 
 /// Full-jitter exponential backoff.

@@ -7,17 +7,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::config::TableSpec;
 use crate::config::Validated;
 use crate::decode::{decode_file, FileContext, TableChanges};
 use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::failpoint::Failpoints;
+use crate::generation::{reload_anchor, Anchor, FloorKind, ListedCdc, SeqKind};
 use crate::quarantine::{write_report, QuarantineReport};
-use crate::route::{route, Route};
-use crate::stage::{change_set_id, change_set_path, write_change_set, ChangeSetMeta};
+use crate::route::{route, Route, Routed};
+use crate::stage::{change_set_id, change_set_path, table_dir, write_change_set, ChangeSetMeta};
 use crate::storage::{object_path, Stores};
 
 /// Decodes one DMS object. Build with [`DecodeBuilder::new`], set the object, `.await` it.
@@ -206,6 +208,13 @@ impl<'a> DecodeBuilder<'a> {
                 .map_err(|r| bad(InputProblem::new(BadInputKind::UnroutableKey, r), table_name.as_deref()))?;
             routed.time_digits = Some(utc);
         }
+        if routed.kind == crate::route::FileKind::Load {
+            if let (Some(spec), Some(written)) = (spec.as_ref(), last_modified) {
+                routed.load_anchor = self
+                    .reload_anchor(store.as_ref(), &routed, &path, spec, written)
+                    .await?;
+            }
+        }
         if bytes_read > limits.max_file_bytes {
             return Err(bad(
                 InputProblem::new(
@@ -242,6 +251,17 @@ impl<'a> DecodeBuilder<'a> {
         let tables: Vec<TableChanges> = decoded.map_err(|p| bad(p, table_name.as_deref()))?;
 
         let (staging, root) = self.stores.resolve(&self.config.staging)?;
+        if let (Some(anchor), Some(spec)) = (&routed.load_anchor, &spec) {
+            // Recorded before the rows, so no commit can apply them without knowing that a
+            // reload's load is under way.
+            let marker = table_dir(&root, spec)?.join(anchor.marker_name(FloorKind::Reload).as_str());
+            let body = serde_json::json!({ "kind": "reload", "anchor": anchor.as_str(), "source_file": file_uri });
+            staging
+                .put(&marker, body.to_string().into_bytes().into())
+                .await
+                .map_err(Error::storage("write reload marker", &marker))?;
+            tracing::info!(stage = "decode", file = %file_uri, table = %spec.qualified_name(), anchor = %anchor.as_str(), "full-load file of a table reload");
+        }
         // The change set is named after the object version decoded: the ETag the GET returned
         // (the event's when the store has none), so it matches what a listing shows on every
         // store (reprocess compares the two) and follows an object overwritten since its event.
@@ -277,6 +297,66 @@ impl<'a> DecodeBuilder<'a> {
         self.failpoints.check(crate::failpoint::DECODE_AFTER_STAGE)?;
         metrics.duration_ms = started.elapsed().as_millis() as u64;
         Ok(DecodeOutcome::Staged(metrics))
+    }
+
+    /// The anchor of the load generation a LOAD object written at `written` belongs to, from a
+    /// listing of its table's folder (see [`crate::generation`]): `None` for the first load, or
+    /// when the source does not detect reloads.
+    async fn reload_anchor(
+        &self,
+        store: &dyn object_store::ObjectStore,
+        routed: &Routed,
+        path: &object_store::path::Path,
+        spec: &TableSpec,
+        written: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Anchor>> {
+        let source = &self.config.sources()[routed.source];
+        if !source.reloads.detect {
+            return Ok(None);
+        }
+        // The table folder: the key without its file name and without the partition or date
+        // folders the file sits in below the table folder.
+        let mut parts: Vec<&str> = path.as_ref().split('/').collect();
+        parts.pop();
+        let below = routed.load_folder.as_deref().map_or(0, |f| f.split('/').count());
+        parts.truncate(parts.len().saturating_sub(below));
+        let folder = object_store::path::Path::from_iter(parts.iter().copied());
+        let listed: Vec<object_store::ObjectMeta> = store
+            .list(Some(&folder))
+            .try_collect()
+            .await
+            .map_err(Error::storage("list the table folder for earlier changes", &folder))?;
+        let zone = source.date_partitioning.zone();
+        let mut cdc = Vec::new();
+        for m in listed {
+            let Ok(Route::File(f)) = route(&self.config, &self.bucket, m.location.as_ref()) else {
+                continue;
+            };
+            if f.kind != crate::route::FileKind::Cdc || f.schema != routed.schema || f.table != routed.table {
+                continue;
+            }
+            let Some(digits) = f.time_digits else { continue };
+            let name_utc = match zone {
+                Some(z) => match crate::name_time::to_utc_digits(&digits, z, Some(m.last_modified)) {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                None => digits,
+            };
+            cdc.push(ListedCdc {
+                name_utc,
+                last_modified: m.last_modified,
+            });
+        }
+        let kind = if spec.sequence_column.is_some() {
+            SeqKind::ChangeSeq
+        } else {
+            SeqKind::FileName
+        };
+        let skew = chrono::Duration::seconds(
+            i64::try_from(source.reloads.max_name_skew_seconds).unwrap_or(i64::MAX / 2_000_000),
+        );
+        Ok(reload_anchor(kind, written, &cdc, skew))
     }
 
     async fn download(

@@ -7,6 +7,8 @@ pub mod commit;
 pub mod compact;
 pub mod decode;
 #[cfg(feature = "delta")]
+pub mod floor;
+#[cfg(feature = "delta")]
 pub mod merge_on_read;
 #[cfg(feature = "delta")]
 pub mod reprocess;
