@@ -343,6 +343,10 @@ pub struct SourceConfig {
     /// rows a new snapshot lacks are removed.
     #[serde(default)]
     pub reloads: ReloadSettings,
+    /// Source truncates and drops, which DMS replicates by removing the table's files: whether
+    /// removal events may empty a table. Off by default; tables can override it.
+    #[serde(default)]
+    pub truncates: TruncateSettings,
     /// Table selection and renames, DMS table-mapping style. No rules: every table is selected.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -413,6 +417,20 @@ impl Default for ReloadSettings {
             max_name_skew_seconds: default_settle_seconds(),
         }
     }
+}
+
+/// How a source `TRUNCATE` or `DROP TABLE` reaches the Delta table. DMS (default DDL handling)
+/// replicates both by deleting the table's files and folder from the bucket, with no row saying
+/// so; people and lifecycle rules delete DMS files too, so following removals is opt-in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TruncateSettings {
+    /// Treat the removal of a table's DMS files as a truncate once a listing shows that every
+    /// DMS file of the table written before the removal is gone: every row sequenced before the
+    /// removal leaves the table (or is marked deleted, `delete_mode: soft`). Lifecycle
+    /// expirations never count.
+    #[serde(default)]
+    pub follow_removals: bool,
 }
 
 fn yes() -> bool {
@@ -548,6 +566,9 @@ pub struct TableConfig {
     /// LOBs DMS did not look up; DMS Parquet has no marker for them): the table keeps the value.
     #[serde(default)]
     pub unlogged_when_null: Vec<String>,
+    /// Overrides the source's `truncates` settings for this table.
+    #[serde(default)]
+    pub truncates: Option<TruncateSettings>,
 }
 
 /// A source table's schema and name, as DMS names its folders.
@@ -687,6 +708,8 @@ pub struct TableSpec {
     pub renamed_columns: BTreeMap<String, String>,
     /// Columns whose NULL in an update means the source did not log them.
     pub unlogged_when_null: Vec<String>,
+    /// The removal of the table's DMS files may truncate it (see [`TruncateSettings`]).
+    pub follow_removals: bool,
 }
 
 impl TableSpec {
@@ -1245,6 +1268,7 @@ impl Validated {
                 .unwrap_or_else(|| self.config.compact.clone()),
             renamed_columns: entry.map(|t| t.renamed_columns.clone()).unwrap_or_default(),
             unlogged_when_null: entry.map(|t| t.unlogged_when_null.clone()).unwrap_or_default(),
+            follow_removals: entry.and_then(|t| t.truncates).unwrap_or(s.truncates).follow_removals,
         }))
     }
 

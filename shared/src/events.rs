@@ -1,7 +1,12 @@
 //! Lambda payloads -> work items. Accepts S3 event notifications, the same wrapped in SQS
-//! messages (optionally through SNS), and EventBridge "Object Created" events. Plain serde
-//! structs: the library core carries no Lambda types.
+//! messages (optionally through SNS), and EventBridge "Object Created" and "Object Deleted"
+//! events. Plain serde structs: the library core carries no Lambda types.
+//!
+//! Removals by a request (`ObjectRemoved:*`, EventBridge "Object Deleted" with reason
+//! `DeleteObject`) are kept apart from lifecycle expirations (`LifecycleExpiration:*`, reason
+//! `Lifecycle Expiration`): only the former can ever stand for a truncate at the source.
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,12 +22,19 @@ pub struct ObjectEvent {
     pub etag: Option<String>,
     pub sequencer: Option<String>,
     pub kind: ObjectEventKind,
+    /// When it happened (S3's clock): the record's `eventTime`, or the EventBridge event's
+    /// `time` (whole seconds).
+    pub time: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectEventKind {
     Created,
+    /// Deleted by a request (DeleteObject, DeleteObjects, a delete marker created by one).
     Removed,
+    /// Deleted by an S3 Lifecycle expiration rule (or, through EventBridge, for a reason other
+    /// than a request): never a sign of anything at the source.
+    Expired,
     Other,
 }
 
@@ -55,6 +67,8 @@ struct S3Notification {
 struct S3Record {
     #[serde(rename = "eventName", default)]
     event_name: String,
+    #[serde(rename = "eventTime", default)]
+    event_time: Option<String>,
     s3: S3Entity,
 }
 
@@ -84,6 +98,9 @@ struct S3Object {
 struct EventBridgeDetail {
     bucket: S3Bucket,
     object: EventBridgeObject,
+    /// For "Object Deleted": `DeleteObject` or `Lifecycle Expiration`.
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -169,10 +186,14 @@ fn parse_value(v: &Value, depth: u8) -> Result<Vec<ObjectEvent>> {
             .into_iter()
             .map(|r| {
                 let key = decode_key(&r.s3.object.key)?;
+                // Lifecycle expirations have names of their own (`LifecycleExpiration:Delete`,
+                // `LifecycleExpiration:DeleteMarkerCreated`), never `ObjectRemoved:*`.
                 let kind = if r.event_name.starts_with("ObjectCreated:") {
                     ObjectEventKind::Created
                 } else if r.event_name.starts_with("ObjectRemoved:") {
                     ObjectEventKind::Removed
+                } else if r.event_name.starts_with("LifecycleExpiration:") {
+                    ObjectEventKind::Expired
                 } else {
                     ObjectEventKind::Other
                 };
@@ -183,6 +204,7 @@ fn parse_value(v: &Value, depth: u8) -> Result<Vec<ObjectEvent>> {
                     etag: r.s3.object.e_tag,
                     sequencer: r.s3.object.sequencer,
                     kind,
+                    time: r.event_time.as_deref().and_then(parse_time),
                 })
             })
             .collect();
@@ -191,9 +213,12 @@ fn parse_value(v: &Value, depth: u8) -> Result<Vec<ObjectEvent>> {
         let dt = v.get("detail-type").and_then(Value::as_str).unwrap_or_default();
         let d: EventBridgeDetail = serde_json::from_value(v.get("detail").cloned().unwrap_or(Value::Null))
             .map_err(|e| event_err(format!("not an EventBridge S3 event: {e}")))?;
-        let kind = match dt {
-            "Object Created" => ObjectEventKind::Created,
-            "Object Deleted" => ObjectEventKind::Removed,
+        // Only a deletion by a request is a removal; anything else ("Lifecycle Expiration", or
+        // a reason this code does not know) must never be taken for a truncate.
+        let kind = match (dt, d.reason.as_deref()) {
+            ("Object Created", _) => ObjectEventKind::Created,
+            ("Object Deleted", Some("DeleteObject")) => ObjectEventKind::Removed,
+            ("Object Deleted", _) => ObjectEventKind::Expired,
             _ => ObjectEventKind::Other,
         };
         return Ok(vec![ObjectEvent {
@@ -203,11 +228,16 @@ fn parse_value(v: &Value, depth: u8) -> Result<Vec<ObjectEvent>> {
             etag: d.object.etag,
             sequencer: d.object.sequencer,
             kind,
+            time: v.get("time").and_then(Value::as_str).and_then(parse_time),
         }]);
     }
     Err(event_err(
         "neither an S3 notification, an SQS batch, an SNS envelope nor an EventBridge S3 event",
     ))
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// S3 notification keys are form-URL-encoded: `+` is a space, `%2B` a plus.
@@ -281,5 +311,71 @@ mod tests {
             panic!()
         };
         assert!(matches!(d.objects, Err(Error::Event { .. })));
+    }
+
+    #[test]
+    fn removals_by_a_request_are_told_from_lifecycle_expirations() {
+        let rec = |name: &str| {
+            json!({"eventSource": "aws:s3", "eventName": name, "eventTime": "2024-05-29T08:15:27.440Z",
+                "s3": {"bucket": {"name": "dms"}, "object": {"key": "hr/emp/LOAD00000001.csv", "sequencer": "01"}}})
+        };
+        let kinds: Vec<(ObjectEventKind, Option<String>)> = objects(
+            parse(&json!({"Records": [
+                rec("ObjectRemoved:Delete"),
+                rec("ObjectRemoved:DeleteMarkerCreated"),
+                rec("LifecycleExpiration:Delete"),
+                rec("LifecycleExpiration:DeleteMarkerCreated"),
+                rec("LifecycleTransition"),
+            ]}))
+            .unwrap(),
+        )
+        .into_iter()
+        .map(|o| (o.kind, o.time.map(|t| t.to_rfc3339())))
+        .collect();
+        let t = Some("2024-05-29T08:15:27.440+00:00".to_string());
+        assert_eq!(
+            kinds,
+            vec![
+                (ObjectEventKind::Removed, t.clone()),
+                (ObjectEventKind::Removed, t.clone()),
+                (ObjectEventKind::Expired, t.clone()),
+                (ObjectEventKind::Expired, t.clone()),
+                (ObjectEventKind::Other, t),
+            ]
+        );
+        // The same through SQS, and through SNS into SQS.
+        let body = json!({"Records": [rec("ObjectRemoved:Delete")]}).to_string();
+        let p = json!({"Records": [
+            {"messageId": "m1", "eventSource": "aws:sqs", "body": body},
+            {"messageId": "m2", "eventSource": "aws:sqs", "body": json!({"Type": "Notification", "Message": body}).to_string()},
+        ]});
+        let Payload::Sqs(d) = parse(&p).unwrap() else { panic!() };
+        for m in d {
+            let o = m.objects.unwrap();
+            assert_eq!(o[0].kind, ObjectEventKind::Removed);
+            assert_eq!(o[0].time.unwrap().timestamp_millis(), 1_716_970_527_440);
+        }
+    }
+
+    #[test]
+    fn eventbridge_deletions_count_only_with_reason_delete_object() {
+        let eb = |reason: Option<&str>| {
+            let mut v = json!({"version": "0", "detail-type": "Object Deleted", "source": "aws.s3",
+                "time": "2024-05-29T08:15:27Z",
+                "detail": {"bucket": {"name": "dms"}, "object": {"key": "hr/emp/LOAD00000001.csv", "sequencer": "01"},
+                    "deletion-type": "Permanently Deleted"}});
+            if let Some(r) = reason {
+                v["detail"]["reason"] = json!(r);
+            }
+            objects(parse(&v).unwrap()).remove(0)
+        };
+        let o = eb(Some("DeleteObject"));
+        assert_eq!(o.kind, ObjectEventKind::Removed);
+        assert_eq!(o.key, "hr/emp/LOAD00000001.csv");
+        assert_eq!(o.time.unwrap().timestamp(), 1_716_970_527);
+        assert_eq!(eb(Some("Lifecycle Expiration")).kind, ObjectEventKind::Expired);
+        // A reason not known to be a request is not evidence of anything.
+        assert_eq!(eb(None).kind, ObjectEventKind::Expired);
+        assert_eq!(eb(Some("Something New")).kind, ObjectEventKind::Expired);
     }
 }

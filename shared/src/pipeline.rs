@@ -13,6 +13,7 @@ use crate::failpoint::Failpoints;
 use crate::lake::{self, delta_err};
 use crate::operations::commit::{CommitChangesBuilder, CommitMetrics};
 use crate::operations::decode::{DecodeBuilder, DecodeOutcome};
+use crate::operations::truncate::{RemovalBuilder, RemovalOutcome};
 use crate::stage::pending_tables;
 use crate::storage::{Location, Stores};
 
@@ -48,6 +49,19 @@ impl Pipeline {
             .with_object(bucket, key)
             .with_etag(etag)
             .with_failpoints(failpoints)
+            .await
+    }
+
+    /// Decode stage for the removal of one object at `time` (see [`RemovalBuilder`]).
+    pub async fn removed(
+        &self,
+        bucket: &str,
+        key: &str,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<RemovalOutcome> {
+        RemovalBuilder::new(self.config.clone(), &self.stores)
+            .with_object(bucket, key)
+            .with_event_time(Some(time))
             .await
     }
 

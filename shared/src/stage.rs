@@ -241,6 +241,7 @@ mod tests {
             compact: Default::default(),
             renamed_columns: Default::default(),
             unlogged_when_null: Default::default(),
+            follow_removals: false,
         };
         let root = Path::from("staged");
         let p = change_set_path(&root, &spec, "abc").unwrap();

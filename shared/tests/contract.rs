@@ -12,6 +12,7 @@ use dms2delta::failpoint::Failpoints;
 use dms2delta::faults::{Call, FaultyStore};
 use dms2delta::operations::commit::applied_files;
 use dms2delta::operations::decode::DecodeOutcome;
+use dms2delta::operations::truncate::RemovalOutcome;
 use support::{parquet, Mini};
 
 /// Headerless CSV with Op and an explicit sequence column, so tests choose the order.
@@ -1117,4 +1118,446 @@ async fn a_reload_without_later_changes_settles_after_the_configured_time() {
     m.pipeline.commit_all().await.unwrap();
     let rows = m.rows(T_RELOADED, &["id", "name"]).await;
     assert!(rows.contains(&vec!["2".to_string(), "two".to_string()]), "{rows:?}");
+}
+
+// Truncates and drops (docs/replication-contract.md, "Truncates and drops").
+
+const TRUNCATED: &str = r#"
+  - name: pg
+    bucket: dms
+    csv: { header: true }
+    truncates: { follow_removals: true }
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+"#;
+
+/// One history, sequenced by file name or by `AR_H_CHANGE_SEQ`: the first load (1-3), a CDC
+/// file (1 updated, 4 inserted), then a source TRUNCATE, which DMS replicates by removing both
+/// files (two removal events); then a CDC file after the truncate inserting 1 again and 7.
+struct History {
+    l0: Written,
+    c1: Written,
+    c2: Written,
+}
+
+const BY_NAME: History = History {
+    l0: (
+        "app/t/LOAD00000001.csv",
+        b"id,name\n1,one\n2,two\n3,three\n",
+        "2024-05-28T10:00:00Z",
+    ),
+    c1: (
+        "app/t/20240528-100500000.csv",
+        b"Op,id,name\nU,1,one-v2\nI,4,four\n",
+        "2024-05-28T10:05:30Z",
+    ),
+    c2: (
+        "app/t/20240528-103100000.csv",
+        b"Op,id,name\nI,1,one-new\nI,7,seven\n",
+        "2024-05-28T10:31:10Z",
+    ),
+};
+
+const BY_CHANGE_SEQ: History = History {
+    l0: (
+        "app/t/LOAD00000001.csv",
+        b"id,name,AR_H_CHANGE_SEQ\n1,one,\n2,two,\n3,three,\n",
+        "2024-05-28T10:00:00Z",
+    ),
+    c1: (
+        "app/t/20240528-100500000.csv",
+        b"Op,id,name,AR_H_CHANGE_SEQ\nU,1,one-v2,20240528100455000000000000000000001\nI,4,four,20240528100456000000000000000000002\n",
+        "2024-05-28T10:05:30Z",
+    ),
+    c2: (
+        "app/t/20240528-103100000.csv",
+        b"Op,id,name,AR_H_CHANGE_SEQ\nI,1,one-new,20240528103055000000000000000000003\nI,7,seven,20240528103056000000000000000000004\n",
+        "2024-05-28T10:31:10Z",
+    ),
+};
+
+/// When DMS removed each file (S3's event times).
+const REMOVED_L0: &str = "2024-05-28T10:30:00.500Z";
+const REMOVED_C1: &str = "2024-05-28T10:30:00.620Z";
+
+/// What happens, in order, in one run of the truncate test.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// DMS writes (or had written) the history's file.
+    Put(usize),
+    /// Its object-created event is decoded.
+    Decode(usize),
+    /// DMS removes the file from the bucket (the truncate).
+    Delete(usize),
+    /// Its removal event is handled.
+    Removed(usize),
+    /// Every pending table is committed.
+    Commit,
+    /// The change set staged last is held back, then put back: a commit delayed past others.
+    Hold,
+    Restore,
+}
+
+use Step::*;
+
+/// File indices of a [`History`].
+const TL0: usize = 0;
+const TC1: usize = 1;
+const TC2: usize = 2;
+
+fn removal_time(i: usize) -> chrono::DateTime<chrono::Utc> {
+    let t = if i == TL0 { REMOVED_L0 } else { REMOVED_C1 };
+    chrono::DateTime::parse_from_rfc3339(t).unwrap().into()
+}
+
+/// Truncate scenarios, each a delivery order the contract promises to converge from.
+fn truncate_scenarios() -> Vec<(&'static str, Vec<Step>)> {
+    vec![
+        (
+            "the CDC file after the truncate arrives before the removal events",
+            vec![
+                Put(TL0),
+                Put(TC1),
+                Decode(TL0),
+                Decode(TC1),
+                Commit,
+                Delete(TL0),
+                Delete(TC1),
+                Put(TC2),
+                Decode(TC2),
+                Commit,
+                Removed(TL0),
+                Removed(TC1),
+                Commit,
+            ],
+        ),
+        (
+            "removal events first, the table's new history after them",
+            vec![
+                Put(TL0),
+                Put(TC1),
+                Decode(TL0),
+                Decode(TC1),
+                Commit,
+                Delete(TL0),
+                Delete(TC1),
+                Removed(TC1),
+                Removed(TL0),
+                Commit,
+                Put(TC2),
+                Decode(TC2),
+                Commit,
+            ],
+        ),
+        (
+            "files staged before the truncate, everything committed once at the end",
+            vec![
+                Put(TL0),
+                Put(TC1),
+                Decode(TL0),
+                Decode(TC1),
+                Delete(TL0),
+                Delete(TC1),
+                Put(TC2),
+                Removed(TL0),
+                Decode(TC2),
+                Removed(TC1),
+                Commit,
+            ],
+        ),
+        (
+            "a removal handled while DMS is still deleting is not a truncate; the last one is",
+            vec![
+                Put(TL0),
+                Put(TC1),
+                Decode(TL0),
+                Decode(TC1),
+                Commit,
+                Delete(TL0),
+                Removed(TL0),
+                Delete(TC1),
+                Put(TC2),
+                Decode(TC2),
+                Removed(TC1),
+                Commit,
+            ],
+        ),
+        (
+            "events of files already removed arrive late: nothing to decode",
+            vec![
+                Put(TL0),
+                Put(TC1),
+                Decode(TL0),
+                Commit,
+                Delete(TL0),
+                Delete(TC1),
+                Put(TC2),
+                Decode(TC1),
+                Removed(TL0),
+                Removed(TC1),
+                Decode(TC2),
+                Commit,
+            ],
+        ),
+        (
+            "a change set from before the truncate committed after the floor rose is refused",
+            vec![
+                Put(TL0),
+                Put(TC1),
+                Decode(TL0),
+                Commit,
+                Decode(TC1),
+                Hold,
+                Delete(TL0),
+                Delete(TC1),
+                Removed(TL0),
+                Removed(TC1),
+                Commit,
+                Put(TC2),
+                Decode(TC2),
+                Commit,
+                Restore,
+                Commit,
+            ],
+        ),
+        (
+            "a drop: the table's files go and nothing follows",
+            vec![
+                Put(TL0),
+                Put(TC1),
+                Decode(TL0),
+                Decode(TC1),
+                Commit,
+                Delete(TL0),
+                Delete(TC1),
+                Removed(TL0),
+                Removed(TC1),
+                Commit,
+            ],
+        ),
+    ]
+}
+
+/// Runs `steps` of `h` on `m`; returns (rows swept by floors, truncates staged, stale rows).
+async fn run_truncate(m: &Mini, h: &History, steps: &[Step]) -> (u64, usize, u64) {
+    let files = [h.l0, h.c1, h.c2];
+    let (mut swept, mut truncates, mut stale) = (0, 0, 0);
+    let held = tempfile::tempdir().unwrap();
+    let mut held_sets: Vec<(std::path::PathBuf, std::path::PathBuf)> = Vec::new();
+    for s in steps {
+        match *s {
+            Put(i) => put_written(m, files[i]),
+            Decode(i) => {
+                m.decode(files[i].0).await;
+            }
+            Delete(i) => std::fs::remove_file(m.dir.path().join("bucket").join(files[i].0)).unwrap(),
+            Removed(i) => {
+                let out = m.pipeline.removed("dms", files[i].0, removal_time(i)).await.unwrap();
+                if matches!(out, RemovalOutcome::Truncate { .. }) {
+                    truncates += 1;
+                }
+            }
+            Commit => {
+                for c in m.pipeline.commit_all().await.unwrap() {
+                    swept += c.rows_swept;
+                    stale += c.rows_stale;
+                }
+            }
+            Hold => {
+                // The newest change set staged: the one just decoded.
+                let newest = staged(m)
+                    .into_iter()
+                    .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                    .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+                    .unwrap();
+                let to = held.path().join(newest.file_name().unwrap());
+                std::fs::rename(&newest, &to).unwrap();
+                held_sets.push((newest, to));
+            }
+            Restore => {
+                let (back, from) = held_sets.pop().unwrap();
+                std::fs::rename(from, back).unwrap();
+            }
+        }
+    }
+    (swept, truncates, stale)
+}
+
+/// A source TRUNCATE (or DROP), which DMS replicates by removing the table's files: with
+/// `truncates.follow_removals`, the table loses every row from before it and keeps every
+/// change after it, in every delivery order of the removal events and the files around them,
+/// sequenced by file name or by `AR_H_CHANGE_SEQ`, hard or soft deletes, copy-on-write or
+/// merge-on-read; nothing stays staged.
+#[tokio::test]
+async fn a_truncate_at_the_source_empties_the_table_before_the_changes_after_it() {
+    let by_seq = TRUNCATED.replace(
+        "csv: { header: true }",
+        "csv: { header: true }\n    sequence_column: AR_H_CHANGE_SEQ",
+    );
+    let soft = |s: &str| s.replace("keys: [id]", "keys: [id]\n        delete_mode: soft");
+    let modes: Vec<(&str, String, &str, &History)> = vec![
+        ("by name, hard", TRUNCATED.to_string(), "", &BY_NAME),
+        (
+            "by name, hard, merge-on-read",
+            TRUNCATED.to_string(),
+            DELETION_VECTORS,
+            &BY_NAME,
+        ),
+        ("by name, soft", soft(TRUNCATED), "", &BY_NAME),
+        ("by change seq, hard", by_seq.clone(), "", &BY_CHANGE_SEQ),
+        (
+            "by change seq, soft, merge-on-read",
+            soft(&by_seq),
+            DELETION_VECTORS,
+            &BY_CHANGE_SEQ,
+        ),
+    ];
+    let (mut swept_runs, mut refused_runs) = (0, 0);
+    for (mode, sources, extra, h) in &modes {
+        for (name, steps) in truncate_scenarios() {
+            let m = Mini::new(sources, extra);
+            let (swept, truncates, stale) = run_truncate(&m, h, &steps).await;
+            let ctx = format!("{mode}: {name}");
+            assert!(truncates >= 1, "{ctx}: no removal was taken for the truncate");
+            let is_drop = !steps.iter().any(|s| matches!(s, Put(TC2)));
+            let want: Vec<Vec<&str>> = if is_drop {
+                vec![]
+            } else {
+                vec![vec!["1", "one-new"], vec!["7", "seven"]]
+            };
+            let live: Vec<Vec<String>> = if mode.contains("soft") {
+                let all = m.rows(T_RELOADED, &["id", "name", "_dms_deleted"]).await;
+                // Rows from before the truncate stay, flagged.
+                assert!(
+                    all.iter().any(|r| r[2] == "true"),
+                    "{ctx}: soft delete keeps the truncated rows flagged: {all:?}"
+                );
+                all.into_iter()
+                    .filter(|r| r[2] != "true")
+                    .map(|r| r[..2].to_vec())
+                    .collect()
+            } else {
+                m.rows(T_RELOADED, &["id", "name"]).await
+            };
+            assert_eq!(live, want, "{ctx}");
+            assert!(staged(&m).is_empty(), "{ctx}: left staged: {:?}", staged(&m));
+            if swept > 0 {
+                swept_runs += 1;
+            }
+            if name.contains("refused") {
+                assert!(stale > 0, "{ctx}: the late change set was not refused");
+                refused_runs += 1;
+            }
+        }
+    }
+    assert!(
+        swept_runs > 0 && refused_runs == modes.len(),
+        "swept {swept_runs}, refused {refused_runs}"
+    );
+}
+
+/// Removals that are not a followed truncate never take a row away: the setting off (the
+/// default), switched off for the table, or a file removed while an older one of the table is
+/// still there (a person's cleanup). The per-table setting also switches it on.
+#[tokio::test]
+async fn removals_empty_a_table_only_where_followed_and_the_folder_is_empty() {
+    let steps = [
+        Put(TL0),
+        Put(TC1),
+        Decode(TL0),
+        Decode(TC1),
+        Commit,
+        Delete(TL0),
+        Delete(TC1),
+        Removed(TL0),
+        Removed(TC1),
+        Commit,
+        Put(TC2),
+        Decode(TC2),
+        Commit,
+    ];
+    let everything = vec![
+        vec!["1", "one-new"],
+        vec!["2", "two"],
+        vec!["3", "three"],
+        vec!["4", "four"],
+        vec!["7", "seven"],
+    ];
+    let off = TRUNCATED.replace("    truncates: { follow_removals: true }\n", "");
+    let table_off = TRUNCATED.replace(
+        "keys: [id]",
+        "keys: [id]\n        truncates: { follow_removals: false }",
+    );
+    let table_on = off.replace("keys: [id]", "keys: [id]\n        truncates: { follow_removals: true }");
+    for (name, sources, want_truncate) in [
+        ("default", &off, false),
+        ("off for the table", &table_off, false),
+        ("on for the table only", &table_on, true),
+    ] {
+        let m = Mini::new(sources, "");
+        let (_, truncates, _) = run_truncate(&m, &BY_NAME, &steps).await;
+        let rows = m.rows(T_RELOADED, &["id", "name"]).await;
+        if want_truncate {
+            assert_eq!(truncates, 2, "{name}");
+            assert_eq!(rows, vec![vec!["1", "one-new"], vec!["7", "seven"]], "{name}");
+        } else {
+            assert_eq!(truncates, 0, "{name}");
+            assert_eq!(rows, everything, "{name}");
+        }
+        assert!(staged(&m).is_empty(), "{name}: {:?}", staged(&m));
+    }
+    let m = Mini::new(&off, "");
+    put_written(&m, BY_NAME.l0);
+    let out = m
+        .pipeline
+        .removed("dms", BY_NAME.l0.0, removal_time(TL0))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&out, RemovalOutcome::Ignored { reason } if reason.contains("follow_removals")),
+        "{out:?}"
+    );
+
+    // A person removes the CDC file while the first load's file (older) is still there.
+    let m = Mini::new(TRUNCATED, "");
+    let (_, truncates, _) = run_truncate(
+        &m,
+        &BY_NAME,
+        &[
+            Put(TL0),
+            Put(TC1),
+            Decode(TL0),
+            Decode(TC1),
+            Commit,
+            Delete(TC1),
+            Removed(TC1),
+            Commit,
+        ],
+    )
+    .await;
+    assert_eq!(truncates, 0);
+    assert_eq!(
+        m.rows(T_RELOADED, &["id", "name"]).await,
+        vec![
+            vec!["1", "one-v2"],
+            vec!["2", "two"],
+            vec!["3", "three"],
+            vec!["4", "four"]
+        ]
+    );
+    assert!(staged(&m).is_empty(), "{:?}", staged(&m));
+
+    // The setting is checked at load: a misspelt field is refused, naming where.
+    let e = dms2delta::config::Config::from_text(&format!(
+        "lake: /l\nstaging: /s\nquarantine: /q\nsources:\n{}",
+        TRUNCATED.replace("follow_removals", "follow_removal")
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("sources[0].truncates") && e.contains("follow_removal"),
+        "{e}"
+    );
 }

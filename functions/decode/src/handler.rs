@@ -6,9 +6,10 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use dms2delta::config::Validated;
 use dms2delta::deadline::Deadline;
-use dms2delta::events::{parse, Delivery, ObjectEventKind, Payload};
+use dms2delta::events::{parse, Delivery, ObjectEvent, ObjectEventKind, Payload};
 use dms2delta::metrics::{Emf, Unit};
 use dms2delta::operations::decode::{DecodeBuilder, DecodeOutcome};
+use dms2delta::operations::truncate::{RemovalBuilder, RemovalOutcome};
 use dms2delta::storage::Stores;
 use serde_json::{json, Value};
 
@@ -35,6 +36,8 @@ impl State {
 #[derive(Debug, Default)]
 struct Tally {
     staged: Vec<Value>,
+    /// Removals taken for a source truncate (a truncate marker staged).
+    truncated: Vec<Value>,
     skipped: Vec<Value>,
     quarantined: Vec<Value>,
     failed: Vec<Value>,
@@ -92,6 +95,7 @@ pub async fn handle_until(state: &State, payload: Value, deadline: Deadline) -> 
             let tally = process(state, d).await;
             let summary = json!({
                 "staged": tally.staged,
+                "truncated": tally.truncated,
                 "skipped": tally.skipped,
                 "quarantined": tally.quarantined,
                 "failed": tally.failed,
@@ -117,12 +121,30 @@ async fn process(state: &State, delivery: Delivery) -> Tally {
     };
     let namespace = &state.config.config.metrics.namespace;
     for o in objects {
-        if o.kind != ObjectEventKind::Created {
-            tracing::info!(stage = "decode", bucket = %o.bucket, key = %o.key, "not an object creation; ignored");
-            tally
-                .skipped
-                .push(json!({"key": o.key, "reason": "not an object creation"}));
-            continue;
+        match o.kind {
+            ObjectEventKind::Created => {}
+            ObjectEventKind::Removed => {
+                removal(state, &o, &mut tally).await;
+                continue;
+            }
+            ObjectEventKind::Expired => {
+                // Lifecycle rules expire DMS files routinely: never a sign of a truncate.
+                tracing::info!(stage = "decode", bucket = %o.bucket, key = %o.key, "lifecycle expiration; ignored");
+                Emf::new(namespace, "decode")
+                    .metric("RemovalsIgnored", Unit::Count, 1.0)
+                    .emit();
+                tally
+                    .skipped
+                    .push(json!({"key": o.key, "reason": "lifecycle expiration"}));
+                continue;
+            }
+            ObjectEventKind::Other => {
+                tracing::info!(stage = "decode", bucket = %o.bucket, key = %o.key, "not an object creation or removal; ignored");
+                tally
+                    .skipped
+                    .push(json!({"key": o.key, "reason": "not an object creation or removal"}));
+                continue;
+            }
         }
         let mut op = DecodeBuilder::new(state.config.clone(), &state.stores)
             .with_object(&o.bucket, &o.key)
@@ -184,6 +206,42 @@ async fn process(state: &State, delivery: Delivery) -> Tally {
         }
     }
     tally
+}
+
+/// A removal event: a truncate at the source where the table follows removals and its folder
+/// is empty of older files; otherwise logged, counted and skipped. A failed listing or marker
+/// write fails the message, so the queue delivers it again.
+async fn removal(state: &State, o: &ObjectEvent, tally: &mut Tally) {
+    let (bucket, key) = (o.bucket.as_str(), o.key.as_str());
+    let namespace = &state.config.config.metrics.namespace;
+    let op = RemovalBuilder::new(state.config.clone(), &state.stores)
+        .with_object(bucket, key)
+        .with_event_time(o.time);
+    match op.await {
+        Ok(RemovalOutcome::Truncate { table, anchor, marker }) => {
+            Emf::new(namespace, "decode")
+                .with_table(&table)
+                .metric("Truncates", Unit::Count, 1.0)
+                .emit();
+            tally
+                .truncated
+                .push(json!({"key": key, "table": table, "anchor": anchor, "marker": marker}));
+        }
+        Ok(RemovalOutcome::Ignored { reason }) => {
+            tracing::info!(stage = "decode", bucket = %bucket, key = %key, reason = %reason, "removal ignored");
+            Emf::new(namespace, "decode")
+                .metric("RemovalsIgnored", Unit::Count, 1.0)
+                .emit();
+            tally.skipped.push(json!({"key": key, "reason": reason}));
+        }
+        Err(e) => {
+            tracing::error!(stage = "decode", bucket = %bucket, key = %key, retryable = e.is_retryable(), error = %e, "removal failed");
+            Emf::new(namespace, "decode").metric("Errors", Unit::Count, 1.0).emit();
+            tally
+                .failed
+                .push(json!({"key": key, "error": e.to_string(), "retryable": e.is_retryable()}));
+        }
+    }
 }
 
 #[cfg(test)]

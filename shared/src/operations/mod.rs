@@ -12,3 +12,4 @@ pub mod floor;
 pub mod merge_on_read;
 #[cfg(feature = "delta")]
 pub mod reprocess;
+pub mod truncate;
