@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what it needs, then runs the format check,
-# clippy with warnings denied, every test, and the template checks. README.md's test command.
+# The whole test suite, from a fresh clone: installs what it needs (Python tools, PostgreSQL's
+# server), then runs the format check, clippy with warnings denied, every test, and the
+# template checks. README.md's test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,21 @@ if [ ! -x "$CHECKOV_VENV/bin/python" ]; then
   python3 -m venv "$CHECKOV_VENV"
 fi
 "$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-checkov.txt
+
+step "PostgreSQL server for the end-to-end test (Debian package postgresql)"
+# shared/tests/postgres.rs starts its own throwaway cluster from these binaries and fails if it
+# cannot; DMS2DELTA_SKIP_POSTGRES=1 skips that test (and this step).
+if [ "${DMS2DELTA_SKIP_POSTGRES:-}" != 1 ] && [ -z "${DMS2DELTA_PG_BIN:-}" ] \
+  && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "no PostgreSQL server binaries and no apt-get: install PostgreSQL and set DMS2DELTA_PG_BIN to its bin folder, or set DMS2DELTA_SKIP_POSTGRES=1" >&2
+    exit 1
+  fi
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
 
 step "rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
