@@ -164,7 +164,7 @@ class Put:
         }
 
 
-def removed_record(name):
+def removed_record(name, event_name="ObjectRemoved:Delete", principal=DMS_PRINCIPAL, source_ip=DMS_SOURCE_IP):
     key, _, _ = OBJECTS[name]
     request_id, id2 = request_ids()
     return {
@@ -172,9 +172,9 @@ def removed_record(name):
         "eventSource": "aws:s3",
         "awsRegion": REGION,
         "eventTime": DELETE_TIME,
-        "eventName": "ObjectRemoved:Delete",
-        "userIdentity": {"principalId": DMS_PRINCIPAL},
-        "requestParameters": {"sourceIPAddress": DMS_SOURCE_IP},
+        "eventName": event_name,
+        "userIdentity": {"principalId": principal},
+        "requestParameters": {"sourceIPAddress": source_ip},
         "responseElements": {"x-amz-request-id": request_id, "x-amz-id-2": id2},
         "s3": {
             "s3SchemaVersion": "1.0",
@@ -186,6 +186,33 @@ def removed_record(name):
             },
             # Delete events carry neither size nor eTag.
             "object": {"key": quote_plus(key, safe="/"), "sequencer": sequencer(DELETE_TIME)},
+        },
+    }
+
+
+def removed_eventbridge(name, reason, requester, source_ip):
+    """EventBridge "Object Deleted" of an unversioned object: no size, no ETag, no version id."""
+    key, _, _ = OBJECTS[name]
+    request_id, _ = request_ids()
+    return {
+        "version": "0",
+        "id": new_uuid(),
+        "detail-type": "Object Deleted",
+        "source": "aws.s3",
+        "account": ACCOUNT,
+        # EventBridge times are whole seconds.
+        "time": DELETE_TIME[:19] + "Z",
+        "region": REGION,
+        "resources": [f"arn:aws:s3:::{BUCKET}"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": BUCKET},
+            "object": {"key": key, "sequencer": sequencer(DELETE_TIME)},
+            "request-id": request_id,
+            "requester": requester,
+            "source-ip-address": source_ip,
+            "reason": reason,
+            "deletion-type": "Permanently Deleted",
         },
     }
 
@@ -338,6 +365,25 @@ def build():
             "detailMessage": "Last Error Stream Component Fatal error. Task error notification received from subtask 0, thread 0",
         },
     }
+    # Removals of the LOAD file, added after everything above: DMS removing it on a source
+    # truncate (DeleteObject) through EventBridge, and a lifecycle rule expiring it, as a direct
+    # S3 notification (event type s3:LifecycleExpiration:Delete, principal as in the S3 user
+    # guide's example) and through EventBridge (reason "Lifecycle Expiration"; its requester and
+    # source address are unverified).
+    files["eventbridge-object-deleted.json"] = removed_eventbridge("load", "DeleteObject", ACCOUNT, DMS_SOURCE_IP)
+    files["s3-lifecycle-expiration.json"] = {
+        "Records": [
+            removed_record(
+                "load",
+                event_name="LifecycleExpiration:Delete",
+                principal="s3.amazonaws.com",
+                source_ip="s3.amazonaws.com",
+            )
+        ]
+    }
+    files["eventbridge-lifecycle-expiration.json"] = removed_eventbridge(
+        "load", "Lifecycle Expiration", "s3.amazonaws.com", "s3.amazonaws.com"
+    )
     return files
 
 

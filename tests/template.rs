@@ -538,6 +538,16 @@ fn existing_buckets_reach_each_stage_through_its_own_eventbridge_rule() {
         resource(&t, "LakeBucket")["Properties"]["NotificationConfiguration"]
     );
     assert!(lake.contains("CommitQueue") && lake.contains("CompactQueue"));
+    // Removals reach decode (source truncates), lifecycle expirations do not; floor markers
+    // reach commit.
+    let dms = resource(&t, "DmsBucket")["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c["Event"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(dms, vec!["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]);
+    assert!(lake.contains(".floor"), "{lake}");
 }
 
 #[test]
@@ -567,9 +577,28 @@ fn the_rules_select_what_each_stage_takes() {
         &decode,
         &s3_event("another-bucket", "dms/mysql/shop/customers/LOAD00000001.csv")
     ));
-    let mut deleted = body.clone();
-    deleted["detail-type"] = "Object Deleted".into();
-    assert!(!matches(&decode, &deleted));
+    // Removals too (a source truncate or drop, see truncates.follow_removals); decode tells a
+    // lifecycle expiration by its reason and never takes it for a truncate.
+    for (name, kind) in [
+        (
+            "eventbridge-object-deleted.json",
+            dms2delta::events::ObjectEventKind::Removed,
+        ),
+        (
+            "eventbridge-lifecycle-expiration.json",
+            dms2delta::events::ObjectEventKind::Expired,
+        ),
+    ] {
+        let deleted = sample(name);
+        assert!(matches(&decode, &deleted), "{name}");
+        let dms2delta::events::Payload::Direct(d) = dms2delta::events::parse(&deleted).unwrap() else {
+            panic!("{name}: one event")
+        };
+        assert_eq!(d.objects.unwrap()[0].kind, kind, "{name}");
+    }
+    let mut other = body.clone();
+    other["detail-type"] = "Object Restore Completed".into();
+    assert!(!matches(&decode, &other));
     // An empty DmsPrefix drops the key filter rather than sending an empty prefix.
     d.params.insert("DmsPrefix", "");
     d.conditions.insert("HasDmsPrefix", false);
@@ -591,6 +620,14 @@ fn the_rules_select_what_each_stage_takes() {
     assert!(!matches(
         &commit,
         &s3_event("my-lake", "lake/_dms2delta/staged/mysql/shop/customers/0a1b.tmp")
+    ));
+    // A table's floor marker: a truncate is staged as a marker alone.
+    assert!(matches(
+        &commit,
+        &s3_event(
+            "my-lake",
+            "lake/_dms2delta/staged/mysql/shop/customers/truncate-F202405290815274400.floor"
+        )
     ));
     assert!(!matches(
         &commit,

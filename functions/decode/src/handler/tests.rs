@@ -96,8 +96,19 @@ async fn test_event_folder_marker_zero_byte_and_removal_are_ignored() {
     let out = tempfile::tempdir().unwrap();
     let s = state(out.path());
     let r = handle(&s, event("s3-test-event.json")).await.unwrap();
-    assert_eq!(r, json!({"staged": [], "skipped": [], "quarantined": [], "failed": []}));
-    for name in ["s3-folder-marker.json", "s3-zero-byte.json", "s3-object-removed.json"] {
+    assert_eq!(
+        r,
+        json!({"staged": [], "truncated": [], "skipped": [], "quarantined": [], "failed": []})
+    );
+    // Removals while the source does not follow them (the default), and lifecycle expirations.
+    for name in [
+        "s3-folder-marker.json",
+        "s3-zero-byte.json",
+        "s3-object-removed.json",
+        "eventbridge-object-deleted.json",
+        "s3-lifecycle-expiration.json",
+        "eventbridge-lifecycle-expiration.json",
+    ] {
         let r = handle(&s, event(name)).await.unwrap();
         assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{name}: {r}");
         assert!(r["staged"].as_array().unwrap().is_empty(), "{name}");
@@ -220,4 +231,85 @@ async fn a_direct_invocation_with_a_bad_file_fails() {
         "s3": {"bucket": {"name": "dms-bucket"}, "object": {"key": "dms/mysql/shop/unknown_table/LOAD00000001.csv", "size": 10}}}]});
     let e = handle(&s, ev).await.unwrap_err();
     assert!(e.to_string().contains("no_key"), "{e}");
+}
+
+/// The events/ configuration following removals, its DMS bucket a copy of the sample data.
+fn following(out: &Path) -> (State, PathBuf) {
+    let data = out.join("data");
+    let table = data.join("dms/mysql/shop/customers");
+    std::fs::create_dir_all(&table).unwrap();
+    std::fs::copy(
+        repo().join("events/data/dms-bucket/dms/mysql/shop/customers/LOAD00000001.csv"),
+        table.join("LOAD00000001.csv"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(repo().join("events/config.yaml"))
+        .unwrap()
+        .replace(".local/", &format!("{}/", out.display()))
+        .replace("events/data/dms-bucket", &data.display().to_string())
+        .replace(
+            "    bucket_folder: dms/mysql\n",
+            "    bucket_folder: dms/mysql\n    truncates: { follow_removals: true }\n",
+        );
+    assert!(text.contains("follow_removals"));
+    (State::new(Arc::new(Config::from_text(&text).unwrap())), table)
+}
+
+fn markers(out: &Path) -> Vec<String> {
+    files_under(&out.join("lake-bucket/_dms2delta/staged"))
+        .into_iter()
+        .filter(|f| f.ends_with(".floor"))
+        .collect()
+}
+
+/// With truncates.follow_removals, DMS removing a table's files (direct S3 notification or
+/// EventBridge) stages a truncate marker once the folder holds no older file; a lifecycle
+/// expiration of the same file never does, and neither does a removal while the file is there.
+#[tokio::test]
+async fn removals_of_a_followed_table_stage_a_truncate_and_expirations_never_do() {
+    for name in ["s3-object-removed.json", "eventbridge-object-deleted.json"] {
+        let out = tempfile::tempdir().unwrap();
+        // The sample's LOAD file is still there, but written now, after the removal's time:
+        // files written after a removal are the table's new history and do not block it.
+        let (s, _) = following(out.path());
+        let r = handle(&s, event(name)).await.unwrap();
+        assert_eq!(r["truncated"].as_array().unwrap().len(), 1, "{name}: {r}");
+        assert_eq!(r["truncated"][0]["table"], "mysql.shop.customers", "{name}");
+        let m = markers(out.path());
+        assert_eq!(m.len(), 1, "{name}: {m:?}");
+        assert!(
+            m[0].starts_with("mysql/shop/customers/truncate-F20240529081527"),
+            "{name}: {m:?}"
+        );
+        // A redelivery rewrites the same marker.
+        handle(&s, event(name)).await.unwrap();
+        assert_eq!(markers(out.path()), m, "{name}");
+    }
+    for name in ["s3-lifecycle-expiration.json", "eventbridge-lifecycle-expiration.json"] {
+        let out = tempfile::tempdir().unwrap();
+        let (s, table) = following(out.path());
+        std::fs::remove_file(table.join("LOAD00000001.csv")).unwrap();
+        let r = handle(&s, event(name)).await.unwrap();
+        assert!(r["truncated"].as_array().unwrap().is_empty(), "{name}: {r}");
+        assert_eq!(r["skipped"][0]["reason"], "lifecycle expiration", "{name}: {r}");
+        assert!(markers(out.path()).is_empty(), "{name}");
+    }
+    // A file of the table written before the removal is still there: a cleanup, not a truncate.
+    let out = tempfile::tempdir().unwrap();
+    let (s, table) = following(out.path());
+    // 2024-05-28T19:51:42Z, the day before the removal.
+    let before = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_716_925_902);
+    std::fs::File::options()
+        .write(true)
+        .open(table.join("LOAD00000001.csv"))
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    let r = handle(&s, event("s3-object-removed.json")).await.unwrap();
+    assert!(r["truncated"].as_array().unwrap().is_empty(), "{r}");
+    assert!(
+        r["skipped"][0]["reason"].as_str().unwrap().contains("older file"),
+        "{r}"
+    );
+    assert!(markers(out.path()).is_empty());
 }
