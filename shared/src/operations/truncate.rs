@@ -106,21 +106,26 @@ impl<'a> RemovalBuilder<'a> {
         };
         let store = self.stores.bucket(&self.bucket)?;
         let folder = table_folder(&self.config, &routed, &self.key)?;
-        let listed: Vec<object_store::ObjectMeta> = store
-            .list(Some(&folder))
-            .try_collect()
-            .await
-            .map_err(Error::storage("list the table folder after a removal", &folder))?;
         // Files written after the removal are the new history (CDC after a truncate) and do not
         // count; anything of the table written before it that is still there means that this
-        // removal was a cleanup, not the whole folder going.
-        let older = listed.iter().find(|m| {
-            m.last_modified < time
-                && matches!(
-                    route(&self.config, &self.bucket, m.location.as_ref()),
-                    Ok(Route::File(f)) if f.schema == routed.schema && f.table == routed.table
-                )
-        });
+        // removal was a cleanup (or DMS is still deleting), not the whole folder going. The
+        // listing stops at the first such file: every removal of a large truncate lists.
+        let mut listing = store.list(Some(&folder));
+        let mut older = None;
+        while let Some(m) = listing
+            .try_next()
+            .await
+            .map_err(Error::storage("list the table folder after a removal", &folder))?
+        {
+            let of_table = matches!(
+                route(&self.config, &self.bucket, m.location.as_ref()),
+                Ok(Route::File(f)) if f.schema == routed.schema && f.table == routed.table
+            );
+            if of_table && m.last_modified < time {
+                older = Some(m);
+                break;
+            }
+        }
         if let Some(m) = older {
             tracing::info!(stage = "decode", file = %format!("s3://{}/{}", self.bucket, self.key), table = %spec.qualified_name(), remaining = %m.location, "removal while an older file of the table remains: not a truncate");
             return ignored("an older file of the table remains: not a truncate");

@@ -153,3 +153,46 @@ async fn a_failed_table_fails_only_the_messages_that_named_it() {
         .collect();
     assert_eq!(failed, vec!["4f9b1c2e-0a7d-4e3b-9c6f-1d2e3f4a5b6c"], "{r}");
 }
+
+/// A truncate is staged as a floor marker alone (decode, on DMS removing the table's files):
+/// its own created event commits the table, which loses every row from before the truncate,
+/// and the marker is gone afterwards.
+#[tokio::test]
+async fn a_floor_marker_event_commits_its_table() {
+    use dms2delta::generation::{Anchor, FloorKind, SeqKind};
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(out.path());
+    let p = stage_samples(&cfg).await;
+    let state = State::new(cfg.clone());
+    handle(&state, event("commit-s3-put.json")).await.unwrap();
+    let spec = cfg.table_by_target("mysql", "shop", "customers").unwrap();
+    assert_eq!(
+        p.read_table(&p.table_location(&spec))
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        4
+    );
+
+    // After every sample change (2024-05-28).
+    let t = "2024-05-29T08:15:27.440Z".parse().unwrap();
+    let name = Anchor::at(SeqKind::FileName, t).marker_name(FloorKind::Truncate);
+    let dir = out.path().join("lake-bucket/_dms2delta/staged/mysql/shop/customers");
+    std::fs::write(dir.join(&name), br#"{"kind":"truncate"}"#).unwrap();
+    let key = format!("_dms2delta/staged/mysql/shop/customers/{name}");
+    let ev = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "lake-bucket"}, "object": {"key": key, "size": 19, "eTag": "e"}}}]});
+    let r = handle(&state, ev).await.unwrap();
+    assert_eq!(r["tables"][0]["table"], "mysql.shop.customers", "{r}");
+    let rows: usize = p
+        .read_table(&p.table_location(&spec))
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 0, "{r}");
+    assert!(!dir.join(&name).exists());
+}
