@@ -38,6 +38,7 @@ pub fn options() -> SimOptions {
         max_file_changes: 8,
         formats: Format::ALL.to_vec(),
         variety: false,
+        reloads: false,
     }
 }
 

@@ -139,6 +139,7 @@ mod tests {
             max_file_changes: 3,
             formats: vec![dms2delta::sim::Format::Parquet, dms2delta::sim::Format::CsvHeader],
             variety: false,
+            reloads: false,
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();

@@ -667,6 +667,7 @@ mod tests {
             max_file_changes: 5,
             formats: vec![dms2delta::sim::Format::CsvHeader],
             variety: false,
+            reloads: false,
         }
     }
 

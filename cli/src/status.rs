@@ -217,6 +217,7 @@ mod tests {
             max_file_changes: 4,
             formats: vec![Format::CsvSeq],
             variety: false,
+            reloads: false,
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();

@@ -93,6 +93,7 @@ impl Site {
             max_file_changes: 6,
             formats: Format::ALL.to_vec(),
             variety: false,
+            reloads: false,
         });
         sim.write_files(&dir.path().join("source")).unwrap();
         let p = |s: &str| dir.path().join(s).display().to_string();

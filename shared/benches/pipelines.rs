@@ -86,6 +86,7 @@ fn workloads() -> Vec<Workload> {
                     max_file_changes: n[2],
                     formats: vec![Format::Parquet],
                     variety: false,
+                    reloads: false,
                 },
             }
         })

@@ -17,6 +17,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
 use crate::changes::Sequence;
+use crate::generation::{Anchor, SeqKind};
 use crate::types::UTC;
 
 /// A value in the simulator's tables, comparable across readers.
@@ -92,6 +93,10 @@ pub struct SimOptions {
     /// NULL in every non-key column, empty strings and keys, changes with equal commit times.
     /// Off by default so that the demo and the benchmarks stay as they are.
     pub variety: bool,
+    /// With `variety`: some hard-delete tables are reloaded part way through (see
+    /// [`Variant::reload`]). Needs files whose LastModified can be set
+    /// ([`Simulation::write_files`]); an S3 endpoint stamps its own upload time.
+    pub reloads: bool,
 }
 
 impl Default for SimOptions {
@@ -104,6 +109,7 @@ impl Default for SimOptions {
             max_file_changes: 12,
             formats: Format::ALL.to_vec(),
             variety: false,
+            reloads: false,
         }
     }
 }
@@ -113,6 +119,10 @@ impl Default for SimOptions {
 pub struct SimFile {
     pub key: String,
     pub bytes: Vec<u8>,
+    /// When DMS wrote it (its LastModified), in microseconds since the epoch: a little after the
+    /// time in a CDC file's name; before every CDC file for the first load; between the changes
+    /// before and after a reload for a reload's LOAD files.
+    pub written_micros: i64,
     /// 0 for the first half of a table's history (its full load and early CDC files), 1 for
     /// the rest: a test may deliver the halves apart, with maintenance in between.
     pub epoch: u8,
@@ -132,6 +142,9 @@ pub struct Variant {
     /// A parallel full load: each key range in a partition folder of its own, every folder's
     /// series starting at `LOAD00000001`.
     pub parallel_load: bool,
+    /// A table reload: DMS stopped capturing for one CDC file's worth of changes, then wrote
+    /// a new snapshot as LOAD files again (same names, a later LastModified), then CDC went on.
+    pub reload: bool,
 }
 
 /// A rendered history.
@@ -185,14 +198,17 @@ impl Simulation {
             .replace("{BUCKET}", bucket)
     }
 
-    /// Writes every file below `dir` (standing for the bucket).
+    /// Writes every file below `dir` (standing for the bucket), in the order DMS wrote them,
+    /// each with its LastModified.
     pub fn write_files(&self, dir: &std::path::Path) -> std::io::Result<()> {
         for f in &self.files {
             let p = dir.join(&f.key);
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(p, &f.bytes)?;
+            std::fs::write(&p, &f.bytes)?;
+            let written = std::time::UNIX_EPOCH + std::time::Duration::from_micros(f.written_micros.max(0) as u64);
+            std::fs::File::options().write(true).open(&p)?.set_modified(written)?;
         }
         Ok(())
     }
@@ -312,10 +328,20 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         0
                     },
                     parallel_load: rng.u8(0..3) == 0,
+                    reload: false,
                 }
             } else {
                 Variant::default()
             };
+            let mut variant = variant;
+            // From a stream of its own, so every other choice of a seed stays as it was.
+            variant.reload = opts.variety
+                && opts.reloads
+                && !variant.soft
+                && variant.load_after == 0
+                && fastrand::Rng::with_seed(opts.seed ^ 0x4e10ad ^ ((t as u64) << 8) ^ format.source().len() as u64)
+                    .u8(0..3)
+                    == 0;
             let keys: Vec<&str> = sh.columns[..sh.keys].iter().map(|c| c.0).collect();
             let _ = writeln!(
                 config,
@@ -429,10 +455,20 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             } else {
                 usize::MAX
             };
+            // A reload: the changes of one CDC file in the middle were never captured (DMS was
+            // stopped), then DMS read the table again; later changes come a minute after.
+            let gap = (variant.reload && cuts.len() >= 3)
+                .then(|| fastrand::Rng::with_seed(opts.seed ^ 0x9a9 ^ t as u64).usize(1..cuts.len() - 1));
+            variant.reload = gap.is_some();
+            let mut reload_snapshot: Option<BTreeMap<Vec<Value>, Vec<Value>>> = None;
+            let mut reload_micros = 0;
             let mut snapshot = (variant.load_after == 0).then(|| state.clone());
             let mut deleted: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
             let mut cdc = Vec::new();
             for n in 0..opts.changes {
+                if gap.is_some_and(|g| n == cuts[g + 1].start) {
+                    micros += 60_000_000;
+                }
                 // Several changes of one transaction share its commit time.
                 if !(variety && rng.u8(0..5) == 0) {
                     micros += 1_000 + rng.i64(0..50_000);
@@ -481,17 +517,25 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 if n + 1 == variant.load_after {
                     snapshot = Some(state.clone());
                 }
+                if gap.is_some_and(|g| n + 1 == cuts[g].end) {
+                    reload_snapshot = Some(state.clone());
+                    reload_micros = micros + 30_000_000;
+                }
             }
             let snapshot = snapshot.unwrap_or_else(|| state.clone());
-            let load: Vec<Change> = snapshot
-                .into_values()
-                .map(|row| Change {
-                    op: 'I',
-                    row,
-                    micros: load_micros,
-                    seq: 0,
-                })
-                .collect();
+            let as_load = |snapshot: BTreeMap<Vec<Value>, Vec<Value>>, micros: i64| -> Vec<Change> {
+                snapshot
+                    .into_values()
+                    .map(|row| Change {
+                        op: 'I',
+                        row,
+                        micros,
+                        seq: 0,
+                    })
+                    .collect()
+            };
+            let load = as_load(snapshot, load_micros);
+            let reload = reload_snapshot.map(|s| as_load(s, reload_micros));
             let mut rows: Vec<Vec<Value>> = state.into_values().collect();
             if variant.soft {
                 for r in &mut rows {
@@ -510,61 +554,90 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
 
             // Rendering.
             let folder = format!("dms/{source}/app/{table}");
-            let mut load_parts: Vec<&[Change]> = if variant.parallel_load {
-                // Key ranges (the snapshot is in key order), as partitions-auto splits a table.
-                let n = load.len().div_ceil(3).max(1);
-                load.chunks(n).collect()
-            } else {
-                let split = if load.len() > 3 && rng.bool() {
-                    load.len() / 2
+            let parts_of = |load: &[Change], rng: &mut fastrand::Rng| -> Vec<std::ops::Range<usize>> {
+                let mut parts: Vec<std::ops::Range<usize>> = if variant.parallel_load {
+                    // Key ranges (the snapshot is in key order), as partitions-auto splits a table.
+                    let n = load.len().div_ceil(3).max(1);
+                    (0..load.len()).step_by(n).map(|a| a..(a + n).min(load.len())).collect()
                 } else {
-                    load.len()
+                    let split = if load.len() > 3 && rng.bool() {
+                        load.len() / 2
+                    } else {
+                        load.len()
+                    };
+                    vec![0..split, split..load.len()]
                 };
-                let mut parts = vec![&load[..split]];
-                if split < load.len() {
-                    parts.push(&load[split..]);
-                }
+                // An empty source table gets no full-load file (an empty headerless CSV would
+                // be a zero-byte object, which decode rightly skips).
+                parts.retain(|p| !p.is_empty());
                 parts
             };
+            let load_parts = parts_of(&load, &mut rng);
             // Files in the order DMS writes them, so the last change seen per key is its newest.
             let mut seqs: BTreeMap<Vec<Value>, String> = BTreeMap::new();
             let soft = variant.soft;
-            let mut note = |stem: &str, changes: &[Change], cdc: bool| {
+            let note = |seqs: &mut BTreeMap<Vec<Value>, String>,
+                        stem: &str,
+                        changes: &[Change],
+                        cdc: bool,
+                        anchor: Option<&Anchor>| {
                 for (i, c) in changes.iter().enumerate() {
                     let key = c.row[..sh.keys].to_vec();
                     if c.op == 'D' && !soft {
                         seqs.remove(&key);
                     } else {
-                        seqs.insert(key, stored_seq(*format, stem, i as u64 + 1, c, cdc));
+                        seqs.insert(key, stored_seq(*format, stem, i as u64 + 1, c, cdc, anchor));
                     }
                 }
             };
-            // An empty source table gets no full-load file (an empty headerless CSV would be a
-            // zero-byte object, which decode rightly skips).
-            load_parts.retain(|p| !p.is_empty());
-            for (i, part) in load_parts.iter().enumerate() {
-                let (file_folder, name, series) = if variant.parallel_load {
-                    let p = format!("part{i}");
-                    (
-                        format!("{folder}/{p}"),
-                        "LOAD00000001".to_string(),
-                        format!("{p}/LOAD00000001"),
-                    )
-                } else {
-                    let name = format!("LOAD{:08X}", i + 1);
-                    (folder.clone(), name.clone(), name)
-                };
-                note(&series, part, false);
-                // The load carries the added column if the column existed when DMS read the table.
-                let w = if noted_from < variant.load_after {
-                    width
-                } else {
-                    base_width
-                };
-                let file = render(*format, &file_folder, &name, &sh.columns[..w], part, false, &mut rng);
-                files.push(SimFile { epoch: 0, ..file });
-            }
+            let load_files = |seqs: &mut BTreeMap<Vec<Value>, String>,
+                              load: &[Change],
+                              parts: &[std::ops::Range<usize>],
+                              with_note_column: bool,
+                              anchor: Option<&Anchor>,
+                              written_micros: i64,
+                              epoch: u8,
+                              rng: &mut fastrand::Rng|
+             -> Vec<SimFile> {
+                let mut out = Vec::new();
+                for (i, range) in parts.iter().enumerate() {
+                    let part = &load[range.clone()];
+                    let (file_folder, name, series) = if variant.parallel_load {
+                        let p = format!("part{i}");
+                        (
+                            format!("{folder}/{p}"),
+                            "LOAD00000001".to_string(),
+                            format!("{p}/LOAD00000001"),
+                        )
+                    } else {
+                        let name = format!("LOAD{:08X}", i + 1);
+                        (folder.clone(), name.clone(), name)
+                    };
+                    note(seqs, &series, part, false, anchor);
+                    let w = if with_note_column { width } else { base_width };
+                    let file = render(*format, &file_folder, &name, &sh.columns[..w], part, false, rng);
+                    out.push(SimFile {
+                        epoch,
+                        written_micros,
+                        ..file
+                    });
+                }
+                out
+            };
+            // The load carries the added column if the column existed when DMS read the table.
+            // It is written before DMS names any CDC file of the table.
+            files.extend(load_files(
+                &mut seqs,
+                &load,
+                &load_parts,
+                noted_from < variant.load_after,
+                None,
+                load_micros - 1_000_000,
+                0,
+                &mut rng,
+            ));
             let mut last_stem = 0;
+            let mut last_rendered: Option<String> = None;
             for (n, cut) in cuts.iter().enumerate() {
                 let chunk = &cdc[cut.clone()];
                 let last = chunk.last().map(|c| c.micros).unwrap_or(micros);
@@ -572,13 +645,52 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 let at = (last + 1_000).max(last_stem + 1_000);
                 last_stem = at;
                 let stem = file_time(at);
-                note(&stem, chunk, true);
+                let epoch = u8::from(n >= cuts.len().div_ceil(2));
+                if gap == Some(n) {
+                    // Never captured: no file. Then the reload's snapshot, anchored just after
+                    // the newest CDC file written before it.
+                    let (Some(reload), Some(before)) = (&reload, &last_rendered) else {
+                        continue;
+                    };
+                    let digits: String = before.chars().filter(char::is_ascii_digit).chain(['0']).collect();
+                    let kind = if *format == Format::CsvHeader {
+                        SeqKind::FileName
+                    } else {
+                        SeqKind::ChangeSeq
+                    };
+                    let Some(anchor) = Anchor::after(kind, &digits) else {
+                        continue;
+                    };
+                    let snap: std::collections::BTreeSet<Vec<Value>> =
+                        reload.iter().map(|c| c.row[..sh.keys].to_vec()).collect();
+                    // What the snapshot lacks is gone once the reload's load is over.
+                    seqs.retain(|k, _| snap.contains(k));
+                    let parts = parts_of(reload, &mut rng);
+                    files.extend(load_files(
+                        &mut seqs,
+                        reload,
+                        &parts,
+                        noted_from < cut.end,
+                        Some(&anchor),
+                        reload_micros,
+                        epoch,
+                        &mut rng,
+                    ));
+                    continue;
+                }
+                note(&mut seqs, &stem, chunk, true, None);
                 let w = if cut.start >= noted_from { width } else { base_width };
                 let file = render(*format, &folder, &stem, &sh.columns[..w], chunk, true, &mut rng);
-                let epoch = u8::from(n >= cuts.len().div_ceil(2));
-                files.push(SimFile { epoch, ..file });
+                // Uploaded a moment after DMS named it.
+                files.push(SimFile {
+                    epoch,
+                    written_micros: at + 200_000,
+                    ..file
+                });
+                last_rendered = Some(stem);
             }
             expected_seq.insert(qualified.clone(), seqs);
+            variants.insert(qualified.clone(), variant);
         }
     }
     Simulation {
@@ -618,7 +730,7 @@ fn change_seq(c: &Change) -> String {
 /// The `_dms_seq` the decoders give row `row` (counted from 1, a CSV header not counted) of the
 /// file named `stem`: the `AR_H_CHANGE_SEQ` value where the format writes one for CDC rows,
 /// else the full-load file's name, or the CDC file's name time, and the row.
-fn stored_seq(format: Format, stem: &str, row: u64, c: &Change, cdc: bool) -> String {
+fn stored_seq(format: Format, stem: &str, row: u64, c: &Change, cdc: bool, anchor: Option<&Anchor>) -> String {
     let mut out = String::new();
     match (format, cdc) {
         (Format::CsvSeq | Format::Parquet, true) => {
@@ -631,7 +743,8 @@ fn stored_seq(format: Format, stem: &str, row: u64, c: &Change, cdc: bool) -> St
             digits.push('0');
             Sequence::file(&mut out, &digits, row);
         }
-        (_, false) => Sequence::load(&mut out, stem, row),
+        // A reload's rows: just above its anchor.
+        (_, false) => Sequence::load_in(&mut out, anchor, None, stem, row),
     }
     out
 }
@@ -651,6 +764,7 @@ fn render(
             key: format!("{folder}/{stem}.parquet"),
             bytes: parquet_file(columns, changes, cdc),
             epoch: 0,
+            written_micros: 0,
         },
         Format::CsvSeq | Format::CsvHeader => {
             let mut out = String::new();
@@ -687,12 +801,14 @@ fn render(
                     key: format!("{folder}/{stem}.csv.gz"),
                     bytes: gz.finish().unwrap_or_default(),
                     epoch: 0,
+                    written_micros: 0,
                 }
             } else {
                 SimFile {
                     key: format!("{folder}/{stem}.csv"),
                     bytes: out.into_bytes(),
                     epoch: 0,
+                    written_micros: 0,
                 }
             }
         }

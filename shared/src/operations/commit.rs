@@ -404,9 +404,8 @@ impl<'a> CommitChangesBuilder<'a> {
                 // Nothing to remove yet; the marker waits for the table.
                 return Ok(());
             }
-            if floor::table_floor(&table).is_some_and(|f| f >= target) && attempts == 1 {
-                break;
-            }
+            // Even with the floor already at the target the sweep runs again: a run cut short
+            // between raising the floor and removing the rows below it left its marker behind.
             match floor::raise(table, spec, &target).await {
                 Ok((t, swept)) => {
                     metrics.rows_swept += swept;

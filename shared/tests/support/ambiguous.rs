@@ -72,6 +72,7 @@ async fn run(seed: u64, on: On, dv: bool) -> Result<Lost, String> {
         max_file_changes: 4,
         formats: Format::ALL.to_vec(),
         variety: false,
+        reloads: false,
     };
     let lost: Arc<Mutex<Vec<(LostEntry, bool)>>> = Arc::default();
     let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));

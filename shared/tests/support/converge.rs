@@ -46,6 +46,10 @@ pub struct CaseStats {
     pub added_column_tables: u64,
     pub overlapping_loads: u64,
     pub parallel_loads: u64,
+    /// Tables reloaded part way through, and commits that raised a table's floor after a
+    /// reload's load was over.
+    pub reloads: u64,
+    pub floors_raised: u64,
 }
 
 impl std::ops::AddAssign for CaseStats {
@@ -63,6 +67,8 @@ impl std::ops::AddAssign for CaseStats {
         self.added_column_tables += o.added_column_tables;
         self.overlapping_loads += o.overlapping_loads;
         self.parallel_loads += o.parallel_loads;
+        self.reloads += o.reloads;
+        self.floors_raised += o.floors_raised;
     }
 }
 
@@ -72,7 +78,8 @@ impl fmt::Display for CaseStats {
             f,
             "{} crashes, {} failed log writes, {} commit conflicts, {} compactions ({} wrote a checkpoint or rewrote files, {} files rewritten), \
              {} tombstones expired and {} files vacuumed with the clock past retention; tables: {} soft delete, {} partitioned, \
-             {} with a column added mid-stream, {} with a full load overlapping CDC, {} loaded in parallel",
+             {} with a column added mid-stream, {} with a full load overlapping CDC, {} loaded in parallel, {} reloaded \
+             ({} floors raised)",
             self.crashes,
             self.log_faults,
             self.conflicts,
@@ -85,7 +92,9 @@ impl fmt::Display for CaseStats {
             self.partitioned_tables,
             self.added_column_tables,
             self.overlapping_loads,
-            self.parallel_loads
+            self.parallel_loads,
+            self.reloads,
+            self.floors_raised
         )
     }
 }
@@ -112,6 +121,8 @@ impl CaseStats {
             (self.added_column_tables, "column added mid-stream"),
             (self.overlapping_loads, "full load overlapping CDC"),
             (self.parallel_loads, "parallel full load"),
+            (self.reloads, "table reload"),
+            (self.floors_raised, "floor raised after a reload"),
         ]
         .iter()
         .filter(|(n, what)| *n == 0 && !spared.contains(what))
@@ -139,6 +150,7 @@ struct Counters {
     compacted_files: AtomicU64,
     tombstones_expired: AtomicU64,
     files_vacuumed: AtomicU64,
+    floors_raised: AtomicU64,
 }
 
 impl Counters {
@@ -156,6 +168,7 @@ impl Counters {
             compacted_files: self.compacted_files.load(Ordering::Relaxed),
             tombstones_expired: self.tombstones_expired.load(Ordering::Relaxed),
             files_vacuumed: self.files_vacuumed.load(Ordering::Relaxed),
+            floors_raised: self.floors_raised.load(Ordering::Relaxed),
             ..CaseStats::default()
         }
     }
@@ -164,6 +177,7 @@ impl Counters {
     /// delivers anything that deserves it).
     fn commit(&self, m: &CommitMetrics) -> Result<(), String> {
         Counters::add(&self.conflicts, u64::from(m.conflicts));
+        Counters::add(&self.floors_raised, u64::from(m.floor.is_some()));
         if m.quarantined.is_empty() {
             Ok(())
         } else {
@@ -266,6 +280,8 @@ pub async fn run_case_via(
             f
         },
         variety: true,
+        // An S3 endpoint stamps its own LastModified, which reload detection reads.
+        reloads: matches!(on, On::Folders),
     };
     let counters = Arc::new(Counters::default());
     let fault_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)));
@@ -354,6 +370,7 @@ pub async fn run_case_via(
         stats.added_column_tables += u64::from(v.added_column);
         stats.overlapping_loads += u64::from(v.load_after > 0);
         stats.parallel_loads += u64::from(v.parallel_load);
+        stats.reloads += u64::from(v.reload);
     }
     Ok(stats)
 }
