@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use dms2delta::config::Validated;
 use dms2delta::deadline::Deadline;
-use dms2delta::events::{parse, Delivery, ObjectEventKind, Payload};
+use dms2delta::events::{Delivery, ObjectEventKind, Payload};
 use dms2delta::metrics::{Emf, Unit};
 use dms2delta::operations::decode::{DecodeBuilder, DecodeOutcome};
 use dms2delta::storage::Stores;
+use dms2delta_lambda::{batch_response, Invocation};
 use serde_json::{json, Value};
 
 /// What lives for the whole execution environment.
@@ -45,18 +45,22 @@ struct Tally {
 /// Lambda's retry and on-failure destination take over. A quarantined file fails its message
 /// too, so that it ends in the dead-letter queue and its alarm calls for a person; reprocess
 /// leaves such messages there until the file decodes (after a fix), then removes them.
-pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
-    handle_until(state, payload, Deadline::NONE).await
+pub async fn handle(state: &State, input: impl Into<Invocation>) -> Result<Value, dms2delta_lambda::Error> {
+    handle_until(state, input.into(), Deadline::NONE).await
 }
 
 /// [`handle`] within the invocation's `deadline`: after the first message, a message whose
 /// files are not expected to decode in the time left ([`Deadline::decode_time`]) is not started
 /// and is returned as a batch item failure, so the queue delivers it again instead of Lambda
 /// cutting the whole batch off.
-pub async fn handle_until(state: &State, payload: Value, deadline: Deadline) -> Result<Value, lambda_runtime::Error> {
-    match parse(&payload)? {
+pub async fn handle_until(
+    state: &State,
+    input: Invocation,
+    deadline: Deadline,
+) -> Result<Value, dms2delta_lambda::Error> {
+    match input.payload()? {
         Payload::Sqs(deliveries) => {
-            let mut response = SqsBatchResponse::default();
+            let mut failed = Vec::new();
             // The first message is always started, so a batch always makes progress whatever
             // the function's timeout; the deadline decides about the others.
             let mut started = false;
@@ -73,20 +77,16 @@ pub async fn handle_until(state: &State, payload: Value, deadline: Deadline) -> 
                     Emf::new(&state.config.config.metrics.namespace, "decode")
                         .metric("Deferred", Unit::Count, 1.0)
                         .emit();
-                    let mut f = BatchItemFailure::default();
-                    f.item_identifier = id;
-                    response.batch_item_failures.push(f);
+                    failed.push(id);
                     continue;
                 }
                 started = true;
                 let tally = process(state, d).await;
                 if !tally.failed.is_empty() || !tally.quarantined.is_empty() {
-                    let mut f = BatchItemFailure::default();
-                    f.item_identifier = id;
-                    response.batch_item_failures.push(f);
+                    failed.push(id);
                 }
             }
-            Ok(serde_json::to_value(response)?)
+            Ok(serde_json::to_value(batch_response(failed))?)
         }
         Payload::Direct(d) => {
             let tally = process(state, d).await;

@@ -139,11 +139,11 @@ pub enum Trigger {
     Manual(Request),
 }
 
-fn bad_event(reason: impl Into<String>) -> lambda_runtime::Error {
+fn bad_event(reason: impl Into<String>) -> dms2delta_lambda::Error {
     dms2delta::error::Error::Event { reason: reason.into() }.into()
 }
 
-pub fn trigger(payload: &Value) -> Result<Trigger, lambda_runtime::Error> {
+pub fn trigger(payload: &Value) -> Result<Trigger, dms2delta_lambda::Error> {
     if let Some(records) = payload.get("Records").and_then(Value::as_array) {
         let sns = records
             .iter()
@@ -176,7 +176,7 @@ pub fn trigger(payload: &Value) -> Result<Trigger, lambda_runtime::Error> {
 }
 
 /// Handles one invocation.
-pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
+pub async fn handle(state: &State, payload: Value) -> Result<Value, dms2delta_lambda::Error> {
     let trigger = trigger(&payload)?;
     let lookback = Utc::now() - Duration::hours(state.settings.reconcile_hours as i64);
     let (request, since) = match &trigger {
@@ -246,7 +246,7 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
 }
 
 /// `(bucket, key)` of every file with a quarantine report.
-async fn still_quarantined(state: &State) -> Result<HashSet<(String, String)>, lambda_runtime::Error> {
+async fn still_quarantined(state: &State) -> Result<HashSet<(String, String)>, dms2delta_lambda::Error> {
     let (store, root) = state.stores.resolve(&state.config.quarantine)?;
     Ok(list_reports(store.as_ref(), &root)
         .await?
