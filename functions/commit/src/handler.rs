@@ -6,12 +6,12 @@ use dms2delta::catalog::CatalogSync;
 use dms2delta::config::Validated;
 use dms2delta::deadline::{Deadline, COMMIT_RESERVE};
 use dms2delta::events::{ObjectEvent, ObjectEventKind};
-use dms2delta::metrics::{Emf, Unit};
+use dms2delta::metrics::{CommitReport, Emf, Unit};
 use dms2delta::operations::commit::{CommitChangesBuilder, CommitMetrics};
 use dms2delta::stage::parse_change_set_path;
 use dms2delta::storage::{object_path, Location, Stores};
 use dms2delta_lambda::{ByTable, Invocation, Table};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// What lives for the whole execution environment.
 #[derive(Debug)]
@@ -83,52 +83,33 @@ pub async fn handle_until(
             .metric("Deferred", Unit::Count, 1.0)
             .emit();
     }
-    ran.respond("commit", |m| {
-        json!({"table": m.table, "version": m.version, "change_sets": m.change_sets,
-            "inserted": m.rows_inserted, "updated": m.rows_updated, "deleted": m.rows_deleted, "stale": m.rows_stale,
-            "quarantined": m.quarantined})
-    })
+    ran.respond("commit")
 }
 
 /// One table's commit, then its catalog entry.
-async fn commit(state: &State, table: Table) -> Result<CommitMetrics, String> {
+async fn commit(state: &State, table: Table) -> Result<CommitReport, String> {
     let namespace = &state.config.config.metrics.namespace;
     let res = CommitChangesBuilder::new(state.config.clone(), &state.stores)
         .with_table(&table.namespace, &table.schema, &table.table)
         .await;
-    match &res {
-        Ok(m) => {
-            tracing::info!(
-                stage = "commit",
-                table = %m.table,
-                version = m.version,
-                change_sets = m.change_sets,
-                inserted = m.rows_inserted,
-                updated = m.rows_updated,
-                deleted = m.rows_deleted,
-                stale = m.rows_stale,
-                copied = m.rows_copied,
-                dv_files = m.dv_files,
-                dv_rows = m.dv_rows,
-                attempts = m.attempts,
-                duration_ms = m.duration_ms,
-                "committed"
-            );
-            emit(namespace, m);
-        }
+    let m = match res {
+        Ok(m) => m,
         Err(e) => {
             tracing::error!(stage = "commit", table = %table, retryable = e.is_retryable(), error = %e, "commit failed");
             Emf::new(namespace, "commit")
                 .with_table(table.to_string())
                 .metric("Errors", Unit::Count, 1.0)
                 .emit();
+            return Err(e.to_string());
         }
-    }
-    let m = res.map_err(|e| e.to_string())?;
+    };
+    let report = CommitReport::from(&m);
+    report.log("committed");
+    report.emf(namespace).emit();
     if let Some(catalog) = &state.catalog {
         follow_in_catalog(state, catalog, &table, &m).await?;
     }
-    Ok(m)
+    Ok(report)
 }
 
 /// Registers the table or its new schema. The commit has landed whatever happens here; a
@@ -164,27 +145,6 @@ async fn follow_in_catalog(
             }
         }
     }
-}
-
-fn emit(namespace: &str, m: &CommitMetrics) {
-    let mut e = Emf::new(namespace, "commit")
-        .with_table(&m.table)
-        .metric("ChangeSets", Unit::Count, m.change_sets as f64)
-        .metric("RowsInserted", Unit::Count, m.rows_inserted as f64)
-        .metric("RowsUpdated", Unit::Count, m.rows_updated as f64)
-        .metric("RowsDeleted", Unit::Count, m.rows_deleted as f64)
-        .metric("RowsStale", Unit::Count, m.rows_stale as f64)
-        .metric("RowsCopied", Unit::Count, m.rows_copied as f64)
-        .metric("DeletionVectorFiles", Unit::Count, m.dv_files as f64)
-        .metric("DeletionVectorRows", Unit::Count, m.dv_rows as f64)
-        .metric("Retries", Unit::Count, m.attempts.saturating_sub(1) as f64)
-        .metric("Conflicts", Unit::Count, m.conflicts as f64)
-        .metric("Quarantined", Unit::Count, m.quarantined.len() as f64)
-        .metric("CommitLatencyMs", Unit::Milliseconds, m.duration_ms as f64);
-    if let Some(lag) = m.lag_seconds {
-        e = e.metric("ReplicationLagSeconds", Unit::Seconds, lag);
-    }
-    e.emit();
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use dms2delta::config::Validated;
 use dms2delta::deadline::Deadline;
 use dms2delta::events::{Delivery, ObjectEventKind, Payload};
-use dms2delta::metrics::{Emf, Unit};
+use dms2delta::metrics::{DecodeReport, Emf, Unit};
 use dms2delta::operations::decode::{DecodeBuilder, DecodeOutcome};
 use dms2delta::storage::Stores;
 use dms2delta_lambda::{batch_response, Invocation};
@@ -133,30 +133,12 @@ async fn process(state: &State, delivery: Delivery) -> Tally {
         }
         match op.await {
             Ok(DecodeOutcome::Staged(m)) => {
-                for t in &m.tables {
-                    tracing::info!(
-                        stage = "decode",
-                        file = %m.file,
-                        table = %t.table,
-                        rows_in = t.rows_in,
-                        rows_out = t.rows_out,
-                        staged = t.staged.as_deref().unwrap_or(""),
-                        duration_ms = m.duration_ms,
-                        "file decoded"
-                    );
-                    Emf::new(namespace, "decode")
-                        .with_table(&t.table)
-                        .metric("Files", Unit::Count, 1.0)
-                        .metric("RowsIn", Unit::Count, t.rows_in as f64)
-                        .metric("RowsOut", Unit::Count, t.rows_out as f64)
-                        .metric("BytesRead", Unit::Bytes, m.bytes_read as f64)
-                        .metric("DurationMs", Unit::Milliseconds, m.duration_ms as f64)
-                        .emit();
+                let reports: Vec<DecodeReport> = m.tables.iter().map(|t| DecodeReport::of(&m, t)).collect();
+                for r in &reports {
+                    r.log("file decoded");
+                    r.emf(namespace).emit();
                 }
-                tally.staged.push(json!({
-                    "file": m.file,
-                    "tables": m.tables.iter().map(|t| json!({"table": t.table, "rows_in": t.rows_in, "rows_out": t.rows_out, "staged": t.staged})).collect::<Vec<_>>(),
-                }));
+                tally.staged.push(json!({"file": m.file, "tables": reports}));
             }
             Ok(DecodeOutcome::Skipped { reason }) => {
                 tracing::info!(stage = "decode", bucket = %o.bucket, key = %o.key, reason = %reason, "skipped");

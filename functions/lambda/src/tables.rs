@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use dms2delta::deadline::Deadline;
 use dms2delta::events::{ObjectEvent, Payload};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::invocation::batch_response;
@@ -181,23 +182,26 @@ impl<K: Ord + fmt::Display, T> Ran<K, T> {
     }
 
     /// The invocation's answer. An SQS batch answers with its partial batch failures; a direct
-    /// invocation answers `{"tables": [...]}`, one entry per table (`summary` renders a table
-    /// done), and fails as a whole, naming `what` failed, if any of its tables did not succeed,
-    /// so that Lambda's retry and on-failure destination take over.
-    pub fn respond(self, what: &str, summary: impl Fn(&T) -> Value) -> Result<Value, lambda_runtime::Error> {
+    /// invocation answers `{"tables": [...]}`, one entry per table (a table done is its result
+    /// serialized), and fails as a whole, naming `what` failed, if any of its tables did not
+    /// succeed, so that Lambda's retry and on-failure destination take over.
+    pub fn respond(self, what: &str) -> Result<Value, lambda_runtime::Error>
+    where
+        T: Serialize,
+    {
         if self.sqs {
             return Ok(serde_json::to_value(batch_response(self.failed_messages()))?);
         }
         let failed = self.needs.iter().any(|n| self.need_failed(n));
-        let tables: Vec<Value> = self
+        let tables = self
             .results
             .iter()
             .map(|(k, o)| match o {
-                Outcome::Done(t) => summary(t),
-                Outcome::Failed(e) => json!({"table": k.to_string(), "error": e}),
-                Outcome::Deferred => json!({"table": k.to_string(), "error": DEFERRED}),
+                Outcome::Done(t) => serde_json::to_value(t),
+                Outcome::Failed(e) => Ok(json!({"table": k.to_string(), "error": e})),
+                Outcome::Deferred => Ok(json!({"table": k.to_string(), "error": DEFERRED})),
             })
-            .collect();
+            .collect::<Result<Vec<Value>, _>>()?;
         if failed {
             Err(format!("{what} failed: {}", Value::Array(tables)).into())
         } else {
@@ -278,7 +282,7 @@ mod tests {
         assert_eq!(ran.results()["b"], Outcome::Done(1));
         // m1 and m2 named the failed table; m4 could not be read; m3 and m5 succeed.
         assert_eq!(ran.failed_messages(), vec!["m1", "m2", "m4"]);
-        let answer = ran.respond("test", |n| json!(n)).unwrap();
+        let answer = ran.respond("test").unwrap();
         assert_eq!(
             answer,
             json!({"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}, {"itemIdentifier": "m4"}]})
@@ -310,9 +314,11 @@ mod tests {
     async fn a_direct_invocation_answers_a_summary_or_fails_as_a_whole() {
         let direct = || Payload::Direct(delivery("ignored", &["t/a/1", "t/b/2"]));
         let ok = ByTable::group("test", direct(), pick)
-            .run(Deadline::NONE, None, |t, v| async move { Ok((t, v)) })
+            .run(Deadline::NONE, None, |t, v| async move {
+                Ok(json!({"table": t, "values": v}))
+            })
             .await
-            .respond("test", |(t, v)| json!({"table": t, "values": v}))
+            .respond("test")
             .unwrap();
         assert_eq!(
             ok,
@@ -326,7 +332,7 @@ mod tests {
                 |_, _| async { Err::<(), _>("boom".to_string()) },
             )
             .await
-            .respond("compaction", |_| json!({}))
+            .respond("compaction")
             .unwrap_err()
             .to_string();
         assert_eq!(

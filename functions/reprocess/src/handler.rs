@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use dms2delta::config::Validated;
-use dms2delta::metrics::{Emf, Unit};
-use dms2delta::operations::reprocess::{ReprocessBuilder, ReprocessMetrics};
+use dms2delta::metrics::Unit;
+use dms2delta::operations::reprocess::ReprocessBuilder;
 use dms2delta::storage::Stores;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -233,7 +233,10 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, dms2delta_la
         }
     }
     let moved: u64 = redriven.iter().filter_map(|r| r["messages"].as_u64()).sum();
-    emit(&state.config.config.metrics.namespace, &m, moved);
+    m.log("reprocessed");
+    m.emf(&state.config.config.metrics.namespace)
+        .metric("DeadLettersRedriven", Unit::Count, moved as f64)
+        .emit();
     Ok(json!({
         "trigger": match &trigger {
             Trigger::Alarm { .. } => "alarm",
@@ -253,20 +256,6 @@ async fn still_quarantined(state: &State) -> Result<HashSet<(String, String)>, d
         .into_iter()
         .map(|(_, r)| (r.bucket, r.key))
         .collect())
-}
-
-fn emit(namespace: &str, m: &ReprocessMetrics, redriven: u64) {
-    Emf::new(namespace, "reprocess")
-        .metric("DeadLettersRedriven", Unit::Count, redriven as f64)
-        .metric("FilesMissing", Unit::Count, m.files_missing as f64)
-        .metric("FilesRequeued", Unit::Count, m.files_requeued as f64)
-        .metric("QuarantineRecovered", Unit::Count, m.quarantine_recovered as f64)
-        .metric("QuarantineStillBad", Unit::Count, m.quarantine_still_bad as f64)
-        .metric("TablesCommitted", Unit::Count, m.tables_committed.len() as f64)
-        .metric("TablesFailed", Unit::Count, m.tables_failed.len() as f64)
-        .metric("Remaining", Unit::Count, m.remaining as f64)
-        .metric("DurationMs", Unit::Milliseconds, m.duration_ms as f64)
-        .emit();
 }
 
 #[cfg(test)]

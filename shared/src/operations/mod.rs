@@ -8,5 +8,6 @@ pub mod compact;
 pub mod decode;
 #[cfg(feature = "delta")]
 pub mod merge_on_read;
+pub mod reports;
 #[cfg(feature = "delta")]
 pub mod reprocess;
