@@ -125,7 +125,17 @@ fn sub_text(v: &Value) -> String {
 
 /// Every `.metric("Name", …)` the functions emit.
 fn emitted_metrics() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+    // The stages' reports, and the counts the handlers emit on their own (errors, deferrals).
+    let mut out: BTreeSet<String> = [
+        dms2delta::metrics::CommitReport::METRICS,
+        dms2delta::metrics::CompactReport::METRICS,
+        dms2delta::metrics::DecodeReport::METRICS,
+        dms2delta::metrics::ReprocessReport::METRICS,
+    ]
+    .concat()
+    .into_iter()
+    .map(str::to_string)
+    .collect();
     for f in ["decode", "commit", "compact", "reprocess"] {
         let src = std::fs::read_to_string(repo().join(format!("functions/{f}/src/handler.rs"))).unwrap();
         for piece in src.split(".metric(\"").skip(1) {
@@ -1034,4 +1044,50 @@ fn roles_reach_only_what_their_function_uses() {
         }
     }
     assert_eq!(kms_statements, 6);
+}
+
+/// The features of `dms2delta` cargo resolves for `package` built on its own, as cargo-lambda
+/// builds each function (dev-dependencies left out).
+fn shared_features_of(package: &str) -> BTreeSet<String> {
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(repo())
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "-p",
+            package,
+            "-e",
+            "features,no-dev",
+            "-i",
+            "dms2delta",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("dms2delta feature \"")?
+                .1
+                .split_once('"')
+                .map(|(f, _)| f.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_functions_carry_no_test_scaffolding_and_decode_no_delta_engine() {
+    for function in ["decode", "commit", "compact", "reprocess"] {
+        let features = shared_features_of(function);
+        assert!(!features.contains("testing"), "{function}: {features:?}");
+        assert_eq!(
+            features.contains("delta"),
+            function != "decode",
+            "{function}: {features:?}"
+        );
+    }
+    // The CLI's demo runs the simulator: the check above would catch a parse that finds nothing.
+    assert!(shared_features_of("dms2delta-cli").contains("testing"));
 }

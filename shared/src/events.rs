@@ -131,12 +131,10 @@ pub fn parse(payload: &Value) -> Result<Payload> {
         let deliveries = records
             .iter()
             .map(|r| {
-                let message_id = r.get("messageId").and_then(Value::as_str).map(str::to_string);
-                let objects = match r.get("body").and_then(Value::as_str) {
-                    Some(body) => parse_body(body),
-                    None => Err(event_err("an SQS record without a body")),
-                };
-                Delivery { message_id, objects }
+                sqs_delivery(
+                    r.get("messageId").and_then(Value::as_str).map(str::to_string),
+                    r.get("body").and_then(Value::as_str),
+                )
             })
             .collect();
         return Ok(Payload::Sqs(deliveries));
@@ -145,6 +143,15 @@ pub fn parse(payload: &Value) -> Result<Payload> {
         message_id: None,
         objects: parse_value(payload, 0),
     }))
+}
+
+/// One SQS message as a delivery, for callers that already hold the batch in typed form.
+pub fn sqs_delivery(message_id: Option<String>, body: Option<&str>) -> Delivery {
+    let objects = match body {
+        Some(body) => parse_body(body),
+        None => Err(event_err("an SQS record without a body")),
+    };
+    Delivery { message_id, objects }
 }
 
 fn event_err(reason: impl Into<String>) -> Error {

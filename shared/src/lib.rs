@@ -3,6 +3,11 @@
 //! Layers, each using only those below it: `events` and `route` turn notifications and object
 //! keys into work; `decode` turns a DMS file into deduplicated change sets (`changes`), which
 //! `stage` writes for the commit stage. Nothing here depends on Lambda types.
+//!
+//! Test scaffolding (`sim`, the simulated DMS source; `faults`, a storage that fails on purpose;
+//! `fuzzing`, the fuzz targets' entry points) is compiled only with the `testing` feature, which
+//! the CLI, the tests, the benches and the fuzz targets enable and the Lambdas do not;
+//! `failpoint` is always there, as a no-op without it.
 
 pub mod bootstrap;
 pub mod catalog;
@@ -15,7 +20,9 @@ pub mod deletion_vector;
 pub mod error;
 pub mod events;
 pub mod failpoint;
+#[cfg(feature = "testing")]
 pub mod faults;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod generation;
 #[cfg(feature = "delta")]
@@ -28,6 +35,7 @@ pub mod operations;
 pub mod pipeline;
 pub mod quarantine;
 pub mod route;
+#[cfg(feature = "testing")]
 pub mod sim;
 pub mod stage;
 pub mod storage;

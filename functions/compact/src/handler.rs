@@ -1,15 +1,15 @@
 //! Delta log events -> maintenance of the tables they belong to.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use dms2delta::config::Validated;
-use dms2delta::events::{parse, ObjectEventKind, Payload};
-use dms2delta::metrics::{Emf, Unit};
-use dms2delta::operations::compact::{table_of_log_key, CompactBuilder, CompactMetrics};
+use dms2delta::deadline::Deadline;
+use dms2delta::events::ObjectEventKind;
+use dms2delta::metrics::{CompactReport, Emf, Unit};
+use dms2delta::operations::compact::{table_of_log_key, CompactBuilder};
 use dms2delta::storage::{Location, Stores};
-use serde_json::{json, Value};
+use dms2delta_lambda::{ByTable, Invocation, Table};
+use serde_json::Value;
 
 /// What lives for the whole execution environment.
 #[derive(Debug)]
@@ -25,105 +25,60 @@ impl State {
     }
 }
 
-type TableId = (String, String, String);
-
 /// Each table named by the batch is looked at once, with the newest version seen as the hint.
 /// Compaction failures fail their messages (the queue retries); they never touch ingestion.
-pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
+pub async fn handle(state: &State, input: impl Into<Invocation>) -> Result<Value, dms2delta_lambda::Error> {
+    handle_until(state, input.into(), Deadline::NONE).await
+}
+
+/// [`handle`] with the invocation's deadline. Maintenance is not gated by it: a table's
+/// compaction is bounded by its own settings, and one cut off by Lambda is taken up again from
+/// the next log event (its lease expires).
+pub async fn handle_until(
+    state: &State,
+    input: Invocation,
+    deadline: Deadline,
+) -> Result<Value, dms2delta_lambda::Error> {
     let (bucket, prefix) = match &state.config.lake {
-        Location::S3 { bucket, prefix } => (bucket.clone(), prefix.clone()),
+        Location::S3 { bucket, prefix } => (bucket.as_str(), prefix.as_str()),
         _ => return Err("the compact function needs an s3:// lake".into()),
     };
-    let parsed = parse(&payload)?;
-    let deliveries = match &parsed {
-        Payload::Sqs(d) => d.iter().collect::<Vec<_>>(),
-        Payload::Direct(d) => vec![d],
-    };
-    let mut tables: BTreeMap<TableId, (Vec<u64>, Option<Result<CompactMetrics, String>>)> = BTreeMap::new();
-    let mut needs: Vec<(Option<String>, Result<Vec<TableId>, String>)> = Vec::new();
-    for d in &deliveries {
-        let ids = d.objects.as_ref().map_err(|e| e.to_string()).map(|objects| {
-            objects
-                .iter()
-                .filter(|o| o.kind == ObjectEventKind::Created && o.bucket == bucket)
-                .filter_map(|o| table_of_log_key(&prefix, &o.key))
-                .map(|(ns, s, t, v)| {
-                    let e = tables
-                        .entry((ns.clone(), s.clone(), t.clone()))
-                        .or_insert((Vec::new(), None));
-                    e.0.push(v);
-                    (ns, s, t)
-                })
-                .collect()
-        });
-        needs.push((d.message_id.clone(), ids));
-    }
+    let work = ByTable::group("compact", input.payload()?, |o| {
+        if o.kind != ObjectEventKind::Created || o.bucket != bucket {
+            return None;
+        }
+        let (ns, s, t, version) = table_of_log_key(prefix, &o.key)?;
+        Some((Table::new(ns, s, t), version))
+    });
+    work.run(deadline, None, |table, hints| compact(state, table, hints))
+        .await
+        .respond("compaction")
+}
+
+/// One table's maintenance, given the log versions the events named.
+async fn compact(state: &State, table: Table, hints: Vec<u64>) -> Result<CompactReport, String> {
     let namespace = &state.config.config.metrics.namespace;
-    for ((ns, s, t), (hints, slot)) in tables.iter_mut() {
-        let res = CompactBuilder::new(state.config.clone(), &state.stores)
-            .with_table(ns, s, t)
-            .with_version_hints(hints.iter().copied())
-            .await;
-        match &res {
-            Ok(m) if !m.due.is_empty() => {
-                tracing::info!(stage = "compact", table = %m.table, due = ?m.due, files_in = m.files_in, files_out = m.files_out,
-                    files_purged = m.files_purged, rows_purged = m.rows_purged, checkpoint = m.checkpoint_written, vacuumed = m.files_vacuumed, tombstones_dropped = m.tombstones_dropped,
-                    yielded = m.yielded, duration_ms = m.duration_ms, "table maintained");
-                Emf::new(namespace, "compact")
-                    .with_table(&m.table)
-                    .metric("FilesIn", Unit::Count, m.files_in as f64)
-                    .metric("FilesOut", Unit::Count, m.files_out as f64)
-                    .metric("BytesRewritten", Unit::Bytes, m.bytes_rewritten as f64)
-                    .metric("FilesPurged", Unit::Count, m.files_purged as f64)
-                    .metric("RowsPurged", Unit::Count, m.rows_purged as f64)
-                    .metric("CheckpointsWritten", Unit::Count, u8::from(m.checkpoint_written) as f64)
-                    .metric("FilesVacuumed", Unit::Count, m.files_vacuumed as f64)
-                    .metric("TombstonesDropped", Unit::Count, m.tombstones_dropped as f64)
-                    .metric("DurationMs", Unit::Milliseconds, m.duration_ms as f64)
-                    .emit();
+    let res = CompactBuilder::new(state.config.clone(), &state.stores)
+        .with_table(&table.namespace, &table.schema, &table.table)
+        .with_version_hints(hints)
+        .await;
+    match res {
+        Ok(m) => {
+            let report = CompactReport::from(&m);
+            // A table with nothing due is neither logged nor counted: most log events are.
+            if !report.due.is_empty() {
+                report.log("table maintained");
+                report.emf(namespace).emit();
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(stage = "compact", table = %format!("{ns}.{s}.{t}"), error = %e, "compaction failed");
-                Emf::new(namespace, "compact")
-                    .with_table(format!("{ns}.{s}.{t}"))
-                    .metric("Errors", Unit::Count, 1.0)
-                    .emit();
-            }
+            Ok(report)
         }
-        *slot = Some(res.map_err(|e| e.to_string()));
-    }
-    let failed = |ids: &Result<Vec<TableId>, String>| match ids {
-        Err(_) => true,
-        Ok(ids) => ids.iter().any(|id| matches!(tables.get(id), Some((_, Some(Err(_)))))),
-    };
-    match parsed {
-        Payload::Sqs(_) => {
-            let mut response = SqsBatchResponse::default();
-            for (mid, ids) in &needs {
-                if failed(ids) {
-                    let mut f = BatchItemFailure::default();
-                    f.item_identifier = mid.clone().unwrap_or_default();
-                    response.batch_item_failures.push(f);
-                }
-            }
-            Ok(serde_json::to_value(response)?)
-        }
-        Payload::Direct(_) => {
-            let summary: Vec<Value> = tables
-                .iter()
-                .map(|((ns, s, t), (_, r))| match r {
-                    Some(Ok(m)) => json!({"table": m.table, "due": m.due, "files_in": m.files_in, "files_out": m.files_out,
-                        "files_purged": m.files_purged, "checkpoint": m.checkpoint_written, "vacuumed": m.files_vacuumed, "tombstones_dropped": m.tombstones_dropped}),
-                    Some(Err(e)) => json!({"table": format!("{ns}.{s}.{t}"), "error": e}),
-                    None => json!({}),
-                })
-                .collect();
-            if needs.iter().any(|(_, ids)| failed(ids)) {
-                Err(format!("compaction failed: {}", Value::Array(summary)).into())
-            } else {
-                Ok(json!({ "tables": summary }))
-            }
+        Err(e) => {
+            tracing::error!(stage = "compact", table = %table, error = %e, "compaction failed");
+            Emf::new(namespace, "compact")
+                .with_table(table.to_string())
+                .metric("Errors", Unit::Count, 1.0)
+                .emit();
+            Err(e.to_string())
         }
     }
 }

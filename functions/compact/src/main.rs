@@ -1,21 +1,10 @@
-//! The compact Lambda: wiring only. Configuration and storage clients are built once per cold
-//! start and handed to the handler by reference.
-
-use std::sync::Arc;
-
-use lambda_runtime::{service_fn, Error, LambdaEvent};
-use serde_json::Value;
+//! The compact Lambda: wiring only. The state is built once per cold start and lent to every
+//! invocation with its deadline.
 
 use compact::handler;
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    dms2delta::bootstrap::init_tracing();
-    let config = dms2delta::bootstrap::load_config_from_env().await?;
-    let state = handler::State::new(Arc::new(config));
-    let state = &state;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handler::handle(state, event.payload).await
-    }))
-    .await
+async fn main() -> Result<(), dms2delta_lambda::Error> {
+    let state = handler::State::new(dms2delta_lambda::cold_start().await?);
+    dms2delta_lambda::serve(&state, handler::handle_until).await
 }

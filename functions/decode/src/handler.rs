@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
 use dms2delta::config::Validated;
 use dms2delta::deadline::Deadline;
-use dms2delta::events::{parse, Delivery, ObjectEvent, ObjectEventKind, Payload};
-use dms2delta::metrics::{Emf, Unit};
+use dms2delta::events::{Delivery, ObjectEvent, ObjectEventKind, Payload};
+use dms2delta::metrics::{DecodeReport, Emf, Unit};
 use dms2delta::operations::decode::{DecodeBuilder, DecodeOutcome};
 use dms2delta::operations::truncate::{RemovalBuilder, RemovalOutcome};
 use dms2delta::storage::Stores;
+use dms2delta_lambda::{batch_response, Invocation};
 use serde_json::{json, Value};
 
 /// What lives for the whole execution environment.
@@ -48,18 +48,22 @@ struct Tally {
 /// Lambda's retry and on-failure destination take over. A quarantined file fails its message
 /// too, so that it ends in the dead-letter queue and its alarm calls for a person; reprocess
 /// leaves such messages there until the file decodes (after a fix), then removes them.
-pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
-    handle_until(state, payload, Deadline::NONE).await
+pub async fn handle(state: &State, input: impl Into<Invocation>) -> Result<Value, dms2delta_lambda::Error> {
+    handle_until(state, input.into(), Deadline::NONE).await
 }
 
 /// [`handle`] within the invocation's `deadline`: after the first message, a message whose
 /// files are not expected to decode in the time left ([`Deadline::decode_time`]) is not started
 /// and is returned as a batch item failure, so the queue delivers it again instead of Lambda
 /// cutting the whole batch off.
-pub async fn handle_until(state: &State, payload: Value, deadline: Deadline) -> Result<Value, lambda_runtime::Error> {
-    match parse(&payload)? {
+pub async fn handle_until(
+    state: &State,
+    input: Invocation,
+    deadline: Deadline,
+) -> Result<Value, dms2delta_lambda::Error> {
+    match input.payload()? {
         Payload::Sqs(deliveries) => {
-            let mut response = SqsBatchResponse::default();
+            let mut failed = Vec::new();
             // The first message is always started, so a batch always makes progress whatever
             // the function's timeout; the deadline decides about the others.
             let mut started = false;
@@ -76,20 +80,16 @@ pub async fn handle_until(state: &State, payload: Value, deadline: Deadline) -> 
                     Emf::new(&state.config.config.metrics.namespace, "decode")
                         .metric("Deferred", Unit::Count, 1.0)
                         .emit();
-                    let mut f = BatchItemFailure::default();
-                    f.item_identifier = id;
-                    response.batch_item_failures.push(f);
+                    failed.push(id);
                     continue;
                 }
                 started = true;
                 let tally = process(state, d).await;
                 if !tally.failed.is_empty() || !tally.quarantined.is_empty() {
-                    let mut f = BatchItemFailure::default();
-                    f.item_identifier = id;
-                    response.batch_item_failures.push(f);
+                    failed.push(id);
                 }
             }
-            Ok(serde_json::to_value(response)?)
+            Ok(serde_json::to_value(batch_response(failed))?)
         }
         Payload::Direct(d) => {
             let tally = process(state, d).await;
@@ -155,30 +155,12 @@ async fn process(state: &State, delivery: Delivery) -> Tally {
         }
         match op.await {
             Ok(DecodeOutcome::Staged(m)) => {
-                for t in &m.tables {
-                    tracing::info!(
-                        stage = "decode",
-                        file = %m.file,
-                        table = %t.table,
-                        rows_in = t.rows_in,
-                        rows_out = t.rows_out,
-                        staged = t.staged.as_deref().unwrap_or(""),
-                        duration_ms = m.duration_ms,
-                        "file decoded"
-                    );
-                    Emf::new(namespace, "decode")
-                        .with_table(&t.table)
-                        .metric("Files", Unit::Count, 1.0)
-                        .metric("RowsIn", Unit::Count, t.rows_in as f64)
-                        .metric("RowsOut", Unit::Count, t.rows_out as f64)
-                        .metric("BytesRead", Unit::Bytes, m.bytes_read as f64)
-                        .metric("DurationMs", Unit::Milliseconds, m.duration_ms as f64)
-                        .emit();
+                let reports: Vec<DecodeReport> = m.tables.iter().map(|t| DecodeReport::of(&m, t)).collect();
+                for r in &reports {
+                    r.log("file decoded");
+                    r.emf(namespace).emit();
                 }
-                tally.staged.push(json!({
-                    "file": m.file,
-                    "tables": m.tables.iter().map(|t| json!({"table": t.table, "rows_in": t.rows_in, "rows_out": t.rows_out, "staged": t.staged})).collect::<Vec<_>>(),
-                }));
+                tally.staged.push(json!({"file": m.file, "tables": reports}));
             }
             Ok(DecodeOutcome::Skipped { reason }) => {
                 tracing::info!(stage = "decode", bucket = %o.bucket, key = %o.key, reason = %reason, "skipped");

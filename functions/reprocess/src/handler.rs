@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use dms2delta::config::Validated;
-use dms2delta::metrics::{Emf, Unit};
-use dms2delta::operations::reprocess::{ReprocessBuilder, ReprocessMetrics};
+use dms2delta::metrics::Unit;
+use dms2delta::operations::reprocess::ReprocessBuilder;
 use dms2delta::storage::Stores;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -139,11 +139,11 @@ pub enum Trigger {
     Manual(Request),
 }
 
-fn bad_event(reason: impl Into<String>) -> lambda_runtime::Error {
+fn bad_event(reason: impl Into<String>) -> dms2delta_lambda::Error {
     dms2delta::error::Error::Event { reason: reason.into() }.into()
 }
 
-pub fn trigger(payload: &Value) -> Result<Trigger, lambda_runtime::Error> {
+pub fn trigger(payload: &Value) -> Result<Trigger, dms2delta_lambda::Error> {
     if let Some(records) = payload.get("Records").and_then(Value::as_array) {
         let sns = records
             .iter()
@@ -176,7 +176,7 @@ pub fn trigger(payload: &Value) -> Result<Trigger, lambda_runtime::Error> {
 }
 
 /// Handles one invocation.
-pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runtime::Error> {
+pub async fn handle(state: &State, payload: Value) -> Result<Value, dms2delta_lambda::Error> {
     let trigger = trigger(&payload)?;
     let lookback = Utc::now() - Duration::hours(state.settings.reconcile_hours as i64);
     let (request, since) = match &trigger {
@@ -233,7 +233,10 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
         }
     }
     let moved: u64 = redriven.iter().filter_map(|r| r["messages"].as_u64()).sum();
-    emit(&state.config.config.metrics.namespace, &m, moved);
+    m.log("reprocessed");
+    m.emf(&state.config.config.metrics.namespace)
+        .metric("DeadLettersRedriven", Unit::Count, moved as f64)
+        .emit();
     Ok(json!({
         "trigger": match &trigger {
             Trigger::Alarm { .. } => "alarm",
@@ -246,27 +249,13 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, lambda_runti
 }
 
 /// `(bucket, key)` of every file with a quarantine report.
-async fn still_quarantined(state: &State) -> Result<HashSet<(String, String)>, lambda_runtime::Error> {
+async fn still_quarantined(state: &State) -> Result<HashSet<(String, String)>, dms2delta_lambda::Error> {
     let (store, root) = state.stores.resolve(&state.config.quarantine)?;
     Ok(list_reports(store.as_ref(), &root)
         .await?
         .into_iter()
         .map(|(_, r)| (r.bucket, r.key))
         .collect())
-}
-
-fn emit(namespace: &str, m: &ReprocessMetrics, redriven: u64) {
-    Emf::new(namespace, "reprocess")
-        .metric("DeadLettersRedriven", Unit::Count, redriven as f64)
-        .metric("FilesMissing", Unit::Count, m.files_missing as f64)
-        .metric("FilesRequeued", Unit::Count, m.files_requeued as f64)
-        .metric("QuarantineRecovered", Unit::Count, m.quarantine_recovered as f64)
-        .metric("QuarantineStillBad", Unit::Count, m.quarantine_still_bad as f64)
-        .metric("TablesCommitted", Unit::Count, m.tables_committed.len() as f64)
-        .metric("TablesFailed", Unit::Count, m.tables_failed.len() as f64)
-        .metric("Remaining", Unit::Count, m.remaining as f64)
-        .metric("DurationMs", Unit::Milliseconds, m.duration_ms as f64)
-        .emit();
 }
 
 #[cfg(test)]

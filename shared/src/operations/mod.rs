@@ -10,6 +10,7 @@ pub mod decode;
 pub mod floor;
 #[cfg(feature = "delta")]
 pub mod merge_on_read;
+pub mod reports;
 #[cfg(feature = "delta")]
 pub mod reprocess;
 pub mod truncate;

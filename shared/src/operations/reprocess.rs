@@ -77,40 +77,9 @@ impl Requeue for InProcess<'_> {
     }
 }
 
-/// What reprocess found and did.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct ReprocessMetrics {
-    pub dry_run: bool,
-    /// DMS objects under the sources (after the table and time filters).
-    pub files_listed: usize,
-    /// Applied by a commit of their table.
-    pub files_applied: usize,
-    /// Staged, waiting for a commit.
-    pub files_staged: usize,
-    /// Neither applied, staged nor quarantined: their events were lost.
-    pub files_missing: usize,
-    /// Missing files handed to decode (none in a dry run).
-    pub files_requeued: usize,
-    /// Quarantine reports looked at.
-    pub quarantined: usize,
-    /// Quarantined files that decode now; their reports were removed.
-    pub quarantine_recovered: usize,
-    /// Quarantined files still bad; their reports stay (rewritten).
-    pub quarantine_still_bad: usize,
-    /// Tables committed because change sets were waiting.
-    pub tables_committed: Vec<String>,
-    /// Tables whose commit failed (`table: why`); every other table was still committed.
-    pub tables_failed: Vec<String>,
-    /// Rows inserted, updated or deleted by those commits.
-    pub rows_changed: u64,
-    /// Work left for the next run because of `max_files`.
-    pub remaining: usize,
-    /// The files found missing (first 100), for the report.
-    pub missing: Vec<String>,
-    /// The quarantined files recovered (first 100).
-    pub recovered: Vec<String>,
-    pub duration_ms: u64,
-}
+/// What reprocess found and did: the stage's report, declared with its metric names in
+/// [`crate::metrics`].
+pub use crate::metrics::ReprocessReport as ReprocessMetrics;
 
 /// Reconciles the lake with the DMS files; see the module documentation.
 pub struct ReprocessBuilder<'a> {

@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 
 pub use elf::{Arch, GlibcVersion, Requirements};
 
-/// The functions a release holds (the crates under `functions/`).
+/// The functions a release holds (the crates under `functions/`, but for `functions/lambda`,
+/// the glue they share).
 pub const FUNCTIONS: [&str; 4] = ["decode", "commit", "compact", "reprocess"];
 
 /// The glibc of Lambda's `provided.al2023` runtime: no function may need a newer symbol.

@@ -111,7 +111,7 @@ async fn tables_that_cannot_commit_before_the_deadline_are_left_to_the_queue() {
         .as_millis() as u64;
     let short = Deadline::from_epoch_millis(now + COMMIT_RESERVE.as_millis() as u64 / 2);
     let batch = event("commit-sqs-batch.json");
-    let r = handle_until(&State::new(cfg.clone()), batch.clone(), short)
+    let r = handle_until(&State::new(cfg.clone()), batch.clone().into(), short)
         .await
         .unwrap();
     // The first table (customers) is always committed; the second is not started, and the
@@ -128,9 +128,13 @@ async fn tables_that_cannot_commit_before_the_deadline_are_left_to_the_queue() {
     let left = p.pending().await.unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0].2, "order items");
-    let r = handle_until(&State::new(cfg), batch, Deadline::from_epoch_millis(now + 600_000))
-        .await
-        .unwrap();
+    let r = handle_until(
+        &State::new(cfg),
+        batch.into(),
+        Deadline::from_epoch_millis(now + 600_000),
+    )
+    .await
+    .unwrap();
     assert_eq!(r, json!({"batchItemFailures": []}));
     assert!(p.pending().await.unwrap().is_empty());
 }

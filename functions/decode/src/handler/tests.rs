@@ -150,7 +150,7 @@ async fn messages_that_cannot_finish_before_the_deadline_are_left_to_the_queue()
     assert!(ids.len() >= 2);
     // Less time left than any decode is given: only the first message is started (a batch
     // always makes progress), every other one goes back to the queue.
-    let r = handle_until(&s, batch.clone(), in_secs(5)).await.unwrap();
+    let r = handle_until(&s, batch.clone().into(), in_secs(5)).await.unwrap();
     let failed: Vec<String> = r["batchItemFailures"]
         .as_array()
         .unwrap()
@@ -161,7 +161,7 @@ async fn messages_that_cannot_finish_before_the_deadline_are_left_to_the_queue()
     let first = files_under(&out.path().join("lake-bucket/_dms2delta/staged"));
     assert_eq!(first.len(), 1, "{first:?}");
     // With time enough, the same batch decodes.
-    let r = handle_until(&s, batch, in_secs(600)).await.unwrap();
+    let r = handle_until(&s, batch.into(), in_secs(600)).await.unwrap();
     assert_eq!(r, json!({"batchItemFailures": []}));
     assert!(files_under(&out.path().join("lake-bucket/_dms2delta/staged")).len() > first.len());
 }
