@@ -577,6 +577,9 @@ impl<'a> CommitChangesBuilder<'a> {
                 Err(e) => return Err(derr(e)),
             }
         }
+        // The version just written is known here; the next commit of this table in a warm
+        // function only needs the commits made since (see `lake::SnapshotCache`).
+        lake::remember(self.stores, table_loc, &table);
         Ok(Attempt::Done(result))
     }
 }
