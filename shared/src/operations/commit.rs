@@ -530,7 +530,11 @@ impl<'a> CommitChangesBuilder<'a> {
             let deletes = delete_rows(&source)?;
             if deletes.num_rows() > 0 {
                 match record_tombstones(tomb, tomb_exists, &deletes, &spec.keys).await {
-                    Ok(()) => result.tombstones_written = deletes.num_rows() as u64,
+                    Ok(tomb) => {
+                        // As for the table: the tombstone version just written is known here.
+                        lake::remember(self.stores, tomb_loc, &tomb);
+                        result.tombstones_written = deletes.num_rows() as u64;
+                    }
                     Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
                     Err(e) => return Err(derr(e)),
                 }
@@ -940,7 +944,7 @@ async fn record_tombstones(
     exists: bool,
     deletes: &RecordBatch,
     keys: &[String],
-) -> deltalake::DeltaResult<()> {
+) -> deltalake::DeltaResult<DeltaTable> {
     let schema = deletes.schema();
     let mut fields: Vec<Field> = Vec::new();
     let mut cols = Vec::new();
@@ -974,7 +978,8 @@ async fn record_tombstones(
         .reduce(Expr::and)
         .ok_or_else(|| deltalake::DeltaTableError::Generic("a table without keys".into()))?;
     let all: Vec<String> = tomb_schema.fields().iter().map(|f| f.name().clone()).collect();
-    tomb.merge(df, on)
+    let (tomb, _) = tomb
+        .merge(df, on)
         .with_source_alias("source")
         .with_target_alias("target")
         .when_matched_update(|u| {
@@ -985,7 +990,7 @@ async fn record_tombstones(
         })?
         .when_not_matched_insert(|i| all.iter().fold(i, |i, c| i.set(target_col(c), s(c))))?
         .await?;
-    Ok(())
+    Ok(tomb)
 }
 
 /// Rewrites the table with wider column types, in one commit.
