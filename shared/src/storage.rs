@@ -198,6 +198,9 @@ pub struct Stores {
     config: StorageConfig,
     cache: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
     delta_wrapper: Option<StoreWrapper>,
+    /// Delta snapshots already read, so a warm function does not read a log again.
+    #[cfg(feature = "delta")]
+    snapshots: crate::lake::SnapshotCache,
 }
 
 impl fmt::Debug for Stores {
@@ -215,7 +218,23 @@ impl Stores {
             config,
             cache: Mutex::new(HashMap::new()),
             delta_wrapper: None,
+            #[cfg(feature = "delta")]
+            snapshots: crate::lake::SnapshotCache::default(),
         }
+    }
+
+    /// Reads every Delta log afresh on every open instead of updating a held snapshot (the
+    /// behaviour before the snapshot cache, kept for comparison and for tools that recreate
+    /// tables under the same location).
+    #[cfg(feature = "delta")]
+    pub fn without_snapshot_cache(mut self) -> Stores {
+        self.snapshots = crate::lake::SnapshotCache::disabled();
+        self
+    }
+
+    #[cfg(feature = "delta")]
+    pub fn snapshots(&self) -> &crate::lake::SnapshotCache {
+        &self.snapshots
     }
 
     /// Puts `wrap` between the Delta engine and local folders (tests inject faults with it).

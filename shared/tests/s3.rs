@@ -301,3 +301,120 @@ async fn sse_of(moto: &support::s3::Moto, bucket: &str, key: &str) -> (Option<St
         h("x-amz-server-side-encryption-aws-kms-key-id"),
     )
 }
+
+/// The pipeline of `lab`'s configuration in a process of its own (its own stores, so its own
+/// held snapshots), holding snapshots or not.
+fn another_process(lab: &Lab, snapshots: bool) -> dms2delta::pipeline::Pipeline {
+    let config = Arc::new(dms2delta::config::Config::from_text(&lab.config_text).unwrap());
+    let mut stores = dms2delta::storage::Stores::new(config.config.storage.clone());
+    if !snapshots {
+        stores = stores.without_snapshot_cache();
+    }
+    dms2delta::pipeline::Pipeline::new(config, Arc::new(stores))
+}
+
+/// Decodes one DMS file with `decoder` and commits its tables with `committer`; the versions.
+async fn decode_and_commit(
+    decoder: &dms2delta::pipeline::Pipeline,
+    committer: &dms2delta::pipeline::Pipeline,
+    bucket: &str,
+    key: &str,
+) -> Vec<u64> {
+    let out = decoder.decode(bucket, key, None, Failpoints::default()).await.unwrap();
+    let DecodeOutcome::Staged(m) = out else {
+        panic!("{key}: {out:?}")
+    };
+    let mut versions = Vec::new();
+    for t in &m.tables {
+        let mut p = t.table.splitn(3, '.');
+        let (ns, s, tb) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        let cm = committer.commit(ns, s, tb, Failpoints::default()).await.unwrap();
+        versions.push(cm.version.unwrap());
+    }
+    versions
+}
+
+/// A warm commit function does not read again the log versions it already holds: it updates
+/// the snapshot its last commit left (see `lake::SnapshotCache`). Counted at the S3 endpoint:
+/// GETs of the table's log entries at or below the version this process wrote last. Without
+/// held snapshots every commit reads them all (that count must not be zero, or the counting
+/// sees nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_commit_reads_no_log_version_it_already_holds() {
+    let moto = support::s3::moto();
+    let opts = SimOptions {
+        seed: 5,
+        keys: 40,
+        changes: 48,
+        max_file_changes: 6,
+        formats: vec![Format::Parquet],
+        ..SimOptions::default()
+    };
+    let mut known_reads = Vec::new();
+    for snapshots in [false, true] {
+        let proxy = FaultProxy::start(&moto.url, 0.0, 1).await;
+        let lab = Lab::on_s3_with(&opts, None, Some(&proxy.url), "").await;
+        let p = another_process(&lab, snapshots);
+        let mut last: Option<u64> = None;
+        let mut reads = 0;
+        for f in &lab.sim.files {
+            lab.upload(&f.key, f.bytes.clone()).await;
+            proxy.requests.take_lines(true);
+            let versions = decode_and_commit(&p, &p, &lab.bucket, &f.key).await;
+            for (_, line) in proxy.requests.take_lines(false) {
+                let line = line.replace("%2F", "/");
+                let Some(v) = line
+                    .strip_prefix("GET ")
+                    .filter(|l| !l.contains("_dms2delta/"))
+                    .and_then(|l| l.split("/_delta_log/").nth(1))
+                    .and_then(|f| f.strip_suffix(".json"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if last.is_some_and(|held| v <= held) {
+                    reads += 1;
+                }
+            }
+            last = versions.into_iter().max();
+        }
+        assert!(last.is_some_and(|v| v >= 5), "too short a history: {last:?}");
+        lab.check().await.unwrap();
+        known_reads.push(reads);
+    }
+    println!(
+        "GETs of log versions the process already held: without held snapshots {}, with {}",
+        known_reads[0], known_reads[1]
+    );
+    assert!(known_reads[0] > 0, "the count saw no log read at all");
+    assert_eq!(known_reads[1], 0, "a warm commit read log versions it held");
+}
+
+/// Two warm commit functions take turns on one table, each holding its own snapshot: each
+/// brings its snapshot past the other's commits, and the table ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_functions_taking_turns_see_each_others_commits() {
+    let opts = SimOptions {
+        seed: 8,
+        keys: 30,
+        changes: 60,
+        max_file_changes: 5,
+        formats: vec![Format::Parquet, Format::CsvSeq],
+        ..SimOptions::default()
+    };
+    let lab = Lab::on_s3_with(&opts, None, None, "").await;
+    let (a, b) = (another_process(&lab, true), another_process(&lab, true));
+    let mut seen = Vec::new();
+    for (i, f) in lab.sim.files.iter().enumerate() {
+        lab.upload(&f.key, f.bytes.clone()).await;
+        let p = if i % 2 == 0 { &a } else { &b };
+        seen.extend(decode_and_commit(p, p, &lab.bucket, &f.key).await);
+    }
+    assert!(lab.sim.files.len() >= 4, "too short a history");
+    lab.check().await.unwrap();
+    lab.check_with_python().unwrap_or_else(|e| {
+        if !support::skip_python() {
+            panic!("{e}")
+        }
+    });
+}

@@ -643,7 +643,11 @@ impl<'a> CommitChangesBuilder<'a> {
             let deletes = delete_rows(&source)?;
             if deletes.num_rows() > 0 {
                 match record_tombstones(tomb, tomb_exists, &deletes, &spec.keys).await {
-                    Ok(()) => result.tombstones_written = deletes.num_rows() as u64,
+                    Ok(tomb) => {
+                        // As for the table: the tombstone version just written is known here.
+                        lake::remember(self.stores, tomb_loc, &tomb);
+                        result.tombstones_written = deletes.num_rows() as u64;
+                    }
                     Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
                     Err(e) => return Err(derr(e)),
                 }
@@ -690,6 +694,9 @@ impl<'a> CommitChangesBuilder<'a> {
                 Err(e) => return Err(derr(e)),
             }
         }
+        // The version just written is known here; the next commit of this table in a warm
+        // function only needs the commits made since (see `lake::SnapshotCache`).
+        lake::remember(self.stores, table_loc, &table);
         Ok(Attempt::Done(result))
     }
 }
@@ -1057,7 +1064,7 @@ async fn record_tombstones(
     exists: bool,
     deletes: &RecordBatch,
     keys: &[String],
-) -> deltalake::DeltaResult<()> {
+) -> deltalake::DeltaResult<DeltaTable> {
     let schema = deletes.schema();
     let mut fields: Vec<Field> = Vec::new();
     let mut cols = Vec::new();
@@ -1091,7 +1098,8 @@ async fn record_tombstones(
         .reduce(Expr::and)
         .ok_or_else(|| deltalake::DeltaTableError::Generic("a table without keys".into()))?;
     let all: Vec<String> = tomb_schema.fields().iter().map(|f| f.name().clone()).collect();
-    tomb.merge(df, on)
+    let (tomb, _) = tomb
+        .merge(df, on)
         .with_source_alias("source")
         .with_target_alias("target")
         .when_matched_update(|u| {
@@ -1102,7 +1110,7 @@ async fn record_tombstones(
         })?
         .when_not_matched_insert(|i| all.iter().fold(i, |i, c| i.set(target_col(c), s(c))))?
         .await?;
-    Ok(())
+    Ok(tomb)
 }
 
 /// Rewrites the table with wider column types, in one commit.
