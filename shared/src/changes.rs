@@ -106,6 +106,39 @@ impl Sequence {
         push_row(out, row);
     }
 
+    /// A CDC row without a sequence value of its own (`file`'s form), or, in a table that
+    /// orders its changes by `AR_H_CHANGE_SEQ` (`by_change_seq`), the same place in that order:
+    /// see [`Sequence::in_change_seq_order`].
+    pub fn file_for(out: &mut String, time_digits: &str, row: u64, by_change_seq: bool) {
+        if by_change_seq {
+            out.clear();
+            out.push_str(&Sequence::in_change_seq_order(time_digits));
+            push_row(out, row);
+        } else {
+            Sequence::file(out, time_digits, row);
+        }
+    }
+
+    /// [`Sequence::file_for`]'s text before the row number.
+    pub fn file_prefix_for(time_digits: &str, by_change_seq: bool) -> String {
+        if by_change_seq {
+            Sequence::in_change_seq_order(time_digits)
+        } else {
+            Sequence::file_prefix(time_digits)
+        }
+    }
+
+    /// A CDC file without `AR_H_CHANGE_SEQ` values in a table that orders by them (the
+    /// add-column rule removed while the task ran, or added later): `1S<16 time digits>:<rest>:`.
+    /// A file holds changes committed up to the time in its name, so its rows go after every
+    /// change committed in that hundredth of a second (`:` sorts above digits) and before every
+    /// later one, and below a reload anchored there (`;` sorts above `:`). Rows keep their file
+    /// order.
+    pub fn in_change_seq_order(time_digits: &str) -> String {
+        let split = time_digits.len().min(16);
+        format!("1S{}:{}:", &time_digits[..split], &time_digits[split..])
+    }
+
     pub fn file(out: &mut String, time_digits: &str, row: u64) {
         out.clear();
         out.push_str("1F");
@@ -1092,6 +1125,28 @@ impl<'a> Ctx<'a> {
 pub(crate) mod tests {
     use super::*;
     use arrow::array::{Int64Array, TimestampMicrosecondArray};
+
+    #[test]
+    fn a_file_without_change_seqs_sits_between_the_changes_before_and_after_its_name() {
+        let mut row = String::new();
+        Sequence::file_for(&mut row, "202405281100000000", 2, true);
+        assert_eq!(row, "1S2024052811000000:00:000000000002");
+        let mut before = String::new();
+        Sequence::change_seq(&mut before, "20240528110000009999999999999999999").unwrap();
+        let mut after = String::new();
+        Sequence::change_seq(&mut after, "20240528110000010000000000000000001").unwrap();
+        assert!(before < row && row < after, "{before} < {row} < {after}");
+        // Below a reload anchored at the same instant.
+        let anchor = Anchor::after(crate::generation::SeqKind::ChangeSeq, "202405281100000000").unwrap();
+        assert!(row.as_str() < anchor.as_str());
+        let mut plain = String::new();
+        Sequence::file_for(&mut plain, "202405281100000000", 2, false);
+        assert_eq!(plain, "1F202405281100000000:000000000002");
+        assert_eq!(
+            Sequence::file_prefix_for("202405281100000000", true),
+            "1S2024052811000000:00:"
+        );
+    }
 
     /// A change batch with columns id, v and the metadata columns.
     pub fn batch(rows: &[(i64, Option<&str>, &str, &str, Option<&str>)]) -> RecordBatch {

@@ -1561,3 +1561,48 @@ async fn removals_empty_a_table_only_where_followed_and_the_folder_is_empty() {
         "{e}"
     );
 }
+
+/// The `AR_H_CHANGE_SEQ` add-column rule removed while the task runs, then added again: files
+/// without the column take their name's place in the change-sequence order, so their changes
+/// win over older sequenced ones and lose to newer ones, in any delivery order.
+#[tokio::test]
+async fn changes_order_across_the_sequence_rule_being_removed_and_added_again() {
+    const TOGGLED: &str = r#"
+  - name: my
+    bucket: dms
+    csv: { header: true }
+    sequence_column: AR_H_CHANGE_SEQ
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+"#;
+    let files: [(&str, &[u8]); 3] = [
+        (
+            "app/t/20240528-100000000.csv",
+            b"Op,id,name,AR_H_CHANGE_SEQ\nI,1,a,20240528095959000000000000000000001\nI,2,b,20240528095959000000000000000000002\n",
+        ),
+        // The rule removed: no sequence column.
+        ("app/t/20240528-110000000.csv", b"Op,id,name\nU,1,a2\nD,2,\n"),
+        // The rule added again.
+        (
+            "app/t/20240528-120000000.csv",
+            b"Op,id,name,AR_H_CHANGE_SEQ\nI,3,c,20240528115959000000000000000000003\n",
+        ),
+    ];
+    let orders: [[usize; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    for commit in ["", DELETION_VECTORS] {
+        for order in orders {
+            let m = Mini::new(TOGGLED, commit);
+            for i in order {
+                m.apply(files[i].0, files[i].1).await;
+            }
+            assert_eq!(
+                m.rows("my.app.t", &["id", "name"]).await,
+                vec![vec!["1", "a2"], vec!["3", "c"]],
+                "order {order:?}, deletion vectors {}",
+                !commit.is_empty()
+            );
+        }
+    }
+}

@@ -521,7 +521,7 @@ impl TableDecoder {
                     &ctx.routed.stem,
                     row,
                 ),
-                (_, Some(d)) => Sequence::file(&mut self.seq_buf, d, row),
+                (_, Some(d)) => Sequence::file_for(&mut self.seq_buf, d, row, ctx.orders_by_change_seq()),
             },
         }
         let ts = match self.ts_pos.map(text).transpose()?.filter(|s| !s.is_empty()) {

@@ -55,6 +55,12 @@ impl FileContext<'_> {
     fn source_settings(&self) -> &crate::config::SourceConfig {
         &self.config.sources()[self.routed.source]
     }
+
+    /// Whether the table orders its changes by `AR_H_CHANGE_SEQ`: then a CDC row without a
+    /// value takes its file's place in that order.
+    fn orders_by_change_seq(&self) -> bool {
+        self.table.is_some_and(|t| t.sequence_column.is_some())
+    }
 }
 
 /// One table's share of a decoded file.

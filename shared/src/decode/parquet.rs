@@ -597,7 +597,7 @@ fn sequences(
                     ctx.routed.load_folder.as_deref(),
                     &ctx.routed.stem,
                 ),
-                (_, Some(d)) => Sequence::file_prefix(d),
+                (_, Some(d)) => Sequence::file_prefix_for(d, ctx.orders_by_change_seq()),
             };
             return Sequence::positional(&prefix, (0..n).map(|r| rows.number(r)))
                 .map_err(|e| InputProblem::new(BadInputKind::TooLarge, e.to_string()));
@@ -623,7 +623,7 @@ fn sequences(
                     &ctx.routed.stem,
                     this_row,
                 ),
-                (_, Some(d)) => Sequence::file(&mut seq_buf, d, this_row),
+                (_, Some(d)) => Sequence::file_for(&mut seq_buf, d, this_row, ctx.orders_by_change_seq()),
             },
         }
         seqs.append_value(&seq_buf);
