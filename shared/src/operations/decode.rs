@@ -320,7 +320,14 @@ impl<'a> DecodeBuilder<'a> {
         parts.pop();
         let below = routed.load_folder.as_deref().map_or(0, |f| f.split('/').count());
         parts.truncate(parts.len().saturating_sub(below));
-        let folder = object_store::path::Path::from_iter(parts.iter().copied());
+        // Parsed, not built part by part: building would percent-encode the names (`ß` as
+        // `%C3%9F`), which lists nothing on S3 and too long a name on a filesystem.
+        let folder = object_store::path::Path::parse(parts.join("/")).map_err(|e| Error::Internal {
+            stage: Stage::Decode,
+            context: path.to_string(),
+            reason: format!("the table folder of a LOAD file is not a valid path: {e}"),
+            retryable: false,
+        })?;
         let listed: Vec<object_store::ObjectMeta> = store
             .list(Some(&folder))
             .try_collect()
