@@ -70,6 +70,7 @@ fn opts(var: &str, default: &str, seed: u64) -> SimOptions {
         max_file_changes: n[2],
         formats: vec![Format::Parquet],
         variety: false,
+        reloads: false,
     }
 }
 

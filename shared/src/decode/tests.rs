@@ -199,8 +199,8 @@ I,2024-05-28 19:51:41.390000,2,x,\n";
     let rows = sorted_rows(&b, &["id", "v", SEQ]);
     assert_eq!(rows[0][1], s("new"));
     assert_eq!(rows[0][2], s("1S20240528195141380000000000000000062"));
-    // An empty sequence falls back to file order.
-    assert!(rows[1][2].as_ref().unwrap().starts_with("1F"));
+    // An empty sequence falls back to the file's name time, in the change-sequence order.
+    assert_eq!(rows[1][2], s("1S2024052819514138:00:000000000003"));
     // Neither the timestamp nor the sequence column is a data column.
     assert!(b.schema().index_of("ts").is_err());
     assert!(b.schema().index_of("AR_H_CHANGE_SEQ").is_err());
