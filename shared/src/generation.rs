@@ -61,7 +61,9 @@ pub struct Anchor(String);
 const AFTER_TIME: char = ';';
 
 impl Anchor {
-    /// The anchor just after `utc_digits` (at least 16 digits `YYYYMMDDHHMMSShh…` of UTC time).
+    /// The anchor just after `utc_digits` (at least 16 digits `YYYYMMDDHHMMSShh…` of UTC time),
+    /// or, for [`SeqKind::ChangeSeq`] given all 35 digits of an `AR_H_CHANGE_SEQ`, just after
+    /// that change.
     pub fn after(kind: SeqKind, utc_digits: &str) -> Option<Anchor> {
         if utc_digits.len() < 16 || !utc_digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -71,6 +73,7 @@ impl Anchor {
                 "1F{:0<18}{AFTER_TIME}",
                 &utc_digits[..utc_digits.len().min(18)]
             )),
+            SeqKind::ChangeSeq if utc_digits.len() == 35 => Anchor(format!("1S{utc_digits}{AFTER_TIME}")),
             SeqKind::ChangeSeq => Anchor(format!("1S{}{AFTER_TIME}", &utc_digits[..16])),
         })
     }
@@ -147,6 +150,8 @@ impl Anchor {
 /// A CDC object of the table, as a listing shows it.
 #[derive(Debug, Clone)]
 pub struct ListedCdc {
+    /// Its key.
+    pub key: String,
     /// The UTC time of its name: 18 digits `YYYYMMDDHHMMSSmmmm`.
     pub name_utc: String,
     pub last_modified: DateTime<Utc>,
@@ -161,6 +166,13 @@ pub fn reload_anchor(
     cdc: &[ListedCdc],
     max_skew: chrono::Duration,
 ) -> Option<Anchor> {
+    newest_before(load_written, cdc, max_skew).and_then(|c| Anchor::after(kind, &c.name_utc))
+}
+
+/// The newest CDC object written before `load_written` whose upload time agrees with its name:
+/// the table's last file before a reload. For a table ordered by `AR_H_CHANGE_SEQ`, that file's
+/// newest change is the exact anchor (its name only tells when DMS named the file).
+pub fn newest_before(load_written: DateTime<Utc>, cdc: &[ListedCdc], max_skew: chrono::Duration) -> Option<&ListedCdc> {
     cdc.iter()
         .filter(|c| c.last_modified < load_written)
         .filter(|c| {
@@ -169,9 +181,7 @@ pub fn reload_anchor(
                 c.last_modified >= named - chrono::Duration::seconds(5) && c.last_modified - named <= max_skew
             })
         })
-        .map(|c| c.name_utc.as_str())
-        .max()
-        .and_then(|digits| Anchor::after(kind, digits))
+        .max_by(|a, b| a.name_utc.cmp(&b.name_utc))
 }
 
 /// The instant of 18 name digits.
@@ -199,6 +209,7 @@ mod tests {
 
     fn cdc(name: &str, lm: &str) -> ListedCdc {
         ListedCdc {
+            key: format!("app/t/{name}.csv"),
             name_utc: name.into(),
             last_modified: at(lm),
         }
@@ -229,6 +240,15 @@ mod tests {
             }
             assert_eq!(Anchor::parse(a.as_str()), Some(a));
         }
+        let exact = Anchor::after(SeqKind::ChangeSeq, "20240528195141380000000000000000061").unwrap();
+        assert_eq!(exact.as_str(), "1S20240528195141380000000000000000061;");
+        assert_eq!(
+            Anchor::from_marker_name(&exact.marker_name(FloorKind::Reload)),
+            Some((FloorKind::Reload, exact.clone()))
+        );
+        assert_eq!(Anchor::parse(exact.as_str()), Some(exact.clone()));
+        assert!("1S20240528195141380000000000000000061" < exact.as_str());
+        assert!(exact.as_str() < "1S20240528195141380000000000000000062");
         assert_eq!(Anchor::from_marker_name("reload-X2024.floor"), None);
         assert_eq!(Anchor::from_marker_name("0123abcd.parquet"), None);
         assert_eq!(Anchor::parse("0LLOAD00000001:"), None);

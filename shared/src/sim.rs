@@ -638,6 +638,8 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             ));
             let mut last_stem = 0;
             let mut last_rendered: Option<String> = None;
+            // The newest AR_H_CHANGE_SEQ of that file, where the format writes one.
+            let mut last_rendered_seq: Option<String> = None;
             for (n, cut) in cuts.iter().enumerate() {
                 let chunk = &cdc[cut.clone()];
                 let last = chunk.last().map(|c| c.micros).unwrap_or(micros);
@@ -658,7 +660,13 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     } else {
                         SeqKind::ChangeSeq
                     };
-                    let Some(anchor) = Anchor::after(kind, &digits) else {
+                    // Ordered by AR_H_CHANGE_SEQ, a reload is anchored just after the newest
+                    // change of that file (what decode reads from it).
+                    let exact = match kind {
+                        SeqKind::ChangeSeq => last_rendered_seq.as_deref(),
+                        SeqKind::FileName => None,
+                    };
+                    let Some(anchor) = Anchor::after(kind, exact.unwrap_or(&digits)) else {
                         continue;
                     };
                     let snap: std::collections::BTreeSet<Vec<Value>> =
@@ -688,6 +696,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     ..file
                 });
                 last_rendered = Some(stem);
+                last_rendered_seq = chunk.iter().map(change_seq).max();
             }
             expected_seq.insert(qualified.clone(), seqs);
             variants.insert(qualified.clone(), variant);

@@ -1606,3 +1606,61 @@ async fn changes_order_across_the_sequence_rule_being_removed_and_added_again() 
         }
     }
 }
+
+/// Ordered by `AR_H_CHANGE_SEQ`, a reload is anchored just after the newest change of the
+/// table's last CDC file before it, not at the time in that file's name: a change committed
+/// after the name's time (DMS names a file when it opens it) is still older than the reload's
+/// snapshot, which holds a newer value of the row written while nothing was captured.
+#[tokio::test]
+async fn a_reload_of_a_change_sequenced_table_is_anchored_at_the_newest_change_before_it() {
+    let sources = r#"
+  - name: pg
+    bucket: dms
+    csv: { header: true }
+    sequence_column: AR_H_CHANGE_SEQ
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+"#;
+    let gen0: Written = (
+        "app/t/LOAD00000001.csv",
+        b"id,name,AR_H_CHANGE_SEQ\n1,one,\n2,two,\n",
+        "2024-05-28T10:00:00Z",
+    );
+    // Named 10:05:00, holding a change committed at 10:05:30.
+    let c1: Written = (
+        "app/t/20240528-100500000.csv",
+        b"Op,id,name,AR_H_CHANGE_SEQ\nU,1,one-v2,20240528100530000000000000000000001\n",
+        "2024-05-28T10:05:40Z",
+    );
+    // While nothing was captured, 1 became one-v3 and 2 was deleted.
+    let gen1: Written = (
+        "app/t/LOAD00000001.csv",
+        b"id,name,AR_H_CHANGE_SEQ\n1,one-v3,\n",
+        "2024-05-28T11:00:00Z",
+    );
+    let c2: Written = (
+        "app/t/20240528-111000000.csv",
+        b"Op,id,name,AR_H_CHANGE_SEQ\nI,3,three,20240528111000000000000000000000002\n",
+        "2024-05-28T11:10:05Z",
+    );
+    for order in [[0, 1, 2], [1, 0, 2], [2, 1, 0]] {
+        let m = Mini::new(sources, "");
+        put_written(&m, gen0);
+        m.decode(gen0.0).await;
+        for f in [c1, gen1, c2] {
+            put_written(&m, f);
+        }
+        let files = [c1, gen1, c2];
+        for i in order {
+            m.decode(files[i].0).await;
+            m.pipeline.commit_all().await.unwrap();
+        }
+        assert_eq!(
+            m.rows(T_RELOADED, &["id", "name"]).await,
+            vec![vec!["1", "one-v3"], vec!["3", "three"]],
+            "order {order:?}"
+        );
+    }
+}

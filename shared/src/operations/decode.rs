@@ -16,7 +16,7 @@ use crate::config::Validated;
 use crate::decode::{decode_file, FileContext, TableChanges};
 use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::failpoint::Failpoints;
-use crate::generation::{reload_anchor, Anchor, FloorKind, ListedCdc, SeqKind};
+use crate::generation::{newest_before, reload_anchor, Anchor, FloorKind, ListedCdc, SeqKind};
 use crate::quarantine::{write_report, QuarantineReport};
 use crate::route::{route, Route, Routed};
 use crate::stage::{change_set_id, change_set_path, table_dir, write_change_set, ChangeSetMeta};
@@ -351,6 +351,7 @@ impl<'a> DecodeBuilder<'a> {
                 None => digits,
             };
             cdc.push(ListedCdc {
+                key: m.location.to_string(),
                 name_utc,
                 last_modified: m.last_modified,
             });
@@ -363,7 +364,102 @@ impl<'a> DecodeBuilder<'a> {
         let skew = chrono::Duration::seconds(
             i64::try_from(source.reloads.max_name_skew_seconds).unwrap_or(i64::MAX / 2_000_000),
         );
+        if kind == SeqKind::ChangeSeq {
+            if let Some(prev) = newest_before(written, &cdc, skew) {
+                if let Some(seq) = self.newest_change_seq(store, &prev.key, spec).await? {
+                    return Ok(Anchor::after(kind, &seq));
+                }
+            }
+        }
         Ok(reload_anchor(kind, written, &cdc, skew))
+    }
+
+    /// The 35 digits of the newest `AR_H_CHANGE_SEQ` in the CDC object `key` of `spec`'s table,
+    /// or `None` when it has none (or cannot be read as a DMS file: then the file's name stands
+    /// in, as for tables without the column). A failed download fails the decode, so the event
+    /// is retried.
+    async fn newest_change_seq(
+        &self,
+        store: &dyn object_store::ObjectStore,
+        key: &str,
+        spec: &TableSpec,
+    ) -> Result<Option<String>> {
+        let Ok(Route::File(mut routed)) = route(&self.config, &self.bucket, key) else {
+            return Ok(None);
+        };
+        let path = object_path(key).map_err(|reason| Error::Internal {
+            stage: Stage::Decode,
+            context: key.to_string(),
+            reason,
+            retryable: false,
+        })?;
+        let spool = match &self.spool_dir {
+            Some(d) => tempfile::NamedTempFile::new_in(d),
+            None => tempfile::NamedTempFile::new(),
+        }
+        .map_err(Error::io("create spool file"))?;
+        let max = self.config.config.limits.max_file_bytes;
+        let got = store.get(&path).await.map_err(Error::storage("get", key))?;
+        let last_modified = got.meta.last_modified;
+        let mut stream = got.into_stream();
+        let mut out = tokio::fs::File::create(spool.path())
+            .await
+            .map_err(Error::io("write spool file"))?;
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(Error::storage("read", key))?;
+            n += chunk.len() as u64;
+            if n > max {
+                return Ok(None);
+            }
+            out.write_all(&chunk).await.map_err(Error::io("write spool file"))?;
+        }
+        out.flush().await.map_err(Error::io("write spool file"))?;
+        let zone = self.config.sources()[routed.source].date_partitioning.zone();
+        if let (Some(zone), Some(digits)) = (zone, routed.time_digits.as_deref()) {
+            match crate::name_time::to_utc_digits(digits, zone, Some(last_modified)) {
+                Ok(utc) => routed.time_digits = Some(utc),
+                Err(_) => return Ok(None),
+            }
+        }
+        let file = spool.reopen().map_err(Error::io("reopen spool file"))?;
+        let config = self.config.clone();
+        let spec = spec.clone();
+        let uri = format!("s3://{}/{key}", self.bucket);
+        let max_field_bytes = self.config.config.limits.max_field_bytes;
+        let newest = tokio::task::spawn_blocking(move || {
+            let ctx = FileContext {
+                config: &config,
+                routed: &routed,
+                source_file: &uri,
+                table: Some(&spec),
+                max_field_bytes,
+            };
+            let tables = decode_file(file, &ctx).ok()?;
+            tables
+                .iter()
+                .flat_map(|t| t.batches.iter())
+                .filter_map(|b| {
+                    let seqs = b.column(b.schema().index_of(crate::changes::SEQ).ok()?).clone();
+                    let seqs = seqs.as_any().downcast_ref::<arrow::array::StringArray>()?.clone();
+                    seqs.iter()
+                        .flatten()
+                        .filter_map(|s| s.strip_prefix("1S"))
+                        .filter(|d| d.len() == 35 && d.bytes().all(|b| b.is_ascii_digit()))
+                        .max()
+                        .map(str::to_string)
+                })
+                .max()
+        })
+        .await
+        .map_err(|e| Error::Internal {
+            stage: Stage::Decode,
+            context: key.to_string(),
+            reason: format!("decoder task failed: {e}"),
+            retryable: true,
+        })?;
+        drop(spool);
+        Ok(newest)
     }
 
     async fn download(
