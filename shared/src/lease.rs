@@ -68,7 +68,16 @@ impl Lease {
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(Error::storage("read lease", path)(e)),
             };
-            let expired = serde_json::from_slice::<Body>(&held).map_or(true, |b| b.expires_ms < now_ms);
+            let held = serde_json::from_slice::<Body>(&held).ok();
+            // Our own: the create succeeded but its answer was lost, and the client's retry of
+            // it met the object it had just written.
+            if held.as_ref() == Some(&body) {
+                return Ok(Some(Lease {
+                    path: path.clone(),
+                    body,
+                }));
+            }
+            let expired = held.is_none_or(|b| b.expires_ms < now_ms);
             if !expired {
                 return Ok(None);
             }
