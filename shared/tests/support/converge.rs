@@ -516,13 +516,14 @@ async fn expire(lab: &Lab, counters: &Counters) -> Result<(), String> {
             p.next().unwrap_or_default(),
             p.next().unwrap_or_default(),
         );
-        // Through the fault proxy, S3 errors reach this run too: retry as the next run would.
-        let mut attempts = 0;
+        // Through the fault proxy, S3 errors reach this run too: retry as the next run would,
+        // which comes after the lease a failed run may have left behind has expired.
+        let mut attempts: i64 = 0;
         let m = loop {
             let r = CompactBuilder::new(config.clone(), &stores)
                 .with_table(a, b, c)
                 .with_force(true)
-                .with_now_millis(later)
+                .with_now_millis(later + attempts * (dms2delta::lease::LEASE_TTL_MS + 60_000))
                 .await;
             match r {
                 Ok(m) => break m,
