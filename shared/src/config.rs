@@ -178,6 +178,10 @@ pub struct CommitConfig {
     /// Tables may override it.
     #[serde(default)]
     pub deletion_vectors: bool,
+    /// Delta Change Data Feed: every commit that changes rows also writes the change, row by
+    /// row (`delta.enableChangeDataFeed`). Tables may override it.
+    #[serde(default)]
+    pub change_data_feed: bool,
 }
 
 impl Default for CommitConfig {
@@ -189,6 +193,7 @@ impl Default for CommitConfig {
             backoff_max_ms: default_backoff_max_ms(),
             tombstone_retention_hours: default_tombstone_retention_hours(),
             deletion_vectors: false,
+            change_data_feed: false,
         }
     }
 }
@@ -551,6 +556,9 @@ pub struct TableConfig {
     /// Overrides `commit.deletion_vectors` for this table.
     #[serde(default)]
     pub deletion_vectors: Option<bool>,
+    /// Overrides `commit.change_data_feed` for this table.
+    #[serde(default)]
+    pub change_data_feed: Option<bool>,
     /// Overrides the top-level `compact` settings for this table.
     #[serde(default)]
     pub compact: Option<CompactConfig>,
@@ -703,6 +711,8 @@ pub struct TableSpec {
     pub partition_by: Vec<String>,
     /// Commits mark replaced rows in deletion vectors instead of rewriting files.
     pub deletion_vectors: bool,
+    /// Commits write the Delta Change Data Feed.
+    pub change_data_feed: bool,
     pub compact: CompactConfig,
     /// Columns renamed at the source: the file's name -> the table's.
     pub renamed_columns: BTreeMap<String, String>,
@@ -1263,6 +1273,9 @@ impl Validated {
             deletion_vectors: entry
                 .and_then(|t| t.deletion_vectors)
                 .unwrap_or(self.config.commit.deletion_vectors),
+            change_data_feed: entry
+                .and_then(|t| t.change_data_feed)
+                .unwrap_or(self.config.commit.change_data_feed),
             compact: entry
                 .and_then(|t| t.compact.clone())
                 .unwrap_or_else(|| self.config.compact.clone()),
@@ -1580,6 +1593,22 @@ sources:
             path.starts_with("sources[1].table_definitions.Tables[0].TableColumns[0]"),
             "{path}"
         );
+    }
+
+    #[test]
+    fn change_data_feed_is_off_by_default_set_globally_and_overridden_per_table() {
+        let v = Config::from_text(BASE).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().change_data_feed);
+        let on = format!("{BASE}commit:\n  change_data_feed: true\n");
+        let v = Config::from_text(&on).unwrap();
+        assert!(v.table(0, "hr", "emp").unwrap().unwrap().change_data_feed);
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().change_data_feed);
+        let off_here = on.replace("keys: [id]", "keys: [id]\n        change_data_feed: false");
+        let v = Config::from_text(&off_here).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().change_data_feed);
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().change_data_feed);
+        let (path, _) = err_of(&format!("{BASE}commit:\n  change_data_feed: maybe\n"));
+        assert!(path.starts_with("commit"), "{path}");
     }
 
     #[test]

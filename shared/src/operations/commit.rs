@@ -35,7 +35,7 @@ use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::failpoint::{self, Failpoints};
 use crate::generation::{Anchor, FloorKind};
 use crate::lake::{self, delta_err, is_conflict};
-use crate::operations::floor;
+use crate::operations::{change_feed, floor};
 use crate::operations::merge_on_read::{self, DvCounts};
 use crate::quarantine::{write_report, QuarantineReport};
 use crate::stage::{floor_markers, names_dir, read_change_set, table_dir, ChangeSetMeta};
@@ -615,6 +615,11 @@ impl<'a> CommitChangesBuilder<'a> {
         };
 
         if exists && !unified.widen.is_empty() {
+            match change_feed::before_full_rewrite(table).await {
+                Ok(t) => table = t,
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) => return Err(derr(e)),
+            }
             match widen_table(table, &unified.widen).await {
                 Ok(t) => table = t,
                 Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
@@ -655,6 +660,12 @@ impl<'a> CommitChangesBuilder<'a> {
         }
         self.failpoints.check(failpoint::COMMIT_AFTER_TOMBSTONES)?;
 
+        // The feed follows the configuration from the next data commit on (its own commit).
+        let table = match change_feed::apply_setting(table, spec.change_data_feed).await {
+            Ok(t) => t,
+            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+            Err(e) => return Err(derr(e)),
+        };
         let before = table.version();
         let info = commit_info(pending, source.num_rows());
         // Merge-on-read unless the commit adds columns (copy-on-write evolves the schema).
@@ -787,6 +798,9 @@ async fn create_table(
     }
     if spec.deletion_vectors {
         b = b.with_configuration_property(TableProperty::EnableDeletionVectors, Some("true"));
+    }
+    if spec.change_data_feed {
+        b = b.with_configuration_property(TableProperty::EnableChangeDataFeed, Some("true"));
     }
     b.await
 }

@@ -47,6 +47,7 @@ use super::commit::{DELETED, DELETED_AT};
 use crate::changes::{COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec};
 use crate::deletion_vector::{self, DvError, DvFileWriter};
+use crate::operations::change_feed::{self, MergeOnReadChanges};
 use crate::types::UTC;
 
 /// Files read at once: enough to keep both cores of a small Lambda busy and S3 latency hidden.
@@ -519,8 +520,10 @@ pub async fn apply(
     };
     let soft = spec.delete_mode == DeleteMode::Soft;
     let any_delete = op.iter().any(|o| o == Some("D"));
+    // The change feed records every retired row as it was.
+    let feed = change_feed::is_enabled(&table);
     // The stored row is needed only when a change keeps some of its values.
-    let need_old = nosup.is_some() || (soft && any_delete);
+    let need_old = nosup.is_some() || (soft && any_delete) || feed;
     let columns: SchemaRef = if need_old {
         table_schema.clone()
     } else {
@@ -584,6 +587,7 @@ pub async fn apply(
         .collect::<DeltaResult<_>>()?;
     let mut marks: Vec<Vec<u64>> = vec![Vec::new(); hits.len()];
     let mut new_rows: Vec<NewRow> = Vec::new();
+    let mut changes = MergeOnReadChanges::default();
     let mut metrics = MergeMetrics {
         num_source_rows: n,
         num_target_files_scanned: candidates.len(),
@@ -628,6 +632,9 @@ pub async fn apply(
         };
         for (h, pos) in &newer {
             marks[*h].push(hits[*h].rows[*pos]);
+            if feed {
+                changes.retire(*h, *pos, is_delete && !soft);
+            }
         }
         if let Some(kind) = kind {
             new_rows.push(NewRow {
@@ -671,6 +678,7 @@ pub async fn apply(
             clustering_provider: None,
         }));
     }
+    let mut written: Option<RecordBatch> = None;
     if !new_rows.is_empty() {
         let mut writer = RecordBatchWriter::for_table(&table)?;
         let batch = new_rows_batch(
@@ -683,6 +691,9 @@ pub async fn apply(
             &commit_ts,
             &full_images(&source, &spec.keys),
         )?;
+        if feed {
+            written = Some(batch.clone());
+        }
         writer.write(batch).await?;
         let adds = writer.flush().await?;
         metrics.num_target_files_added = adds.len();
@@ -695,6 +706,12 @@ pub async fn apply(
     }
     if !dv_file.is_empty() {
         dv_file.finish(input.store.as_ref()).await.map_err(dv_err)?;
+    }
+    if feed {
+        let old: Vec<&RecordBatch> = hits.iter().map(|h| &h.old).collect();
+        let replaces: Vec<bool> = new_rows.iter().map(|r| r.old.is_some()).collect();
+        let rows = changes.rows(&table_schema, &old, written.as_ref(), &replaces)?;
+        actions.extend(change_feed::write(&table, rows).await?);
     }
     // Read as a MERGE over the whole table: any concurrent data change conflicts and the
     // commit stage retries from a fresh snapshot, as with the copy-on-write MERGE.

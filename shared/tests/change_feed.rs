@@ -1,0 +1,352 @@
+//! The Change Data Feed option (`change_data_feed`): every commit that changes rows records the
+//! change, in both merge modes and both delete modes, for inserts, updates, deletes, a widening
+//! rewrite and a reload's sweep, and never for a change the sequence guard refused. Each test
+//! reads the feed back with delta-rs and with the Python `deltalake` package and replays it:
+//! the replay must rebuild the table exactly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
+use arrow::datatypes::DataType;
+use dms2delta::operations::compact::CompactBuilder;
+use dms2delta::sim::Value;
+use support::feed::{self, Feed};
+use support::{parquet, Mini};
+
+/// Added to the `commit:` settings.
+const FEED: &str = "  change_data_feed: true\n";
+const FEED_DV: &str = "  change_data_feed: true\n  deletion_vectors: true\n";
+
+/// DMS Parquet without a sequence column: the file's name orders the changes, so a file named
+/// earlier that arrives late carries older changes.
+const PQ_SOURCE: &str = r#"
+  - name: ora
+    bucket: dms
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+"#;
+const T: &str = "ora.app.t";
+
+fn pq(i: u32) -> String {
+    format!("app/t/20240528-1951413{i:02}.parquet")
+}
+
+fn text(v: &[Option<&str>]) -> ArrayRef {
+    Arc::new(StringArray::from(v.to_vec()))
+}
+
+/// A DMS Parquet file: Op, id, name, n (INT4, or INT8 once the source widened it).
+fn changes(ops: &[&str], ids: &[i64], names: &[Option<&str>], n: &[Option<i64>], wide: bool) -> Vec<u8> {
+    let n: ArrayRef = if wide {
+        Arc::new(Int64Array::from(n.to_vec()))
+    } else {
+        Arc::new(Int32Array::from(n.iter().map(|v| v.map(|v| v as i32)).collect::<Vec<_>>()))
+    };
+    parquet(vec![
+        (
+            "Op",
+            DataType::Utf8,
+            text(&ops.iter().map(|o| Some(*o)).collect::<Vec<_>>()),
+        ),
+        ("id", DataType::Int64, Arc::new(Int64Array::from(ids.to_vec()))),
+        ("name", DataType::Utf8, text(names)),
+        ("n", if wide { DataType::Int64 } else { DataType::Int32 }, n),
+    ])
+}
+
+/// Reads the feed both ways, checks they agree, replays it against the table; returns it.
+async fn check_feed(m: &Mini, table: &str, columns: &[&str], keys: &[&str]) -> Feed {
+    let loc = m.location(table);
+    let feed = feed::read(&m.pipeline.stores, &loc, columns).await;
+    let mut replayed: Vec<Vec<String>> = feed
+        .replay(keys)
+        .unwrap_or_else(|e| panic!("replaying the feed: {e}\nfeed:\n{}", feed.lines().join("\n")))
+        .into_iter()
+        .map(|r| r.iter().map(Value::canonical).collect())
+        .collect();
+    replayed.sort();
+    assert_eq!(
+        replayed,
+        m.rows(table, columns).await,
+        "the feed replayed from version 0 is not the table; feed:\n{}",
+        feed.lines().join("\n")
+    );
+    if !support::skip_python() {
+        let dir = m.dir.path().join("lake").join(table.replace('.', "/"));
+        let py = feed::read_with_python(&dir, &feed.columns).unwrap();
+        assert_eq!(py, feed.lines(), "the Python reader's feed differs from delta-rs's");
+    }
+    feed
+}
+
+/// Inserts, updates, a hard or soft delete, two refused stale changes, a widening rewrite and
+/// changes after it, in one table; `commit` holds the merge mode.
+async fn every_kind_of_change_is_in_the_feed(commit: &str, soft: bool) {
+    let source = if soft {
+        PQ_SOURCE.replace("keys: [id]", "keys: [id]\n        delete_mode: soft")
+    } else {
+        PQ_SOURCE.to_string()
+    };
+    let m = Mini::new(&source, commit);
+    let mut cols = vec!["id", "name", "n", "_dms_seq", "_dms_commit_ts"];
+    if soft {
+        cols.extend(["_dms_deleted", "_dms_deleted_at"]);
+    }
+    m.apply(
+        &pq(2),
+        &changes(
+            &["I", "I", "I"],
+            &[1, 2, 3],
+            &[Some("a"), Some("b"), Some("c")],
+            &[Some(10), Some(20), Some(30)],
+            false,
+        ),
+    )
+    .await;
+    let c = m
+        .apply(
+            &pq(3),
+            &changes(
+                &["U", "D", "I"],
+                &[1, 2, 4],
+                &[Some("a2"), None, Some("d")],
+                &[Some(11), None, Some(40)],
+                false,
+            ),
+        )
+        .await;
+    assert_eq!((c.rows_inserted, c.rows_updated + c.rows_deleted), (1, 2), "{c:?}");
+    m.apply(&pq(5), &changes(&["U"], &[3], &[Some("c2")], &[Some(31)], false))
+        .await;
+    // Late and older than what the table holds: an update of 3, and an insert of 2 from
+    // before its delete. Both refused, so neither may reach the feed.
+    let stale = m
+        .apply(&pq(4), &changes(&["U"], &[3], &[Some("stale")], &[Some(99)], false))
+        .await;
+    assert_eq!(stale.rows_stale, 1, "{stale:?}");
+    let stale = m
+        .apply(&pq(1), &changes(&["I"], &[2], &[Some("stale")], &[Some(99)], false))
+        .await;
+    assert_eq!(stale.rows_stale, 1, "{stale:?}");
+    // INT4 widened to INT8 at the source: the table is rewritten at the wider type.
+    m.apply(&pq(6), &changes(&["U"], &[4], &[Some("d2")], &[Some(1 << 40)], true))
+        .await;
+    m.apply(
+        &pq(7),
+        &changes(&["D", "I"], &[1, 5], &[None, Some("e")], &[None, Some(50)], true),
+    )
+    .await;
+
+    let feed = check_feed(&m, T, &cols, &["id"]).await;
+    let ctx = feed.lines().join("\n");
+    assert!(!feed.holds("name", &Value::Str("stale".into())), "a refused change is in the feed:\n{ctx}");
+    assert!(!feed.holds("n", &Value::Int(99)), "a refused change is in the feed:\n{ctx}");
+    assert!(feed.count("insert") >= 5, "{ctx}");
+    assert!(feed.count("update_preimage") >= 3, "{ctx}");
+    assert_eq!(feed.count("update_preimage"), feed.count("update_postimage"), "{ctx}");
+    // The widening rewrite shows every row leaving and coming back; hard deletes are deletes.
+    assert!(feed.count("delete") >= if soft { 3 } else { 5 }, "{ctx}");
+    if soft {
+        // A soft delete is an update that flags the row.
+        assert!(
+            feed.rows.iter().any(|r| r[5] == Value::Bool(true)
+                && r[cols.len()] == Value::Str("update_postimage".into())),
+            "{ctx}"
+        );
+    }
+
+    // The updates came from change files (readers would otherwise derive only inserts and
+    // deletes from the commit's data files).
+    let changes_dir = m.dir.path().join("lake/ora/app/t/_change_data");
+    let change_files = std::fs::read_dir(&changes_dir).map(|d| d.count()).unwrap_or(0);
+    assert!(change_files > 0, "no change files in {}", changes_dir.display());
+
+    // Compaction (data unchanged) and vacuum inside the retention keep the feed whole.
+    let before = feed.lines();
+    let r = CompactBuilder::new(m.pipeline.config.clone(), &m.pipeline.stores)
+        .with_table("ora", "app", "t")
+        .with_force(true)
+        .await
+        .unwrap();
+    assert!(r.checkpoint_written, "{r:?}");
+    let after = check_feed(&m, T, &cols, &["id"]).await;
+    assert_eq!(after.lines(), before, "compaction changed the feed");
+}
+
+macro_rules! modes {
+    ($($name:ident => ($commit:expr, $soft:expr)),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                every_kind_of_change_is_in_the_feed($commit, $soft).await;
+            }
+        )*
+    };
+}
+
+modes! {
+    feed_copy_on_write_hard_deletes => (FEED, false),
+    feed_copy_on_write_soft_deletes => (FEED, true),
+    feed_merge_on_read_hard_deletes => (FEED_DV, false),
+    feed_merge_on_read_soft_deletes => (FEED_DV, true),
+}
+
+const RELOADED: &str = r#"
+  - name: pg
+    bucket: dms
+    csv: { header: true }
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+"#;
+
+/// A file of the reload: key, content, and when DMS wrote it (its LastModified).
+type Written = (&'static str, &'static [u8], &'static str);
+
+const GEN0: Written = (
+    "app/t/LOAD00000001.csv",
+    b"id,name\n1,one\n2,two\n3,three\n",
+    "2024-05-28T10:00:00Z",
+);
+const C1: Written = (
+    "app/t/20240528-100500000.csv",
+    b"Op,id,name\nU,1,one-v2\nI,4,four\nD,3,\n",
+    "2024-05-28T10:05:30Z",
+);
+/// The reload's snapshot: 2 was deleted while nothing was captured, 3 inserted again.
+const GEN1: Written = (
+    "app/t/LOAD00000001.csv",
+    b"id,name\n1,one-v2\n3,three-again\n4,four-v2\n5,five\n",
+    "2024-05-28T11:00:00Z",
+);
+const C2: Written = (
+    "app/t/20240528-111000000.csv",
+    b"Op,id,name\nU,5,five-v2\nI,6,six\n",
+    "2024-05-28T11:10:20Z",
+);
+
+fn put_written(m: &Mini, (key, bytes, written): Written) {
+    m.put(key, bytes);
+    let t: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(written).unwrap().into();
+    let p = m.dir.path().join("bucket").join(key);
+    std::fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// The reload's sweep (the floor raised after the new snapshot) removes row 2, or flags it in
+/// soft mode: the feed records that too.
+async fn a_reload_sweep_is_in_the_feed(commit: &str, soft: bool) {
+    let source = if soft {
+        RELOADED.replace("keys: [id]", "keys: [id]\n        delete_mode: soft")
+    } else {
+        RELOADED.to_string()
+    };
+    let m = Mini::new(&source, commit);
+    let mut swept = 0;
+    for f in [GEN0, C1, GEN1, C2] {
+        put_written(&m, f);
+        m.decode(f.0).await;
+        for c in m.pipeline.commit_all().await.unwrap() {
+            swept += c.rows_swept;
+        }
+    }
+    assert!(swept > 0, "the reload swept nothing");
+    let mut cols = vec!["id", "name", "_dms_seq", "_dms_commit_ts"];
+    if soft {
+        cols.extend(["_dms_deleted", "_dms_deleted_at"]);
+    }
+    let feed = check_feed(&m, "pg.app.t", &cols, &["id"]).await;
+    let two = Value::Str("two".into());
+    let i = feed.columns.iter().position(|c| c == "name").unwrap();
+    let ct = feed.columns.iter().position(|c| c == "_change_type").unwrap();
+    let sweep_kind = if soft { "update_postimage" } else { "delete" };
+    assert!(
+        feed.rows
+            .iter()
+            .any(|r| r[i] == two && r[ct] == Value::Str(sweep_kind.into())),
+        "the sweep of row 2 is not in the feed:\n{}",
+        feed.lines().join("\n")
+    );
+}
+
+macro_rules! reload_modes {
+    ($($name:ident => ($commit:expr, $soft:expr)),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                a_reload_sweep_is_in_the_feed($commit, $soft).await;
+            }
+        )*
+    };
+}
+
+reload_modes! {
+    reload_sweep_copy_on_write_hard => (FEED, false),
+    reload_sweep_copy_on_write_soft => (FEED, true),
+    reload_sweep_merge_on_read_hard => (FEED_DV, false),
+    reload_sweep_merge_on_read_soft => (FEED_DV, true),
+}
+
+/// Turning the option on for a table that exists starts the feed at that version; turning it
+/// off sets the property to false, so no engine expects change files any more.
+#[tokio::test]
+async fn the_option_switches_the_table_property_both_ways() {
+    let m = Mini::new(PQ_SOURCE, "");
+    m.apply(&pq(2), &changes(&["I", "I"], &[1, 2], &[Some("a"), Some("b")], &[Some(1), Some(2)], false))
+        .await;
+    let open = || async { dms2delta::lake::open(&m.pipeline.stores, &m.location(T)).await.unwrap().0 };
+    let property = |t: &deltalake::DeltaTable| {
+        t.snapshot()
+            .unwrap()
+            .metadata()
+            .configuration()
+            .get("delta.enableChangeDataFeed")
+            .cloned()
+    };
+    assert_eq!(property(&open().await), None);
+    // The same lake, now with the option.
+    let d = m.dir.path().display();
+    let config = |feed: bool| {
+        format!(
+            "lake: {d}/lake\nstaging: {d}/staged\nquarantine: {d}/quarantine\nstorage:\n  buckets:\n    dms: {d}/bucket\ncommit:\n  change_data_feed: {feed}\nsources:\n{PQ_SOURCE}"
+        )
+    };
+    let run = |feed: bool, i: u32, bytes: Vec<u8>| {
+        let text = config(feed);
+        let m = &m;
+        async move {
+            let p = support::pipeline(&text, None);
+            m.put(&pq(i), &bytes);
+            p.decode("dms", &pq(i), Some("etag".into()), Default::default())
+                .await
+                .unwrap();
+            p.commit_all().await.unwrap()
+        }
+    };
+    let before = open().await.version().unwrap();
+    let c = run(true, 3, changes(&["U"], &[1], &[Some("a2")], &[Some(1)], false)).await;
+    assert_eq!(c[0].rows_updated, 1, "{c:?}");
+    let t = open().await;
+    assert_eq!(property(&t).as_deref(), Some("true"));
+    // The property went on in its own commit, before the update: the feed starts there.
+    let batches = dms2delta::operations::change_feed::read(&t, before + 1, None).await.unwrap();
+    let kinds: Vec<String> = dms2delta::sim::rows_of(&batches, &["_change_type".to_string()])
+        .unwrap()
+        .into_iter()
+        .map(|r| r[0].canonical())
+        .collect();
+    assert_eq!(kinds, vec!["update_postimage", "update_preimage"]);
+    run(false, 4, changes(&["U"], &[2], &[Some("b2")], &[Some(2)], false)).await;
+    assert_eq!(property(&open().await).as_deref(), Some("false"));
+}
