@@ -350,3 +350,49 @@ async fn the_option_switches_the_table_property_both_ways() {
     run(false, 4, changes(&["U"], &[2], &[Some("b2")], &[Some(2)], false)).await;
     assert_eq!(property(&open().await).as_deref(), Some("false"));
 }
+
+/// Headerless CSV with an explicit sequence column, partitioned by `n`.
+const PARTITIONED: &str = r#"
+  - name: my
+    bucket: dms
+    sequence_column: AR_H_CHANGE_SEQ
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+        partition_by: [n]
+        columns:
+          - { name: id, type: INT8 }
+          - { name: name, type: STRING }
+          - { name: n, type: INT4 }
+          - { name: AR_H_CHANGE_SEQ, type: STRING }
+"#;
+
+/// Change files of a partitioned table carry their partition values as data files do: an
+/// update in place, one that moves its row to another partition, and a delete.
+async fn a_partitioned_table_has_its_changes_in_the_feed(commit: &str) {
+    let m = Mini::new(PARTITIONED, commit);
+    let csv = |i: u32| format!("app/t/20240528-1951413{i:02}.csv");
+    m.apply(&csv(1), b"I,1,a,1,1\nI,2,b,2,2\nI,3,c,2,3\n").await;
+    m.apply(&csv(2), b"U,1,a2,1,4\nU,2,b2,3,5\nD,3,,,6\n").await;
+    m.apply(&csv(3), b"U,2,late,9,4\n").await;
+    let cols = ["id", "name", "n", "_dms_seq"];
+    let feed = check_feed(&m, "my.app.t", &cols, &["id"]).await;
+    let ctx = feed.lines().join("\n");
+    assert_eq!(
+        (feed.count("insert"), feed.count("update_preimage"), feed.count("delete")),
+        (3, 2, 1),
+        "{ctx}"
+    );
+    assert!(!feed.holds("name", &Value::Str("late".into())), "{ctx}");
+}
+
+#[tokio::test]
+async fn partitioned_copy_on_write() {
+    a_partitioned_table_has_its_changes_in_the_feed(FEED).await;
+}
+
+#[tokio::test]
+async fn partitioned_merge_on_read() {
+    a_partitioned_table_has_its_changes_in_the_feed(FEED_DV).await;
+}
