@@ -177,6 +177,17 @@ async fn every_kind_of_change_is_in_the_feed(commit: &str, soft: bool) {
     assert!(r.checkpoint_written, "{r:?}");
     let after = check_feed(&m, T, &cols, &["id"]).await;
     assert_eq!(after.lines(), before, "compaction changed the feed");
+    // Past the retention vacuum deletes replaced data files, never change files.
+    let later = chrono::Utc::now().timestamp_millis() + 8 * 24 * 3_600_000;
+    let r = CompactBuilder::new(m.pipeline.config.clone(), &m.pipeline.stores)
+        .with_table("ora", "app", "t")
+        .with_force(true)
+        .with_now_millis(later)
+        .await
+        .unwrap();
+    assert!(r.files_vacuumed > 0, "{r:?}");
+    let now_files = std::fs::read_dir(&changes_dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(now_files, change_files, "vacuum deleted change files");
 }
 
 macro_rules! modes {
