@@ -88,7 +88,9 @@ pub async fn register_changes(
     };
     let (table, exists) = dms2delta::lake::open(stores, &t.location(lake)).await?;
     if !exists {
-        return Err(Failure::usage(format!("--changes {name}: the table has no commits yet")));
+        return Err(Failure::usage(format!(
+            "--changes {name}: the table has no commits yet"
+        )));
     }
     let provider = dms2delta::operations::change_feed::provider(&table, ctx, from, to)
         .map_err(|e| Failure::new(format!("cannot read the changes of {name}: {e}")))?;
@@ -284,7 +286,9 @@ mod tests {
         register_changes(&ctx, &pipeline.stores, &lake, &tables, name, latest, None)
             .await
             .unwrap();
-        let text = query(&ctx, "SELECT DISTINCT _commit_version FROM changes").await.unwrap();
+        let text = query(&ctx, "SELECT DISTINCT _commit_version FROM changes")
+            .await
+            .unwrap();
         assert!(text.contains(&format!("| {latest} ")), "{text}");
         assert!(text.ends_with("(1 row)"), "{text}");
 

@@ -211,7 +211,13 @@ impl MergeOnReadChanges {
         if let Some(w) = written.filter(|w| w.num_rows() > 0) {
             let mut b = conform(w, &feed)?;
             let kinds: StringArray = (0..b.num_rows())
-                .map(|r| Some(if replaces.get(r).copied().unwrap_or(false) { POSTIMAGE } else { INSERT }))
+                .map(|r| {
+                    Some(if replaces.get(r).copied().unwrap_or(false) {
+                        POSTIMAGE
+                    } else {
+                        INSERT
+                    })
+                })
                 .collect();
             let at = feed.index_of(CHANGE_TYPE)?;
             let mut cols = b.columns().to_vec();

@@ -37,12 +37,22 @@ impl Feed {
         self.rows.iter().any(|r| &r[i] == v)
     }
 
-    /// The rows as canonical text lines, sorted (what the Python reader prints).
+    /// The rows as canonical text lines, escaped and sorted as the Python reader prints them.
     pub fn lines(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .rows
             .iter()
-            .map(|r| r.iter().map(Value::canonical).collect::<Vec<_>>().join("\t"))
+            .map(|r| {
+                r.iter()
+                    .map(|v| {
+                        v.canonical()
+                            .replace('\\', "\\\\")
+                            .replace('\t', "\\t")
+                            .replace('\n', "\\n")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\t")
+            })
             .collect();
         v.sort();
         v
@@ -53,7 +63,11 @@ impl Feed {
     /// postimage must find its key free, and a key's written `_dms_seq` never goes down.
     /// Returns the rows the replay ends with, in the table's columns, sorted.
     pub fn replay(&self, keys: &[&str]) -> Result<Vec<Vec<Value>>, String> {
-        let (ct, ver, seq) = (self.at(change_type_col()), self.at("_commit_version"), self.at("_dms_seq"));
+        let (ct, ver, seq) = (
+            self.at(change_type_col()),
+            self.at("_commit_version"),
+            self.at("_dms_seq"),
+        );
         let data: Vec<usize> = (0..self.columns.len()).filter(|i| *i != ct && *i != ver).collect();
         let key_at: Vec<usize> = keys.iter().map(|k| self.at(k)).collect();
         let leaves = |r: &Vec<Value>| match &r[ct] {
@@ -146,7 +160,10 @@ pub async fn read(stores: &Stores, loc: &Location, columns: &[&str]) -> Feed {
 /// The same feed read by the Python `deltalake` package (`load_cdf`), as sorted canonical lines.
 pub fn read_with_python(table_dir: &Path, columns: &[String]) -> Result<Vec<String>, String> {
     let Some(python) = super::python() else {
-        return Err("no Python with the deltalake package: set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)".into());
+        return Err(
+            "no Python with the deltalake package: set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)"
+                .into(),
+        );
     };
     let out = std::process::Command::new(&python)
         .arg(super::repo().join("tests/read_cdf.py"))
@@ -156,9 +173,15 @@ pub fn read_with_python(table_dir: &Path, columns: &[String]) -> Result<Vec<Stri
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !out.status.success() {
-        return Err(format!("python load_cdf failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "python load_cdf failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
     lines.sort();
     Ok(lines)
 }
