@@ -81,7 +81,7 @@ async fn check_feed(m: &Mini, table: &str, columns: &[&str], keys: &[&str]) -> F
     );
     if !support::skip_python() {
         let dir = m.dir.path().join("lake").join(table.replace('.', "/"));
-        let py = feed::read_with_python(&dir, &feed.columns).unwrap();
+        let py = feed::read_with_python(&dir.display().to_string(), None, &feed.columns).unwrap();
         assert_eq!(py, feed.lines(), "the Python reader's feed differs from delta-rs's");
     }
     feed
@@ -464,8 +464,11 @@ async fn check_lab_feeds(lab: &support::Lab, context: &str) {
             "{context}, table {name}: the feed replayed is not the table"
         );
         if !support::skip_python() {
-            let dir = lab.lake_dir().join(name.replace('.', "/"));
-            let py = feed::read_with_python(&dir, &feed.columns).unwrap();
+            let (table, endpoint) = match lab.on {
+                support::On::Folders => (lab.lake_dir().join(name.replace('.', "/")).display().to_string(), None),
+                support::On::S3 => (loc.url(), Some(support::s3::moto().url.as_str())),
+            };
+            let py = feed::read_with_python(&table, endpoint, &feed.columns).unwrap();
             assert_eq!(
                 py,
                 feed.lines(),
@@ -475,17 +478,17 @@ async fn check_lab_feeds(lab: &support::Lab, context: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_simulated_history_in_order_replays_from_its_feed() {
+async fn a_simulated_history_in_order_replays_from_its_feed(on: support::On) {
     for dv in [false, true] {
         let opts = dms2delta::sim::SimOptions {
             seed: 7,
             tables: 2,
             variety: true,
-            reloads: true,
+            // An S3 endpoint stamps its own LastModified, which reload detection reads.
+            reloads: on == support::On::Folders,
             ..Default::default()
         };
-        let lab = support::Lab::new_configured(&opts, None, dv, FEED);
+        let lab = support::Lab::configured(on, &opts, None, None, dv, FEED).await;
         // Not `one_commit_per_file`: its log check wants the protocol a table without the
         // feed has (writer 2); the feed raises it to writer 4.
         for f in &lab.sim.files {
@@ -496,8 +499,19 @@ async fn a_simulated_history_in_order_replays_from_its_feed() {
             lab.pipeline.commit_all().await.unwrap();
         }
         lab.check().await.unwrap();
-        check_lab_feeds(&lab, &format!("in order, deletion vectors {dv}")).await;
+        check_lab_feeds(&lab, &format!("in order on {on:?}, deletion vectors {dv}")).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_history_in_order_replays_from_its_feed_on_folders() {
+    a_simulated_history_in_order_replays_from_its_feed(support::On::Folders).await;
+}
+
+/// The same on the local S3 endpoint: change files go through the table's S3 store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_history_in_order_replays_from_its_feed_on_s3() {
+    a_simulated_history_in_order_replays_from_its_feed(support::On::S3).await;
 }
 
 /// Files delivered in a shuffled order, committed at random points: late older changes are

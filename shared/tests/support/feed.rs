@@ -3,7 +3,6 @@
 //! table exactly, and each key's written sequence may never go down.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
@@ -157,17 +156,22 @@ pub async fn read(stores: &Stores, loc: &Location, columns: &[&str]) -> Feed {
     }
 }
 
-/// The same feed read by the Python `deltalake` package (`load_cdf`), as sorted canonical lines.
-pub fn read_with_python(table_dir: &Path, columns: &[String]) -> Result<Vec<String>, String> {
+/// The same feed read by the Python `deltalake` package (`load_cdf`), as sorted canonical lines:
+/// `table` is a folder, or an `s3://` URL on the local `endpoint`.
+pub fn read_with_python(table: &str, endpoint: Option<&str>, columns: &[String]) -> Result<Vec<String>, String> {
     let Some(python) = super::python() else {
         return Err(
             "no Python with the deltalake package: set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)"
                 .into(),
         );
     };
-    let out = std::process::Command::new(&python)
+    let mut cmd = std::process::Command::new(&python);
+    if let Some(ep) = endpoint {
+        cmd.env("AWS_ENDPOINT_URL", ep);
+    }
+    let out = cmd
         .arg(super::repo().join("tests/read_cdf.py"))
-        .arg(table_dir)
+        .arg(table)
         .arg(columns.join(","))
         .arg("0")
         .output()
