@@ -229,6 +229,31 @@ impl MergeOnReadChanges {
     }
 }
 
+/// Deletes the table's change files written before `cutoff_ms` (milliseconds since the epoch):
+/// vacuum's counterpart for `_change_data`, which delta-rs's vacuum never lists. A change file
+/// is written moments before its commit, so one older than the vacuum retention belongs to a
+/// commit older than it, whose replaced data files vacuum deletes too; change files of
+/// attempts that never committed go the same way. Returns how many were deleted.
+pub async fn expire(table: &DeltaTable, cutoff_ms: i64) -> DeltaResult<u64> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let store = table.object_store();
+    let prefix = object_store::path::Path::from(CHANGE_DATA_DIR);
+    let old: Vec<object_store::path::Path> = store
+        .list(Some(&prefix))
+        .try_filter(|m| futures::future::ready(m.last_modified.timestamp_millis() < cutoff_ms))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await?;
+    for p in &old {
+        match store.delete(p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(old.len() as u64)
+}
+
 /// The table's change feed from version `from` to `to` (inclusive; the latest when `None`) as a
 /// DataFusion table: the table's columns, then `_change_type`, `_commit_version` and
 /// `_commit_timestamp`. `session` gets the table's store registered.
