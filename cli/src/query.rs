@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use deltalake::datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+use deltalake::datafusion::datasource::{MemTable, TableProvider};
 use deltalake::datafusion::execution::context::SQLOptions;
 use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
 use dms2delta::storage::{Location, Stores};
@@ -28,13 +29,14 @@ SHOW TABLES lists them all (and DataFusion's information_schema views).
 A table written with `change_data_feed` records its changes; --changes TABLE makes them the
 table `changes` (the table's columns, then _change_type: insert, update_preimage,
 update_postimage or delete; _commit_version; _commit_timestamp), from --from-version (0 when
-not given) to --to-version (the latest when not given), both inclusive:
+not given) to --to-version (the latest when not given), both inclusive, read into memory:
 
   dms2delta query --lake ./lake --changes pg.public.accounts --from-version 12
   dms2delta query --lake ./lake --changes pg.public.accounts --from-version 12 \\
     \"SELECT id, _change_type, _commit_version FROM changes WHERE _change_type <> 'update_preimage'\"
 
-Without SQL, --changes prints every change in commit order.
+Without SQL, --changes prints every change in commit order (within a commit, preimages and
+deletes first).
 
 Unquoted names are lower-cased, as in PostgreSQL: write \"HR\".\"EMPLOYEES\" for upper-case names.
 Every table has its data columns plus _dms_seq (the change's sequence) and _dms_commit_ts (its
@@ -68,8 +70,10 @@ pub struct QueryArgs {
     pub to_version: Option<u64>,
 }
 
-/// The statement `--changes` runs when no SQL is given.
-const ALL_CHANGES: &str = "SELECT * FROM changes ORDER BY _commit_version, _change_type";
+/// The statement `--changes` runs when no SQL is given: in commit order, and within a commit
+/// what leaves (preimages, deletes) before what comes in, as a consumer applies them.
+const ALL_CHANGES: &str = "SELECT * FROM changes ORDER BY _commit_version, \
+     CASE _change_type WHEN 'update_preimage' THEN 0 WHEN 'delete' THEN 0 ELSE 1 END";
 
 /// Registers `name`'s change feed (versions `from` to `to`) in `ctx` as the table `changes`.
 pub async fn register_changes(
@@ -92,9 +96,24 @@ pub async fn register_changes(
             "--changes {name}: the table has no commits yet"
         )));
     }
-    let provider = dms2delta::operations::change_feed::provider(&table, ctx, from, to)
-        .map_err(|e| Failure::new(format!("cannot read the changes of {name}: {e}")))?;
-    ctx.register_table("changes", Arc::new(provider))?;
+    let failed = |e: String| {
+        Failure::new(format!(
+            "cannot read the changes of {name}: {e} (does the table have `change_data_feed` on at version {from}?)"
+        ))
+    };
+    let provider =
+        dms2delta::operations::change_feed::provider(&table, ctx, from, to).map_err(|e| failed(e.to_string()))?;
+    let schema = provider.schema();
+    // Read into memory first: DataFusion's sort pushdown re-plans delta-rs's change-feed scan
+    // without its files (ORDER BY then fails its plan check), so queries run over a copy.
+    let batches = ctx
+        .read_table(Arc::new(provider))
+        .map_err(|e| failed(e.to_string()))?
+        .collect()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let copy = MemTable::try_new(schema, vec![batches])?;
+    ctx.register_table("changes", Arc::new(copy))?;
     Ok(())
 }
 
@@ -275,6 +294,10 @@ mod tests {
         .unwrap();
         let n = sim.expected[name].len();
         assert!(text.contains(&format!("| {n} ")), "{text}");
+        // Ordered (DataFusion's sort pushdown must not lose the feed's files).
+        let text = query(&ctx, ALL_CHANGES).await.unwrap();
+        assert!(text.contains("| insert "), "{text}");
+        assert!(text.ends_with(&format!("({n} rows)")), "{text}");
 
         // From a later version on, only that version's changes.
         let t = tables.iter().find(|t| t.qualified_name() == name).unwrap();
