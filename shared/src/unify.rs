@@ -12,7 +12,9 @@ use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, String
 use arrow::compute::kernels::cast::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 
-use crate::changes::{column_of_seq, column_seq_name, is_meta, meta_fields, nosup_columns, Deduper, NOSUP, SOURCE_FILE};
+use crate::changes::{
+    column_of_seq, column_seq_name, is_meta, meta_fields, nosup_columns, Deduper, NOSUP, SOURCE_FILE,
+};
 use crate::error::{BadInputKind, InputProblem};
 use crate::types::{widening, Widening};
 
@@ -295,6 +297,53 @@ mod tests {
             let v = b.column(b.schema().index_of("v").unwrap()).as_string::<i32>();
             assert_eq!(v.value(0), "late");
         }
+    }
+
+    #[test]
+    fn a_value_taken_from_an_older_change_set_keeps_that_changes_sequence() {
+        // The change at 7 did not log `v`; the one at 5, in another file, did. Committed
+        // together, the row is the change at 7 with `v` from 5, and `v`'s own sequence says 5,
+        // so a change at 6 arriving later still sets it.
+        let table = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ];
+        let logged = from_file(batch(&[(1, Some("full"), "U", "1S5", None)]), "s3://dms/s/t/1.csv");
+        let unlogged = from_file(batch(&[(1, None, "U", "1S7", Some("|v|"))]), "s3://dms/s/t/2.csv");
+        for sets in [
+            vec![vec![logged.clone()], vec![unlogged.clone()]],
+            vec![vec![unlogged.clone()], vec![logged.clone()]],
+        ] {
+            let u = unify(Some(&table), &sets, &keys()).unwrap();
+            assert_eq!(u.new_columns, vec![column_seq_name("v")]);
+            let b = u.batch.unwrap();
+            let text = |name: &str| {
+                let c = b.column(b.schema().index_of(name).unwrap()).as_string::<i32>();
+                (!c.is_null(0)).then(|| c.value(0).to_string())
+            };
+            assert_eq!(text("_dms_seq").as_deref(), Some("1S7"));
+            assert_eq!(text("v").as_deref(), Some("full"));
+            assert_eq!(text(&column_seq_name("v")).as_deref(), Some("1S5"));
+            assert_eq!(text(NOSUP), None);
+        }
+        // Alone, the unlogged change keeps its mark and gets no value or sequence for `v`.
+        let u = unify(Some(&table), &[vec![unlogged]], &keys()).unwrap();
+        let b = u.batch.unwrap();
+        let seq = b.column(b.schema().index_of(&column_seq_name("v")).unwrap());
+        assert!(seq.is_null(0));
+        // A table that tracks `v` already gets the column with every change set, and a column
+        // missing from a change set is not tracked for that.
+        let tracked = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("w", DataType::Utf8, true),
+            Field::new(column_seq_name("v"), DataType::Utf8, true),
+        ];
+        let u = unify(Some(&tracked), &[vec![logged]], &keys()).unwrap();
+        assert!(u.new_columns.is_empty(), "{:?}", u.new_columns);
+        let b = u.batch.unwrap();
+        assert!(b.schema().index_of(&column_seq_name("v")).is_ok());
+        assert!(b.schema().index_of(&column_seq_name("w")).is_err());
     }
 
     #[test]

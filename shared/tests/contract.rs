@@ -1715,7 +1715,10 @@ async fn an_unlogged_value_is_exact_per_column_in_any_delivery_order() {
             for (step, &f) in order.iter().enumerate() {
                 m.put(&cdc(f as u32 + 1), UNLOGGED_FILES[f]);
                 let out = m.decode(&cdc(f as u32 + 1)).await;
-                assert!(matches!(out, DecodeOutcome::Staged(_)), "{mode}, order {order:?}: {out:?}");
+                assert!(
+                    matches!(out, DecodeOutcome::Staged(_)),
+                    "{mode}, order {order:?}: {out:?}"
+                );
                 if together && step % 2 == 0 && step + 1 < order.len() {
                     continue;
                 }

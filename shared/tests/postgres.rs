@@ -1348,7 +1348,10 @@ async fn run() {
     assert!(swept_runs > 0, "no run swept the rows the reload's snapshot lacks");
     assert_eq!(truncated_runs, runs, "a run never took the removals for a truncate");
     // The per-column order of unlogged values was put to the test (seed {seed}).
-    assert!(at_stake > 0, "seed {seed}: no delivery committed an unlogged value before an older one");
+    assert!(
+        at_stake > 0,
+        "seed {seed}: no delivery committed an unlogged value before an older one"
+    );
 }
 
 /// A real PostgreSQL workload replicates exactly, every column of every row: TOAST values left

@@ -921,9 +921,7 @@ async fn merge(
                     .update(target_col(COMMIT_TS), s(COMMIT_TS))
             })?;
             if let Some(older) = tracked.older_predicate() {
-                m = m.when_matched_update(|u| {
-                    tracked.older_update(u.predicate(older.and(is_delete.clone().not())))
-                })?;
+                m = m.when_matched_update(|u| tracked.older_update(u.predicate(older.and(is_delete.clone().not()))))?;
             }
             m = m.when_not_matched_insert(|i| {
                 let mut i = i.predicate(s(OP).not_eq(lit("D")));
@@ -974,9 +972,7 @@ async fn merge(
                     .update(target_col(DELETED_AT), s(DELETED_AT))
             })?;
             if let Some(older) = tracked.older_predicate() {
-                m = m.when_matched_update(|u| {
-                    tracked.older_update(u.predicate(older.and(is_delete.clone().not())))
-                })?;
+                m = m.when_matched_update(|u| tracked.older_update(u.predicate(older.and(is_delete.clone().not()))))?;
             }
             m = m.when_not_matched_insert(|i| {
                 let mut i = i.predicate(s(OP).not_eq(lit("D")));
@@ -1069,7 +1065,9 @@ impl Tracked {
             // The table gains the column now: it has no value to keep.
             return s(c);
         }
-        when(self.takes(c, applies), s(c)).otherwise(t(c)).unwrap_or_else(|_| s(c))
+        when(self.takes(c, applies), s(c))
+            .otherwise(t(c))
+            .unwrap_or_else(|_| s(c))
     }
 
     /// The column sequences after a newer change (`applies` as for [`Tracked::takes`]).
@@ -1097,7 +1095,11 @@ impl Tracked {
 
     fn insert_seqs(&self, mut i: InsertBuilder, row: bool) -> InsertBuilder {
         for (c, ..) in &self.columns {
-            let seq = if row { self.insert_seq(c) } else { s(&column_seq_name(c)) };
+            let seq = if row {
+                self.insert_seq(c)
+            } else {
+                s(&column_seq_name(c))
+            };
             i = i.set(target_col(&column_seq_name(c)), seq);
         }
         i

@@ -509,9 +509,9 @@ struct ColumnSeqs {
 
 impl ColumnSeqs {
     fn unlogged(&self, change: usize, c: usize) -> bool {
-        self.nosup.as_ref().is_some_and(|n| {
-            !n.is_null(change) && n.value(change).contains(&format!("|{}|", self.columns[c]))
-        })
+        self.nosup
+            .as_ref()
+            .is_some_and(|n| !n.is_null(change) && n.value(change).contains(&format!("|{}|", self.columns[c])))
     }
 
     fn source_own(&self, change: usize, c: usize) -> Option<&str> {
@@ -530,7 +530,8 @@ impl ColumnSeqs {
     }
 
     fn stored_seq(&self, at: (usize, usize), c: usize) -> &str {
-        self.stored_own(at, c).unwrap_or_else(|| self.stored_seq[at.0].value(at.1))
+        self.stored_own(at, c)
+            .unwrap_or_else(|| self.stored_seq[at.0].value(at.1))
     }
 
     /// Whether an older change sets column `c` of the stored row: the stored value came from
@@ -689,7 +690,11 @@ pub async fn apply(
     let column_seqs = ColumnSeqs {
         source: tracked
             .iter()
-            .map(|c| Ok(cast(col(&column_seq_name(c))?, &DataType::Utf8)?.as_string::<i32>().clone()))
+            .map(|c| {
+                Ok(cast(col(&column_seq_name(c))?, &DataType::Utf8)?
+                    .as_string::<i32>()
+                    .clone())
+            })
             .collect::<DeltaResult<_>>()?,
         stored: hits
             .iter()
@@ -979,7 +984,10 @@ fn new_rows_batch(
                 pick_from(cast(&a, t)?, name, t, &idx)?
             }
             _ if column_of_seq(name).is_some_and(|c| tracked.iter().any(|n| n == c)) => {
-                let c = tracked.iter().position(|n| Some(n.as_str()) == column_of_seq(name)).unwrap_or_default();
+                let c = tracked
+                    .iter()
+                    .position(|n| Some(n.as_str()) == column_of_seq(name))
+                    .unwrap_or_default();
                 cast(&chosen[c].1, t)?
             }
             _ => {
