@@ -343,6 +343,12 @@ pub struct SourceConfig {
     /// rows a new snapshot lacks are removed.
     #[serde(default)]
     pub reloads: ReloadSettings,
+    /// The ARN of the DMS replication task writing this source
+    /// (`arn:aws:dms:<region>:<account>:task:<id>`). When set, a reload's end is also taken
+    /// from DMS's own table statistics (the table's load completed after the reload began), so
+    /// the rows its snapshot lacks go as soon as DMS says the load is over.
+    #[serde(default)]
+    pub dms_task_arn: Option<String>,
     /// Source truncates and drops, which DMS replicates by removing the table's files: whether
     /// removal events may empty a table. Off by default; tables can override it.
     #[serde(default)]
@@ -431,6 +437,33 @@ pub struct TruncateSettings {
     /// expirations never count.
     #[serde(default)]
     pub follow_removals: bool,
+}
+
+/// A DMS replication task ARN: `arn:<partition>:dms:<region>:<12-digit account>:task:<id>`.
+/// Only tasks have table statistics (DMS Serverless replications use another API).
+fn check_task_arn(arn: &str) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let ok = match parts.as_slice() {
+        ["arn", partition, "dms", region, account, "task", id] => {
+            partition.starts_with("aws")
+                && !region.is_empty()
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{arn}` is not a DMS replication task ARN (`arn:aws:dms:<region>:<account>:task:<id>`, as `aws dms describe-replication-tasks` shows it; DMS Serverless replication configs are not supported)"
+        ))
+    }
 }
 
 fn yes() -> bool {
@@ -880,6 +913,9 @@ impl Config {
                 if let Some(v) = v {
                     check_prefix(v).map_err(|r| cfg_err(format!("{p}.{field}"), r))?;
                 }
+            }
+            if let Some(arn) = &s.dms_task_arn {
+                check_task_arn(arn).map_err(|r| cfg_err(format!("{p}.dms_task_arn"), r))?;
             }
             if let Some(z) = &s.date_partitioning.timezone {
                 if z.parse::<chrono_tz::Tz>().is_err() {
