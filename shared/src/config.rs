@@ -1719,4 +1719,37 @@ sources:
         assert!(!wildcard_match("emp", "emps"));
         assert!(!wildcard_match("ab%ba", "aba"));
     }
+
+    #[test]
+    fn a_dms_task_arn_must_name_a_replication_task() {
+        let with = |arn: &str| {
+            BASE.replace(
+                "    bucket_folder: raw/mysql\n",
+                &format!("    bucket_folder: raw/mysql\n    dms_task_arn: \"{arn}\"\n"),
+            )
+        };
+        for ok in [
+            "arn:aws:dms:us-east-1:123456789012:task:F8TBR5IJGVM78ZQYCR60BO87AF",
+            "arn:aws-cn:dms:cn-north-1:123456789012:task:my-task-1",
+            "arn:aws-us-gov:dms:us-gov-west-1:123456789012:task:ABC",
+        ] {
+            let v = Config::from_text(&with(ok)).unwrap();
+            assert_eq!(v.sources()[0].dms_task_arn.as_deref(), Some(ok));
+            assert_eq!(v.sources()[1].dms_task_arn, None);
+        }
+        for bad in [
+            "F8TBR5IJGVM78ZQYCR60BO87AF",
+            "arn:aws:dms:us-east-1:123456789012:rep:ABC",
+            "arn:aws:dms:us-east-1:123456789012:replication-config:ABC",
+            "arn:aws:dms:us-east-1:12345:task:ABC",
+            "arn:aws:s3:us-east-1:123456789012:task:ABC",
+            "arn:aws:dms:us-east-1:123456789012:task:",
+            "arn:aws:dms:us-east-1:123456789012:task:a/b",
+            "arn:aws:dms::123456789012:task:ABC",
+        ] {
+            let (path, reason) = err_of(&with(bad));
+            assert_eq!(path, "sources[0].dms_task_arn", "{bad}");
+            assert!(reason.contains("not a DMS replication task ARN"), "{bad}: {reason}");
+        }
+    }
 }

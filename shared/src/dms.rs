@@ -408,4 +408,124 @@ sources:
         };
         assert!(none.sources(&config).is_empty());
     }
+
+    /// Answers from a script, counting the questions.
+    #[derive(Debug)]
+    struct Scripted {
+        answer: Result<Option<TableLoad>, &'static str>,
+        asked: std::sync::Mutex<Vec<(String, String, String)>>,
+    }
+
+    #[async_trait]
+    impl LoadProgress for Scripted {
+        async fn table_load(&self, task: &str, schema: &str, table: &str) -> Result<Option<TableLoad>, DmsError> {
+            self.asked
+                .lock()
+                .unwrap()
+                .push((task.into(), schema.into(), table.into()));
+            self.answer.clone().map_err(|r| DmsError {
+                operation: "DescribeTableStatistics",
+                task: task.into(),
+                reason: r.into(),
+                throttled: r.contains("Throttl"),
+            })
+        }
+    }
+
+    const TASK: &str = "arn:aws:dms:us-east-1:123456789012:task:F8TBR5IJGVM78ZQYCR60BO87AF";
+
+    fn settings(task: bool) -> (Validated, TableSpec) {
+        let arn = if task {
+            format!("    dms_task_arn: {TASK}\n")
+        } else {
+            String::new()
+        };
+        let config = crate::config::Config::from_text(&format!(
+            "lake: /tmp/lake\nstaging: /tmp/staging\nquarantine: /tmp/quarantine\nsources:\n  - name: shop\n    bucket: dms\n{arn}    tables:\n      - {{ schema: app, table: t, keys: [id] }}\n"
+        ))
+        .unwrap();
+        let spec = config.table(0, "app", "t").unwrap().unwrap();
+        (config, spec)
+    }
+
+    fn marker(kind: FloorKind, digits: &str) -> (FloorKind, Anchor, object_store::ObjectMeta) {
+        let a = Anchor::after(SeqKind::FileName, digits).unwrap();
+        let meta = object_store::ObjectMeta {
+            location: object_store::path::Path::from(a.marker_name(kind)),
+            last_modified: Utc::now(),
+            size: 2,
+            e_tag: None,
+            version: None,
+        };
+        (kind, a, meta)
+    }
+
+    #[tokio::test]
+    async fn dms_settles_the_reloads_whose_load_it_reports_completed_and_nothing_else() {
+        let (config, spec) = settings(true);
+        // Two reloads: anchored at 10:05 and at 12:05. DMS reports a load that began at 11:00.
+        let markers = vec![
+            marker(FloorKind::Reload, "202405281005000000"),
+            marker(FloorKind::Reload, "202405281205000000"),
+            marker(FloorKind::Truncate, "202405281300000000"),
+        ];
+        let completed = |start: &str| Scripted {
+            answer: Ok(Some(load(TABLE_COMPLETED, start, Some("2024-05-28T12:30:00Z")))),
+            asked: Default::default(),
+        };
+        let p = completed("2024-05-28T11:00:00Z");
+        let got = settled_reload(&p, &config, &spec, &markers, None).await;
+        // The first reload only: the second began after the load DMS reports. The truncate
+        // marker is never DMS's business.
+        assert_eq!(got, Some(markers[0].1.clone()));
+        assert_eq!(
+            p.asked.lock().unwrap().clone(),
+            vec![(TASK.to_string(), "app".to_string(), "t".to_string())]
+        );
+        // A load that began after both anchors settles both (the higher wins).
+        let p = completed("2024-05-28T12:10:00Z");
+        let got = settled_reload(&p, &config, &spec, &markers, None).await;
+        assert_eq!(got, Some(markers[1].1.clone()));
+        // Completion from before the reload's anchor (the first load) settles nothing.
+        let p = completed("2024-05-28T09:00:00Z");
+        assert_eq!(settled_reload(&p, &config, &spec, &markers, None).await, None);
+        // Reloads already settled by the other rules are not asked about again.
+        let p = completed("2024-05-28T12:10:00Z");
+        assert_eq!(
+            settled_reload(&p, &config, &spec, &markers, Some(&markers[1].1)).await,
+            None
+        );
+        assert!(p.asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_a_usable_answer_the_other_rules_decide() {
+        let markers = vec![marker(FloorKind::Reload, "202405281005000000")];
+        let (config, spec) = settings(true);
+        for answer in [
+            Err("ThrottlingException: Rate exceeded"),
+            Err("AccessDeniedException: not authorized"),
+            Ok(None),
+            Ok(Some(load("Full load", "2024-05-28T11:00:00Z", None))),
+        ] {
+            let p = Scripted {
+                answer,
+                asked: Default::default(),
+            };
+            assert_eq!(settled_reload(&p, &config, &spec, &markers, None).await, None);
+            assert_eq!(p.asked.lock().unwrap().len(), 1);
+        }
+        // A source without dms_task_arn never asks.
+        let (config, spec) = settings(false);
+        let p = Scripted {
+            answer: Ok(Some(load(
+                TABLE_COMPLETED,
+                "2024-05-28T11:00:00Z",
+                Some("2024-05-28T11:30:00Z"),
+            ))),
+            asked: Default::default(),
+        };
+        assert_eq!(settled_reload(&p, &config, &spec, &markers, None).await, None);
+        assert!(p.asked.lock().unwrap().is_empty());
+    }
 }
