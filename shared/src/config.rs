@@ -403,9 +403,10 @@ pub struct ReloadSettings {
     /// generation) rather than a late part of the first load.
     #[serde(default = "yes")]
     pub detect: bool,
-    /// A reload's load is over once a change written after it is committed, or this long
-    /// after its first LOAD file was decoded (for a table without changes after the reload);
-    /// then rows the new snapshot lacks are removed.
+    /// A reload's load is over once a change written after it is committed, once DMS reports
+    /// it completed (with `dms_task_arn`, see [`crate::dms`]), or this long after its first
+    /// LOAD file was decoded (for a table without changes after the reload); then rows the new
+    /// snapshot lacks are removed.
     #[serde(default = "default_settle_seconds")]
     pub settle_after_seconds: u64,
     /// A CDC object tells when DMS wrote it only if its upload time (LastModified) lies within
