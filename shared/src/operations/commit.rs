@@ -60,6 +60,7 @@ pub struct CommitChangesBuilder<'a> {
     table: String,
     max_change_sets: Option<usize>,
     failpoints: Failpoints,
+    load_progress: Option<Arc<dyn crate::dms::LoadProgress>>,
 }
 
 /// What one commit did.
@@ -154,7 +155,15 @@ impl<'a> CommitChangesBuilder<'a> {
             table: String::new(),
             max_change_sets: None,
             failpoints: Failpoints::default(),
+            load_progress: None,
         }
+    }
+
+    /// DMS's table statistics, consulted for a reload whose end is not yet known otherwise
+    /// (sources with `dms_task_arn`; see [`crate::dms`]).
+    pub fn with_load_progress(mut self, progress: Option<Arc<dyn crate::dms::LoadProgress>>) -> Self {
+        self.load_progress = progress;
+        self
     }
 
     /// The lake table (namespace, schema and table after renames).
@@ -381,6 +390,10 @@ impl<'a> CommitChangesBuilder<'a> {
             .map(|(_, a, _)| a)
             .max()
             .cloned();
+        if let Some(progress) = &self.load_progress {
+            let dms = crate::dms::settled_reload(progress.as_ref(), &self.config, spec, markers, target.as_ref()).await;
+            target = target.max(dms);
+        }
         if target.is_none() {
             // The change that ends the load may have been committed before the reload's first
             // LOAD file was decoded: look for it in the table (newest marker first).
