@@ -32,6 +32,21 @@ pub const NOSUP: &str = "_dms_nosup";
 pub const DELETED: &str = "_dms_deleted";
 /// When a soft-deleted row (or a tombstone) was deleted.
 pub const DELETED_AT: &str = "_dms_deleted_at";
+/// Prefix of a column's own sequence, `_dms_seq_of_<column>`: the sequence of the change that
+/// set the column's value, where that is older than the row's `_dms_seq` (NULL: the row's).
+/// Only columns some change did not log have one; it lets a late, older change that logged the
+/// column still land there (see [`column_seq_name`]).
+pub const COLUMN_SEQ_PREFIX: &str = "_dms_seq_of_";
+
+/// The name of `column`'s own sequence column.
+pub fn column_seq_name(column: &str) -> String {
+    format!("{COLUMN_SEQ_PREFIX}{column}")
+}
+
+/// The column whose own sequence `name` holds, if `name` is such a column.
+pub fn column_of_seq(name: &str) -> Option<&str> {
+    name.strip_prefix(COLUMN_SEQ_PREFIX)
+}
 
 /// The metadata columns every change set ends with, in this order.
 pub fn meta_fields() -> Vec<Field> {
@@ -353,6 +368,8 @@ pub struct Deduper {
     batches: Vec<RecordBatch>,
     /// Per retained batch: whether any of its rows lists no-sup columns.
     nosup_in: Vec<bool>,
+    /// (data column, its `_dms_seq_of_` column) pairs of the schema.
+    col_seqs: Vec<(usize, usize)>,
     retained: usize,
     rows_in: u64,
 }
@@ -400,7 +417,14 @@ impl Deduper {
                 }
             }
         };
+        let col_seqs = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| Some((schema.index_of(column_of_seq(f.name())?).ok()?, i)))
+            .collect();
         Ok(Deduper {
+            col_seqs,
             cols: MetaCols {
                 op: idx(OP)?,
                 seq: idx(SEQ)?,
@@ -461,7 +485,7 @@ impl Deduper {
         self.nosup_in.push(nosup);
         self.rows_in += n as u64;
         self.retained += n;
-        let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.schema, self.cols);
+        let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.col_seqs, &self.schema, self.cols);
         let at = |r: usize| RowRef {
             batch: b,
             row: r as u32,
@@ -514,7 +538,7 @@ impl Deduper {
         let mut rows = std::mem::take(fresh);
         radix_sort_by_key(&mut rows);
         let old = std::mem::take(winners);
-        let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.schema, self.cols);
+        let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.col_seqs, &self.schema, self.cols);
         let mut merged: Vec<(u64, Entry)> = Vec::with_capacity(old.len() + rows.len());
         let mut old = old.into_iter().peekable();
         let mut new = rows.into_iter().peekable();
@@ -645,6 +669,24 @@ impl Deduper {
                             (!left.is_empty()).then(|| format!("|{}|", left.join("|")))
                         }
                         None => nosup_value(&self.batches, self.cols.nosup, e.at).map(str::to_string),
+                    })
+                    .collect();
+                Arc::new(values) as ArrayRef
+            } else if let Some(&(data, _)) = self.col_seqs.iter().find(|(_, s)| *s == c) {
+                // A value taken from another change carries that change's sequence.
+                let ctx = Ctx::new(&self.batches, &self.nosup_in, &self.col_seqs, &self.schema, self.cols);
+                let values: StringArray = entries
+                    .iter()
+                    .map(|e| {
+                        let filled = e
+                            .fills
+                            .as_ref()
+                            .and_then(|f| f.iter().find(|f| f.col == data))
+                            .and_then(|f| f.from);
+                        match filled {
+                            Some(from) => Some(ctx.col_seq(from, data).to_string()),
+                            None => own_column_seq(&self.batches, c, e.at).map(str::to_string),
+                        }
                     })
                     .collect();
                 Arc::new(values) as ArrayRef
@@ -985,6 +1027,12 @@ fn gather(
     RecordBatch::try_new(schema.clone(), columns).map_err(bad_value)
 }
 
+/// The `_dms_seq_of_` value at `at`, if set.
+fn own_column_seq(batches: &[RecordBatch], idx: usize, at: RowRef) -> Option<&str> {
+    let a = batches[at.batch as usize].column(idx).as_string_opt::<i32>()?;
+    (!a.is_null(at.row as usize)).then(|| a.value(at.row as usize))
+}
+
 fn nosup_value(batches: &[RecordBatch], idx: usize, at: RowRef) -> Option<&str> {
     let a = batches[at.batch as usize].column(idx).as_string::<i32>();
     (!a.is_null(at.row as usize)).then(|| a.value(at.row as usize))
@@ -994,17 +1042,45 @@ fn nosup_value(batches: &[RecordBatch], idx: usize, at: RowRef) -> Option<&str> 
 struct Ctx<'a> {
     batches: &'a [RecordBatch],
     nosup_in: &'a [bool],
+    col_seqs: &'a [(usize, usize)],
     schema: &'a Schema,
     cols: MetaCols,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(batches: &'a [RecordBatch], nosup_in: &'a [bool], schema: &'a Schema, cols: MetaCols) -> Ctx<'a> {
+    fn new(
+        batches: &'a [RecordBatch],
+        nosup_in: &'a [bool],
+        col_seqs: &'a [(usize, usize)],
+        schema: &'a Schema,
+        cols: MetaCols,
+    ) -> Ctx<'a> {
         Ctx {
             batches,
             nosup_in,
+            col_seqs,
             schema,
             cols,
+        }
+    }
+
+    /// The sequence of the change that set `col`'s value in the row at `at`.
+    fn col_seq(&self, at: RowRef, col: usize) -> &str {
+        self.col_seqs
+            .iter()
+            .find(|(d, _)| *d == col)
+            .and_then(|&(_, s)| own_column_seq(self.batches, s, at))
+            .unwrap_or_else(|| self.seq(at))
+    }
+
+    /// Whether `a`'s value of `col` is newer than `b`'s.
+    fn col_newer(&self, a: RowRef, b: RowRef, col: usize) -> bool {
+        if self.cols.in_order || !self.col_seqs.iter().any(|(d, _)| *d == col) {
+            return self.newer(a, b);
+        }
+        match self.col_seq(a, col).cmp(self.col_seq(b, col)) {
+            std::cmp::Ordering::Equal => a > b,
+            order => order.is_gt(),
         }
     }
 
@@ -1114,7 +1190,7 @@ impl<'a> Ctx<'a> {
             if missing.contains(&f.col) {
                 continue;
             }
-            if f.from.is_none_or(|cur| self.newer(older, cur)) {
+            if f.from.is_none_or(|cur| self.col_newer(older, cur, f.col)) {
                 f.from = Some(older);
             }
         }

@@ -348,6 +348,12 @@ pub struct SourceConfig {
     /// rows a new snapshot lacks are removed.
     #[serde(default)]
     pub reloads: ReloadSettings,
+    /// The ARN of the DMS replication task writing this source
+    /// (`arn:aws:dms:<region>:<account>:task:<id>`). When set, a reload's end is also taken
+    /// from DMS's own table statistics (the table's load completed after the reload began), so
+    /// the rows its snapshot lacks go as soon as DMS says the load is over.
+    #[serde(default)]
+    pub dms_task_arn: Option<String>,
     /// Source truncates and drops, which DMS replicates by removing the table's files: whether
     /// removal events may empty a table. Off by default; tables can override it.
     #[serde(default)]
@@ -402,9 +408,10 @@ pub struct ReloadSettings {
     /// generation) rather than a late part of the first load.
     #[serde(default = "yes")]
     pub detect: bool,
-    /// A reload's load is over once a change written after it is committed, or this long
-    /// after its first LOAD file was decoded (for a table without changes after the reload);
-    /// then rows the new snapshot lacks are removed.
+    /// A reload's load is over once a change written after it is committed, once DMS reports
+    /// it completed (with `dms_task_arn`, see [`crate::dms`]), or this long after its first
+    /// LOAD file was decoded (for a table without changes after the reload); then rows the new
+    /// snapshot lacks are removed.
     #[serde(default = "default_settle_seconds")]
     pub settle_after_seconds: u64,
     /// A CDC object tells when DMS wrote it only if its upload time (LastModified) lies within
@@ -436,6 +443,33 @@ pub struct TruncateSettings {
     /// expirations never count.
     #[serde(default)]
     pub follow_removals: bool,
+}
+
+/// A DMS replication task ARN: `arn:<partition>:dms:<region>:<12-digit account>:task:<id>`.
+/// Only tasks have table statistics (DMS Serverless replications use another API).
+fn check_task_arn(arn: &str) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let ok = match parts.as_slice() {
+        ["arn", partition, "dms", region, account, "task", id] => {
+            partition.starts_with("aws")
+                && !region.is_empty()
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{arn}` is not a DMS replication task ARN (`arn:aws:dms:<region>:<account>:task:<id>`, as `aws dms describe-replication-tasks` shows it; DMS Serverless replication configs are not supported)"
+        ))
+    }
 }
 
 fn yes() -> bool {
@@ -890,6 +924,9 @@ impl Config {
                 if let Some(v) = v {
                     check_prefix(v).map_err(|r| cfg_err(format!("{p}.{field}"), r))?;
                 }
+            }
+            if let Some(arn) = &s.dms_task_arn {
+                check_task_arn(arn).map_err(|r| cfg_err(format!("{p}.dms_task_arn"), r))?;
             }
             if let Some(z) = &s.date_partitioning.timezone {
                 if z.parse::<chrono_tz::Tz>().is_err() {
@@ -1711,5 +1748,38 @@ sources:
         assert!(wildcard_match("emp", "emp"));
         assert!(!wildcard_match("emp", "emps"));
         assert!(!wildcard_match("ab%ba", "aba"));
+    }
+
+    #[test]
+    fn a_dms_task_arn_must_name_a_replication_task() {
+        let with = |arn: &str| {
+            BASE.replace(
+                "    bucket_folder: raw/mysql\n",
+                &format!("    bucket_folder: raw/mysql\n    dms_task_arn: \"{arn}\"\n"),
+            )
+        };
+        for ok in [
+            "arn:aws:dms:us-east-1:123456789012:task:F8TBR5IJGVM78ZQYCR60BO87AF",
+            "arn:aws-cn:dms:cn-north-1:123456789012:task:my-task-1",
+            "arn:aws-us-gov:dms:us-gov-west-1:123456789012:task:ABC",
+        ] {
+            let v = Config::from_text(&with(ok)).unwrap();
+            assert_eq!(v.sources()[0].dms_task_arn.as_deref(), Some(ok));
+            assert_eq!(v.sources()[1].dms_task_arn, None);
+        }
+        for bad in [
+            "F8TBR5IJGVM78ZQYCR60BO87AF",
+            "arn:aws:dms:us-east-1:123456789012:rep:ABC",
+            "arn:aws:dms:us-east-1:123456789012:replication-config:ABC",
+            "arn:aws:dms:us-east-1:12345:task:ABC",
+            "arn:aws:s3:us-east-1:123456789012:task:ABC",
+            "arn:aws:dms:us-east-1:123456789012:task:",
+            "arn:aws:dms:us-east-1:123456789012:task:a/b",
+            "arn:aws:dms::123456789012:task:ABC",
+        ] {
+            let (path, reason) = err_of(&with(bad));
+            assert_eq!(path, "sources[0].dms_task_arn", "{bad}");
+            assert!(reason.contains("not a DMS replication task ARN"), "{bad}: {reason}");
+        }
     }
 }

@@ -12,7 +12,9 @@ use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, String
 use arrow::compute::kernels::cast::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 
-use crate::changes::{is_meta, meta_fields, Deduper, NOSUP, SOURCE_FILE};
+use crate::changes::{
+    column_of_seq, column_seq_name, is_meta, meta_fields, nosup_columns, Deduper, NOSUP, SOURCE_FILE,
+};
 use crate::error::{BadInputKind, InputProblem};
 use crate::types::{widening, Widening};
 
@@ -25,16 +27,27 @@ pub struct Unified {
     pub rejected: Vec<(usize, String)>,
     /// Table columns that must be widened first: (column, from, to).
     pub widen: Vec<(String, DataType, DataType)>,
-    /// Columns the table does not have yet.
+    /// Columns the table does not have yet (column sequences included).
     pub new_columns: Vec<String>,
 }
 
-/// `table`: the table's data columns (no metadata), or `None` for a table not created yet.
+/// `table`: the table's data columns and column sequences (no other metadata), or `None` for a
+/// table not created yet.
+///
+/// A column some change did not log gets its own sequence column (`_dms_seq_of_<column>`,
+/// between the data and the metadata columns), as does every column the table already tracks:
+/// a value the deduplication takes from an older change keeps that change's sequence.
 pub fn unify(table: Option<&[Field]>, sets: &[Vec<RecordBatch>], keys: &[String]) -> Result<Unified, InputProblem> {
     let mut order: Vec<String> = Vec::new();
     let mut types: HashMap<String, DataType> = HashMap::new();
     let mut in_table: HashMap<String, DataType> = HashMap::new();
+    let mut tracked: Vec<String> = Vec::new();
     for f in table.unwrap_or_default() {
+        if let Some(c) = column_of_seq(f.name()) {
+            tracked.push(c.to_string());
+            in_table.insert(f.name().clone(), f.data_type().clone());
+            continue;
+        }
         order.push(f.name().clone());
         types.insert(f.name().clone(), f.data_type().clone());
         in_table.insert(f.name().clone(), f.data_type().clone());
@@ -84,7 +97,24 @@ pub fn unify(table: Option<&[Field]>, sets: &[Vec<RecordBatch>], keys: &[String]
         }
     }
 
+    for (i, set) in sets.iter().enumerate() {
+        if rejected.iter().any(|(r, _)| *r == i) {
+            continue;
+        }
+        for name in unlogged_columns(set) {
+            if !tracked.contains(&name) {
+                tracked.push(name);
+            }
+        }
+    }
+    // In table order, so the schema does not depend on which change sets came together.
+    let col_seqs: Vec<String> = order
+        .iter()
+        .filter(|c| tracked.contains(c))
+        .map(|c| column_seq_name(c))
+        .collect();
     let mut fields: Vec<Field> = order.iter().map(|n| Field::new(n, types[n].clone(), true)).collect();
+    fields.extend(col_seqs.iter().map(|n| Field::new(n, DataType::Utf8, true)));
     fields.extend(meta_fields());
     let schema = Arc::new(Schema::new(fields));
     let mut dedup: Option<Deduper> = None;
@@ -102,7 +132,7 @@ pub fn unify(table: Option<&[Field]>, sets: &[Vec<RecordBatch>], keys: &[String]
             if b.num_rows() == 0 {
                 continue;
             }
-            let aligned = align(b, &schema, &order)?;
+            let aligned = align(b, &schema, &order, &col_seqs)?;
             let d = match &mut dedup {
                 Some(d) => d,
                 slot @ None => slot.insert(Deduper::new(schema.clone(), keys)?),
@@ -114,7 +144,12 @@ pub fn unify(table: Option<&[Field]>, sets: &[Vec<RecordBatch>], keys: &[String]
         Some(d) => d.finish()?,
         None => None,
     };
-    let new_columns = order.iter().filter(|n| !in_table.contains_key(*n)).cloned().collect();
+    let new_columns = order
+        .iter()
+        .chain(&col_seqs)
+        .filter(|n| !in_table.contains_key(*n))
+        .cloned()
+        .collect();
     Ok(Unified {
         batch,
         rejected,
@@ -132,8 +167,41 @@ fn source_file(set: &[RecordBatch]) -> Option<String> {
     (!text.is_null(0)).then(|| text.value(0).to_string())
 }
 
+/// The columns a change set marks as not logged somewhere (columns it lacks altogether are not
+/// among them: no older change can carry a newer value of a column the source did not have).
+fn unlogged_columns(set: &[RecordBatch]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for b in set {
+        let Some(a) = b.column_by_name(NOSUP).and_then(|c| c.as_string_opt::<i32>()) else {
+            continue;
+        };
+        if a.null_count() == a.len() {
+            continue;
+        }
+        let mut last: Option<&str> = None;
+        for v in a.iter().flatten() {
+            // Runs of rows share a list; parse each distinct one once.
+            if last == Some(v) {
+                continue;
+            }
+            last = Some(v);
+            for c in nosup_columns(v) {
+                if b.schema().index_of(c).is_ok() && !names.iter().any(|n| n == c) {
+                    names.push(c.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
 /// One batch in the unified shape.
-fn align(b: &RecordBatch, schema: &Arc<Schema>, order: &[String]) -> Result<RecordBatch, InputProblem> {
+fn align(
+    b: &RecordBatch,
+    schema: &Arc<Schema>,
+    order: &[String],
+    col_seqs: &[String],
+) -> Result<RecordBatch, InputProblem> {
     let n = b.num_rows();
     let bad = |e: String| InputProblem::new(BadInputKind::IncompatibleSchema, e);
     let mut missing: Vec<&str> = Vec::new();
@@ -153,6 +221,12 @@ fn align(b: &RecordBatch, schema: &Arc<Schema>, order: &[String]) -> Result<Reco
                 cols.push(new_null_array(field.data_type(), n));
             }
         }
+    }
+    for name in col_seqs {
+        cols.push(match b.column_by_name(name) {
+            Some(c) => c.clone(),
+            None => new_null_array(&DataType::Utf8, n),
+        });
     }
     for f in meta_fields() {
         let i = b
@@ -223,6 +297,53 @@ mod tests {
             let v = b.column(b.schema().index_of("v").unwrap()).as_string::<i32>();
             assert_eq!(v.value(0), "late");
         }
+    }
+
+    #[test]
+    fn a_value_taken_from_an_older_change_set_keeps_that_changes_sequence() {
+        // The change at 7 did not log `v`; the one at 5, in another file, did. Committed
+        // together, the row is the change at 7 with `v` from 5, and `v`'s own sequence says 5,
+        // so a change at 6 arriving later still sets it.
+        let table = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+        ];
+        let logged = from_file(batch(&[(1, Some("full"), "U", "1S5", None)]), "s3://dms/s/t/1.csv");
+        let unlogged = from_file(batch(&[(1, None, "U", "1S7", Some("|v|"))]), "s3://dms/s/t/2.csv");
+        for sets in [
+            vec![vec![logged.clone()], vec![unlogged.clone()]],
+            vec![vec![unlogged.clone()], vec![logged.clone()]],
+        ] {
+            let u = unify(Some(&table), &sets, &keys()).unwrap();
+            assert_eq!(u.new_columns, vec![column_seq_name("v")]);
+            let b = u.batch.unwrap();
+            let text = |name: &str| {
+                let c = b.column(b.schema().index_of(name).unwrap()).as_string::<i32>();
+                (!c.is_null(0)).then(|| c.value(0).to_string())
+            };
+            assert_eq!(text("_dms_seq").as_deref(), Some("1S7"));
+            assert_eq!(text("v").as_deref(), Some("full"));
+            assert_eq!(text(&column_seq_name("v")).as_deref(), Some("1S5"));
+            assert_eq!(text(NOSUP), None);
+        }
+        // Alone, the unlogged change keeps its mark and gets no value or sequence for `v`.
+        let u = unify(Some(&table), &[vec![unlogged]], &keys()).unwrap();
+        let b = u.batch.unwrap();
+        let seq = b.column(b.schema().index_of(&column_seq_name("v")).unwrap());
+        assert!(seq.is_null(0));
+        // A table that tracks `v` already gets the column with every change set, and a column
+        // missing from a change set is not tracked for that.
+        let tracked = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("w", DataType::Utf8, true),
+            Field::new(column_seq_name("v"), DataType::Utf8, true),
+        ];
+        let u = unify(Some(&tracked), &[vec![logged]], &keys()).unwrap();
+        assert!(u.new_columns.is_empty(), "{:?}", u.new_columns);
+        let b = u.batch.unwrap();
+        assert!(b.schema().index_of(&column_seq_name("v")).is_ok());
+        assert!(b.schema().index_of(&column_seq_name("w")).is_err());
     }
 
     #[test]

@@ -16,9 +16,9 @@
 //! - A table reload after a gap in which changes were NOT captured (the replication slot was
 //!   dropped): a new snapshot under the same LOAD names, written later, then CDC again.
 //!
-//! One tolerance, the limit docs/replication-contract.md states for values the source did not
-//! log (per-column order across files is not promised yet, issue 16 item 3): see [`at_risk`].
-//! The ignored test `known_bug_…` runs without it and fails while the limit stands.
+//! No tolerance: every column of every row must match, the large values an update did not log
+//! included, whatever order the files came in. The shuffled runs must expose some key to that
+//! (see [`at_risk`]), or the test fails for not having tested it.
 //!
 //! The cluster needs Debian's `postgresql` package (scripts/test-all.sh installs it). If it
 //! cannot be started the test fails with the reason; `DMS2DELTA_SKIP_POSTGRES=1` skips it.
@@ -842,7 +842,7 @@ struct Run {
     swept: u64,
     truncates: usize,
     steps: String,
-    /// Keys whose large value may be lost by the documented limit (see [`at_risk`]).
+    /// Keys whose large value an out-of-order delivery puts at stake (see [`at_risk`]).
     at_risk: BTreeSet<String>,
 }
 
@@ -977,10 +977,9 @@ async fn replicate(history: &History, unlogged: Unlogged, dv: bool, seed: u64, o
     })
 }
 
-/// Keys exposed to the limit docs/replication-contract.md states ("Values the source did not
-/// log": per-column ordering across files is not promised yet): a file with an update that did
-/// not log the key's large value was first committed no later than an older file that carried
-/// the value. Only there may the value differ; nowhere else, and no other column.
+/// Keys whose large value only per-column ordering keeps right (issue 16 item 3): a file with an
+/// update that did not log the value was first committed no later than an older file that
+/// carried it, so the older change, stale as a row, must still set the value.
 fn at_risk(history: &History, first_commit: &std::collections::HashMap<usize, usize>) -> BTreeSet<String> {
     let mut carried: std::collections::HashMap<String, Vec<usize>> = Default::default();
     let mut unlogged: std::collections::HashMap<String, Vec<usize>> = Default::default();
@@ -1059,9 +1058,8 @@ fn python_rows(m: &Mini) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
-/// Compares the table read back with the source, key by key. A difference is tolerated only in
-/// `body`, only for a key [`at_risk`], and only when not `strict`: it is counted in `known`.
-fn compare(want: &[String], got: &[String], run: &Run, strict: bool, known: &mut Vec<String>) -> Result<(), String> {
+/// Compares the table read back with the source, key by key, every column.
+fn compare(want: &[String], got: &[String]) -> Result<(), String> {
     let by_key = |lines: &[String]| -> std::collections::BTreeMap<String, Vec<String>> {
         lines
             .iter()
@@ -1084,16 +1082,11 @@ fn compare(want: &[String], got: &[String], run: &Run, strict: bool, known: &mut
                 if cols.is_empty() {
                     continue;
                 }
-                let line = format!(
+                bad.push(format!(
                     "  key {id} differs in {cols:?}:\n    source: {}\n    table:  {}",
                     short(&wf.join("\t")),
                     short(&gf.join("\t"))
-                );
-                if !strict && cols == ["body"] && run.at_risk.contains(id) {
-                    known.push(line);
-                } else {
-                    bad.push(line);
-                }
+                ));
             }
         }
     }
@@ -1259,7 +1252,7 @@ fn workload(pg: &Pg, seed: u64) -> (History, Vec<String>) {
 
 /// Starts the cluster, runs the workload, replicates it in DMS's order and in shuffled orders,
 /// in both renderings of unlogged values, and compares each result with the source.
-async fn run(strict: bool) {
+async fn run() {
     if std::env::var("DMS2DELTA_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
         println!("DMS2DELTA_SKIP_POSTGRES=1: the PostgreSQL end-to-end test is skipped");
         return;
@@ -1285,7 +1278,7 @@ async fn run(strict: bool) {
 
     let (mut swept_runs, mut truncated_runs, mut runs) = (0, 0, 0);
     let mut failures = Vec::new();
-    let mut known = Vec::new();
+    let mut at_stake = 0;
     for (unlogged, dv, order) in [
         (Unlogged::Sentinel, false, 0),
         (Unlogged::AsNull, true, 0),
@@ -1324,34 +1317,26 @@ async fn run(strict: bool) {
             .map(|r| canonical(&r))
             .collect();
         own.sort();
-        let mut found = Vec::new();
-        if let Err(e) = compare(&want, &own, &run, strict, &mut found) {
+        at_stake += run.at_risk.len();
+        if let Err(e) = compare(&want, &own) {
             failures.push(format!("{ctx}: read by dms2delta: {e}\n  deliveries: {}", run.steps));
         }
         if !support::skip_python() {
-            let mut by_python = Vec::new();
-            match python_rows(&run.m).and_then(|got| compare(&want, &got, &run, strict, &mut by_python)) {
+            match python_rows(&run.m).and_then(|got| compare(&want, &got)) {
                 Ok(()) => {}
                 Err(e) => failures.push(format!("{ctx}: read by Python deltalake: {e}")),
             }
         }
-        for k in &found {
-            known.push(format!("{ctx}:\n{k}"));
-        }
-        println!("{ctx}: {:?}, {} known divergences", t.elapsed(), found.len());
+        println!(
+            "{ctx}: {:?}, {} keys whose unlogged value came before an older change carrying it",
+            t.elapsed(),
+            run.at_risk.len()
+        );
     }
     println!(
         "replicated {runs} times, {:?} in all; the reload swept rows in {swept_runs} runs, the truncate was taken in {truncated_runs}",
         started.elapsed()
     );
-    if !known.is_empty() {
-        println!(
-            "KNOWN DIVERGENCE (docs/replication-contract.md, \"Values the source did not log\"; issue 16 item 3): \
-             an update that did not log a TOAST value was committed before an older change carrying it, which \
-             was then refused; the row kept an older value:\n{}",
-            known.join("\n")
-        );
-    }
     assert!(
         failures.is_empty(),
         "{} differences from PostgreSQL:\n{}",
@@ -1362,23 +1347,18 @@ async fn run(strict: bool) {
     // and the rows from before the truncate only through its floor.
     assert!(swept_runs > 0, "no run swept the rows the reload's snapshot lacks");
     assert_eq!(truncated_runs, runs, "a run never took the removals for a truncate");
+    // The per-column order of unlogged values was put to the test (seed {seed}).
+    assert!(
+        at_stake > 0,
+        "seed {seed}: no delivery committed an unlogged value before an older one"
+    );
 }
 
-/// A real PostgreSQL workload replicates exactly: TOAST values left unlogged by updates, key-only
-/// deletes, an added column, a reload after a gap that was not captured, and a truncate; in
-/// DMS's delivery order and shuffled. The one tolerance is the limit the contract states: see
-/// [`at_risk`] and the strict test below.
+/// A real PostgreSQL workload replicates exactly, every column of every row: TOAST values left
+/// unlogged by updates (in any delivery order, issue 16 item 3), key-only deletes, an added
+/// column, a reload after a gap that was not captured, and a truncate; in DMS's delivery order
+/// and shuffled.
 #[tokio::test]
 async fn a_real_postgresql_workload_replicates_through_toast_ddl_a_reload_and_a_truncate() {
-    run(false).await;
-}
-
-/// KNOWN BUG, issue 16 item 3 ("any order must hold per column"): the same runs with no
-/// tolerance. Fails today whenever a shuffled delivery commits an update that did not log a
-/// TOAST value before the older change that carried it (the older change is refused, the row
-/// keeps an older value). Run with `cargo test -p dms2delta --test postgres -- --ignored`.
-#[tokio::test]
-#[ignore = "known divergence, issue 16 item 3: per-column order of unlogged values across files is not implemented"]
-async fn known_bug_unlogged_toast_values_are_exact_in_any_delivery_order() {
-    run(true).await;
+    run().await;
 }

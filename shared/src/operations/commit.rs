@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
+use std::ops::Not;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +17,13 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::datafusion::common::Column;
+use deltalake::datafusion::functions::core::expr_fn::coalesce;
 use deltalake::datafusion::functions::string::expr_fn::contains;
 use deltalake::datafusion::prelude::{lit, when, Expr, SessionContext};
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::{CommitBuilder as DeltaCommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, StructType, Transaction};
-use deltalake::operations::merge::MergeMetrics;
+use deltalake::kernel::{Action, StructField, StructType, Transaction};
+use deltalake::operations::merge::{InsertBuilder, MergeMetrics, UpdateBuilder};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, TableProperty};
 use futures::TryStreamExt;
@@ -29,7 +31,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde_json::{json, Value};
 
-use crate::changes::{COMMIT_TS, NOSUP, OP, SEQ};
+use crate::changes::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec, Validated};
 use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::failpoint::{self, Failpoints};
@@ -58,6 +60,7 @@ pub struct CommitChangesBuilder<'a> {
     table: String,
     max_change_sets: Option<usize>,
     failpoints: Failpoints,
+    load_progress: Option<Arc<dyn crate::dms::LoadProgress>>,
 }
 
 /// What one commit did.
@@ -152,7 +155,15 @@ impl<'a> CommitChangesBuilder<'a> {
             table: String::new(),
             max_change_sets: None,
             failpoints: Failpoints::default(),
+            load_progress: None,
         }
+    }
+
+    /// DMS's table statistics, consulted for a reload whose end is not yet known otherwise
+    /// (sources with `dms_task_arn`; see [`crate::dms`]).
+    pub fn with_load_progress(mut self, progress: Option<Arc<dyn crate::dms::LoadProgress>>) -> Self {
+        self.load_progress = progress;
+        self
     }
 
     /// The lake table (namespace, schema and table after renames).
@@ -379,6 +390,10 @@ impl<'a> CommitChangesBuilder<'a> {
             .map(|(_, a, _)| a)
             .max()
             .cloned();
+        if let Some(progress) = &self.load_progress {
+            let dms = crate::dms::settled_reload(progress.as_ref(), &self.config, spec, markers, target.as_ref()).await;
+            target = target.max(dms);
+        }
         if target.is_none() {
             // The change that ends the load may have been committed before the reload's first
             // LOAD file was decoded: look for it in the table (newest marker first).
@@ -587,7 +602,7 @@ impl<'a> CommitChangesBuilder<'a> {
                 schema
                     .fields()
                     .iter()
-                    .filter(|f| !f.name().starts_with("_dms_"))
+                    .filter(|f| !f.name().starts_with("_dms_") || column_of_seq(f.name()).is_some())
                     .map(|f| f.as_ref().clone())
                     .collect(),
             )
@@ -621,6 +636,23 @@ impl<'a> CommitChangesBuilder<'a> {
                 Err(e) => return Err(derr(e)),
             }
             match widen_table(table, &unified.widen).await {
+                Ok(t) => table = t,
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) => return Err(derr(e)),
+            }
+        }
+        // A column's own sequence is added before the MERGE, which has to read the table's
+        // value of it (a column the MERGE adds through schema evolution takes the source's).
+        let (column_seqs, new_columns): (Vec<String>, Vec<String>) = unified
+            .new_columns
+            .iter()
+            .cloned()
+            .partition(|c| column_of_seq(c).is_some());
+        if exists && !column_seqs.is_empty() {
+            let fields = column_seqs
+                .iter()
+                .map(|c| StructField::new(c.clone(), deltalake::kernel::DataType::STRING, true));
+            match table.add_columns().with_fields(fields).await {
                 Ok(t) => table = t,
                 Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
                 Err(e) => return Err(derr(e)),
@@ -669,7 +701,7 @@ impl<'a> CommitChangesBuilder<'a> {
         let before = table.version();
         let info = commit_info(pending, source.num_rows());
         // Merge-on-read unless the commit adds columns (copy-on-write evolves the schema).
-        let on_read = spec.deletion_vectors && unified.new_columns.is_empty();
+        let on_read = spec.deletion_vectors && new_columns.is_empty();
         let applied = if source.num_rows() == 0 {
             Ok((table, None, DvCounts::default()))
         } else if on_read {
@@ -680,7 +712,7 @@ impl<'a> CommitChangesBuilder<'a> {
             }
             .await
         } else {
-            merge(table, spec, source, &unified.new_columns, info.clone())
+            merge(table, spec, source, &new_columns, info.clone())
                 .await
                 .map(|(t, m)| (t, m, DvCounts::default()))
         };
@@ -758,14 +790,14 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
 }
 
-/// The table's columns: the data columns, then the sequence and commit time (and the
-/// soft-delete flag and time).
+/// The table's columns: the data columns and column sequences, then the sequence and commit
+/// time (and the soft-delete flag and time).
 fn table_schema(spec: &TableSpec, source: &RecordBatch) -> Schema {
     let mut fields: Vec<Field> = source
         .schema()
         .fields()
         .iter()
-        .filter(|f| !f.name().starts_with("_dms_"))
+        .filter(|f| !f.name().starts_with("_dms_") || column_of_seq(f.name()).is_some())
         .map(|f| Field::new(f.name(), f.data_type().clone(), true))
         .collect();
     fields.push(Field::new(SEQ, DataType::Utf8, true));
@@ -860,6 +892,15 @@ async fn merge(
         .collect();
     let nosup_idx = source.schema().index_of(NOSUP).ok();
     let any_nosup = nosup_idx.is_some_and(|i| source.column(i).null_count() < source.num_rows());
+    let in_table: Vec<String> = table
+        .snapshot()?
+        .snapshot()
+        .arrow_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let tracked = Tracked::new(&source, &in_table);
     // MERGE with schema evolution wants every assigned column in the source, so the soft
     // delete columns are computed here rather than as expressions.
     let source = if spec.delete_mode == DeleteMode::Soft {
@@ -879,10 +920,10 @@ async fn merge(
     let is_delete = s(OP).eq(lit("D"));
     // A column the source did not log keeps the table's value.
     let value = |c: &str| -> Expr {
-        if any_nosup && !new_columns.iter().any(|n| n == c) {
-            when(contains(s(NOSUP), lit(format!("|{c}|"))), t(c))
-                .otherwise(s(c))
-                .unwrap_or_else(|_| s(c))
+        if tracked.has(c) {
+            tracked.newer_value(c, lit(true))
+        } else if any_nosup && !new_columns.iter().any(|n| n == c) {
+            when(unlogged(c), t(c)).otherwise(s(c)).unwrap_or_else(|_| s(c))
         } else {
             s(c)
         }
@@ -902,14 +943,19 @@ async fn merge(
                 for c in &data_cols {
                     u = u.update(target_col(c), value(c));
                 }
+                u = tracked.newer_seqs(u, lit(true));
                 u.update(target_col(SEQ), s(SEQ))
                     .update(target_col(COMMIT_TS), s(COMMIT_TS))
             })?;
+            if let Some(older) = tracked.older_predicate() {
+                m = m.when_matched_update(|u| tracked.older_update(u.predicate(older.and(is_delete.clone().not()))))?;
+            }
             m = m.when_not_matched_insert(|i| {
                 let mut i = i.predicate(s(OP).not_eq(lit("D")));
                 for c in &data_cols {
                     i = i.set(target_col(c), s(c));
                 }
+                i = tracked.insert_seqs(i, true);
                 i.set(target_col(SEQ), s(SEQ)).set(target_col(COMMIT_TS), s(COMMIT_TS))
             })?;
         }
@@ -926,11 +972,16 @@ async fn merge(
             m = m.when_matched_update(|u| {
                 let mut u = u.predicate(newer.clone().and(is_delete.clone()));
                 for c in data_cols.iter().filter(|c| !spec.keys.contains(c)) {
-                    let image = when(full_image.clone(), value(c))
-                        .otherwise(t(c))
-                        .unwrap_or_else(|_| t(c));
+                    let image = if tracked.has(c) {
+                        tracked.newer_value(c, full_image.clone())
+                    } else {
+                        when(full_image.clone(), value(c))
+                            .otherwise(t(c))
+                            .unwrap_or_else(|_| t(c))
+                    };
                     u = u.update(target_col(c), image);
                 }
+                u = tracked.newer_seqs(u, full_image.clone());
                 u.update(target_col(DELETED), s(DELETED))
                     .update(target_col(DELETED_AT), s(DELETED_AT))
                     .update(target_col(SEQ), s(SEQ))
@@ -941,16 +992,21 @@ async fn merge(
                 for c in &data_cols {
                     u = u.update(target_col(c), value(c));
                 }
+                u = tracked.newer_seqs(u, lit(true));
                 u.update(target_col(SEQ), s(SEQ))
                     .update(target_col(COMMIT_TS), s(COMMIT_TS))
                     .update(target_col(DELETED), s(DELETED))
                     .update(target_col(DELETED_AT), s(DELETED_AT))
             })?;
+            if let Some(older) = tracked.older_predicate() {
+                m = m.when_matched_update(|u| tracked.older_update(u.predicate(older.and(is_delete.clone().not()))))?;
+            }
             m = m.when_not_matched_insert(|i| {
                 let mut i = i.predicate(s(OP).not_eq(lit("D")));
                 for c in &data_cols {
                     i = i.set(target_col(c), s(c));
                 }
+                i = tracked.insert_seqs(i, true);
                 i.set(target_col(SEQ), s(SEQ))
                     .set(target_col(COMMIT_TS), s(COMMIT_TS))
                     .set(target_col(DELETED), s(DELETED))
@@ -963,6 +1019,7 @@ async fn merge(
                 for c in &data_cols {
                     i = i.set(target_col(c), s(c));
                 }
+                i = tracked.insert_seqs(i, false);
                 i.set(target_col(SEQ), s(SEQ))
                     .set(target_col(COMMIT_TS), s(COMMIT_TS))
                     .set(target_col(DELETED), s(DELETED))
@@ -972,6 +1029,145 @@ async fn merge(
     }
     let (table, metrics) = m.await?;
     Ok((table, Some(metrics)))
+}
+
+/// Whether the change did not log `c` (never NULL, unlike `contains` on a NULL list).
+fn unlogged(c: &str) -> Expr {
+    contains(coalesce(vec![s(NOSUP), lit("")]), lit(format!("|{c}|")))
+}
+
+/// The columns with their own sequence (`_dms_seq_of_<column>`) in a MERGE: a column takes a
+/// change's value only if the change logged it and its value is newer than the table's, so a
+/// late, older change still sets a column a newer change did not log.
+struct Tracked {
+    /// (column, whether the table has the column, whether it has its sequence column).
+    columns: Vec<(String, bool, bool)>,
+}
+
+impl Tracked {
+    fn new(source: &RecordBatch, in_table: &[String]) -> Tracked {
+        let has = |n: &str| in_table.iter().any(|t| t == n);
+        let columns = source
+            .schema()
+            .fields()
+            .iter()
+            .filter_map(|f| column_of_seq(f.name()))
+            .map(|c| (c.to_string(), has(c), has(&column_seq_name(c))))
+            .collect();
+        Tracked { columns }
+    }
+
+    fn has(&self, c: &str) -> bool {
+        self.columns.iter().any(|(n, ..)| n == c)
+    }
+
+    fn entry(&self, c: &str) -> (bool, bool) {
+        self.columns
+            .iter()
+            .find(|(n, ..)| n == c)
+            .map_or((false, false), |&(_, col, seq)| (col, seq))
+    }
+
+    /// The sequence of the change that set the source's value of `c`.
+    fn source_seq(c: &str) -> Expr {
+        coalesce(vec![s(&column_seq_name(c)), s(SEQ)])
+    }
+
+    /// The sequence of the change that set the table's value of `c`.
+    fn target_seq(&self, c: &str) -> Expr {
+        match self.entry(c) {
+            (_, true) => coalesce(vec![t(&column_seq_name(c)), t(SEQ)]),
+            _ => t(SEQ),
+        }
+    }
+
+    /// Whether a newer change (`applies`: it carries values at all) sets `c`.
+    fn takes(&self, c: &str, applies: Expr) -> Expr {
+        let newer_value = Tracked::source_seq(c).gt(self.target_seq(c));
+        applies.and(unlogged(c).not()).and(newer_value)
+    }
+
+    fn newer_value(&self, c: &str, applies: Expr) -> Expr {
+        if !self.entry(c).0 {
+            // The table gains the column now: it has no value to keep.
+            return s(c);
+        }
+        when(self.takes(c, applies), s(c))
+            .otherwise(t(c))
+            .unwrap_or_else(|_| s(c))
+    }
+
+    /// The column sequences after a newer change (`applies` as for [`Tracked::takes`]).
+    fn newer_seqs(&self, mut u: UpdateBuilder, applies: Expr) -> UpdateBuilder {
+        for (c, in_table, _) in &self.columns {
+            let seq = if *in_table {
+                when(self.takes(c, applies.clone()), s(&column_seq_name(c)))
+                    .otherwise(self.target_seq(c))
+                    .unwrap_or_else(|_| s(&column_seq_name(c)))
+            } else {
+                self.insert_seq(c)
+            };
+            u = u.update(target_col(&column_seq_name(c)), seq);
+        }
+        u
+    }
+
+    /// A row the change creates: a column it did not log has no value from any change yet, so
+    /// the oldest sequence (`''`) lets any change that logged it fill it in.
+    fn insert_seq(&self, c: &str) -> Expr {
+        when(unlogged(c), lit(""))
+            .otherwise(s(&column_seq_name(c)))
+            .unwrap_or_else(|_| s(&column_seq_name(c)))
+    }
+
+    fn insert_seqs(&self, mut i: InsertBuilder, row: bool) -> InsertBuilder {
+        for (c, ..) in &self.columns {
+            let seq = if row {
+                self.insert_seq(c)
+            } else {
+                s(&column_seq_name(c))
+            };
+            i = i.set(target_col(&column_seq_name(c)), seq);
+        }
+        i
+    }
+
+    /// An older change sets `c` where the table's value came from an even older change.
+    fn fills(c: &str) -> Expr {
+        let seq = t(&column_seq_name(c));
+        seq.clone()
+            .is_not_null()
+            .and(unlogged(c).not())
+            .and(Tracked::source_seq(c).gt(seq))
+    }
+
+    /// Matched rows an older change still has values for, if the table tracks any column.
+    fn older_predicate(&self) -> Option<Expr> {
+        self.columns
+            .iter()
+            .filter(|(_, col, seq)| *col && *seq)
+            .map(|(c, ..)| Tracked::fills(c))
+            .reduce(Expr::or)
+            .map(|any| s(SEQ).lt(t(SEQ)).and(any))
+    }
+
+    fn older_update(&self, mut u: UpdateBuilder) -> UpdateBuilder {
+        for (c, ..) in self.columns.iter().filter(|(_, col, seq)| *col && *seq) {
+            let name = column_seq_name(c);
+            u = u
+                .update(
+                    target_col(c),
+                    when(Tracked::fills(c), s(c)).otherwise(t(c)).unwrap_or_else(|_| t(c)),
+                )
+                .update(
+                    target_col(&name),
+                    when(Tracked::fills(c), Tracked::source_seq(c))
+                        .otherwise(t(&name))
+                        .unwrap_or_else(|_| t(&name)),
+                );
+        }
+        u
+    }
 }
 
 /// Adds `_dms_deleted` (the change is a delete) and `_dms_deleted_at` (its source commit time,

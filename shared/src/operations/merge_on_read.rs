@@ -10,7 +10,10 @@
 //! The semantics are those of `commit::merge`, row for row: a change applies only when its
 //! sequence is higher than the stored one; `D` deletes (hard) or flags the row (soft); a column
 //! listed in `_dms_nosup` keeps the stored value; a key the table lacks is inserted unless the
-//! change is a delete (soft mode inserts a deleted marker row for it). The caller falls back to
+//! change is a delete (soft mode inserts a deleted marker row for it). A column with its own
+//! sequence (`_dms_seq_of_<column>`) takes a change's value only when the change logged it and
+//! the value is newer than the stored one, and an older change still sets it where the stored
+//! value is even older (a new row version with the stored sequence). The caller falls back to
 //! copy-on-write for commits that add columns.
 
 use std::collections::HashMap;
@@ -44,7 +47,7 @@ use roaring::RoaringTreemap;
 use serde_json::Value;
 
 use super::commit::{DELETED, DELETED_AT};
-use crate::changes::{COMMIT_TS, NOSUP, OP, SEQ};
+use crate::changes::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec};
 use crate::deletion_vector::{self, DvError, DvFileWriter};
 use crate::operations::change_feed::{self, MergeOnReadChanges};
@@ -480,6 +483,101 @@ enum Kind {
     SoftDelete,
     /// The delete's image, flagged deleted (soft delete of a key the table never held).
     Marker,
+    /// The stored row with the columns an older change still sets (see [`ColumnSeqs::fills`]).
+    Fill,
+}
+
+/// Where a tracked column's value comes from in a new row version.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    Source,
+    Stored,
+}
+
+/// The columns with their own sequence, as the changes and the matched rows hold them.
+struct ColumnSeqs {
+    /// Tracked column names.
+    columns: Vec<String>,
+    /// Per tracked column: the changes' `_dms_seq_of_` values.
+    source: Vec<StringArray>,
+    /// Per hit, per tracked column: the stored `_dms_seq_of_` values.
+    stored: Vec<Vec<StringArray>>,
+    /// Per hit: the stored `_dms_seq`.
+    stored_seq: Vec<StringArray>,
+    seq: StringArray,
+    nosup: Option<StringArray>,
+}
+
+impl ColumnSeqs {
+    fn unlogged(&self, change: usize, c: usize) -> bool {
+        self.nosup
+            .as_ref()
+            .is_some_and(|n| !n.is_null(change) && n.value(change).contains(&format!("|{}|", self.columns[c])))
+    }
+
+    fn source_own(&self, change: usize, c: usize) -> Option<&str> {
+        let a = &self.source[c];
+        (!a.is_null(change)).then(|| a.value(change))
+    }
+
+    /// The sequence of the change that set the change's value of column `c`.
+    fn source_seq(&self, change: usize, c: usize) -> &str {
+        self.source_own(change, c).unwrap_or_else(|| self.seq.value(change))
+    }
+
+    fn stored_own(&self, (h, pos): (usize, usize), c: usize) -> Option<&str> {
+        let a = &self.stored[h][c];
+        (!a.is_null(pos)).then(|| a.value(pos))
+    }
+
+    fn stored_seq(&self, at: (usize, usize), c: usize) -> &str {
+        self.stored_own(at, c)
+            .unwrap_or_else(|| self.stored_seq[at.0].value(at.1))
+    }
+
+    /// Whether an older change sets column `c` of the stored row: the stored value came from
+    /// an even older change.
+    fn fills(&self, change: usize, at: (usize, usize), c: usize) -> bool {
+        !self.unlogged(change, c) && self.stored_own(at, c).is_some_and(|t| self.source_seq(change, c) > t)
+    }
+
+    /// Per tracked column, for each new row: where the value comes from and the column's own
+    /// sequence (NULL: the row's).
+    fn choose(&self, rows: &[NewRow], full: &[bool]) -> Vec<(Vec<Take>, StringArray)> {
+        (0..self.columns.len())
+            .map(|c| {
+                let mut takes = Vec::with_capacity(rows.len());
+                let seqs: StringArray = rows
+                    .iter()
+                    .map(|r| {
+                        let ch = r.change as usize;
+                        let (take, seq) = match (r.kind, r.old) {
+                            (Kind::Fill, Some(at)) if self.fills(ch, at, c) => {
+                                (Take::Source, Some(self.source_seq(ch, c)))
+                            }
+                            (Kind::Fill, Some(at)) => (Take::Stored, self.stored_own(at, c)),
+                            (Kind::Marker, _) | (Kind::Fill, None) => (Take::Source, self.source_own(ch, c)),
+                            // A row created by a change that did not log the column: any
+                            // change that logged it may fill it in.
+                            (_, None) if self.unlogged(ch, c) => (Take::Source, Some("")),
+                            (_, None) => (Take::Source, self.source_own(ch, c)),
+                            (kind, Some(at)) => {
+                                let applies = kind == Kind::Upsert || full[ch];
+                                if applies && !self.unlogged(ch, c) && self.source_seq(ch, c) > self.stored_seq(at, c) {
+                                    (Take::Source, self.source_own(ch, c))
+                                } else {
+                                    (Take::Stored, Some(self.stored_seq(at, c)))
+                                }
+                            }
+                        };
+                        takes.push(take);
+                        seq.map(str::to_string)
+                    })
+                    .collect();
+                (takes, seqs)
+            })
+            .collect()
+    }
 }
 
 struct NewRow {
@@ -520,10 +618,17 @@ pub async fn apply(
     };
     let soft = spec.delete_mode == DeleteMode::Soft;
     let any_delete = op.iter().any(|o| o == Some("D"));
+    let tracked: Vec<String> = table_schema
+        .fields()
+        .iter()
+        .filter_map(|f| column_of_seq(f.name()))
+        .filter(|c| table_schema.index_of(c).is_ok() && src_schema.index_of(&column_seq_name(c)).is_ok())
+        .map(str::to_string)
+        .collect();
     // The change feed records every retired row as it was.
     let feed = change_feed::is_enabled(&table);
     // The stored row is needed only when a change keeps some of its values.
-    let need_old = nosup.is_some() || (soft && any_delete) || feed;
+    let need_old = nosup.is_some() || (soft && any_delete) || !tracked.is_empty() || feed;
     let columns: SchemaRef = if need_old {
         table_schema.clone()
     } else {
@@ -585,6 +690,32 @@ pub async fn apply(
                 .clone())
         })
         .collect::<DeltaResult<_>>()?;
+    let column_seqs = ColumnSeqs {
+        source: tracked
+            .iter()
+            .map(|c| {
+                Ok(cast(col(&column_seq_name(c))?, &DataType::Utf8)?
+                    .as_string::<i32>()
+                    .clone())
+            })
+            .collect::<DeltaResult<_>>()?,
+        stored: hits
+            .iter()
+            .map(|h| {
+                tracked
+                    .iter()
+                    .map(|c| {
+                        let a = h.old.column(h.old.schema().index_of(&column_seq_name(c))?);
+                        Ok(cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
+                    })
+                    .collect::<DeltaResult<Vec<_>>>()
+            })
+            .collect::<DeltaResult<_>>()?,
+        stored_seq: stored_seq.clone(),
+        seq: seq.clone(),
+        nosup: nosup.clone(),
+        columns: tracked,
+    };
     let mut marks: Vec<Vec<u64>> = vec![Vec::new(); hits.len()];
     let mut new_rows: Vec<NewRow> = Vec::new();
     let mut changes = MergeOnReadChanges::default();
@@ -607,6 +738,24 @@ pub async fn apply(
         // As the copy-on-write MERGE's clauses: matched and newer updates or deletes, matched
         // and not newer is stale, unmatched inserts (or leaves a soft-delete marker).
         let kind = match (here.is_empty(), is_delete, soft) {
+            (false, false, _) if newer.is_empty() => {
+                // Stale as a row; it may still carry a column value newer than the stored one.
+                let Some(&at) = here.first() else { continue };
+                if !(0..column_seqs.columns.len()).any(|c| column_seqs.fills(change, at, c)) {
+                    continue;
+                }
+                metrics.num_target_rows_updated += 1;
+                marks[at.0].push(hits[at.0].rows[at.1]);
+                if feed {
+                    changes.retire(at.0, at.1, false);
+                }
+                new_rows.push(NewRow {
+                    change: change as u32,
+                    old: Some(at),
+                    kind: Kind::Fill,
+                });
+                continue;
+            }
             (false, ..) if newer.is_empty() => continue,
             (false, true, false) => {
                 metrics.num_target_rows_deleted += 1;
@@ -681,6 +830,8 @@ pub async fn apply(
     let mut written: Option<RecordBatch> = None;
     if !new_rows.is_empty() {
         let mut writer = RecordBatchWriter::for_table(&table)?;
+        let full = full_images(&source, &spec.keys);
+        let chosen = column_seqs.choose(&new_rows, &full);
         let batch = new_rows_batch(
             &writer.arrow_schema(),
             &spec.keys,
@@ -689,7 +840,8 @@ pub async fn apply(
             &new_rows,
             nosup.as_ref(),
             &commit_ts,
-            &full_images(&source, &spec.keys),
+            &full,
+            (&column_seqs.columns, &chosen),
         )?;
         if feed {
             written = Some(batch.clone());
@@ -795,6 +947,7 @@ fn new_rows_batch(
     nosup: Option<&StringArray>,
     commit_ts: &TimestampMicrosecondArray,
     full: &[bool],
+    (tracked, chosen): (&[String], &[(Vec<Take>, StringArray)]),
 ) -> DeltaResult<RecordBatch> {
     let src_schema = source.schema();
     let take_src = |name: &str, t: &DataType| -> DeltaResult<ArrayRef> {
@@ -807,55 +960,86 @@ fn new_rows_batch(
         let c = r.change as usize;
         (r.kind != Kind::Upsert).then(|| if commit_ts.is_null(c) { now } else { commit_ts.value(c) })
     };
+    let null_at = hits.len() + 1;
+    // `first` (a row per new row), the stored rows, then a NULL: what `interleave` picks from.
+    let pick_from = |first: ArrayRef, name: &str, t: &DataType, idx: &[(usize, usize)]| -> DeltaResult<ArrayRef> {
+        let olds: Vec<ArrayRef> = hits
+            .iter()
+            .map(|h| match h.old.schema().index_of(name) {
+                Ok(i) => cast(h.old.column(i), t),
+                Err(_) => Ok(new_null_array(t, h.old.num_rows().max(1))),
+            })
+            .collect::<Result<_, _>>()?;
+        let null = new_null_array(t, 1);
+        let mut all: Vec<&dyn Array> = Vec::with_capacity(hits.len() + 2);
+        all.push(first.as_ref());
+        all.extend(olds.iter().map(|a| a.as_ref()));
+        all.push(null.as_ref());
+        Ok(interleave(&all, idx)?)
+    };
+    // A `Fill` row is the stored row but for the columns the older change sets.
+    let stored_for_fill = |i: usize, r: &NewRow| match (r.kind, r.old) {
+        (Kind::Fill, Some((h, pos))) => (1 + h, pos),
+        _ => (0, i),
+    };
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
         let name = f.name().as_str();
         let t = f.data_type();
+        let own = |i: usize| (0, i);
         let col: ArrayRef = match name {
-            SEQ | COMMIT_TS => take_src(name, t)?,
-            DELETED => Arc::new(BooleanArray::from(
-                rows.iter().map(|r| Some(r.kind != Kind::Upsert)).collect::<Vec<_>>(),
-            )),
+            SEQ | COMMIT_TS => {
+                let idx: Vec<_> = rows.iter().enumerate().map(|(i, r)| stored_for_fill(i, r)).collect();
+                pick_from(take_src(name, t)?, name, t, &idx)?
+            }
+            DELETED => {
+                let flags = BooleanArray::from(rows.iter().map(|r| Some(r.kind != Kind::Upsert)).collect::<Vec<_>>());
+                let idx: Vec<_> = rows.iter().enumerate().map(|(i, r)| stored_for_fill(i, r)).collect();
+                pick_from(Arc::new(flags), name, t, &idx)?
+            }
             DELETED_AT => {
                 let a =
                     TimestampMicrosecondArray::from(rows.iter().map(deleted_at).collect::<Vec<_>>()).with_timezone(UTC);
-                cast(&a, t)?
+                let idx: Vec<_> = rows.iter().enumerate().map(|(i, r)| stored_for_fill(i, r)).collect();
+                pick_from(cast(&a, t)?, name, t, &idx)?
+            }
+            _ if column_of_seq(name).is_some_and(|c| tracked.iter().any(|n| n == c)) => {
+                let c = tracked
+                    .iter()
+                    .position(|n| Some(n.as_str()) == column_of_seq(name))
+                    .unwrap_or_default();
+                cast(&chosen[c].1, t)?
             }
             _ => {
                 let is_key = keys.iter().any(|k| k == name);
                 let src = match src_schema.index_of(name) {
-                    Ok(i) => cast(source.column(i), t)?,
-                    Err(_) => new_null_array(t, 1),
+                    Ok(i) => take_src(src_schema.field(i).name(), t)?,
+                    Err(_) => new_null_array(t, rows.len()),
                 };
-                let olds: Vec<ArrayRef> = hits
-                    .iter()
-                    .map(|h| match h.old.schema().index_of(name) {
-                        Ok(i) => cast(h.old.column(i), t),
-                        Err(_) => Ok(new_null_array(t, h.old.num_rows().max(1))),
-                    })
-                    .collect::<Result<_, _>>()?;
-                let null = new_null_array(t, 1);
-                let null_at = hits.len() + 1;
-                let pick = |r: &NewRow| -> (usize, usize) {
+                let column = tracked.iter().position(|n| n == name);
+                let pick = |(i, r): (usize, &NewRow)| -> (usize, usize) {
                     let c = r.change as usize;
+                    if let Some(column) = column {
+                        return match (chosen[column].0[i], r.old) {
+                            (Take::Stored, Some((h, pos))) => (1 + h, pos),
+                            _ => own(i),
+                        };
+                    }
                     let unlogged = || nosup.is_some_and(|n| !n.is_null(c) && n.value(c).contains(&format!("|{name}|")));
                     let keep_old = match r.kind {
                         Kind::SoftDelete => !is_key && (!full[c] || unlogged()),
                         Kind::Marker => false,
                         Kind::Upsert => unlogged(),
+                        Kind::Fill => true,
                     };
                     match (keep_old, r.old) {
                         (true, Some((h, pos))) => (1 + h, pos),
-                        _ if src_schema.index_of(name).is_ok() => (0, c),
+                        _ if src_schema.index_of(name).is_ok() => own(i),
                         _ => (null_at, 0),
                     }
                 };
-                let indices: Vec<(usize, usize)> = rows.iter().map(pick).collect();
-                let mut all: Vec<&dyn Array> = Vec::with_capacity(hits.len() + 2);
-                all.push(src.as_ref());
-                all.extend(olds.iter().map(|a| a.as_ref()));
-                all.push(null.as_ref());
-                interleave(&all, &indices)?
+                let indices: Vec<(usize, usize)> = rows.iter().enumerate().map(pick).collect();
+                pick_from(src, name, t, &indices)?
             }
         };
         cols.push(col);
