@@ -578,3 +578,76 @@ async fn a_simulated_history_in_any_order_replays_from_its_feed() {
     // The shuffles must have made the guard refuse something, or the test proves little.
     assert!(stale > 0, "no change was refused as stale");
 }
+
+/// Headerless CSV with an explicit sequence and a not-logged marker.
+const UNLOGGED: &str = r##"
+  - name: my
+    bucket: dms
+    sequence_column: AR_H_CHANGE_SEQ
+    csv: { no_sup_value: "#NOSUP#" }
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+        columns:
+          - { name: id, type: INT8 }
+          - { name: name, type: STRING }
+          - { name: n, type: INT4 }
+          - { name: AR_H_CHANGE_SEQ, type: STRING }
+"##;
+
+/// Updates that did not log `name`, a delete and a re-insert between them (the files of the
+/// contract's per-column test).
+const UNLOGGED_FILES: [&[u8]; 5] = [
+    b"I,1,a,1,1\nI,2,x,1,2\n",
+    b"U,1,b,2,3\nU,2,#NOSUP#,2,4\n",
+    b"U,1,#NOSUP#,3,5\nD,2,,,6\n",
+    b"U,1,#NOSUP#,4,7\nI,2,y,4,8\n",
+    b"U,2,#NOSUP#,5,10\nI,3,z,1,11\nU,3,#NOSUP#,2,12\n",
+];
+
+/// A late older change that still sets a column the newer ones did not log changes the row:
+/// the feed has it as an update, with every column's own sequence, and still replays into the
+/// table.
+#[tokio::test]
+async fn a_late_change_that_fills_an_unlogged_column_is_in_the_feed() {
+    for (mode, commit, soft) in [
+        ("copy-on-write", FEED, false),
+        ("merge-on-read", FEED_DV, false),
+        ("soft merge-on-read", FEED_DV, true),
+    ] {
+        let source = if soft {
+            UNLOGGED.replace("keys: [id]", "keys: [id]\n        delete_mode: soft")
+        } else {
+            UNLOGGED.to_string()
+        };
+        let m = Mini::new(&source, commit);
+        for f in [4usize, 3, 2, 1, 0] {
+            m.apply(&format!("app/t/20240528-1951413{:02}.csv", f + 1), UNLOGGED_FILES[f])
+                .await;
+        }
+        let columns: Vec<String> = m.batches("my.app.t").await[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert!(
+            columns.iter().any(|c| c.starts_with("_dms_seq_of_")),
+            "{mode}: no per-column sequence in {columns:?}"
+        );
+        let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let feed = check_feed(&m, "my.app.t", &cols, &["id"]).await;
+        // Key 1's text comes from the oldest update but one, applied last but one.
+        let b = Value::Str("b".into());
+        let i = feed.columns.iter().position(|c| c == "name").unwrap();
+        let ct = feed.columns.iter().position(|c| c == "_change_type").unwrap();
+        assert!(
+            feed.rows
+                .iter()
+                .any(|r| r[i] == b && r[ct] == Value::Str("update_postimage".into())),
+            "{mode}: the fill is not in the feed:\n{}",
+            feed.lines().join("\n")
+        );
+    }
+}
