@@ -192,7 +192,7 @@ fn main() {
         "== full load: {} rows in {files} LOAD files (Parquet), keys in random order, one commit per file",
         util::group(rows as u64)
     );
-    let python = run_python(data.path(), &names);
+    let baseline = run_python(data.path(), &names);
     for dv in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("bucket")).unwrap();
@@ -212,7 +212,7 @@ fn main() {
             r.decode_s.iter().sum::<f64>(),
             r.total_s,
         );
-        if let Some((py_files, py_total)) = &python {
+        if let Some((py_files, py_total)) = &baseline {
             println!(
                 "  python append: first {:.3} s, last {:.3} s, total {py_total:.2} s -> dms2delta total / python total {:.2}x",
                 py_files[0],
@@ -221,7 +221,7 @@ fn main() {
             );
         }
     }
-    if python.is_none() {
+    if baseline.is_none() {
         println!(
             "(no python baseline: {} not found; bash bench/run.sh sets it up)",
             python().display()
