@@ -91,6 +91,9 @@ pub struct CommitMetrics {
     /// measures; they overlap, both streaming).
     pub merge_scan_ms: u64,
     pub merge_rewrite_ms: u64,
+    /// Data files the commit had to read to find the rows its changes meet: a first full
+    /// load's files read only those holding later changes or the same file's rows.
+    pub files_scanned: u64,
     /// Merge-on-read (`deletion_vectors`): data files given a new deletion vector, and the
     /// rows those vectors newly mark as replaced or deleted.
     pub dv_files: u64,
@@ -330,6 +333,7 @@ impl<'a> CommitChangesBuilder<'a> {
             metrics.files_removed = m.num_target_files_removed as u64;
             metrics.rows_copied = m.num_target_rows_copied as u64;
             metrics.merge_scan_ms = m.scan_time_ms;
+            metrics.files_scanned = m.num_target_files_scanned as u64;
             metrics.merge_rewrite_ms = m.rewrite_time_ms;
         }
         metrics.dv_files = result.dv.files_marked;
@@ -700,15 +704,31 @@ impl<'a> CommitChangesBuilder<'a> {
         };
         let before = table.version();
         let info = commit_info(pending, source.num_rows());
-        // Merge-on-read unless the commit adds columns (copy-on-write evolves the schema).
+        // Merge-on-read unless the commit adds columns (copy-on-write evolves the schema). A
+        // first full load's rows only add to a table without deletion vectors too, unless they
+        // meet a row they replace (see `merge_on_read::first_load_range`).
         let on_read = spec.deletion_vectors && new_columns.is_empty();
+        let appends = !spec.deletion_vectors && new_columns.is_empty() && merge_on_read::is_first_load(&source);
         let applied = if source.num_rows() == 0 {
             Ok((table, None, DvCounts::default()))
         } else if on_read {
             async {
                 let table = enable_deletion_vectors(table).await?;
-                let (table, m, dv) = merge_on_read::apply(table, spec, source, info.clone()).await?;
+                let applied = merge_on_read::apply(table, spec, source, info.clone(), false).await?;
+                let (table, m, dv) = applied.ok_or_else(|| {
+                    deltalake::DeltaTableError::Generic("merge-on-read declined a table with deletion vectors".into())
+                })?;
                 Ok::<_, deltalake::DeltaTableError>((table, Some(m), dv))
+            }
+            .await
+        } else if appends {
+            async {
+                match merge_on_read::apply(table.clone(), spec, source.clone(), info.clone(), true).await? {
+                    Some((table, m, dv)) => Ok((table, Some(m), dv)),
+                    None => merge(table, spec, source, &new_columns, info.clone())
+                        .await
+                        .map(|(t, m)| (t, m, DvCounts::default())),
+                }
             }
             .await
         } else {
