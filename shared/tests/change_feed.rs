@@ -491,7 +491,10 @@ async fn check_lab_feeds(lab: &support::Lab, context: &str) {
 }
 
 async fn a_simulated_history_in_order_replays_from_its_feed(on: support::On) {
-    for dv in [false, true] {
+    // On the S3 endpoint, merge-on-read only: the change files dms2delta writes itself (the
+    // copy-on-write ones are delta-rs's, checked on folders). CI time.
+    let modes: &[bool] = if on == support::On::S3 { &[true] } else { &[false, true] };
+    for &dv in modes {
         let opts = dms2delta::sim::SimOptions {
             seed: 7,
             tables: 2,
@@ -544,7 +547,8 @@ async fn a_simulated_history_in_order_replays_from_its_feed_on_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_history_in_any_order_replays_from_its_feed() {
     let mut stale = 0;
-    for seed in [21u64, 22, 23, 24] {
+    // One seed per merge mode (CI time; each seed's refusals are counted below).
+    for seed in [21u64, 22] {
         let opts = dms2delta::sim::SimOptions {
             seed,
             tables: 2,
