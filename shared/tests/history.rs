@@ -1,0 +1,401 @@
+//! The SCD type 2 history (`history.enabled`, docs/replication-contract.md "History"): one
+//! row per version of each key, exact in any delivery order, in both merge modes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use dms2delta::operations::commit::CommitMetrics;
+use dms2delta::sim::{rows_of, Value};
+use support::Mini;
+
+/// Headerless CSV: Op, the commit time (`timestamp_column`), the columns, `AR_H_CHANGE_SEQ`.
+const SOURCE: &str = r##"
+  - name: my
+    bucket: dms
+    timestamp_column: ts
+    sequence_column: AR_H_CHANGE_SEQ
+    csv: { no_sup_value: "#NOSUP#" }
+    tables:
+      - schema: app
+        table: t
+        keys: [id]
+        columns:
+          - { name: id, type: INT8 }
+          - { name: name, type: STRING }
+          - { name: n, type: INT4 }
+          - { name: AR_H_CHANGE_SEQ, type: STRING }
+"##;
+
+const T: &str = "my.app.t";
+const HISTORY: &str = "history:\n  enabled: true\n";
+const DELETION_VECTORS: &str = "  deletion_vectors: true\n";
+/// 2024-05-28 12:00:00 UTC.
+const BASE_SECONDS: i64 = 1_716_897_600;
+
+const COLUMNS: [&str; 8] = ["id", "name", "n", "_dms_seq", "_op", "_valid_from", "_valid_to", "_is_current"];
+
+fn mini(dv: bool) -> Mini {
+    let extra = if dv {
+        format!("{DELETION_VECTORS}{HISTORY}")
+    } else {
+        HISTORY.to_string()
+    };
+    Mini::new(SOURCE, &extra)
+}
+
+/// A change at `micros` after 12:00:00 with counter `c`: its CSV line and its `_dms_seq`.
+fn line(op: char, micros: i64, id: i64, name: &str, n: &str, c: u64) -> (String, String) {
+    let at = chrono::DateTime::from_timestamp_micros(BASE_SECONDS * 1_000_000 + micros).unwrap();
+    let ts = at.format("%Y-%m-%d %H:%M:%S%.6f");
+    let hundredths = at.timestamp_subsec_micros() / 10_000;
+    let seq = format!("{}{hundredths:02}{c:019}", at.format("%Y%m%d%H%M%S"));
+    (format!("{op},{ts},{id},{name},{n},{seq}\n"), format!("1S{seq}"))
+}
+
+fn cdc(i: usize) -> String {
+    format!("app/t/20240528-13{:02}{:02}000.csv", i / 60, i % 60)
+}
+
+async fn history_rows(m: &Mini) -> Vec<Vec<String>> {
+    let spec = m.pipeline.config.table_by_target("my", "app", "t").unwrap();
+    let batches = m
+        .pipeline
+        .read_table(&m.pipeline.history_location(&spec))
+        .await
+        .unwrap();
+    let cols: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+    let mut rows: Vec<Vec<String>> = rows_of(&batches, &cols)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.iter().map(Value::canonical).collect())
+        .collect();
+    rows.sort_by(|a, b| (a[0].parse::<i64>().unwrap(), &a[3]).cmp(&(b[0].parse::<i64>().unwrap(), &b[3])));
+    rows
+}
+
+fn micros_text(micros: i64) -> String {
+    (BASE_SECONDS * 1_000_000 + micros).to_string()
+}
+
+/// Puts and decodes `files` in `order` (an index may come twice: a redelivery), committing
+/// after each file, or once at the end when `grouped`.
+async fn deliver(m: &Mini, files: &[String], order: &[usize], grouped: bool) -> Vec<CommitMetrics> {
+    let mut out = Vec::new();
+    for &i in order {
+        m.put(&cdc(i), files[i].as_bytes());
+        let d = m.decode(&cdc(i)).await;
+        assert!(matches!(d, dms2delta::operations::decode::DecodeOutcome::Staged(_)), "{d:?}");
+        if !grouped {
+            out.extend(m.pipeline.commit_all().await.unwrap());
+        }
+    }
+    if grouped {
+        out.extend(m.pipeline.commit_all().await.unwrap());
+    }
+    out
+}
+
+/// The scenario of the contract's history promise: an insert, an update that did not log `n`,
+/// an update, a full delete, a re-insert followed in the same file by an update that did not
+/// log `name`; another key deleted with a key-only image. Delivered in order, in reverse,
+/// with the second file late (splitting the interval it falls into), with redeliveries, and
+/// all at once: the history is the same.
+async fn history_is_exact_in_any_delivery_order(dv: bool) {
+    let s = 1_000_000;
+    let l = |parts: &[(String, String)]| parts.iter().map(|p| p.0.clone()).collect::<String>();
+    let f0 = [line('I', 10 * s, 1, "a", "1", 1), line('I', 11 * s, 2, "x", "7", 2)];
+    let f1 = [line('U', 20 * s, 1, "b", "#NOSUP#", 3)];
+    let f2 = [line('U', 30 * s, 1, "c", "3", 4), line('D', 31 * s, 2, "", "", 5)];
+    let f3 = [line('D', 40 * s, 1, "c", "3", 6)];
+    let f4 = [line('I', 50 * s, 1, "e", "5", 7), line('U', 51 * s, 1, "#NOSUP#", "6", 8)];
+    let files = vec![l(&f0), l(&f1), l(&f2), l(&f3), l(&f4)];
+    let seq = |p: &[(String, String)], i: usize| p[i].1.clone();
+    let t = |sec: i64| micros_text(sec * s);
+    let row = |id: &str, name: &str, n: &str, sq: String, op: &str, from: String, to: Option<String>, cur: bool| {
+        vec![
+            id.to_string(),
+            name.to_string(),
+            n.to_string(),
+            sq,
+            op.to_string(),
+            from,
+            to.unwrap_or_else(|| "null".into()),
+            cur.to_string(),
+        ]
+    };
+    let expected = vec![
+        row("1", "a", "1", seq(&f0, 0), "I", t(10), Some(t(20)), false),
+        // `n` not logged: the previous version's.
+        row("1", "b", "1", seq(&f1, 0), "U", t(20), Some(t(30)), false),
+        row("1", "c", "3", seq(&f2, 0), "U", t(30), Some(t(40)), false),
+        row("1", "c", "3", seq(&f3, 0), "D", t(40), Some(t(50)), false),
+        row("1", "e", "5", seq(&f4, 0), "I", t(50), Some(t(51)), false),
+        // Intermediate versions of one file are kept; `name` not logged.
+        row("1", "e", "6", seq(&f4, 1), "U", t(51), None, true),
+        row("2", "x", "7", seq(&f0, 1), "I", t(11), Some(t(31)), false),
+        // A key-only delete image shows the values it closes.
+        row("2", "x", "7", seq(&f2, 1), "D", t(31), None, false),
+    ];
+    let orders: [(&[usize], bool); 5] = [
+        (&[0, 1, 2, 3, 4], false),
+        (&[4, 3, 2, 1, 0], false),
+        (&[0, 2, 3, 4, 1], false),
+        (&[2, 4, 2, 0, 3, 1, 4, 0], false),
+        (&[3, 1, 4, 0, 2], true),
+    ];
+    let mut late = 0;
+    for (order, grouped) in orders {
+        let m = mini(dv);
+        let metrics = deliver(&m, &files, order, grouped).await;
+        late += order.windows(2).filter(|w| w[1] < w[0]).count();
+        let got = history_rows(&m).await;
+        assert_eq!(got, expected, "order {order:?} grouped {grouped} dv {dv}");
+        assert!(metrics.iter().all(|c| c.history.is_some()), "{metrics:?}");
+        // The current versions are the table's rows.
+        let current: Vec<Vec<String>> = got
+            .iter()
+            .filter(|r| r[7] == "true")
+            .map(|r| r[..3].to_vec())
+            .collect();
+        assert_eq!(m.rows(T, &["id", "name", "n"]).await, current, "order {order:?}");
+        // A redelivered file changes nothing: no history commit at all.
+        let again = deliver(&m, &files, &[order[0]], false).await;
+        let h = again[0].history.clone().unwrap();
+        assert_eq!(h.version, None, "{h:?}");
+        assert!(h.changes > 0, "{h:?}");
+        assert_eq!(history_rows(&m).await, expected);
+    }
+    assert!(late > 0, "no delivery came late");
+}
+
+mod merge_modes {
+    #[tokio::test]
+    async fn history_is_exact_in_any_delivery_order() {
+        super::history_is_exact_in_any_delivery_order(false).await;
+    }
+
+    #[tokio::test]
+    async fn history_is_exact_in_any_delivery_order_dv() {
+        super::history_is_exact_in_any_delivery_order(true).await;
+    }
+
+    #[tokio::test]
+    async fn history_equals_generated_histories_in_any_delivery_order() {
+        for seed in [11, 12, 13] {
+            super::generated_history(seed, false).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn history_equals_generated_histories_in_any_delivery_order_dv() {
+        for seed in [21, 22] {
+            super::generated_history(seed, true).await;
+        }
+    }
+}
+
+/// A value of a generated change: text, NULL, or not logged.
+#[derive(Debug, Clone, PartialEq)]
+enum V {
+    Text(String),
+    Null,
+    NoSup,
+}
+
+impl V {
+    fn csv(&self) -> String {
+        match self {
+            V::Text(t) => t.clone(),
+            V::Null => String::new(),
+            V::NoSup => "#NOSUP#".into(),
+        }
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            V::Text(t) => t.clone(),
+            V::Null | V::NoSup => "null".into(),
+        }
+    }
+}
+
+/// A random history (inserts, updates some of which did not log a column, full and key-only
+/// deletes, re-inserts, several changes of one key in one file, equal commit times), its files
+/// delivered shuffled with redeliveries and commits at random points; the history table must
+/// equal the generated history version for version.
+async fn generated_history(seed: u64, dv: bool) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let keys = 5;
+    let mut live: BTreeMap<i64, (V, V)> = BTreeMap::new();
+    // Per key: (seq, op, name, n as shown, commit micros).
+    let mut expected: BTreeMap<i64, Vec<(String, char, String, String, i64)>> = BTreeMap::new();
+    let mut files: Vec<String> = Vec::new();
+    let mut micros = 0i64;
+    let mut counter = 0u64;
+    let mut unlogged = 0;
+    while files.len() < 8 {
+        let mut body = String::new();
+        for _ in 0..rng.usize(1..=4) {
+            if rng.u8(0..4) > 0 {
+                micros += rng.i64(1..3_000_000);
+            }
+            counter += 1;
+            let id = rng.i64(0..keys);
+            let value = |rng: &mut fastrand::Rng, nosup: bool| match rng.u8(0..8) {
+                0 => V::Null,
+                1 | 2 if nosup => V::NoSup,
+                _ => V::Text(rng.u32(0..1000).to_string()),
+            };
+            let (op, name, n) = match live.get(&id).cloned() {
+                None => ('I', value(&mut rng, false), value(&mut rng, false)),
+                Some(old) if rng.u8(0..4) == 0 => {
+                    // A full image, or a key-only one (every non-key value NULL).
+                    if rng.bool() {
+                        ('D', old.0, old.1)
+                    } else {
+                        ('D', V::Null, V::Null)
+                    }
+                }
+                Some(_) => ('U', value(&mut rng, true), value(&mut rng, true)),
+            };
+            let (text, seq) = line(op, micros, id, &name.csv(), &n.csv(), counter);
+            body.push_str(&text);
+            let prev = live.get(&id).cloned();
+            // What the version holds: unlogged values (and a key-only delete's) are the
+            // previous version's.
+            let carry = |v: &V, old: Option<&V>| match (v, old) {
+                (V::NoSup, Some(o)) => o.clone(),
+                (V::NoSup, None) => V::Null,
+                (v, _) => v.clone(),
+            };
+            let (hn, hv) = if op == 'D' && name == V::Null && n == V::Null {
+                prev.clone().unwrap_or((V::Null, V::Null))
+            } else {
+                (carry(&name, prev.as_ref().map(|p| &p.0)), carry(&n, prev.as_ref().map(|p| &p.1)))
+            };
+            unlogged += usize::from(name == V::NoSup) + usize::from(n == V::NoSup);
+            if op == 'D' {
+                live.remove(&id);
+            } else {
+                live.insert(id, (hn.clone(), hv.clone()));
+            }
+            expected
+                .entry(id)
+                .or_default()
+                .push((seq, op, hn.shown(), hv.shown(), micros));
+        }
+        files.push(body);
+    }
+    let mut want: Vec<Vec<String>> = Vec::new();
+    for (id, versions) in &expected {
+        for (i, (seq, op, name, n, at)) in versions.iter().enumerate() {
+            let to = versions.get(i + 1).map_or("null".to_string(), |v| micros_text(v.4));
+            let current = i + 1 == versions.len() && *op != 'D';
+            want.push(vec![
+                id.to_string(),
+                name.clone(),
+                n.clone(),
+                seq.clone(),
+                op.to_string(),
+                micros_text(*at),
+                to,
+                current.to_string(),
+            ]);
+        }
+    }
+    // Shuffled, some files twice, commits at random points.
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    rng.shuffle(&mut order);
+    let dups = 3;
+    for _ in 0..dups {
+        let f = rng.usize(0..files.len());
+        let at = rng.usize(0..=order.len());
+        order.insert(at, f);
+    }
+    let late = (0..order.len())
+        .filter(|&i| order[..i].iter().any(|&e| e > order[i]))
+        .count();
+    let m = mini(dv);
+    for &i in &order {
+        m.put(&cdc(i), files[i].as_bytes());
+        m.decode(&cdc(i)).await;
+        if rng.bool() {
+            m.pipeline.commit_all().await.unwrap();
+        }
+    }
+    m.pipeline.commit_all().await.unwrap();
+    eprintln!("seed {seed} dv {dv}: {} files delivered as {order:?}, {late} late, {dups} redelivered, {unlogged} unlogged values, {} versions", files.len(), want.len());
+    assert!(late > 0 && unlogged > 0, "seed {seed}: no late file or no unlogged value");
+    let got = history_rows(&m).await;
+    if got != want {
+        let show = |rows: &[Vec<String>]| rows.iter().map(|r| r.join(" ")).collect::<Vec<_>>().join("\n");
+        panic!("seed {seed} dv {dv}: history differs\nwant:\n{}\ngot:\n{}", show(&want), show(&got));
+    }
+    let current: Vec<Vec<String>> = got.iter().filter(|r| r[7] == "true").map(|r| r[..3].to_vec()).collect();
+    assert_eq!(m.rows(T, &["id", "name", "n"]).await, current, "seed {seed}");
+}
+
+/// The README's "as of" query, run by the Python `deltalake` package's engine on the history
+/// table: the row as it was at a time between two versions, and nothing for a time at which
+/// the key was deleted.
+#[tokio::test]
+async fn the_python_reader_answers_an_as_of_query() {
+    if support::skip_python() {
+        eprintln!("DMS2DELTA_SKIP_PYTHON=1: skipped");
+        return;
+    }
+    let python = support::python().expect("no Python with deltalake: set DMS2DELTA_PYTHON");
+    let m = mini(false);
+    let s = 1_000_000;
+    let files = vec![
+        line('I', 10 * s, 1, "a", "1", 1).0,
+        line('U', 20 * s, 1, "b", "2", 2).0,
+        line('D', 30 * s, 1, "b", "2", 3).0,
+    ];
+    deliver(&m, &files, &[2, 0, 1], false).await;
+    let spec = m.pipeline.config.table_by_target("my", "app", "t").unwrap();
+    let path = m.dir.path().join("lake").join(spec.history_path());
+    let script = r#"
+import sys
+import pyarrow
+from deltalake import DeltaTable, QueryBuilder
+h = DeltaTable(sys.argv[1])
+for at in sys.argv[2:]:
+    rows = pyarrow.table(QueryBuilder().register("h", h).execute(f"""
+        SELECT id, name, n FROM h
+        WHERE _op <> 'D'
+          AND (_valid_from IS NULL OR _valid_from <= TIMESTAMP '{at}')
+          AND (_valid_to IS NULL OR _valid_to > TIMESTAMP '{at}')
+        ORDER BY id""")).to_pylist()
+    print(at, [tuple(r.values()) for r in rows])
+"#;
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .args([
+            "2024-05-28T12:00:05Z",
+            "2024-05-28T12:00:15Z",
+            "2024-05-28T12:00:20Z",
+            "2024-05-28T12:00:25Z",
+            "2024-05-28T12:00:35Z",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec![
+            "2024-05-28T12:00:05Z []",
+            "2024-05-28T12:00:15Z [(1, 'a', 1)]",
+            "2024-05-28T12:00:20Z [(1, 'b', 2)]",
+            "2024-05-28T12:00:25Z [(1, 'b', 2)]",
+            "2024-05-28T12:00:35Z []",
+        ],
+        "{text}"
+    );
+}
