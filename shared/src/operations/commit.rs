@@ -446,7 +446,10 @@ impl<'a> CommitChangesBuilder<'a> {
             let h = crate::operations::history::HistoryBuilder::new(self.config.clone(), self.stores, spec.clone())
                 .with_closing_floor(target.clone())
                 .await?;
-            metrics.history = Some(h);
+            match &mut metrics.history {
+                Some(m) => m.absorb(h),
+                None => metrics.history = Some(h),
+            }
         }
         metrics.floor = Some(target.as_str().to_string());
         for (_, a, m) in markers {
@@ -1316,7 +1319,10 @@ async fn record_tombstones(
 }
 
 /// Rewrites the table with wider column types, in one commit.
-pub(crate) async fn widen_table(table: DeltaTable, widen: &[(String, DataType, DataType)]) -> deltalake::DeltaResult<DeltaTable> {
+pub(crate) async fn widen_table(
+    table: DeltaTable,
+    widen: &[(String, DataType, DataType)],
+) -> deltalake::DeltaResult<DeltaTable> {
     use deltalake::operations::write::SchemaMode;
     let ctx = SessionContext::new();
     table.update_datafusion_session(&ctx.state())?;

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
+use std::ops::Not;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -84,11 +85,29 @@ pub struct HistoryMetrics {
     pub versions_inserted: u64,
     /// Existing versions rewritten (their interval, current flag or carried values changed).
     pub versions_updated: u64,
+    /// Closing versions removed: a reload's snapshot row showed the key was not deleted.
+    pub versions_removed: u64,
     /// The history table's version after the run; `None` when nothing had to be written.
     pub version: Option<u64>,
     pub attempts: u32,
     pub conflicts: u32,
     pub duration_ms: u64,
+}
+
+impl HistoryMetrics {
+    /// Adds a later run of the same commit (the closing run after a floor rose).
+    pub fn absorb(&mut self, later: HistoryMetrics) {
+        self.changes += later.changes;
+        self.keys += later.keys;
+        self.rows_read += later.rows_read;
+        self.versions_inserted += later.versions_inserted;
+        self.versions_updated += later.versions_updated;
+        self.versions_removed += later.versions_removed;
+        self.version = later.version.or(self.version);
+        self.attempts += later.attempts;
+        self.conflicts += later.conflicts;
+        self.duration_ms += later.duration_ms;
+    }
 }
 
 impl<'a> HistoryBuilder<'a> {
@@ -161,7 +180,8 @@ impl<'a> HistoryBuilder<'a> {
                 Ok(()) => break,
                 Err(e) if is_conflict(&e) && metrics.attempts < c.max_attempts => {
                     metrics.conflicts += 1;
-                    let delay = crate::operations::commit::backoff(metrics.attempts, c.backoff_base_ms, c.backoff_max_ms);
+                    let delay =
+                        crate::operations::commit::backoff(metrics.attempts, c.backoff_base_ms, c.backoff_max_ms);
                     tracing::info!(stage = "commit", table = %name, attempt = metrics.attempts, delay_ms = delay.as_millis() as u64, reason = %e, "history commit conflict; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -222,19 +242,22 @@ impl<'a> HistoryBuilder<'a> {
         metrics.rows_read = existing.num_rows() as u64;
         let n_existing = existing.num_rows();
         let combined = concat_batches(&schema, &[existing, incoming])?;
-        let (out, matches) = recompute(&combined, n_existing, keys, floor.map(Anchor::as_str))?;
-        let writes = changed_rows(&combined, &out, &matches)?;
-        if writes.num_rows() == 0 {
+        let r = recompute(&combined, n_existing, keys, floor.map(Anchor::as_str))?;
+        let (writes, inserted) = changed_rows(&combined, &r.rows, &r.matches)?;
+        let removed = take_rows(&combined, &r.removed.iter().map(|&i| i as u32).collect::<Vec<_>>())?;
+        if writes.num_rows() == 0 && removed.num_rows() == 0 {
             return Ok(());
         }
-        let inserted = matches.iter().zip(0..).filter(|(m, _)| m.is_none()).count() as u64;
+        let writes = flagged(&writes, false)?;
+        let writes = concat_batches(&writes.schema(), &[writes.clone(), flagged(&removed, true)?])?;
         let info = HashMap::from([(
             crate::operations::commit::COMMIT_INFO_KEY.to_string(),
             json!({ "history_of": self.spec.qualified_name(), "versions": writes.num_rows() }),
         )]);
         let table = merge(table, keys, writes.clone(), info).await?;
         metrics.versions_inserted = inserted;
-        metrics.versions_updated = (writes.num_rows() as u64).saturating_sub(inserted);
+        metrics.versions_updated = (writes.num_rows() - r.removed.len()) as u64 - inserted;
+        metrics.versions_removed = r.removed.len() as u64;
         metrics.version = table.version();
         lake::remember(self.stores, loc, &table);
         Ok(())
@@ -302,7 +325,11 @@ fn incoming_versions(
         };
         let ops = col(OP)?;
         let nosup = col(NOSUP)?;
-        let data: Vec<&Arc<Field>> = schema.fields().iter().filter(|f| !is_version_column(f.name())).collect();
+        let data: Vec<&Arc<Field>> = schema
+            .fields()
+            .iter()
+            .filter(|f| !is_version_column(f.name()))
+            .collect();
         let non_key: Vec<&str> = data
             .iter()
             .map(|f| f.name().as_str())
@@ -460,7 +487,11 @@ async fn read(
 /// time (`1F`), the time digits of an `AR_H_CHANGE_SEQ` (`1S`, to the hundredth of a second),
 /// and the same for a reload's anchor. Full-load rows (`0L`) have none.
 pub fn sequence_time(seq: &str) -> Option<i64> {
-    let digits = |s: &str, n: usize| s.get(..n).filter(|d| d.bytes().all(|b| b.is_ascii_digit())).map(str::to_string);
+    let digits = |s: &str, n: usize| {
+        s.get(..n)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_string)
+    };
     if let Some(rest) = seq.strip_prefix("1F") {
         crate::route::digits_to_micros(&digits(rest, 18)?)
     } else if let Some(rest) = seq.strip_prefix("1S") {
@@ -474,13 +505,12 @@ pub fn sequence_time(seq: &str) -> Option<i64> {
 /// the rest new), recomputed: one row per (key, sequence), in key then sequence order, and
 /// for each the existing row it replaces, if any. With a `floor`, a key whose newest version
 /// below it is not a delete gets a delete version at the floor.
-#[allow(clippy::type_complexity)]
 pub fn recompute(
     combined: &RecordBatch,
     n_existing: usize,
     keys: &[String],
     floor: Option<&str>,
-) -> std::result::Result<(RecordBatch, Vec<Option<usize>>), DeltaTableError> {
+) -> std::result::Result<Recomputed, DeltaTableError> {
     let schema = combined.schema();
     let text = |name: &str| -> std::result::Result<StringArray, DeltaTableError> {
         Ok(cast(combined.column(schema.index_of(name)?), &DataType::Utf8)?
@@ -531,10 +561,24 @@ pub fn recompute(
         v.sort_by(|a, b| seq(a.0).cmp(seq(b.0)));
         versions.push(v);
     }
-    // Closing versions at the floor.
+    // Closing versions at the floor. A key the reload's snapshot holds (a version sequenced
+    // `<anchor>L…`) was not deleted there: it has no closing version, and one written before
+    // its snapshot row arrived goes.
     let mut closing: Vec<u32> = Vec::new();
+    let mut removed: Vec<usize> = Vec::new();
     if let Some(f) = floor {
+        let reload_prefix = format!("{f}L");
         for v in &mut versions {
+            if v.iter().any(|(i, _)| seq(*i).starts_with(&reload_prefix)) {
+                v.retain(|(i, e)| {
+                    let synthetic = seq(*i) == f && file(*i) == FLOOR_SOURCE;
+                    if synthetic {
+                        removed.extend(*e);
+                    }
+                    !synthetic
+                });
+                continue;
+            }
             let below = v.iter().rev().find(|(i, _)| seq(*i) < f);
             let at = v.iter().any(|(i, _)| seq(*i) == f);
             if let Some((i, _)) = below {
@@ -566,10 +610,19 @@ pub fn recompute(
                 c.clone()
             } else {
                 match name {
-                    SEQ => cast(&(Arc::new(StringArray::from(vec![floor.unwrap_or(""); n])) as ArrayRef), f.data_type())?,
+                    SEQ => cast(
+                        &(Arc::new(StringArray::from(vec![floor.unwrap_or(""); n])) as ArrayRef),
+                        f.data_type(),
+                    )?,
                     OP_COLUMN => cast(&(Arc::new(StringArray::from(vec!["D"; n])) as ArrayRef), f.data_type())?,
-                    UNLOGGED => cast(&(Arc::new(StringArray::from(vec![all_non_key.as_str(); n])) as ArrayRef), f.data_type())?,
-                    SOURCE_FILE => cast(&(Arc::new(StringArray::from(vec![FLOOR_SOURCE; n])) as ArrayRef), f.data_type())?,
+                    UNLOGGED => cast(
+                        &(Arc::new(StringArray::from(vec![all_non_key.as_str(); n])) as ArrayRef),
+                        f.data_type(),
+                    )?,
+                    SOURCE_FILE => cast(
+                        &(Arc::new(StringArray::from(vec![FLOOR_SOURCE; n])) as ArrayRef),
+                        f.data_type(),
+                    )?,
                     _ => new_null_array(f.data_type(), n),
                 }
             });
@@ -577,9 +630,15 @@ pub fn recompute(
         let closing_rows = RecordBatch::try_new(schema.clone(), cols)?;
         concat_batches(&schema, &[combined.clone(), closing_rows])?
     };
-    let seqs = cast(combined.column(schema.index_of(SEQ)?), &DataType::Utf8)?.as_string::<i32>().clone();
-    let ops = cast(combined.column(schema.index_of(OP_COLUMN)?), &DataType::Utf8)?.as_string::<i32>().clone();
-    let unlogged = cast(combined.column(schema.index_of(UNLOGGED)?), &DataType::Utf8)?.as_string::<i32>().clone();
+    let seqs = cast(combined.column(schema.index_of(SEQ)?), &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone();
+    let ops = cast(combined.column(schema.index_of(OP_COLUMN)?), &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone();
+    let unlogged = cast(combined.column(schema.index_of(UNLOGGED)?), &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone();
     let commit_ts = combined
         .column(schema.index_of(COMMIT_TS)?)
         .as_primitive::<TimestampMicrosecondType>()
@@ -655,15 +714,43 @@ pub fn recompute(
         };
         cols.push(cast(&c, f.data_type())?);
     }
-    Ok((RecordBatch::try_new(schema.clone(), cols)?, matches))
+    Ok(Recomputed {
+        rows: RecordBatch::try_new(schema.clone(), cols)?,
+        matches,
+        removed,
+    })
 }
 
-/// The rows of `out` that are new or differ from the existing row they replace.
+/// What [`recompute`] makes of a set of keys' versions.
+#[derive(Debug)]
+pub struct Recomputed {
+    /// One row per version, in key then sequence order.
+    pub rows: RecordBatch,
+    /// For each row, the existing row (of the input) it replaces.
+    pub matches: Vec<Option<usize>>,
+    /// Existing rows (of the input) that are no version any more: closing versions at a
+    /// reload's anchor for keys its snapshot turned out to hold.
+    pub removed: Vec<usize>,
+}
+
+/// The MERGE's flag of a source row that removes its version.
+const REMOVE: &str = "__dms2delta_remove";
+
+fn flagged(b: &RecordBatch, remove: bool) -> std::result::Result<RecordBatch, DeltaTableError> {
+    let mut fields: Vec<Field> = b.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(REMOVE, DataType::Boolean, false));
+    let mut cols = b.columns().to_vec();
+    cols.push(Arc::new(BooleanArray::from(vec![remove; b.num_rows()])));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// The rows of `out` that are new or differ from the existing row they replace, and how many
+/// are new.
 fn changed_rows(
     combined: &RecordBatch,
     out: &RecordBatch,
     matches: &[Option<usize>],
-) -> std::result::Result<RecordBatch, DeltaTableError> {
+) -> std::result::Result<(RecordBatch, u64), DeltaTableError> {
     let fields: Vec<SortField> = out
         .schema()
         .fields()
@@ -682,7 +769,8 @@ fn changed_rows(
         })
         .map(|(i, _)| i as u32)
         .collect();
-    take_rows(out, &keep)
+    let inserted = keep.iter().filter(|&&i| matches[i as usize].is_none()).count() as u64;
+    Ok((take_rows(out, &keep)?, inserted))
 }
 
 async fn create(handle: &DeltaTable, spec: &TableSpec, schema: &SchemaRef) -> deltalake::DeltaResult<DeltaTable> {
@@ -738,7 +826,13 @@ async fn merge(
 ) -> deltalake::DeltaResult<DeltaTable> {
     let s = |n: &str| Expr::Column(Column::new(Some("source"), n));
     let t = |n: &str| Expr::Column(Column::new(Some("target"), n));
-    let names: Vec<String> = writes.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = writes
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| n != REMOVE)
+        .collect();
     let on = keys
         .iter()
         .map(|k| t(k).eq(s(k)))
@@ -752,13 +846,16 @@ async fn merge(
         .with_source_alias("source")
         .with_target_alias("target")
         .with_commit_properties(CommitProperties::default().with_metadata(info))
+        .when_matched_delete(|d| d.predicate(s(REMOVE)))?
         .when_matched_update(|mut u| {
+            u = u.predicate(s(REMOVE).not());
             for n in names.iter().filter(|n| !keys.contains(n) && n.as_str() != SEQ) {
                 u = u.update(Column::new_unqualified(n), s(n));
             }
             u
         })?
         .when_not_matched_insert(|mut i| {
+            i = i.predicate(s(REMOVE).not());
             for n in &names {
                 i = i.set(Column::new_unqualified(n), s(n));
             }
@@ -781,7 +878,15 @@ mod tests {
         ])
     }
 
-    type V<'a> = (i64, Option<&'a str>, Option<&'a str>, &'a str, &'a str, Option<i64>, Option<&'a str>);
+    type V<'a> = (
+        i64,
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        Option<i64>,
+        Option<&'a str>,
+    );
 
     fn rows(vs: &[V]) -> RecordBatch {
         let n = vs.len();
@@ -815,39 +920,98 @@ mod tests {
             (1, Some("a"), Some("w1"), "1S10", "I", Some(10), None),
             (1, Some("c"), None, "1S30", "U", Some(30), Some("|w|")),
         ]);
-        let (first, _) = recompute(&stored, 0, &keys, None).unwrap();
+        let first = recompute(&stored, 0, &keys, None).unwrap().rows;
         assert_eq!(text(&first, "w"), vec![Some("w1".into()), Some("w1".into())]);
         // The version at 20 arrives late: it splits [10, 30) and its `w` reaches the one at 30.
         let late = rows(&[(1, Some("b"), Some("w2"), "1S20", "U", Some(20), None)]);
         let combined = concat_batches(&schema(), &[first.clone(), late]).unwrap();
-        let (out, matches) = recompute(&combined, 2, &keys, None).unwrap();
-        assert_eq!(text(&out, SEQ), vec![Some("1S10".into()), Some("1S20".into()), Some("1S30".into())]);
-        assert_eq!(text(&out, "w"), vec![Some("w1".into()), Some("w2".into()), Some("w2".into())]);
+        let r = recompute(&combined, 2, &keys, None).unwrap();
+        let (out, matches) = (r.rows, r.matches);
+        assert_eq!(
+            text(&out, SEQ),
+            vec![Some("1S10".into()), Some("1S20".into()), Some("1S30".into())]
+        );
+        assert_eq!(
+            text(&out, "w"),
+            vec![Some("w1".into()), Some("w2".into()), Some("w2".into())]
+        );
         assert_eq!(matches, vec![Some(0), None, Some(1)]);
-        let to = out.column(out.schema().index_of(VALID_TO).unwrap()).as_primitive::<TimestampMicrosecondType>();
+        let to = out
+            .column(out.schema().index_of(VALID_TO).unwrap())
+            .as_primitive::<TimestampMicrosecondType>();
         assert_eq!((to.value(0), to.value(1), to.is_null(2)), (20, 30, true));
         let cur = out.column(out.schema().index_of(IS_CURRENT).unwrap()).as_boolean();
         assert_eq!((cur.value(0), cur.value(1), cur.value(2)), (false, false, true));
         // Applied again, nothing differs.
-        let again = concat_batches(&schema(), &[out.clone(), rows(&[(1, Some("b"), Some("w2"), "1S20", "U", Some(20), None)])]).unwrap();
-        let (out2, m2) = recompute(&again, 3, &keys, None).unwrap();
-        assert_eq!(changed_rows(&again, &out2, &m2).unwrap().num_rows(), 0);
+        let again = concat_batches(
+            &schema(),
+            &[
+                out.clone(),
+                rows(&[(1, Some("b"), Some("w2"), "1S20", "U", Some(20), None)]),
+            ],
+        )
+        .unwrap();
+        let r2 = recompute(&again, 3, &keys, None).unwrap();
+        assert_eq!(changed_rows(&again, &r2.rows, &r2.matches).unwrap().0.num_rows(), 0);
     }
 
     #[test]
     fn a_floor_closes_the_open_version_once() {
         let keys = vec!["id".to_string()];
         let stored = rows(&[
-            (1, Some("a"), Some("x"), "1F20240528195141000000:000000000001", "I", None, None),
-            (2, Some("b"), Some("y"), "1F20240528195141000000:000000000002", "I", None, None),
+            (
+                1,
+                Some("a"),
+                Some("x"),
+                "1F20240528195141000000:000000000001",
+                "I",
+                None,
+                None,
+            ),
+            (
+                2,
+                Some("b"),
+                Some("y"),
+                "1F20240528195141000000:000000000002",
+                "I",
+                None,
+                None,
+            ),
             (2, None, None, "1F20240528195142000000:000000000001", "D", None, None),
         ]);
         let floor = "1F20240528195143000000;";
-        let (out, m) = recompute(&stored, 3, &keys, Some(floor)).unwrap();
+        let r = recompute(&stored, 3, &keys, Some(floor)).unwrap();
+        let out = r.rows;
         assert_eq!(out.num_rows(), 4, "key 1 closed, key 2 already deleted");
-        assert_eq!(m.iter().filter(|m| m.is_none()).count(), 1);
-        let (again, m2) = recompute(&out, 4, &keys, Some(floor)).unwrap();
-        assert_eq!(changed_rows(&out, &again, &m2).unwrap().num_rows(), 0);
-        assert_eq!(sequence_time(floor), crate::route::digits_to_micros("202405281951430000"));
+        assert_eq!(r.matches.iter().filter(|m| m.is_none()).count(), 1);
+        let again = recompute(&out, 4, &keys, Some(floor)).unwrap();
+        assert_eq!(changed_rows(&out, &again.rows, &again.matches).unwrap().0.num_rows(), 0);
+        assert!(again.removed.is_empty());
+        // The reload's snapshot row for key 1 arrives after the floor rose: key 1 was not
+        // deleted at the anchor, so its closing version goes.
+        let snapshot = rows(&[(
+            1,
+            Some("a2"),
+            Some("x2"),
+            "1F20240528195143000000;LLOAD00000001:000000000001",
+            "I",
+            None,
+            None,
+        )]);
+        let with = concat_batches(&schema(), &[out.clone(), snapshot]).unwrap();
+        let r = recompute(&with, 4, &keys, Some(floor)).unwrap();
+        assert_eq!(r.removed.len(), 1);
+        assert_eq!(
+            text(&r.rows, SEQ)
+                .iter()
+                .filter(|s| s.as_deref() == Some(floor))
+                .count(),
+            0
+        );
+        assert_eq!(r.rows.num_rows(), 4);
+        assert_eq!(
+            sequence_time(floor),
+            crate::route::digits_to_micros("202405281951430000")
+        );
     }
 }
