@@ -1627,6 +1627,24 @@ sources:
     }
 
     #[test]
+    fn history_is_off_by_default_set_globally_and_overridden_per_table() {
+        let v = Config::from_text(BASE).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().history);
+        let on = format!("{BASE}history:\n  enabled: true\n");
+        let v = Config::from_text(&on).unwrap();
+        let emp = v.table(0, "hr", "emp").unwrap().unwrap();
+        assert!(emp.history);
+        assert_eq!(emp.history_path(), "_dms2delta/history/mysql/hr/employees");
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().history);
+        let off_here = on.replace("keys: [id]", "keys: [id]\n        history: { enabled: false }");
+        let v = Config::from_text(&off_here).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().history);
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().history);
+        let (path, _) = err_of(&format!("{BASE}history:\n  enabled: true\n  location: x\n"));
+        assert_eq!(path, "history.location");
+    }
+
+    #[test]
     fn each_kind_of_mistake_is_reported_with_its_path() {
         let cases: Vec<(String, &str)> = vec![
             (
