@@ -154,15 +154,20 @@ async fn history_is_exact_in_any_delivery_order(dv: bool) {
         // A key-only delete image shows the values it closes.
         row("2", "x", "7", seq(&f2, 1), "D", t(31), None, false),
     ];
-    let orders: [(&[usize], bool); 5] = [
-        (&[0, 1, 2, 3, 4], false),
-        (&[4, 3, 2, 1, 0], false),
-        (&[0, 2, 3, 4, 1], false),
-        (&[2, 4, 2, 0, 3, 1, 4, 0], false),
-        (&[3, 1, 4, 0, 2], true),
-    ];
+    // Merge-on-read applies the same changes to the table by another route; the history
+    // is written the same way in both modes, so it gets the adversarial orders only.
+    let orders: &[(&[usize], bool)] = if dv {
+        &[(&[2, 4, 2, 0, 3, 1, 4, 0], false), (&[3, 1, 4, 0, 2], true)]
+    } else {
+        &[
+            (&[4, 3, 2, 1, 0], false),
+            (&[0, 2, 3, 4, 1], false),
+            (&[2, 4, 2, 0, 3, 1, 4, 0], false),
+            (&[3, 1, 4, 0, 2], true),
+        ]
+    };
     let mut late = 0;
-    for (order, grouped) in orders {
+    for &(order, grouped) in orders {
         let m = mini(dv);
         let metrics = deliver(&m, &files, order, grouped).await;
         late += order.windows(2).filter(|w| w[1] < w[0]).count();
@@ -202,7 +207,7 @@ mod merge_modes {
 
     #[tokio::test]
     async fn history_equals_generated_histories_in_any_delivery_order_dv() {
-        for seed in [21, 22] {
+        for seed in [21] {
             super::generated_history(seed, true).await;
         }
     }
@@ -493,10 +498,9 @@ async fn a_reload_closes_the_versions_its_snapshot_lacks_in_any_order() {
         vec!["5", "five-v2", "U", "true"],
         vec!["6", "six", "I", "true"],
     ];
-    let runs: [(&[usize], bool, &str); 4] = [
+    let runs: [(&[usize], bool, &str); 3] = [
         (&[1, 2, 3, 4], true, ""),
-        (&[4, 3, 2, 1], true, ""),
-        (&[2, 3, 1, 4], true, DELETION_VECTORS),
+        (&[4, 3, 2, 1], true, DELETION_VECTORS),
         (&[3, 1, 4, 2], false, ""),
     ];
     let mut reopened = 0;
@@ -643,4 +647,40 @@ async fn parquet_changes_keep_every_version_and_a_later_column() {
         m.rows("ora.app.t", &["id", "body", "n", "note"]).await,
         vec![vec!["1", "big", "5", "later"]]
     );
+}
+
+/// An invocation that dies after the table's commit and before the history's (or after the
+/// history's, before the change sets are removed) leaves the change sets staged; the next
+/// commit finds them stale for the table and gives them to the history again, which ends the
+/// same as without the crash.
+#[tokio::test]
+async fn a_commit_that_dies_around_the_history_is_completed_by_the_next() {
+    use dms2delta::failpoint::{Failpoints, COMMIT_BEFORE_CLEANUP, COMMIT_BEFORE_HISTORY};
+    let s = 1_000_000;
+    let files = [
+        [line('I', 10 * s, 1, "a", "1", 1).0, line('U', 11 * s, 1, "b", "2", 2).0].concat(),
+        line('U', 20 * s, 1, "c", "#NOSUP#", 3).0,
+    ];
+    let reference = mini(false);
+    deliver(&reference, &files, &[0, 1], false).await;
+    let want = history_rows(&reference).await;
+    assert_eq!(want.len(), 3);
+    let mut crashes = 0;
+    for point in [COMMIT_BEFORE_HISTORY, COMMIT_BEFORE_CLEANUP] {
+        let m = mini(false);
+        for (i, body) in files.iter().enumerate() {
+            m.put(&cdc(i), body.as_bytes());
+            m.decode(&cdc(i)).await;
+            let fp = Failpoints::new(move |p| p == point);
+            let e = m.pipeline.commit("my", "app", "t", fp).await.unwrap_err();
+            assert!(matches!(e, dms2delta::error::Error::Failpoint(_)), "{e}");
+            crashes += 1;
+            // The retry: the table's changes are stale now, the history's are not (or, after
+            // the history was written, change nothing).
+            let c = m.pipeline.commit_all().await.unwrap();
+            assert_eq!(c[0].rows_inserted + c[0].rows_updated, 0, "{c:?}");
+        }
+        assert_eq!(history_rows(&m).await, want, "crash at {point}");
+    }
+    assert_eq!(crashes, 4);
 }

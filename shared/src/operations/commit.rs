@@ -300,6 +300,7 @@ impl<'a> CommitChangesBuilder<'a> {
             }
         };
 
+        self.failpoints.check(failpoint::COMMIT_BEFORE_HISTORY)?;
         if spec.history {
             // After the table's commit and before the change sets go: a run that dies in
             // between leaves them staged, and the next one (stale for the table) gives the
