@@ -684,3 +684,37 @@ async fn a_commit_that_dies_around_the_history_is_completed_by_the_next() {
     }
     assert_eq!(crashes, 4);
 }
+
+/// The compact function maintains the history table with its table: small files bin-packed, a
+/// checkpoint written; the versions stay what they were.
+#[tokio::test]
+async fn compaction_packs_and_checkpoints_the_history_and_changes_no_version() {
+    let m = Mini::new(SOURCE, &format!("{HISTORY}compact:\n  min_small_files: 2\n"));
+    let s = 1_000_000;
+    let files: Vec<String> = (0..3)
+        .map(|i| line('U', (10 + i) * s, 1 + i % 2, &format!("v{i}"), "1", i as u64 + 1).0)
+        .collect();
+    deliver(&m, &files, &[0, 1, 2], false).await;
+    let before = history_rows(&m).await;
+    assert_eq!(before.len(), 3);
+    let r = dms2delta::operations::compact::CompactBuilder::new(m.pipeline.config.clone(), &m.pipeline.stores)
+        .with_table("my", "app", "t")
+        .with_force(true)
+        .await
+        .unwrap();
+    assert!(r.history_files_in >= 2, "{r:?}");
+    assert_eq!(history_rows(&m).await, before);
+    let spec = m.pipeline.config.table_by_target("my", "app", "t").unwrap();
+    let log = m.dir.path().join("lake").join(spec.history_path()).join("_delta_log");
+    let checkpoints = std::fs::read_dir(&log)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".checkpoint.")
+        })
+        .count();
+    assert!(checkpoints > 0, "no checkpoint in {}", log.display());
+}
