@@ -243,6 +243,13 @@ impl V {
 /// delivered shuffled with redeliveries and commits at random points; the history table must
 /// equal the generated history version for version.
 async fn generated_history(seed: u64, dv: bool) {
+    generated_history_by(seed, dv, 1).await;
+}
+
+/// [`generated_history`] delivered by `workers` concurrent invocations (each decodes a file
+/// and commits whatever is pending, so commits of the table race); returns the conflicts the
+/// table's and the history's commits met and retried.
+async fn generated_history_by(seed: u64, dv: bool, workers: usize) -> u32 {
     let mut rng = fastrand::Rng::with_seed(seed);
     let keys = 5;
     let mut live: BTreeMap<i64, (V, V)> = BTreeMap::new();
@@ -338,11 +345,40 @@ async fn generated_history(seed: u64, dv: bool) {
         .filter(|&i| order[..i].iter().any(|&e| e > order[i]))
         .count();
     let m = mini(dv);
-    for &i in &order {
-        m.put(&cdc(i), files[i].as_bytes());
-        m.decode(&cdc(i)).await;
-        if rng.bool() {
-            m.pipeline.commit_all().await.unwrap();
+    let mut conflicts = 0;
+    if workers > 1 {
+        for (i, body) in files.iter().enumerate() {
+            m.put(&cdc(i), body.as_bytes());
+        }
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(order.clone()));
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (p, queue) = (m.pipeline.clone(), queue.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut conflicts = 0;
+                loop {
+                    let next = queue.lock().unwrap().pop();
+                    let Some(i) = next else { break };
+                    p.decode("dms", &cdc(i), Some("etag".into()), Default::default())
+                        .await
+                        .unwrap();
+                    for c in p.commit_all().await.unwrap() {
+                        conflicts += c.conflicts + c.history.map_or(0, |h| h.conflicts);
+                    }
+                }
+                conflicts
+            }));
+        }
+        for t in tasks {
+            conflicts += t.await.unwrap();
+        }
+    } else {
+        for &i in &order {
+            m.put(&cdc(i), files[i].as_bytes());
+            m.decode(&cdc(i)).await;
+            if rng.bool() {
+                m.pipeline.commit_all().await.unwrap();
+            }
         }
     }
     m.pipeline.commit_all().await.unwrap();
@@ -362,6 +398,17 @@ async fn generated_history(seed: u64, dv: bool) {
     }
     let current: Vec<Vec<String>> = got.iter().filter(|r| r[7] == "true").map(|r| r[..3].to_vec()).collect();
     assert_eq!(m.rows(T, &["id", "name", "n"]).await, current, "seed {seed}");
+    conflicts
+}
+
+/// Concurrent invocations committing one table: the table's and the history's commits
+/// conflict, retry, and the history still equals the generated one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_give_the_same_history() {
+    let seed = 31;
+    let conflicts = generated_history_by(seed, false, 4).await;
+    eprintln!("seed {seed}: {conflicts} conflicts retried");
+    assert!(conflicts > 0, "seed {seed}: no commit met a concurrent one");
 }
 
 /// The README's "as of" query, run by the Python `deltalake` package's engine on the history
