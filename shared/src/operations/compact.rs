@@ -503,6 +503,14 @@ mod tests {
             ),
             None
         );
+        // A history table is maintained with its table.
+        assert_eq!(
+            table_of_log_key(
+                "lake",
+                "lake/_dms2delta/history/mysql/shop/orders/_delta_log/00000000000000000003.json"
+            ),
+            None
+        );
         assert_eq!(
             table_of_log_key("lake", "lake/mysql/shop/orders/part-0001.parquet"),
             None
