@@ -156,6 +156,15 @@ impl<'a> HistoryBuilder<'a> {
             .filter(|f| !f.name().starts_with("_dms_"))
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect();
+        if let Some(f) = data.iter().find(|f| is_version_column(f.name())) {
+            return Err(internal(
+                &name,
+                format!(
+                    "the source column `{}` has the name of a history column; rename it (`renamed_columns`) or turn `history` off for this table",
+                    f.name()
+                ),
+            ));
+        }
         let floor = match &self.close_at {
             Some(a) => Some(a.clone()),
             None => floor::table_floor(&table),
