@@ -384,6 +384,50 @@ def build():
     files["eventbridge-lifecycle-expiration.json"] = removed_eventbridge(
         "load", "Lifecycle Expiration", "s3.amazonaws.com", "s3.amazonaws.com"
     )
+    # The same task starting, and stopping once its full load finished, added last with fixed
+    # ids so nothing above changes. DmsTaskStateRule sends the stop to AlarmTopic, and
+    # DmsTaskStoppedRule to reprocess, which commits the task's sources' waiting tables (a
+    # reload's marker settles there when DMS reports its table loaded). The event ids and the
+    # started message follow the DMS event reference's table; the stop message's "Stop Reason"
+    # wording is taken from public event patterns, not a captured event (unverified).
+    task_arn = files["dms-task-failed.json"]["resources"][0]
+
+    def task_event(event_id, time, category, event_type, dms_id, message):
+        return {
+            "version": "0",
+            "id": event_id,
+            "detail-type": "DMS Replication Task State Change",
+            "source": "aws.dms",
+            "account": ACCOUNT,
+            "time": time,
+            "region": REGION,
+            "resources": [task_arn],
+            "detail": {
+                "type": "REPLICATION_TASK",
+                "category": category,
+                "eventType": event_type,
+                "eventId": dms_id,
+                "resourceLink": f"https://console.aws.amazon.com/dms/v2/home?region={REGION}#taskDetails/dms-s3-target-mysql-shop",
+                "detailMessage": message,
+            },
+        }
+
+    files["dms-task-started.json"] = task_event(
+        "6b0e3f52-8f0c-4d3e-9d8a-2f4c1e7a5b10",
+        "2024-05-28T19:40:02Z",
+        "StateChange",
+        "REPLICATION_TASK_STARTED",
+        "DMS-EVENT-0069",
+        "Replication task started, with flag = fresh start",
+    )
+    files["dms-task-stopped.json"] = task_event(
+        "0c9d7a61-3e2b-4f58-a1c6-9e8b7d6f5a42",
+        "2024-05-28T20:02:47Z",
+        "StateChange",
+        "REPLICATION_TASK_STOPPED",
+        "DMS-EVENT-0079",
+        "Replication task has stopped. Stop Reason FULL_LOAD_ONLY_FINISHED.",
+    )
     return files
 
 

@@ -719,6 +719,78 @@ fn dms_task_failures_and_stops_reach_the_alarm_topic_but_not_reprocess() {
 }
 
 #[test]
+fn listed_dms_task_stops_run_reprocess_and_only_their_statistics_are_readable() {
+    let t = template();
+    let rule = resource(&t, "DmsTaskStoppedRule");
+    assert_eq!(rule["Condition"].as_str(), Some("HasDmsTaskFilter"));
+    let targets = rule["Properties"]["Targets"].as_sequence().unwrap();
+    assert_eq!(targets.len(), 1);
+    assert_eq!(ref_to(&targets[0]["Arn"]), "ReprocessFunction.Alias");
+    let allow = resource(&t, "DmsTaskStoppedPermission");
+    assert_eq!(allow["Condition"].as_str(), Some("HasDmsTaskFilter"));
+    assert_eq!(ref_to(&allow["Properties"]["FunctionName"]), "ReprocessFunction.Alias");
+    assert_eq!(allow["Properties"]["Principal"].as_str(), Some("events.amazonaws.com"));
+    assert_eq!(get_att(&allow["Properties"]["SourceArn"]), "DmsTaskStoppedRule.Arn");
+
+    let stopped = sample("dms-task-stopped.json");
+    let task = stopped["resources"][0].as_str().unwrap().to_string();
+    let d = Deployment {
+        template: &t,
+        params: [("DmsReplicationTaskArns", task.as_str())].into(),
+        conditions: [("HasDmsTaskFilter", true)].into(),
+    };
+    let mut pattern = d.resolve(&rule["Properties"]["EventPattern"]);
+    // A CommaDelimitedList reference is a list: one task here.
+    pattern["resources"] = serde_json::json!([task]);
+    assert!(matches(&pattern, &stopped), "{pattern}");
+    for other in ["dms-task-failed.json", "dms-task-started.json"] {
+        assert!(!matches(&pattern, &sample(other)), "{other}");
+    }
+    let mut other_task = stopped.clone();
+    other_task["resources"] = serde_json::json!(["arn:aws:dms:us-east-1:123456789012:task:OTHER"]);
+    assert!(!matches(&pattern, &other_task));
+    // What the rule delivers, reprocess takes (as it is, no input transformer).
+    assert!(rule["Properties"]["Targets"][0]["InputTransformer"].is_null());
+    assert!(matches!(
+        reprocess::handler::trigger(&stopped).unwrap(),
+        reprocess::handler::Trigger::DmsTask(e) if e.task_arn.as_deref() == Some(task.as_str())
+    ));
+
+    // dms:DescribeTableStatistics, for commit and reprocess alone, on the listed tasks alone,
+    // and only when tasks are listed.
+    let mut granted = BTreeSet::new();
+    for (name, r) in t["Resources"].as_mapping().unwrap() {
+        if r["Type"].as_str() != Some("AWS::IAM::Role") {
+            continue;
+        }
+        for policy in r["Properties"]["Policies"].as_sequence().unwrap() {
+            for s in policy["PolicyDocument"]["Statement"].as_sequence().unwrap() {
+                let (condition, s) = match under(s, "If") {
+                    Some(b) => (b[0].as_str(), &b[1]),
+                    None => (None, s),
+                };
+                if !actions(s).iter().any(|a| a.starts_with("dms:")) {
+                    continue;
+                }
+                let role = name.as_str().unwrap().to_string();
+                assert_eq!(
+                    actions(s),
+                    BTreeSet::from(["dms:DescribeTableStatistics".to_string()]),
+                    "{role}"
+                );
+                assert_eq!(condition, Some("HasDmsTaskFilter"), "{role}");
+                assert_eq!(ref_to(&s["Resource"]), "DmsReplicationTaskArns", "{role}");
+                granted.insert(role);
+            }
+        }
+    }
+    assert_eq!(
+        granted,
+        BTreeSet::from(["CommitFunctionRole".to_string(), "ReprocessFunctionRole".to_string()])
+    );
+}
+
+#[test]
 fn reprocess_runs_one_at_a_time_and_keeps_its_failures() {
     let t = template();
     let f = &resource(&t, "ReprocessFunction")["Properties"];
@@ -1090,4 +1162,31 @@ fn the_functions_carry_no_test_scaffolding_and_decode_no_delta_engine() {
     }
     // The CLI's demo runs the simulator: the check above would catch a parse that finds nothing.
     assert!(shared_features_of("dms2delta-cli").contains("testing"));
+    // The DMS SDK (table statistics) only where a reload is settled: commit and reprocess.
+    for function in ["decode", "commit", "compact", "reprocess"] {
+        let out = std::process::Command::new(env!("CARGO"))
+            .current_dir(repo())
+            .args([
+                "tree",
+                "--offline",
+                "--locked",
+                "-p",
+                function,
+                "-e",
+                "no-dev",
+                "-i",
+                "aws-sdk-databasemigration",
+            ])
+            .output()
+            .unwrap();
+        let linked =
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("aws-sdk-databasemigration v");
+        assert_eq!(
+            linked,
+            function == "commit" || function == "reprocess",
+            "{function}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -190,6 +190,10 @@ pub struct CommitConfig {
     /// Tables may override it.
     #[serde(default)]
     pub deletion_vectors: bool,
+    /// Delta Change Data Feed: every commit that changes rows also writes the change, row by
+    /// row (`delta.enableChangeDataFeed`). Tables may override it.
+    #[serde(default)]
+    pub change_data_feed: bool,
 }
 
 impl Default for CommitConfig {
@@ -201,6 +205,7 @@ impl Default for CommitConfig {
             backoff_max_ms: default_backoff_max_ms(),
             tombstone_retention_hours: default_tombstone_retention_hours(),
             deletion_vectors: false,
+            change_data_feed: false,
         }
     }
 }
@@ -355,6 +360,12 @@ pub struct SourceConfig {
     /// rows a new snapshot lacks are removed.
     #[serde(default)]
     pub reloads: ReloadSettings,
+    /// The ARN of the DMS replication task writing this source
+    /// (`arn:aws:dms:<region>:<account>:task:<id>`). When set, a reload's end is also taken
+    /// from DMS's own table statistics (the table's load completed after the reload began), so
+    /// the rows its snapshot lacks go as soon as DMS says the load is over.
+    #[serde(default)]
+    pub dms_task_arn: Option<String>,
     /// Source truncates and drops, which DMS replicates by removing the table's files: whether
     /// removal events may empty a table. Off by default; tables can override it.
     #[serde(default)]
@@ -409,9 +420,10 @@ pub struct ReloadSettings {
     /// generation) rather than a late part of the first load.
     #[serde(default = "yes")]
     pub detect: bool,
-    /// A reload's load is over once a change written after it is committed, or this long
-    /// after its first LOAD file was decoded (for a table without changes after the reload);
-    /// then rows the new snapshot lacks are removed.
+    /// A reload's load is over once a change written after it is committed, once DMS reports
+    /// it completed (with `dms_task_arn`, see [`crate::dms`]), or this long after its first
+    /// LOAD file was decoded (for a table without changes after the reload); then rows the new
+    /// snapshot lacks are removed.
     #[serde(default = "default_settle_seconds")]
     pub settle_after_seconds: u64,
     /// A CDC object tells when DMS wrote it only if its upload time (LastModified) lies within
@@ -443,6 +455,33 @@ pub struct TruncateSettings {
     /// expirations never count.
     #[serde(default)]
     pub follow_removals: bool,
+}
+
+/// A DMS replication task ARN: `arn:<partition>:dms:<region>:<12-digit account>:task:<id>`.
+/// Only tasks have table statistics (DMS Serverless replications use another API).
+fn check_task_arn(arn: &str) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let ok = match parts.as_slice() {
+        ["arn", partition, "dms", region, account, "task", id] => {
+            partition.starts_with("aws")
+                && !region.is_empty()
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && account.len() == 12
+                && account.bytes().all(|b| b.is_ascii_digit())
+                && !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{arn}` is not a DMS replication task ARN (`arn:aws:dms:<region>:<account>:task:<id>`, as `aws dms describe-replication-tasks` shows it; DMS Serverless replication configs are not supported)"
+        ))
+    }
 }
 
 fn yes() -> bool {
@@ -563,6 +602,9 @@ pub struct TableConfig {
     /// Overrides `commit.deletion_vectors` for this table.
     #[serde(default)]
     pub deletion_vectors: Option<bool>,
+    /// Overrides `commit.change_data_feed` for this table.
+    #[serde(default)]
+    pub change_data_feed: Option<bool>,
     /// Overrides the top-level `compact` settings for this table.
     #[serde(default)]
     pub compact: Option<CompactConfig>,
@@ -718,6 +760,8 @@ pub struct TableSpec {
     pub partition_by: Vec<String>,
     /// Commits mark replaced rows in deletion vectors instead of rewriting files.
     pub deletion_vectors: bool,
+    /// Commits write the Delta Change Data Feed.
+    pub change_data_feed: bool,
     pub compact: CompactConfig,
     /// Columns renamed at the source: the file's name -> the table's.
     pub renamed_columns: BTreeMap<String, String>,
@@ -904,6 +948,9 @@ impl Config {
                 if let Some(v) = v {
                     check_prefix(v).map_err(|r| cfg_err(format!("{p}.{field}"), r))?;
                 }
+            }
+            if let Some(arn) = &s.dms_task_arn {
+                check_task_arn(arn).map_err(|r| cfg_err(format!("{p}.dms_task_arn"), r))?;
             }
             if let Some(z) = &s.date_partitioning.timezone {
                 if z.parse::<chrono_tz::Tz>().is_err() {
@@ -1287,6 +1334,9 @@ impl Validated {
             deletion_vectors: entry
                 .and_then(|t| t.deletion_vectors)
                 .unwrap_or(self.config.commit.deletion_vectors),
+            change_data_feed: entry
+                .and_then(|t| t.change_data_feed)
+                .unwrap_or(self.config.commit.change_data_feed),
             compact: entry
                 .and_then(|t| t.compact.clone())
                 .unwrap_or_else(|| self.config.compact.clone()),
@@ -1608,6 +1658,22 @@ sources:
     }
 
     #[test]
+    fn change_data_feed_is_off_by_default_set_globally_and_overridden_per_table() {
+        let v = Config::from_text(BASE).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().change_data_feed);
+        let on = format!("{BASE}commit:\n  change_data_feed: true\n");
+        let v = Config::from_text(&on).unwrap();
+        assert!(v.table(0, "hr", "emp").unwrap().unwrap().change_data_feed);
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().change_data_feed);
+        let off_here = on.replace("keys: [id]", "keys: [id]\n        change_data_feed: false");
+        let v = Config::from_text(&off_here).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().change_data_feed);
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().change_data_feed);
+        let (path, _) = err_of(&format!("{BASE}commit:\n  change_data_feed: maybe\n"));
+        assert!(path.starts_with("commit"), "{path}");
+    }
+
+    #[test]
     fn merge_on_read_is_off_by_default_set_globally_and_overridden_per_table() {
         let v = Config::from_text(BASE).unwrap();
         assert!(!v.table(0, "hr", "emp").unwrap().unwrap().deletion_vectors);
@@ -1725,5 +1791,38 @@ sources:
         assert!(wildcard_match("emp", "emp"));
         assert!(!wildcard_match("emp", "emps"));
         assert!(!wildcard_match("ab%ba", "aba"));
+    }
+
+    #[test]
+    fn a_dms_task_arn_must_name_a_replication_task() {
+        let with = |arn: &str| {
+            BASE.replace(
+                "    bucket_folder: raw/mysql\n",
+                &format!("    bucket_folder: raw/mysql\n    dms_task_arn: \"{arn}\"\n"),
+            )
+        };
+        for ok in [
+            "arn:aws:dms:us-east-1:123456789012:task:F8TBR5IJGVM78ZQYCR60BO87AF",
+            "arn:aws-cn:dms:cn-north-1:123456789012:task:my-task-1",
+            "arn:aws-us-gov:dms:us-gov-west-1:123456789012:task:ABC",
+        ] {
+            let v = Config::from_text(&with(ok)).unwrap();
+            assert_eq!(v.sources()[0].dms_task_arn.as_deref(), Some(ok));
+            assert_eq!(v.sources()[1].dms_task_arn, None);
+        }
+        for bad in [
+            "F8TBR5IJGVM78ZQYCR60BO87AF",
+            "arn:aws:dms:us-east-1:123456789012:rep:ABC",
+            "arn:aws:dms:us-east-1:123456789012:replication-config:ABC",
+            "arn:aws:dms:us-east-1:12345:task:ABC",
+            "arn:aws:s3:us-east-1:123456789012:task:ABC",
+            "arn:aws:dms:us-east-1:123456789012:task:",
+            "arn:aws:dms:us-east-1:123456789012:task:a/b",
+            "arn:aws:dms::123456789012:task:ABC",
+        ] {
+            let (path, reason) = err_of(&with(bad));
+            assert_eq!(path, "sources[0].dms_task_arn", "{bad}");
+            assert!(reason.contains("not a DMS replication task ARN"), "{bad}: {reason}");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod deadline;
 pub mod decode;
 #[cfg(feature = "delta")]
 pub mod deletion_vector;
+pub mod dms;
 pub mod error;
 pub mod events;
 pub mod failpoint;

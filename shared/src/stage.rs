@@ -238,6 +238,7 @@ mod tests {
             delete_mode: Default::default(),
             partition_by: vec![],
             deletion_vectors: false,
+            change_data_feed: false,
             compact: Default::default(),
             renamed_columns: Default::default(),
             unlogged_when_null: Default::default(),

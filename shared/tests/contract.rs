@@ -1735,3 +1735,80 @@ async fn an_unlogged_value_is_exact_per_column_in_any_delivery_order() {
     }
     assert!(late_fills > 0, "no late change set a column");
 }
+
+/// A first full load in any key order costs its rows, not the table: a LOAD file's change set
+/// reads no data file holding only other LOAD files' rows (one snapshot lists each key once),
+/// only files holding later changes or its own rows. Still exact: a key changed by CDC before
+/// its late LOAD file keeps the change, and a LOAD file delivered twice adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_full_load_reads_only_files_holding_later_changes_or_its_own_rows() {
+    let seed = 18_002u64;
+    for extra in ["", DELETION_VECTORS] {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut keys: Vec<u32> = (1..=60).collect();
+        rng.shuffle(&mut keys);
+        let file = |i: usize| -> (String, Vec<u8>) {
+            let rows: String = keys[i * 10..(i + 1) * 10]
+                .iter()
+                .map(|k| format!("{k},load{k},{k}\n"))
+                .collect();
+            (format!("app/t/LOAD{:08}.csv", i + 1), rows.into_bytes())
+        };
+        let m = Mini::new(PLAIN_SOURCE, extra);
+        let mut scanned_by_loads = 0;
+        for i in 0..4 {
+            let (key, bytes) = file(i);
+            let c = m.apply(&key, &bytes).await;
+            assert_eq!(c.rows_inserted, 10, "{c:?}");
+            scanned_by_loads += c.files_scanned;
+        }
+        assert_eq!(scanned_by_loads, 0, "seed {seed}: LOAD files read each other's rows");
+        // CDC before the load has ended: it changes a key of the fifth LOAD file (not yet
+        // committed) and one already loaded.
+        let (late, early) = (keys[40], keys[0]);
+        m.apply(
+            "app/t/20240528-100000000.csv",
+            format!("U,{late},cdc{late},1\nU,{early},cdc{early},2\n").as_bytes(),
+        )
+        .await;
+        let (table, _) = dms2delta::lake::open(&m.pipeline.stores, &m.location("my.app.t"))
+            .await
+            .unwrap();
+        let files_before = table.get_file_uris().unwrap().count();
+        for i in 4..6 {
+            let (key, bytes) = file(i);
+            let c = m.apply(&key, &bytes).await;
+            // At most the files the CDC commit wrote can hold one of its keys; the fifth LOAD
+            // file holds the key CDC changed, so it must read one.
+            let dv = !extra.is_empty();
+            assert!(
+                c.files_scanned <= 2 && c.files_scanned < files_before as u64,
+                "seed {seed}, dv {dv}: {c:?}"
+            );
+            if i == 4 {
+                assert!(c.files_scanned >= 1, "seed {seed}, dv {dv}: {c:?}");
+                assert_eq!((c.rows_inserted, c.rows_stale), (9, 1), "seed {seed}, dv {dv}: {c:?}");
+            }
+        }
+        // The second LOAD file again: all its rows are there already.
+        let (key, bytes) = file(1);
+        let again = m.apply(&key, &bytes).await;
+        assert_eq!((again.rows_inserted, again.rows_stale), (0, 10), "{again:?}");
+        let rows = m.rows("my.app.t", &["id", "name"]).await;
+        assert_eq!(rows.len(), 60, "seed {seed}");
+        for r in &rows {
+            let k: u32 = r[0].parse().unwrap();
+            let want = if k == late || k == early {
+                format!("cdc{k}")
+            } else {
+                format!("load{k}")
+            };
+            assert_eq!(
+                r[1],
+                want,
+                "seed {seed}, key {k}, deletion vectors {}",
+                !extra.is_empty()
+            );
+        }
+    }
+}

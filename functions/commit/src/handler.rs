@@ -5,6 +5,7 @@ use std::sync::Arc;
 use dms2delta::catalog::CatalogSync;
 use dms2delta::config::Validated;
 use dms2delta::deadline::{Deadline, COMMIT_RESERVE};
+use dms2delta::dms::LoadProgress;
 use dms2delta::events::{ObjectEvent, ObjectEventKind};
 use dms2delta::metrics::{CommitReport, Emf, Unit};
 use dms2delta::operations::commit::{CommitChangesBuilder, CommitMetrics};
@@ -20,6 +21,8 @@ pub struct State {
     pub stores: Stores,
     /// Where tables are registered for Athena, when a catalog database is configured.
     pub catalog: Option<CatalogSync>,
+    /// DMS's table statistics, when a source names its replication task (`dms_task_arn`).
+    pub load_progress: Option<Arc<dyn LoadProgress>>,
 }
 
 impl State {
@@ -29,7 +32,13 @@ impl State {
             config,
             stores,
             catalog: None,
+            load_progress: None,
         }
+    }
+
+    pub fn with_load_progress(mut self, progress: Arc<dyn LoadProgress>) -> State {
+        self.load_progress = Some(progress);
+        self
     }
 
     pub fn with_catalog(mut self, catalog: CatalogSync) -> State {
@@ -91,6 +100,7 @@ async fn commit(state: &State, table: Table) -> Result<CommitReport, String> {
     let namespace = &state.config.config.metrics.namespace;
     let res = CommitChangesBuilder::new(state.config.clone(), &state.stores)
         .with_table(&table.namespace, &table.schema, &table.table)
+        .with_load_progress(state.load_progress.clone())
         .await;
     let m = match res {
         Ok(m) => m,

@@ -9,6 +9,8 @@
 //! - [`cold_start`] and [`serve`]: the state is built once per execution environment and each
 //!   invocation reaches its handler with the [`Deadline`] from the Lambda [`Context`].
 
+#[cfg(feature = "dms")]
+pub mod dms;
 mod invocation;
 mod serve;
 mod tables;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use dms2delta::config::Validated;
+use dms2delta::dms::{LoadProgress, TaskEventKind, TaskStateChange};
 use dms2delta::metrics::Unit;
-use dms2delta::operations::reprocess::ReprocessBuilder;
+use dms2delta::operations::reprocess::{commit_sources, ReprocessBuilder};
 use dms2delta::storage::Stores;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 use crate::queues::{redrive, Queues, ToDecodeQueue};
 use dms2delta::events::parse_body;
 use dms2delta::quarantine::list_reports;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// The environment variables [`Settings::from_env`] reads, beside the common ones.
 pub const ENVIRONMENT: &[&str] = &[
@@ -96,6 +97,8 @@ pub struct State {
     pub stores: Stores,
     pub queues: Arc<dyn Queues>,
     pub settings: Settings,
+    /// DMS's table statistics, when a source names its replication task (`dms_task_arn`).
+    pub load_progress: Option<Arc<dyn LoadProgress>>,
 }
 
 impl State {
@@ -106,7 +109,13 @@ impl State {
             stores,
             queues,
             settings,
+            load_progress: None,
         }
+    }
+
+    pub fn with_load_progress(mut self, progress: Arc<dyn LoadProgress>) -> State {
+        self.load_progress = Some(progress);
+        self
     }
 }
 
@@ -137,6 +146,8 @@ pub enum Trigger {
     /// The periodic reconcile (EventBridge schedule).
     Schedule,
     Manual(Request),
+    /// A DMS replication task changed state (`DMS Replication Task State Change`).
+    DmsTask(TaskStateChange),
 }
 
 fn bad_event(reason: impl Into<String>) -> dms2delta_lambda::Error {
@@ -162,6 +173,9 @@ pub fn trigger(payload: &Value) -> Result<Trigger, dms2delta_lambda::Error> {
             state: alarm["NewStateValue"].as_str().unwrap_or("").to_string(),
         });
     }
+    if let Some(event) = TaskStateChange::from_event(payload) {
+        return event.map(Trigger::DmsTask).map_err(bad_event);
+    }
     if payload.get("source").and_then(Value::as_str) == Some("aws.events")
         || payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
     {
@@ -184,6 +198,7 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, dms2delta_la
             tracing::info!(stage = "reprocess", alarm = %name, state = %s, "alarm left the ALARM state: nothing to do");
             return Ok(json!({"trigger": "alarm", "alarm": name, "state": s, "skipped": true}));
         }
+        Trigger::DmsTask(event) => return dms_task_changed(state, event).await,
         Trigger::Alarm { .. } | Trigger::Schedule => (Request::default(), Some(lookback)),
         Trigger::Manual(r) => {
             let since = match &r.since {
@@ -208,7 +223,8 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, dms2delta_la
         .with_table(request.table.clone())
         .with_since(since)
         .with_dry_run(request.dry_run)
-        .with_max_files(state.settings.max_files);
+        .with_max_files(state.settings.max_files)
+        .with_load_progress(state.load_progress.clone());
     if let Some(q) = &to_queue {
         builder = builder.with_requeue(q);
     }
@@ -242,10 +258,57 @@ pub async fn handle(state: &State, payload: Value) -> Result<Value, dms2delta_la
             Trigger::Alarm { .. } => "alarm",
             Trigger::Schedule => "schedule",
             Trigger::Manual(_) => "manual",
+            Trigger::DmsTask(_) => "dms",
         },
         "redriven": redriven,
         "reprocess": m,
     }))
+}
+
+/// A DMS task stopped: its sources' waiting tables are committed now, so a reload whose load
+/// DMS reports completed settles at once (a full-load task stops when its loads are over).
+/// Other state changes need nothing here: failures and stops reach a person through
+/// AlarmTopic.
+async fn dms_task_changed(state: &State, event: &TaskStateChange) -> Result<Value, dms2delta_lambda::Error> {
+    let sources = event.sources(&state.config);
+    let base = json!({
+        "trigger": "dms",
+        "event_type": event.event_type,
+        "task": event.task_arn,
+        "stop_reason": event.stop_reason,
+        "sources": sources,
+    });
+    if event.kind() != TaskEventKind::Stopped || sources.is_empty() {
+        let why = if sources.is_empty() {
+            "no configured source names this task in dms_task_arn"
+        } else {
+            "only a stop calls for a commit"
+        };
+        tracing::info!(stage = "reprocess", event_type = %event.event_type, task = ?event.task_arn, reason = why, "DMS task event: nothing to do");
+        let mut out = base;
+        out["skipped"] = json!(why);
+        return Ok(out);
+    }
+    let namespaces: BTreeSet<String> = state
+        .config
+        .sources()
+        .iter()
+        .filter(|s| sources.contains(&s.name.as_str()))
+        .map(|s| s.namespace.clone().unwrap_or_else(|| s.name.clone()))
+        .collect();
+    tracing::info!(stage = "reprocess", task = ?event.task_arn, stop_reason = ?event.stop_reason, sources = ?sources, "DMS task stopped: committing its sources' waiting tables");
+    let m = commit_sources(
+        state.config.clone(),
+        &state.stores,
+        &namespaces,
+        state.load_progress.clone(),
+    )
+    .await?;
+    m.log("reprocessed");
+    m.emf(&state.config.config.metrics.namespace).emit();
+    let mut out = base;
+    out["reprocess"] = serde_json::to_value(&m).unwrap_or(Value::Null);
+    Ok(out)
 }
 
 /// `(bucket, key)` of every file with a quarantine report.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use dms2delta_lambda::dms::{self, DmsApi};
 use reprocess::handler::{self, Settings};
 use reprocess::queues::Sqs;
 
@@ -12,7 +13,12 @@ async fn main() -> Result<(), dms2delta_lambda::Error> {
     let settings = Settings::from_env(|k| std::env::var(k).ok())?;
     let aws = aws_config::load_from_env().await;
     let queues = Arc::new(Sqs::new(aws_sdk_sqs::Client::new(&aws)));
-    let state = handler::State::new(config, queues, settings);
+    let asks_dms = config.sources().iter().any(|s| s.dms_task_arn.is_some());
+    let mut state = handler::State::new(config, queues, settings);
+    // Reloads settle as soon as DMS reports their table loaded, for sources naming their task.
+    if asks_dms {
+        state = state.with_load_progress(Arc::new(DmsApi::new(dms::sdk::Client::new(&aws))));
+    }
     // A run is bounded by MAX_FILES and MAX_REDRIVE rather than by the deadline: what it
     // leaves, the next run (alarm or schedule) takes. Its triggers (SNS alarms, schedules,
     // requests by hand) stay JSON: no one typed event covers them.

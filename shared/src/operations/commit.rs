@@ -37,8 +37,8 @@ use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::failpoint::{self, Failpoints};
 use crate::generation::{Anchor, FloorKind};
 use crate::lake::{self, delta_err, is_conflict};
-use crate::operations::floor;
 use crate::operations::merge_on_read::{self, DvCounts};
+use crate::operations::{change_feed, floor};
 use crate::quarantine::{write_report, QuarantineReport};
 use crate::stage::{floor_markers, names_dir, read_change_set, table_dir, ChangeSetMeta};
 use crate::storage::{Location, Stores};
@@ -60,6 +60,7 @@ pub struct CommitChangesBuilder<'a> {
     table: String,
     max_change_sets: Option<usize>,
     failpoints: Failpoints,
+    load_progress: Option<Arc<dyn crate::dms::LoadProgress>>,
 }
 
 /// What one commit did.
@@ -90,6 +91,9 @@ pub struct CommitMetrics {
     /// measures; they overlap, both streaming).
     pub merge_scan_ms: u64,
     pub merge_rewrite_ms: u64,
+    /// Data files the commit had to read to find the rows its changes meet: a first full
+    /// load's files read only those holding later changes or the same file's rows.
+    pub files_scanned: u64,
     /// Merge-on-read (`deletion_vectors`): data files given a new deletion vector, and the
     /// rows those vectors newly mark as replaced or deleted.
     pub dv_files: u64,
@@ -156,7 +160,15 @@ impl<'a> CommitChangesBuilder<'a> {
             table: String::new(),
             max_change_sets: None,
             failpoints: Failpoints::default(),
+            load_progress: None,
         }
+    }
+
+    /// DMS's table statistics, consulted for a reload whose end is not yet known otherwise
+    /// (sources with `dms_task_arn`; see [`crate::dms`]).
+    pub fn with_load_progress(mut self, progress: Option<Arc<dyn crate::dms::LoadProgress>>) -> Self {
+        self.load_progress = progress;
+        self
     }
 
     /// The lake table (namespace, schema and table after renames).
@@ -334,6 +346,7 @@ impl<'a> CommitChangesBuilder<'a> {
             metrics.files_removed = m.num_target_files_removed as u64;
             metrics.rows_copied = m.num_target_rows_copied as u64;
             metrics.merge_scan_ms = m.scan_time_ms;
+            metrics.files_scanned = m.num_target_files_scanned as u64;
             metrics.merge_rewrite_ms = m.rewrite_time_ms;
         }
         metrics.dv_files = result.dv.files_marked;
@@ -394,6 +407,10 @@ impl<'a> CommitChangesBuilder<'a> {
             .map(|(_, a, _)| a)
             .max()
             .cloned();
+        if let Some(progress) = &self.load_progress {
+            let dms = crate::dms::settled_reload(progress.as_ref(), &self.config, spec, markers, target.as_ref()).await;
+            target = target.max(dms);
+        }
         if target.is_none() {
             // The change that ends the load may have been committed before the reload's first
             // LOAD file was decoded: look for it in the table (newest marker first).
@@ -640,6 +657,11 @@ impl<'a> CommitChangesBuilder<'a> {
         };
 
         if exists && !unified.widen.is_empty() {
+            match change_feed::before_full_rewrite(table).await {
+                Ok(t) => table = t,
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) => return Err(derr(e)),
+            }
             match widen_table(table, &unified.widen).await {
                 Ok(t) => table = t,
                 Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
@@ -697,17 +719,39 @@ impl<'a> CommitChangesBuilder<'a> {
         }
         self.failpoints.check(failpoint::COMMIT_AFTER_TOMBSTONES)?;
 
+        // The feed follows the configuration from the next data commit on (its own commit).
+        let table = match change_feed::apply_setting(table, spec.change_data_feed).await {
+            Ok(t) => t,
+            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+            Err(e) => return Err(derr(e)),
+        };
         let before = table.version();
         let info = commit_info(pending, source.num_rows());
-        // Merge-on-read unless the commit adds columns (copy-on-write evolves the schema).
+        // Merge-on-read unless the commit adds columns (copy-on-write evolves the schema). A
+        // first full load's rows only add to a table without deletion vectors too, unless they
+        // meet a row they replace (see `merge_on_read::first_load_range`).
         let on_read = spec.deletion_vectors && new_columns.is_empty();
+        let appends = !spec.deletion_vectors && new_columns.is_empty() && merge_on_read::is_first_load(&source);
         let applied = if source.num_rows() == 0 {
             Ok((table, None, DvCounts::default()))
         } else if on_read {
             async {
                 let table = enable_deletion_vectors(table).await?;
-                let (table, m, dv) = merge_on_read::apply(table, spec, source, info.clone()).await?;
+                let applied = merge_on_read::apply(table, spec, source, info.clone(), false).await?;
+                let (table, m, dv) = applied.ok_or_else(|| {
+                    deltalake::DeltaTableError::Generic("merge-on-read declined a table with deletion vectors".into())
+                })?;
                 Ok::<_, deltalake::DeltaTableError>((table, Some(m), dv))
+            }
+            .await
+        } else if appends {
+            async {
+                match merge_on_read::apply(table.clone(), spec, source.clone(), info.clone(), true).await? {
+                    Some((table, m, dv)) => Ok((table, Some(m), dv)),
+                    None => merge(table, spec, source, &new_columns, info.clone())
+                        .await
+                        .map(|(t, m)| (t, m, DvCounts::default())),
+                }
             }
             .await
         } else {
@@ -829,6 +873,9 @@ async fn create_table(
     }
     if spec.deletion_vectors {
         b = b.with_configuration_property(TableProperty::EnableDeletionVectors, Some("true"));
+    }
+    if spec.change_data_feed {
+        b = b.with_configuration_property(TableProperty::EnableChangeDataFeed, Some("true"));
     }
     b.await
 }

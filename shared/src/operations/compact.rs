@@ -26,6 +26,7 @@ use crate::config::{DeleteMode, TableSpec, Validated};
 use crate::error::{Error, Result, Stage};
 use crate::lake::{self, delta_err, is_conflict};
 use crate::lease::Lease;
+use crate::operations::change_feed;
 use crate::operations::commit::DELETED_AT;
 use crate::operations::merge_on_read::purge_deleted_rows;
 use crate::storage::{path_below, Location, Stores};
@@ -59,6 +60,7 @@ pub struct CompactMetrics {
     pub rows_purged: u64,
     pub checkpoint_written: bool,
     pub log_files_cleaned: u64,
+    /// Data files vacuum deleted, and change files (`_change_data`) past the same retention.
     pub files_vacuumed: u64,
     pub tombstones_dropped: u64,
     /// History table (`history.enabled`): small files rewritten, and unreferenced files
@@ -284,6 +286,8 @@ impl<'a> CompactBuilder<'a> {
                 Err(e) if is_conflict(&e) => m.yielded = true,
                 Err(e) => return Err(derr(e)),
             }
+            let cutoff = now - (c.vacuum_retention_hours as i64).saturating_mul(3_600_000);
+            m.files_vacuumed += change_feed::expire(&table, cutoff).await.map_err(derr)?;
             if spec.delete_mode == DeleteMode::Hard {
                 m.tombstones_dropped = self.maintain_tombstones(spec, now, target).await?;
             }

@@ -50,6 +50,7 @@ use super::commit::{DELETED, DELETED_AT};
 use crate::changes::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec};
 use crate::deletion_vector::{self, DvError, DvFileWriter};
+use crate::operations::change_feed::{self, MergeOnReadChanges};
 use crate::types::UTC;
 
 /// Files read at once: enough to keep both cores of a small Lambda busy and S3 latency hidden.
@@ -588,12 +589,17 @@ struct NewRow {
 
 /// Applies `source` (deduplicated changes, tombstones already applied) to `table` in one commit.
 /// Returns the table as committed (unchanged when every change was stale) and the metrics.
+///
+/// `appends_only`: the table has no deletion vectors, so the commit may only add rows; if some
+/// stored row would have to be replaced, nothing is written and `None` comes back (the caller
+/// then runs the copy-on-write MERGE). Used for first full loads (see [`first_load_range`]).
 pub async fn apply(
     table: DeltaTable,
     spec: &TableSpec,
     source: RecordBatch,
     info: HashMap<String, Value>,
-) -> DeltaResult<(DeltaTable, MergeMetrics, DvCounts)> {
+    appends_only: bool,
+) -> DeltaResult<Option<(DeltaTable, MergeMetrics, DvCounts)>> {
     let started = Instant::now();
     let snapshot = table.snapshot()?.clone();
     let table_schema = snapshot.snapshot().arrow_schema();
@@ -624,8 +630,10 @@ pub async fn apply(
         .filter(|c| table_schema.index_of(c).is_ok() && src_schema.index_of(&column_seq_name(c)).is_ok())
         .map(str::to_string)
         .collect();
+    // The change feed records every retired row as it was.
+    let feed = change_feed::is_enabled(&table);
     // The stored row is needed only when a change keeps some of its values.
-    let need_old = nosup.is_some() || (soft && any_delete) || !tracked.is_empty();
+    let need_old = nosup.is_some() || (soft && any_delete) || !tracked.is_empty() || feed;
     let columns: SchemaRef = if need_old {
         table_schema.clone()
     } else {
@@ -644,8 +652,13 @@ pub async fn apply(
 
     let views: Vec<_> = table.get_active_add_actions_by_predicate(None).try_collect().await?;
     let files: Vec<Arc<DataFile>> = views.iter().map(|v| Arc::new(data_file(v))).collect();
+    let load = first_load_range(&seq);
     let candidates: Vec<usize> = (0..files.len())
         .filter(|i| keys.may_hold(files[*i].stats.as_deref(), &spec.keys[0]))
+        .filter(|i| {
+            load.as_ref()
+                .is_none_or(|l| may_meet_first_load(files[*i].stats.as_deref(), l))
+        })
         .collect();
     let input = Arc::new(ScanInput {
         store: table.object_store(),
@@ -715,6 +728,7 @@ pub async fn apply(
     };
     let mut marks: Vec<Vec<u64>> = vec![Vec::new(); hits.len()];
     let mut new_rows: Vec<NewRow> = Vec::new();
+    let mut changes = MergeOnReadChanges::default();
     let mut metrics = MergeMetrics {
         num_source_rows: n,
         num_target_files_scanned: candidates.len(),
@@ -742,6 +756,9 @@ pub async fn apply(
                 }
                 metrics.num_target_rows_updated += 1;
                 marks[at.0].push(hits[at.0].rows[at.1]);
+                if feed {
+                    changes.retire(at.0, at.1, false);
+                }
                 new_rows.push(NewRow {
                     change: change as u32,
                     old: Some(at),
@@ -774,6 +791,9 @@ pub async fn apply(
         };
         for (h, pos) in &newer {
             marks[*h].push(hits[*h].rows[*pos]);
+            if feed {
+                changes.retire(*h, *pos, is_delete && !soft);
+            }
         }
         if let Some(kind) = kind {
             new_rows.push(NewRow {
@@ -785,6 +805,9 @@ pub async fn apply(
     }
     metrics.num_output_rows = new_rows.len();
 
+    if appends_only && marks.iter().any(|m| !m.is_empty()) {
+        return Ok(None);
+    }
     let write_started = Instant::now();
     let mut actions: Vec<Action> = Vec::new();
     let mut counts = DvCounts::default();
@@ -817,6 +840,7 @@ pub async fn apply(
             clustering_provider: None,
         }));
     }
+    let mut written: Option<RecordBatch> = None;
     if !new_rows.is_empty() {
         let mut writer = RecordBatchWriter::for_table(&table)?;
         let full = full_images(&source, &spec.keys);
@@ -832,6 +856,9 @@ pub async fn apply(
             &full,
             (&column_seqs.columns, &chosen),
         )?;
+        if feed {
+            written = Some(batch.clone());
+        }
         writer.write(batch).await?;
         let adds = writer.flush().await?;
         metrics.num_target_files_added = adds.len();
@@ -840,10 +867,16 @@ pub async fn apply(
     if actions.is_empty() {
         metrics.execution_time_ms = started.elapsed().as_millis() as u64;
         metrics.scan_time_ms = scan_ms;
-        return Ok((table, metrics, counts));
+        return Ok(Some((table, metrics, counts)));
     }
     if !dv_file.is_empty() {
         dv_file.finish(input.store.as_ref()).await.map_err(dv_err)?;
+    }
+    if feed {
+        let old: Vec<&RecordBatch> = hits.iter().map(|h| &h.old).collect();
+        let replaces: Vec<bool> = new_rows.iter().map(|r| r.old.is_some()).collect();
+        let rows = changes.rows(&table_schema, &old, written.as_ref(), &replaces)?;
+        actions.extend(change_feed::write(&table, rows).await?);
     }
     // Read as a MERGE over the whole table: any concurrent data change conflicts and the
     // commit stage retries from a fresh snapshot, as with the copy-on-write MERGE.
@@ -864,7 +897,7 @@ pub async fn apply(
     metrics.rewrite_time_ms = write_started.elapsed().as_millis() as u64;
     metrics.scan_time_ms = scan_ms;
     metrics.execution_time_ms = started.elapsed().as_millis() as u64;
-    Ok((table, metrics, counts))
+    Ok(Some((table, metrics, counts)))
 }
 
 /// Commits `actions` on top of `snapshot` (delta-rs checks concurrent commits against it) and
@@ -884,6 +917,89 @@ async fn commit(
     let mut table = table;
     table.update_incremental(Some(done.version())).await?;
     Ok(table)
+}
+
+/// A change set holding only rows of one series of its table's first full load (every
+/// sequence `0L…`): the series and the lowest and highest sequence; `None` for any other.
+///
+/// DMS reads a table (or one partition or segment of a parallel load) with one query, which
+/// lists each key once, so such rows can meet a stored row only through a change committed
+/// before them (a CDC change or delete, `1…`), a second delivery of their own LOAD file (their
+/// own sequences), or another series of a parallel load (a row that moved between partitions
+/// while DMS read them). Files holding only other LOAD files' rows of the same series need not
+/// be read, which keeps a full load in any key order at the cost of its rows rather than of
+/// the table (issue #18).
+pub fn first_load_range(seq: &StringArray) -> Option<FirstLoad> {
+    if seq.null_count() > 0 || seq.is_empty() {
+        return None;
+    }
+    let mut lo: Option<&str> = None;
+    let mut hi: Option<&str> = None;
+    let mut series: Option<&str> = None;
+    for s in seq.iter().flatten() {
+        let this = load_series(s)?;
+        if series.is_some_and(|x| x != this) {
+            return None;
+        }
+        series = Some(this);
+        lo = Some(lo.map_or(s, |l| l.min(s)));
+        hi = Some(hi.map_or(s, |h| h.max(s)));
+    }
+    Some(FirstLoad {
+        series: series?.to_string(),
+        lo: lo?.to_string(),
+        hi: hi?.to_string(),
+    })
+}
+
+/// Whether every change of `source` is a row of one series of its table's first full load.
+pub fn is_first_load(source: &RecordBatch) -> bool {
+    source
+        .column_by_name(SEQ)
+        .and_then(|c| cast(c, &DataType::Utf8).ok())
+        .is_some_and(|c| first_load_range(c.as_string::<i32>()).is_some())
+}
+
+/// See [`first_load_range`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstLoad {
+    /// The prefix every sequence of the series starts with: `0LLOAD` (the table folder's own
+    /// series), `0L<folder>/` (a partition folder) or `0LSEGMENT<n>_` (a segment).
+    series: String,
+    lo: String,
+    hi: String,
+}
+
+/// The series prefix of a first full load's sequence (`0L<name>:<row>`), if it is one.
+fn load_series(seq: &str) -> Option<&str> {
+    let name = seq.strip_prefix("0L")?;
+    let end = if let Some(slash) = name.rfind('/') {
+        slash + 1
+    } else if name.starts_with("SEGMENT") {
+        name.find('_')? + 1
+    } else if name.starts_with("LOAD") {
+        "LOAD".len()
+    } else {
+        return None;
+    };
+    Some(&seq[..2 + end])
+}
+
+/// Whether a file may hold a row a first full load's change set meets: it holds a change from
+/// after the load began, rows of another series, or rows of the same LOAD file. Without
+/// sequence stats, it may.
+fn may_meet_first_load(stats: Option<&str>, load: &FirstLoad) -> bool {
+    let Some(stats) = stats.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+        return true;
+    };
+    let bound = |which: &str| stats.get(which).and_then(|m| m.get(SEQ)).and_then(Value::as_str);
+    let (Some(min), Some(max)) = (bound("minValues"), bound("maxValues")) else {
+        return true;
+    };
+    // Every text between two that share a prefix shares it, so the file's rows are all of the
+    // series. Bounds cut short (a shorter min, a raised max) fail this test: still safe.
+    let same_series = min.starts_with(&load.series) && max.starts_with(&load.series);
+    !same_series || !(max < load.lo.as_str() || min > load.hi.as_str())
 }
 
 /// A file's stats once some of its rows are deleted: counts stay physical and bounds may be
@@ -1025,4 +1141,52 @@ fn new_rows_batch(
         cols.push(col);
     }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(min: &str, max: &str) -> String {
+        serde_json::json!({"numRecords": 2, "minValues": {SEQ: min}, "maxValues": {SEQ: max}}).to_string()
+    }
+
+    #[test]
+    fn a_first_load_reads_only_files_it_may_meet() {
+        let seqs = StringArray::from(vec!["0LLOAD00000003:000000000001", "0LLOAD00000003:000000000009"]);
+        let load = first_load_range(&seqs).unwrap();
+        assert_eq!(load.series, "0LLOAD");
+        // Another LOAD file of the same series: skipped.
+        let other = stats("0LLOAD00000001:000000000001", "0LLOAD00000002:000000000500");
+        assert!(!may_meet_first_load(Some(&other), &load));
+        // Its own rows (a second delivery), a CDC change, another series, no stats: read.
+        let own = stats("0LLOAD00000002:000000000001", "0LLOAD00000004:000000000001");
+        assert!(may_meet_first_load(Some(&own), &load));
+        let cdc = stats("0LLOAD00000001:000000000001", "1S20240528100000000000000000000000001");
+        assert!(may_meet_first_load(Some(&cdc), &load));
+        let series = stats(
+            "0Lp_north/LOAD00000001:000000000001",
+            "0Lp_north/LOAD00000001:000000000009",
+        );
+        assert!(may_meet_first_load(Some(&series), &load));
+        assert!(may_meet_first_load(None, &load));
+        // A min cut short no longer shows the series: read.
+        let cut = stats("0LLO", "0LLOAD00000001:000000000009");
+        assert!(may_meet_first_load(Some(&cut), &load));
+
+        // Partition folders and segments are series of their own.
+        let part = first_load_range(&StringArray::from(vec!["0Lp_north/LOAD00000002:000000000001"])).unwrap();
+        assert_eq!(part.series, "0Lp_north/");
+        assert!(!may_meet_first_load(Some(&series), &part));
+        let seg = first_load_range(&StringArray::from(vec!["0LSEGMENT2_LOAD00000001:000000000001"])).unwrap();
+        assert_eq!(seg.series, "0LSEGMENT2_");
+        // Not a first load's change set: CDC, a reload, two series at once.
+        for not in [
+            vec!["1S20240528100000000000000000000000001"],
+            vec!["1F202405281000000000LLOAD00000001:000000000001"],
+            vec!["0LLOAD00000001:000000000001", "0Lp_north/LOAD00000001:000000000001"],
+        ] {
+            assert_eq!(first_load_range(&StringArray::from(not.clone())), None, "{not:?}");
+        }
+    }
 }

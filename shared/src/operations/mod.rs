@@ -2,6 +2,8 @@
 //! metrics, in the manner of delta-rs's operations.
 
 #[cfg(feature = "delta")]
+pub mod change_feed;
+#[cfg(feature = "delta")]
 pub mod commit;
 #[cfg(feature = "delta")]
 pub mod compact;

@@ -26,6 +26,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 
 use crate::config::{TableSpec, Validated};
+use crate::dms::LoadProgress;
 use crate::error::{Error, Result};
 use crate::failpoint::Failpoints;
 use crate::operations::commit::{applied_change_sets, CommitChangesBuilder};
@@ -92,6 +93,7 @@ pub struct ReprocessBuilder<'a> {
     max_files: usize,
     retry_quarantined: bool,
     commit_pending: bool,
+    load_progress: Option<Arc<dyn LoadProgress>>,
 }
 
 impl<'a> ReprocessBuilder<'a> {
@@ -106,7 +108,14 @@ impl<'a> ReprocessBuilder<'a> {
             max_files: 10_000,
             retry_quarantined: true,
             commit_pending: true,
+            load_progress: None,
         }
+    }
+
+    /// DMS's table statistics, for the commits of waiting tables (see [`crate::dms`]).
+    pub fn with_load_progress(mut self, progress: Option<Arc<dyn LoadProgress>>) -> Self {
+        self.load_progress = progress;
+        self
     }
 
     /// Where missing files go (default: decoded in this process).
@@ -360,34 +369,8 @@ impl<'a> ReprocessBuilder<'a> {
             }
             if self.commit_pending {
                 // Everything staged now, including what was just decoded here.
-                let staged_now = list(sstore.as_ref(), &sroot).await?;
-                let mut tables: BTreeSet<(String, String, String)> = BTreeSet::new();
-                for meta in &staged_now {
-                    if let Some((ns, schema, table, _)) = parse_change_set_path(&sroot, &meta.location) {
-                        if self.selected(&format!("{ns}.{schema}.{table}")) {
-                            tables.insert((ns, schema, table));
-                        }
-                    }
-                }
-                for (ns, schema, table) in tables {
-                    // One table's failure must not keep the others waiting.
-                    match CommitChangesBuilder::new(config.clone(), self.stores)
-                        .with_table(&ns, &schema, &table)
-                        .with_failpoints(Failpoints::default())
-                        .await
-                    {
-                        Ok(cm) => {
-                            m.rows_changed += cm.rows_inserted + cm.rows_updated + cm.rows_deleted;
-                            if cm.change_sets > 0 {
-                                m.tables_committed.push(cm.table.clone());
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(stage = "reprocess", table = %format!("{ns}.{schema}.{table}"), error = %e, "commit failed; other tables go on");
-                            m.tables_failed.push(format!("{ns}.{schema}.{table}: {e}"));
-                        }
-                    }
-                }
+                let selected = |ns: &str, schema: &str, table: &str| self.selected(&format!("{ns}.{schema}.{table}"));
+                commit_waiting_tables(&config, self.stores, &selected, self.load_progress.clone(), &mut m).await?;
             }
         } else {
             m.remaining = missing.len() + reports.len();
@@ -421,6 +404,65 @@ impl<'a> IntoFuture for ReprocessBuilder<'a> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
     }
+}
+
+/// Commits every table with staged work (change sets or floor markers) that `selected`
+/// accepts, one at a time; one table's failure is recorded and the others go on.
+async fn commit_waiting_tables(
+    config: &Arc<Validated>,
+    stores: &Stores,
+    selected: &(dyn Fn(&str, &str, &str) -> bool + Sync),
+    load_progress: Option<Arc<dyn LoadProgress>>,
+    m: &mut ReprocessMetrics,
+) -> Result<()> {
+    let (sstore, sroot) = stores.resolve(&config.staging)?;
+    let staged_now = list(sstore.as_ref(), &sroot).await?;
+    let mut tables: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for meta in &staged_now {
+        if let Some((ns, schema, table, _)) = parse_change_set_path(&sroot, &meta.location) {
+            if selected(&ns, &schema, &table) {
+                tables.insert((ns, schema, table));
+            }
+        }
+    }
+    for (ns, schema, table) in tables {
+        match CommitChangesBuilder::new(config.clone(), stores)
+            .with_table(&ns, &schema, &table)
+            .with_failpoints(Failpoints::default())
+            .with_load_progress(load_progress.clone())
+            .await
+        {
+            Ok(cm) => {
+                m.rows_changed += cm.rows_inserted + cm.rows_updated + cm.rows_deleted;
+                if cm.change_sets > 0 {
+                    m.tables_committed.push(cm.table.clone());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stage = "reprocess", table = %format!("{ns}.{schema}.{table}"), error = %e, "commit failed; other tables go on");
+                m.tables_failed.push(format!("{ns}.{schema}.{table}: {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a DMS replication task stopped (a `DMS Replication Task State Change` event): commits
+/// the waiting tables of the sources it writes (`namespaces`), so that a reload whose load DMS
+/// now reports completed settles without waiting for the next scheduled run. No listing of the
+/// DMS files, no quarantine retries: the scheduled runs do those.
+pub async fn commit_sources(
+    config: Arc<Validated>,
+    stores: &Stores,
+    namespaces: &BTreeSet<String>,
+    load_progress: Option<Arc<dyn LoadProgress>>,
+) -> Result<ReprocessMetrics> {
+    let started = Instant::now();
+    let mut m = ReprocessMetrics::default();
+    let selected = |ns: &str, _: &str, _: &str| namespaces.contains(ns);
+    commit_waiting_tables(&config, stores, &selected, load_progress, &mut m).await?;
+    m.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(m)
 }
 
 /// Full-load files first, so a table's history is rebuilt in DMS's order.

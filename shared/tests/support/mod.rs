@@ -23,6 +23,7 @@ pub fn pipeline(text: &str, wrapper: Option<StoreWrapper>) -> Pipeline {
 
 pub mod ambiguous;
 pub mod converge;
+pub mod feed;
 pub mod proxy;
 pub mod s3;
 

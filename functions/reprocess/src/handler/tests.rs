@@ -235,3 +235,92 @@ async fn dead_letters_of_files_still_quarantined_stay_and_the_others_go_back() {
         .join("lake-bucket/_dms2delta/quarantine/dms-bucket/dms/mysql/shop/customers/20240601-000000001.csv.error.json")
         .is_file());
 }
+
+const SAMPLE_TASK: &str = "arn:aws:dms:us-east-1:123456789012:task:F8TBR5IJGVM78ZQYCR60BO87AF";
+
+/// Counts the questions and answers nothing: no table of the samples is reloaded.
+#[derive(Debug, Default)]
+struct Asked(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl LoadProgress for Asked {
+    async fn table_load(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<dms2delta::dms::TableLoad>, dms2delta::dms::DmsError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(None)
+    }
+}
+
+#[test]
+fn dms_task_events_are_understood_and_a_malformed_one_is_refused() {
+    let Trigger::DmsTask(stopped) = trigger(&event("dms-task-stopped.json")).unwrap() else {
+        panic!("not a DMS task event")
+    };
+    assert_eq!(stopped.kind(), TaskEventKind::Stopped);
+    assert_eq!(stopped.task_arn.as_deref(), Some(SAMPLE_TASK));
+    assert!(matches!(
+        trigger(&event("dms-task-failed.json")).unwrap(),
+        Trigger::DmsTask(e) if e.kind() == TaskEventKind::Failed
+    ));
+    let mut broken = event("dms-task-stopped.json");
+    broken["detail"] = json!({"category": "StateChange"});
+    let e = trigger(&broken).unwrap_err().to_string();
+    assert!(e.contains("DMS task state change"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dms_task_stop_commits_the_waiting_tables_of_the_sources_it_writes() {
+    let out = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("events/config.yaml"))
+        .unwrap()
+        .replace(".local/", &format!("{}/", out.path().display()))
+        .replace("events/data/", &format!("{}/events/data/", repo().display()))
+        .replace(
+            "    bucket_folder: dms/mysql\n",
+            &format!("    bucket_folder: dms/mysql\n    dms_task_arn: {SAMPLE_TASK}\n"),
+        );
+    let config = Arc::new(Config::from_text(&text).unwrap());
+    let asked = Arc::new(Asked::default());
+    let s =
+        State::new(config.clone(), Arc::new(Memory::default()), Settings::default()).with_load_progress(asked.clone());
+    // The sample files decoded, their change sets waiting (their commit notifications lost).
+    let staged = ReprocessBuilder::new(config.clone(), &s.stores)
+        .with_commit_pending(false)
+        .await
+        .unwrap();
+    assert_eq!(staged.files_requeued, SAMPLE_FILES);
+    let lake = out.path().join("lake-bucket/lake/mysql/shop/customers/_delta_log");
+    assert!(!lake.exists());
+
+    // A start, a failure, and a stop of a task no source names change nothing.
+    let mut other = event("dms-task-stopped.json");
+    other["resources"] = json!(["arn:aws:dms:us-east-1:123456789012:task:SOMEONEELSE"]);
+    for (payload, why) in [
+        (event("dms-task-started.json"), "only a stop"),
+        (event("dms-task-failed.json"), "only a stop"),
+        (other, "no configured source"),
+    ] {
+        let r = handle(&s, payload).await.unwrap();
+        assert_eq!(r["trigger"], "dms", "{r}");
+        assert!(r["skipped"].as_str().unwrap().contains(why), "{r}");
+    }
+    assert!(!lake.exists());
+
+    let r = handle(&s, event("dms-task-stopped.json")).await.unwrap();
+    assert_eq!(r["sources"], json!(["mysql"]), "{r}");
+    assert_eq!(r["stop_reason"], "FULL_LOAD_ONLY_FINISHED", "{r}");
+    let committed: Vec<&str> = r["reprocess"]["tables_committed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(committed, vec!["mysql.shop.customers", "mysql.shop.order items"], "{r}");
+    assert!(lake.is_dir());
+    // No reload is waiting, so DMS was not asked.
+    assert_eq!(asked.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
