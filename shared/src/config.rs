@@ -37,6 +37,18 @@ pub struct Config {
     /// CloudWatch metrics settings.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// SCD type 2 history tables, for every table (tables may override it).
+    #[serde(default)]
+    pub history: HistorySettings,
+}
+
+/// Whether a table keeps a history table beside its current-state table: one row per version
+/// of each key, with its validity interval (see `operations::history`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -611,6 +623,9 @@ pub struct TableConfig {
     /// Overrides the source's `truncates` settings for this table.
     #[serde(default)]
     pub truncates: Option<TruncateSettings>,
+    /// Overrides the top-level `history` settings for this table.
+    #[serde(default)]
+    pub history: Option<HistorySettings>,
 }
 
 /// A source table's schema and name, as DMS names its folders.
@@ -754,6 +769,9 @@ pub struct TableSpec {
     pub unlogged_when_null: Vec<String>,
     /// The removal of the table's DMS files may truncate it (see [`TruncateSettings`]).
     pub follow_removals: bool,
+    /// The table keeps an SCD type 2 history table (see [`HistorySettings`]): decode then stages
+    /// every change of a file, not only the newest per key.
+    pub history: bool,
 }
 
 impl TableSpec {
@@ -770,6 +788,12 @@ impl TableSpec {
     /// The table's path below the lake root.
     pub fn lake_path(&self) -> String {
         format!("{}/{}/{}", self.namespace, self.target_schema, self.target_table)
+    }
+
+    /// The history table's path below the lake root. Below `_dms2delta`, which no namespace can
+    /// start with, so no source table's name (`t_history`, say) can ever land on it.
+    pub fn history_path(&self) -> String {
+        format!("_dms2delta/history/{}", self.lake_path())
     }
 }
 
@@ -1319,6 +1343,7 @@ impl Validated {
             renamed_columns: entry.map(|t| t.renamed_columns.clone()).unwrap_or_default(),
             unlogged_when_null: entry.map(|t| t.unlogged_when_null.clone()).unwrap_or_default(),
             follow_removals: entry.and_then(|t| t.truncates).unwrap_or(s.truncates).follow_removals,
+            history: entry.and_then(|t| t.history).unwrap_or(self.config.history).enabled,
         }))
     }
 
@@ -1665,6 +1690,24 @@ sources:
             let (path, _) = err_of(&format!("{BASE}compact:\n  purge_deleted_percent: {bad}\n"));
             assert_eq!(path, "compact.purge_deleted_percent");
         }
+    }
+
+    #[test]
+    fn history_is_off_by_default_set_globally_and_overridden_per_table() {
+        let v = Config::from_text(BASE).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().history);
+        let on = format!("{BASE}history:\n  enabled: true\n");
+        let v = Config::from_text(&on).unwrap();
+        let emp = v.table(0, "hr", "emp").unwrap().unwrap();
+        assert!(emp.history);
+        assert_eq!(emp.history_path(), "_dms2delta/history/mysql/hr/employees");
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().history);
+        let off_here = on.replace("keys: [id]", "keys: [id]\n        history: { enabled: false }");
+        let v = Config::from_text(&off_here).unwrap();
+        assert!(!v.table(0, "hr", "emp").unwrap().unwrap().history);
+        assert!(v.table(1, "public", "accounts").unwrap().unwrap().history);
+        let (path, _) = err_of(&format!("{BASE}history:\n  enabled: true\n  location: x\n"));
+        assert_eq!(path, "history.location");
     }
 
     #[test]

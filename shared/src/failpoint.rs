@@ -72,5 +72,8 @@ impl Failpoints {
 pub const DECODE_AFTER_STAGE: &str = "decode.after_stage";
 /// Commit: after tombstones are recorded, before the table's MERGE.
 pub const COMMIT_AFTER_TOMBSTONES: &str = "commit.after_tombstones";
+/// Commit: after the table's new version is in the log, before its history (`history.enabled`)
+/// takes the same change sets.
+pub const COMMIT_BEFORE_HISTORY: &str = "commit.before_history";
 /// Commit: after the table's new version is in the log, before staged change sets are removed.
 pub const COMMIT_BEFORE_CLEANUP: &str = "commit.before_cleanup";

@@ -281,6 +281,10 @@ stage_report! {
         duration_ms: u64 => "CommitLatencyMs" Milliseconds,
         /// Now minus the newest source commit time applied (none when nothing was).
         lag_seconds: Option<f64> => "ReplicationLagSeconds" Seconds,
+        /// Tables with `history.enabled` only (no data point otherwise): history versions
+        /// written (new, rewritten or removed), and the history's part of the commit's time.
+        history_versions: Option<u64> => "HistoryVersionsWritten" Count,
+        history_ms: Option<u64> => "HistoryLatencyMs" Milliseconds,
     }
 }
 
@@ -391,7 +395,9 @@ mod tests {
         // No lag without an applied change: no data point rather than a zero.
         assert!(emf.get("ReplicationLagSeconds").is_none());
         let defs = emf["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap();
-        assert_eq!(defs.len(), CommitReport::METRICS.len() - 1);
+        // Nor without a history: the lag and the two history metrics have no data point.
+        assert_eq!(defs.len(), CommitReport::METRICS.len() - 3);
+        assert!(emf.get("HistoryVersionsWritten").is_none());
         assert!(defs.contains(&json!({"Name": "CommitLatencyMs", "Unit": "Milliseconds"})));
         // Only the fields given a CloudWatch name are metrics: the version and attempts are not.
         assert!(emf.get("version").is_none() && emf.get("Attempts").is_none());

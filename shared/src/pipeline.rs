@@ -137,6 +137,11 @@ impl Pipeline {
         self.config.lake.join(&spec.lake_path())
     }
 
+    /// Where a table's SCD type 2 history table lives (`history.enabled`).
+    pub fn history_location(&self, spec: &TableSpec) -> Location {
+        self.config.lake.join(&spec.history_path())
+    }
+
     /// Reads a whole table (all columns, current version). Empty when there is no table.
     pub async fn read_table(&self, loc: &Location) -> Result<Vec<RecordBatch>> {
         let (table, exists) = lake::open(&self.stores, loc).await?;

@@ -243,6 +243,7 @@ mod tests {
             renamed_columns: Default::default(),
             unlogged_when_null: Default::default(),
             follow_removals: false,
+            history: false,
         };
         let root = Path::from("staged");
         let p = change_set_path(&root, &spec, "abc").unwrap();

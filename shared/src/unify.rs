@@ -158,6 +158,29 @@ pub fn unify(table: Option<&[Field]>, sets: &[Vec<RecordBatch>], keys: &[String]
     })
 }
 
+/// Every change of `sets`, none dropped, in the shape of `data` (a table's data columns) and
+/// the metadata columns: the input of a history (see `operations::history`). Change sets come
+/// in the order DMS wrote their files (as [`unify`] pushes them), rows in file order. Columns a
+/// change set lacks are marked not logged, narrower values are cast up; a column `data` lacks
+/// is left out (the caller passes the table as the commit left it, which has them all).
+pub fn align_all(data: &[Field], sets: &[Vec<RecordBatch>]) -> Result<Vec<RecordBatch>, InputProblem> {
+    let order: Vec<String> = data.iter().map(|f| f.name().clone()).collect();
+    let mut fields: Vec<Field> = data.iter().map(|f| f.clone().with_nullable(true)).collect();
+    fields.extend(meta_fields());
+    let schema = Arc::new(Schema::new(fields));
+    let mut push_order: Vec<usize> = (0..sets.len()).collect();
+    push_order.sort_by_cached_key(|&i| source_file(&sets[i]));
+    let mut out = Vec::new();
+    for i in push_order {
+        for b in &sets[i] {
+            if b.num_rows() > 0 {
+                out.push(align(b, &schema, &order, &[])?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The DMS file a change set was decoded from (one per change set).
 fn source_file(set: &[RecordBatch]) -> Option<String> {
     let b = set.iter().find(|b| b.num_rows() > 0)?;

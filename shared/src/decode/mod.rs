@@ -67,8 +67,8 @@ impl FileContext<'_> {
 #[derive(Debug)]
 pub struct TableChanges {
     pub spec: TableSpec,
-    /// Deduplicated changes (no key twice across the batches); empty when the file held no
-    /// rows for the table. Several batches rather than one, so no copy is made to join them.
+    /// Deduplicated changes (no key twice across the batches), or every change in file order
+    /// for a table that keeps a history; empty when the file held no rows for the table. Several batches rather than one, so no copy is made to join them.
     pub batches: Vec<RecordBatch>,
     pub rows_in: u64,
 }
@@ -113,6 +113,12 @@ impl Sink {
     /// `in_order`: the table's rows carry no sequence column, so their sequences are their row
     /// numbers and rise with every batch.
     pub(crate) fn push(&mut self, spec: &TableSpec, batch: RecordBatch, in_order: bool) -> Result<(), InputProblem> {
+        if spec.history {
+            // A history needs every version of a key, not only the newest of the file; the
+            // commit deduplicates for the current-state table anyway (see `unify`).
+            self.count(spec, batch.num_rows() as u64);
+            return self.push_deduplicated(spec, batch);
+        }
         let t = self.table(spec);
         t.rows_in += batch.num_rows() as u64;
         let dedup = match &mut t.dedup {
@@ -133,7 +139,8 @@ impl Sink {
         self.table(spec).rows_in += rows;
     }
 
-    /// Adds changes that are already deduplicated (one key at most once across all of them).
+    /// Adds changes that are already deduplicated (one key at most once across all of them), or
+    /// that are kept whole (a table with a history).
     pub(crate) fn push_deduplicated(&mut self, spec: &TableSpec, batch: RecordBatch) -> Result<(), InputProblem> {
         let t = self.table(spec);
         if t.done

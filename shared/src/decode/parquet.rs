@@ -167,8 +167,13 @@ fn winners(
     let narrow = Arc::new(Schema::new(fields));
     // Later rows win and one integer key: positions alone decide. Otherwise the general deduper
     // over narrow batches (key, position and metadata columns).
+    // A table with a history keeps every row: the first pass only checks them and works out
+    // what each change did not log.
+    let keep_all = spec.history;
+    let mut kept: Vec<RecordBatch> = Vec::new();
     let mut last = match plan.keys.as_slice() {
-        [k] if plan.seq.is_none()
+        [k] if !keep_all
+            && plan.seq.is_none()
             && plan.unlogged.is_empty()
             && LastRowPerKey::supports(plan.schema.field(*k).data_type()) =>
         {
@@ -178,6 +183,7 @@ fn winners(
     };
     let mut dedup = match last {
         Some(_) => None,
+        None if keep_all => None,
         None => Some(Deduper::new(narrow.clone(), &spec.keys)?.with_rows_in_sequence_order(plan.seq.is_none())),
     };
     let mut row: u64 = 0;
@@ -210,13 +216,13 @@ fn winners(
         if let Some(i) = plan.op {
             check_ops(&column(i)?, rows)?;
         }
-        let Some(dedup) = dedup.as_mut() else {
+        if dedup.is_none() && !keep_all {
             if let (Some(last), Some(keys)) = (last.as_mut(), cols.first()) {
                 last.push(keys, row)?;
             }
             row += n as u64;
             continue;
-        };
+        }
         cols.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
             row..row + n as u64,
         )));
@@ -241,8 +247,22 @@ fn winners(
         cols.push(nosup);
         let narrow_batch = RecordBatch::try_new(narrow.clone(), cols)
             .map_err(|e| InputProblem::new(BadInputKind::BadValue, e.to_string()))?;
-        dedup.push(narrow_batch)?;
+        match dedup.as_mut() {
+            Some(d) => d.push(narrow_batch)?,
+            None => kept.push(narrow_batch),
+        }
         row += n as u64;
+    }
+    if keep_all {
+        let unlogged = match (plan.unlogged.is_empty(), kept.is_empty()) {
+            (false, false) => Some(arrow::compute::concat_batches(&narrow, &kept).map_err(bad_batch)?),
+            _ => None,
+        };
+        return Ok(Winners {
+            rows: (0..usize::try_from(row).unwrap_or(usize::MAX)).collect(),
+            rows_in: row,
+            unlogged,
+        });
     }
     let Some(dedup) = dedup else {
         let last = last.unwrap_or_default();

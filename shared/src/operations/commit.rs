@@ -119,6 +119,8 @@ pub struct CommitMetrics {
     pub floor: Option<String>,
     /// Now minus the newest source commit time applied.
     pub lag_seconds: Option<f64>,
+    /// What the table's history (`history.enabled`) took from this commit.
+    pub history: Option<crate::operations::history::HistoryMetrics>,
     pub duration_ms: u64,
 }
 
@@ -310,6 +312,17 @@ impl<'a> CommitChangesBuilder<'a> {
             }
         };
 
+        self.failpoints.check(failpoint::COMMIT_BEFORE_HISTORY)?;
+        if spec.history {
+            // After the table's commit and before the change sets go: a run that dies in
+            // between leaves them staged, and the next one (stale for the table) gives the
+            // history the same versions again, which it takes once.
+            let sets = pending.iter().map(|p| p.batches.clone()).collect();
+            let h = crate::operations::history::HistoryBuilder::new(self.config.clone(), self.stores, spec.clone())
+                .with_change_sets(sets)
+                .await?;
+            metrics.history = Some(h);
+        }
         self.failpoints.check(failpoint::COMMIT_BEFORE_CLEANUP)?;
         for p in &pending {
             match stage_store.delete(&p.path).await {
@@ -444,6 +457,16 @@ impl<'a> CommitChangesBuilder<'a> {
                     })
                 }
                 Err(e) => return Err(derr(e)),
+            }
+        }
+        if spec.history {
+            // Before the markers go, so a run that dies here closes the history next time.
+            let h = crate::operations::history::HistoryBuilder::new(self.config.clone(), self.stores, spec.clone())
+                .with_closing_floor(target.clone())
+                .await?;
+            match &mut metrics.history {
+                Some(m) => m.absorb(h),
+                None => metrics.history = Some(h),
             }
         }
         metrics.floor = Some(target.as_str().to_string());
@@ -781,7 +804,7 @@ fn has_later_change(b: &RecordBatch, anchor: &Anchor) -> bool {
 }
 
 /// Full-jitter exponential backoff.
-fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
+pub(crate) fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
     let cap = base_ms.saturating_mul(1u64 << attempt.min(20)).min(max_ms);
     Duration::from_millis(fastrand::u64(0..=cap))
 }
@@ -1344,7 +1367,10 @@ async fn record_tombstones(
 }
 
 /// Rewrites the table with wider column types, in one commit.
-async fn widen_table(table: DeltaTable, widen: &[(String, DataType, DataType)]) -> deltalake::DeltaResult<DeltaTable> {
+pub(crate) async fn widen_table(
+    table: DeltaTable,
+    widen: &[(String, DataType, DataType)],
+) -> deltalake::DeltaResult<DeltaTable> {
     use deltalake::operations::write::SchemaMode;
     let ctx = SessionContext::new();
     table.update_datafusion_session(&ctx.state())?;

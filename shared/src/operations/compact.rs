@@ -63,6 +63,10 @@ pub struct CompactMetrics {
     /// Data files vacuum deleted, and change files (`_change_data`) past the same retention.
     pub files_vacuumed: u64,
     pub tombstones_dropped: u64,
+    /// History table (`history.enabled`): small files rewritten, and unreferenced files
+    /// vacuumed.
+    pub history_files_in: u64,
+    pub history_files_vacuumed: u64,
     /// Compaction gave way to a concurrent commit.
     pub yielded: bool,
     pub version: Option<u64>,
@@ -287,6 +291,9 @@ impl<'a> CompactBuilder<'a> {
             if spec.delete_mode == DeleteMode::Hard {
                 m.tombstones_dropped = self.maintain_tombstones(spec, now, target).await?;
             }
+            if spec.history {
+                (m.history_files_in, m.history_files_vacuumed) = self.maintain_history(spec, now, target).await?;
+            }
         }
         m.version = table.version();
         m.duration_ms = started.elapsed().as_millis() as u64;
@@ -339,6 +346,61 @@ impl<'a> CompactBuilder<'a> {
             .await
             .map_err(derr)?;
         Ok(dropped)
+    }
+}
+
+impl CompactBuilder<'_> {
+    /// Bin-packs, checkpoints and vacuums the table's history table (every history commit
+    /// adds a file, and rewrites the files holding the versions it closes), under the table's
+    /// lease, with the table's settings. Returns (small files rewritten, files vacuumed).
+    async fn maintain_history(&self, spec: &TableSpec, now_millis: i64, target: u64) -> Result<(u64, u64)> {
+        let loc = self.config.lake.join(&spec.history_path());
+        let (history, exists) = lake::open(self.stores, &loc).await?;
+        if !exists {
+            return Ok((0, 0));
+        }
+        let derr = |e| delta_err(Stage::Compact, &loc, e);
+        let small = history
+            .snapshot()
+            .map_err(derr)?
+            .log_data()
+            .iter()
+            .filter(|f| (f.size() as u64) < target / 2)
+            .count();
+        let mut files_in = 0;
+        let history = if small >= spec.compact.min_small_files {
+            let mut plain = spec.clone();
+            plain.compact.zorder_by_keys = false;
+            match optimize(history.clone(), &plain, target).await {
+                Ok((t, stats)) => {
+                    files_in = stats.0;
+                    t
+                }
+                // A history commit won; next time.
+                Err(e) if is_conflict(&e) => history,
+                Err(e) => return Err(derr(e)),
+            }
+        } else {
+            history
+        };
+        deltalake::checkpoints::create_checkpoint(&history, None)
+            .await
+            .map_err(derr)?;
+        deltalake::checkpoints::cleanup_metadata(&history, None)
+            .await
+            .map_err(derr)?;
+        let vacuumed = match history
+            .vacuum()
+            .with_retention_period(chrono::Duration::hours(spec.compact.vacuum_retention_hours as i64))
+            .with_enforce_retention_duration(true)
+            .with_clock(Arc::new(FixedClock(now_millis)))
+            .await
+        {
+            Ok((_, v)) => v.files_deleted.len() as u64,
+            Err(e) if is_conflict(&e) => 0,
+            Err(e) => return Err(derr(e)),
+        };
+        Ok((files_in, vacuumed))
     }
 }
 
@@ -442,6 +504,14 @@ mod tests {
             table_of_log_key(
                 "",
                 "_dms2delta/tombstones/mysql/shop/orders/_delta_log/00000000000000000003.json"
+            ),
+            None
+        );
+        // A history table is maintained with its table.
+        assert_eq!(
+            table_of_log_key(
+                "lake",
+                "lake/_dms2delta/history/mysql/shop/orders/_delta_log/00000000000000000003.json"
             ),
             None
         );

@@ -11,6 +11,8 @@ pub mod decode;
 #[cfg(feature = "delta")]
 pub mod floor;
 #[cfg(feature = "delta")]
+pub mod history;
+#[cfg(feature = "delta")]
 pub mod merge_on_read;
 pub mod reports;
 #[cfg(feature = "delta")]

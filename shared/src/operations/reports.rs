@@ -48,6 +48,11 @@ impl From<&CommitMetrics> for CommitReport {
             floor: m.floor.clone(),
             duration_ms: m.duration_ms,
             lag_seconds: m.lag_seconds,
+            history_versions: m
+                .history
+                .as_ref()
+                .map(|h| h.versions_inserted + h.versions_updated + h.versions_removed),
+            history_ms: m.history.as_ref().map(|h| h.duration_ms),
         }
     }
 }
