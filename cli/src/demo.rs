@@ -39,6 +39,9 @@ pub fn options() -> SimOptions {
         formats: Format::ALL.to_vec(),
         variety: false,
         reloads: false,
+        truncates: false,
+        local_time: false,
+        unlogged: false,
     }
 }
 

@@ -668,6 +668,9 @@ mod tests {
             formats: vec![dms2delta::sim::Format::CsvHeader],
             variety: false,
             reloads: false,
+            truncates: false,
+            local_time: false,
+            unlogged: false,
         }
     }
 

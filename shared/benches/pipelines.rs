@@ -87,6 +87,9 @@ fn workloads() -> Vec<Workload> {
                     formats: vec![Format::Parquet],
                     variety: false,
                     reloads: false,
+                    truncates: false,
+                    local_time: false,
+                    unlogged: false,
                 },
             }
         })

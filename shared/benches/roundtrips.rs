@@ -71,6 +71,9 @@ fn opts(var: &str, default: &str, seed: u64) -> SimOptions {
         formats: vec![Format::Parquet],
         variety: false,
         reloads: false,
+        truncates: false,
+        local_time: false,
+        unlogged: false,
     }
 }
 
