@@ -788,7 +788,15 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     };
                     note(seqs, &series, part, false, anchor, true);
                     let w = if with_note_column { width } else { base_width };
-                    let file = render(*format, &file_folder, &name, &sh.columns[..w], part, false, true, rng);
+                    let file = render(
+                        *format,
+                        &format!("{file_folder}/{name}"),
+                        &sh.columns[..w],
+                        part,
+                        false,
+                        true,
+                        rng,
+                    );
                     out.push(SimFile {
                         epoch,
                         written_micros,
@@ -924,8 +932,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     .collect();
                 let file = render(
                     *format,
-                    &file_folder,
-                    &name,
+                    &format!("{file_folder}/{name}"),
                     &file_columns,
                     &shown,
                     true,
@@ -1027,11 +1034,11 @@ fn stored_seq(
     out
 }
 
-/// One file of `changes`, with the first `columns.len()` values of each row.
+/// One file of `changes`, with the first `columns.len()` values of each row, at `path` (its
+/// key without the extension).
 fn render(
     format: Format,
-    folder: &str,
-    stem: &str,
+    path: &str,
     columns: &[(&str, &str)],
     changes: &[Change],
     cdc: bool,
@@ -1040,7 +1047,7 @@ fn render(
 ) -> SimFile {
     match format {
         Format::Parquet => SimFile {
-            key: format!("{folder}/{stem}.parquet"),
+            key: format!("{path}.parquet"),
             bytes: parquet_file(columns, changes, cdc, sequenced),
             epoch: 0,
             written_micros: 0,
@@ -1077,14 +1084,14 @@ fn render(
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 let _ = gz.write_all(out.as_bytes());
                 SimFile {
-                    key: format!("{folder}/{stem}.csv.gz"),
+                    key: format!("{path}.csv.gz"),
                     bytes: gz.finish().unwrap_or_default(),
                     epoch: 0,
                     written_micros: 0,
                 }
             } else {
                 SimFile {
-                    key: format!("{folder}/{stem}.csv"),
+                    key: format!("{path}.csv"),
                     bytes: out.into_bytes(),
                     epoch: 0,
                     written_micros: 0,
@@ -1428,17 +1435,10 @@ mod tests {
                 nosup += usize::from(text.contains(NO_SUP));
             }
             for r in &sim.removals {
-                let folder = r
-                    .key
-                    .rsplit_once("/app/")
-                    .map(|(_, rest)| rest.split('/').next().unwrap_or(""));
-                let table = r.table.rsplit('.').next();
-                assert_eq!(folder, table, "{r:?}");
-                for f in sim
-                    .files
-                    .iter()
-                    .filter(|f| f.key.contains(&format!("/app/{}/", table.unwrap_or(""))))
-                {
+                let (source, table) = (r.table.split('.').next().unwrap(), r.table.rsplit('.').next().unwrap());
+                let folder = format!("dms/{source}/app/{table}/");
+                assert!(r.key.starts_with(&folder), "{r:?}");
+                for f in sim.files.iter().filter(|f| f.key.starts_with(&folder)) {
                     let removed = sim.removals.iter().any(|x| x.key == f.key);
                     assert_eq!(f.written_micros < r.micros, removed, "{} vs {r:?}", f.key);
                 }
