@@ -633,7 +633,13 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 }
                 seq_counter += 1;
                 let noted = n >= noted_from;
-                let key = key_of(rng.u32(0..opts.keys.max(1)));
+                let mut k = rng.u32(0..opts.keys.max(1));
+                // After a truncate, changes touch only the lower half of the keys: the rows of
+                // the upper half that the table held before it must go, whatever comes after.
+                if trunc.is_some_and(|c| n >= cuts[c].start) {
+                    k /= 2;
+                }
+                let key = key_of(k);
                 let change = match state.get(&key) {
                     Some(_) if rng.u8(0..10) < 3 => {
                         let old = state.remove(&key).unwrap_or_default();

@@ -407,9 +407,14 @@ pub async fn run_case_via(
                 let d = deliveries[rng.usize(0..deliveries.len())].clone();
                 deliveries.push(d);
             }
-            // Removal events come only from a truncate, which may happen at any point.
-            deliveries.extend(truncates.iter().cloned());
             rng.shuffle(&mut deliveries);
+            // Removal events come only from a truncate. It falls in the later half of the
+            // phase's deliveries, so that the table usually holds rows it must lose; files
+            // before it whose events come after it are gone by then (nothing to decode).
+            for t in truncates {
+                let at = rng.usize(deliveries.len() / 2..=deliveries.len());
+                deliveries.insert(at, t.clone());
+            }
             deliver(&lab, &case, deliveries).await?;
             sweep(&lab, &counters).await?;
             // Expiry between the halves: every change after it is newer than what expired.
