@@ -1,7 +1,10 @@
 //! A DMS output simulator: a random history of inserts, updates, deletes and re-inserts over
 //! several tables, rendered as the files DMS would write for it (LOAD then CDC; headerless CSV,
 //! CSV with header, gzip, Parquet; with and without `AR_H_CHANGE_SEQ` and the timestamp column;
-//! full and key-only delete images), together with the source tables' final state.
+//! full and key-only delete images), together with the source tables' final state. Tables can
+//! also live through a DMS task's lifecycle events (see [`Variant`]): reloads, truncates with
+//! their removal events, local-time names across a daylight-saving fall-back, the sequence
+//! column rule toggled, table and column renames, values updates did not log.
 //!
 //! Used by the convergence tests, the demo and the benchmarks.
 

@@ -283,7 +283,10 @@ const CASE_COMPACTION: &str = "compact:\n  min_small_files: 2\n  checkpoint_inte
 /// equal commit times), crashes at every stage boundary and inside the commit, failed Delta log
 /// writes (after data files were written), compaction running between commits, 1 to 8 workers,
 /// and maintenance with the clock past every retention (tombstone expiry, vacuum): between the
-/// two halves of the history in some cases, after it in others. Returns what adversity it
+/// two halves of the history in some cases, after it in others. Tables also go through the
+/// lifecycle events the simulator makes (reloads, truncates with their removal events,
+/// local-time names across the fall-back on folders; the sequence rule toggled and renames
+/// everywhere; unlogged values with [`UNLOGGED_ANY_ORDER`]). Returns what adversity it
 /// injected; every error names the seed.
 pub async fn run_case(seed: u64, on: On) -> Result<CaseStats, String> {
     run_case_via(seed, on, None, || {}).await
