@@ -539,15 +539,16 @@ async fn deliver(lab: &Lab, case: &Case, deliveries: Vec<Task>) -> Result<(), St
                         }
                     }
                     Task::Removed(key, micros) => {
-                        let time = chrono::DateTime::from_timestamp_micros(*micros).unwrap_or_default();
-                        match pipeline.removed(&bucket, key, time).await {
+                        // Through SystemTime: the e2e crate that shares this file has no chrono.
+                        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros((*micros).max(0) as u64);
+                        match pipeline.removed(&bucket, key, at.into()).await {
                             Ok(RemovalOutcome::Truncate { table, .. }) => {
                                 Counters::add(&counters.truncates_seen, 1);
                                 let (a, b, c) = split3(&table);
                                 queue.lock().unwrap().push_back(Task::Commit(a, b, c));
                             }
                             Ok(RemovalOutcome::Ignored { reason }) => {
-                                return Err(format!("removal of {key} at {time} ignored: {reason}"))
+                                return Err(format!("removal of {key} at {micros} µs ignored: {reason}"))
                             }
                             Err(e) if e.is_retryable() => requeue(),
                             Err(e) => return Err(format!("removal of {key}: {e}")),
