@@ -42,6 +42,8 @@ pub fn options() -> SimOptions {
         truncates: false,
         local_time: false,
         unlogged: false,
+        renames: false,
+        seq_toggles: false,
     }
 }
 

@@ -143,6 +143,8 @@ mod tests {
             truncates: false,
             local_time: false,
             unlogged: false,
+            renames: false,
+            seq_toggles: false,
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();

@@ -671,6 +671,8 @@ mod tests {
             truncates: false,
             local_time: false,
             unlogged: false,
+            renames: false,
+            seq_toggles: false,
         }
     }
 

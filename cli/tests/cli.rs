@@ -97,6 +97,8 @@ impl Site {
             truncates: false,
             local_time: false,
             unlogged: false,
+            renames: false,
+            seq_toggles: false,
         });
         sim.write_files(&dir.path().join("source")).unwrap();
         let p = |s: &str| dir.path().join(s).display().to_string();

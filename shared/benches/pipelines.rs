@@ -90,6 +90,8 @@ fn workloads() -> Vec<Workload> {
                     truncates: false,
                     local_time: false,
                     unlogged: false,
+                    renames: false,
+                    seq_toggles: false,
                 },
             }
         })

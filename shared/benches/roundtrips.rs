@@ -74,6 +74,8 @@ fn opts(var: &str, default: &str, seed: u64) -> SimOptions {
         truncates: false,
         local_time: false,
         unlogged: false,
+        renames: false,
+        seq_toggles: false,
     }
 }
 

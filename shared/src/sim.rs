@@ -112,6 +112,12 @@ pub struct SimOptions {
     /// With `variety`: some tables have a large text column `body` that updates do not always
     /// log (see [`Variant::unlogged`]).
     pub unlogged: bool,
+    /// With `variety`: some tables are renamed at the source part way, some columns too (see
+    /// [`Variant::renamed_table`], [`Variant::renamed_column`]).
+    pub renames: bool,
+    /// With `variety`: some Parquet tables lose the `AR_H_CHANGE_SEQ` column for a stretch of
+    /// files (see [`Variant::seq_toggled`]).
+    pub seq_toggles: bool,
 }
 
 impl Default for SimOptions {
@@ -128,6 +134,8 @@ impl Default for SimOptions {
             truncates: false,
             local_time: false,
             unlogged: false,
+            renames: false,
+            seq_toggles: false,
         }
     }
 }
@@ -446,9 +454,10 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             ];
             let plain_history = !variant.reload && variant.load_after == 0;
             variant.truncate = opts.variety && opts.truncates && !variant.soft && plain_history && draws[0] == 0;
-            variant.seq_toggled = opts.variety && *format == Format::Parquet && !variant.reload && draws[1] == 0;
-            variant.renamed_table = opts.variety && plain_history && !variant.truncate && draws[2] == 0;
-            variant.renamed_column = opts.variety && *format != Format::CsvSeq && draws[3] == 0;
+            variant.seq_toggled =
+                opts.variety && opts.seq_toggles && *format == Format::Parquet && !variant.reload && draws[1] == 0;
+            variant.renamed_table = opts.variety && opts.renames && plain_history && !variant.truncate && draws[2] == 0;
+            variant.renamed_column = opts.variety && opts.renames && *format != Format::CsvSeq && draws[3] == 0;
             variant.unlogged = opts.variety && opts.unlogged && draws[4] == 0;
             let body_at = variant.unlogged.then_some(sh.columns.len());
             if variant.unlogged {
@@ -1403,6 +1412,8 @@ mod tests {
                 truncates: true,
                 local_time: true,
                 unlogged: true,
+                renames: true,
+                seq_toggles: true,
                 ..SimOptions::default()
             });
             let config = Config::from_text(&sim.config("/l", "/s", "/q", "/d")).unwrap();

@@ -92,6 +92,8 @@ async fn unlogged_values_in_order_converge() {
         reloads: true,
         local_time: true,
         unlogged: true,
+        renames: true,
+        seq_toggles: true,
         ..SimOptions::default()
     };
     let lab = Lab::new(&opts, None);

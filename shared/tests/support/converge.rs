@@ -338,6 +338,8 @@ pub async fn run_case_via(
         truncates: matches!(on, On::Folders),
         local_time: matches!(on, On::Folders),
         unlogged: UNLOGGED_ANY_ORDER,
+        renames: true,
+        seq_toggles: true,
     };
     let counters = Arc::new(Counters::default());
     let fault_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)));
