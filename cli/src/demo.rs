@@ -39,6 +39,11 @@ pub fn options() -> SimOptions {
         formats: Format::ALL.to_vec(),
         variety: false,
         reloads: false,
+        truncates: false,
+        local_time: false,
+        unlogged: false,
+        renames: false,
+        seq_toggles: false,
     }
 }
 

@@ -668,6 +668,11 @@ mod tests {
             formats: vec![dms2delta::sim::Format::CsvHeader],
             variety: false,
             reloads: false,
+            truncates: false,
+            local_time: false,
+            unlogged: false,
+            renames: false,
+            seq_toggles: false,
         }
     }
 

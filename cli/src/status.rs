@@ -218,6 +218,11 @@ mod tests {
             formats: vec![Format::CsvSeq],
             variety: false,
             reloads: false,
+            truncates: false,
+            local_time: false,
+            unlogged: false,
+            renames: false,
+            seq_toggles: false,
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();

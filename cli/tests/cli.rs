@@ -94,6 +94,11 @@ impl Site {
             formats: Format::ALL.to_vec(),
             variety: false,
             reloads: false,
+            truncates: false,
+            local_time: false,
+            unlogged: false,
+            renames: false,
+            seq_toggles: false,
         });
         sim.write_files(&dir.path().join("source")).unwrap();
         let p = |s: &str| dir.path().join(s).display().to_string();

@@ -87,6 +87,11 @@ fn workloads() -> Vec<Workload> {
                     formats: vec![Format::Parquet],
                     variety: false,
                     reloads: false,
+                    truncates: false,
+                    local_time: false,
+                    unlogged: false,
+                    renames: false,
+                    seq_toggles: false,
                 },
             }
         })

@@ -71,6 +71,11 @@ fn opts(var: &str, default: &str, seed: u64) -> SimOptions {
         formats: vec![Format::Parquet],
         variety: false,
         reloads: false,
+        truncates: false,
+        local_time: false,
+        unlogged: false,
+        renames: false,
+        seq_toggles: false,
     }
 }
 

@@ -1,7 +1,10 @@
 //! A DMS output simulator: a random history of inserts, updates, deletes and re-inserts over
 //! several tables, rendered as the files DMS would write for it (LOAD then CDC; headerless CSV,
 //! CSV with header, gzip, Parquet; with and without `AR_H_CHANGE_SEQ` and the timestamp column;
-//! full and key-only delete images), together with the source tables' final state.
+//! full and key-only delete images), together with the source tables' final state. Tables can
+//! also live through a DMS task's lifecycle events (see [`Variant`]): reloads, truncates with
+//! their removal events, local-time names across a daylight-saving fall-back, the sequence
+//! column rule toggled, table and column renames, values updates did not log.
 //!
 //! Used by the convergence tests, the demo and the benchmarks.
 
@@ -97,6 +100,24 @@ pub struct SimOptions {
     /// [`Variant::reload`]). Needs files whose LastModified can be set
     /// ([`Simulation::write_files`]); an S3 endpoint stamps its own upload time.
     pub reloads: bool,
+    /// With `variety`: some hard-delete tables are truncated at the source part way (see
+    /// [`Variant::truncate`] and [`Simulation::removals`]). Needs settable LastModified: a
+    /// removal is a truncate only once every file written before it is gone.
+    pub truncates: bool,
+    /// With `variety`: some sources name their CDC files and date folders in local time
+    /// (`Europe/Berlin`), their histories crossing the autumn fall-back (see
+    /// [`Variant::fall_back`]). Needs settable LastModified, which picks the instant inside the
+    /// repeated hour.
+    pub local_time: bool,
+    /// With `variety`: some tables have a large text column `body` that updates do not always
+    /// log (see [`Variant::unlogged`]).
+    pub unlogged: bool,
+    /// With `variety`: some tables are renamed at the source part way, some columns too (see
+    /// [`Variant::renamed_table`], [`Variant::renamed_column`]).
+    pub renames: bool,
+    /// With `variety`: some Parquet tables lose the `AR_H_CHANGE_SEQ` column for a stretch of
+    /// files (see [`Variant::seq_toggled`]).
+    pub seq_toggles: bool,
 }
 
 impl Default for SimOptions {
@@ -110,6 +131,11 @@ impl Default for SimOptions {
             formats: Format::ALL.to_vec(),
             variety: false,
             reloads: false,
+            truncates: false,
+            local_time: false,
+            unlogged: false,
+            renames: false,
+            seq_toggles: false,
         }
     }
 }
@@ -145,6 +171,40 @@ pub struct Variant {
     /// A table reload: DMS stopped capturing for one CDC file's worth of changes, then wrote
     /// a new snapshot as LOAD files again (same names, a later LastModified), then CDC went on.
     pub reload: bool,
+    /// A source `TRUNCATE` part way: DMS removed every file of the table (the removal events are
+    /// in [`Simulation::removals`]), then CDC went on with the rows inserted after it. The
+    /// table follows removals (`truncates.follow_removals`).
+    pub truncate: bool,
+    /// The source names CDC files in local time and this table's names cross the autumn
+    /// fall-back out of order: a file written later has a name that sorts before an older one's.
+    pub fall_back: bool,
+    /// The `AR_H_CHANGE_SEQ` add-column rule was removed for a stretch of CDC files, then added
+    /// again (Parquet, whose files show the missing column).
+    pub seq_toggled: bool,
+    /// The source renamed the table part way (DMS Rename Table): later files are in the new
+    /// name's folder, configured with `renamed_from`.
+    pub renamed_table: bool,
+    /// The source renamed the column `name` to `label` part way (DMS Rename Column; header CSV
+    /// and Parquet, which name their columns), configured with `renamed_columns`.
+    pub renamed_column: bool,
+    /// The table has a large text column `body` that some updates do not log: `@NOSUP@`
+    /// (`csv.no_sup_value`) in CSV, NULL in Parquet (`unlogged_when_null`). The source value
+    /// did not change, so the table must keep the newest logged one.
+    pub unlogged: bool,
+}
+
+/// DMS removing one object of a truncated table.
+#[derive(Debug, Clone)]
+pub struct Removal {
+    /// `namespace.schema.table`.
+    pub table: String,
+    /// The object removed.
+    pub key: String,
+    /// When S3 removed it (the removal event's time), in microseconds since the epoch: after
+    /// every file of the table written before the truncate, before every one written after it.
+    pub micros: i64,
+    /// The half of the history the truncate falls in (see [`SimFile::epoch`]).
+    pub epoch: u8,
 }
 
 /// A rendered history.
@@ -175,6 +235,10 @@ pub struct Simulation {
     /// values (see the replication contract), so `expected` holds NULL there and a comparison
     /// must blank them first ([`Simulation::comparable`]).
     pub key_only_soft: std::collections::BTreeSet<String>,
+    /// Objects DMS removed for source truncates, in the order it removed them. They are among
+    /// `files` (written before the truncate): a test deletes them from the bucket before it
+    /// delivers their removal events.
+    pub removals: Vec<Removal>,
 }
 
 /// The soft-delete flag column, as the tables name it.
@@ -238,6 +302,8 @@ struct Change {
     row: Vec<Value>,
     micros: i64,
     seq: u64,
+    /// An update that did not log the table's `body` column.
+    unlogged: bool,
 }
 
 struct Shape {
@@ -276,6 +342,20 @@ const NAMES: [&str; 8] = [
 /// The column a table gains part way through its history.
 const ADDED: (&str, &str) = ("note", "STRING");
 
+/// The large text column of a table whose updates do not always log it.
+const BODY: (&str, &str) = ("body", "STRING");
+
+/// What DMS writes for a value it did not log (`CsvNoSupValue`), as the simulated sources set it.
+const NO_SUP: &str = "@NOSUP@";
+
+/// The column renamed at the source, and its new name.
+const RENAMED_COLUMN: (&str, &str) = ("name", "label");
+
+/// The zone sources with local-time names use, and its 2024 autumn fall-back: at 01:00 UTC on
+/// 27 October, 03:00 CEST became 02:00 CET, so local names 02:00-02:59 happened twice.
+const LOCAL_ZONE: chrono_tz::Tz = chrono_tz::Europe::Berlin;
+const FALL_BACK_MICROS: i64 = 1_729_990_800_000_000;
+
 /// Generates a history and renders it.
 pub fn simulate(opts: &SimOptions) -> Simulation {
     let mut rng = fastrand::Rng::with_seed(opts.seed);
@@ -287,20 +367,40 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
     let mut expected_seq = BTreeMap::new();
     let mut variants = BTreeMap::new();
     let mut key_only_soft = std::collections::BTreeSet::new();
+    let mut removals = Vec::new();
     let mut config = String::from("lake: {LAKE}\nstaging: {STAGING}\nquarantine: {QUARANTINE}\n{STORAGE}sources:\n");
     let mut seq_counter: u64 = 0;
     for format in &opts.formats {
         let source = format.source();
+        let format_no = Format::ALL.iter().position(|f| f == format).unwrap_or(0) as u64;
+        // From a stream of its own, so every other choice of a seed stays as it was.
+        let zoned =
+            opts.variety && opts.local_time && fastrand::Rng::with_seed(opts.seed ^ 0x7a0e ^ (format_no << 4)).bool();
+        // CSV marks values DMS did not log; Parquet cannot (`unlogged_when_null` per table).
+        let no_sup = opts.variety && opts.unlogged && *format != Format::Parquet;
         let _ = writeln!(
             config,
             "  - name: {source}\n    bucket: {{BUCKET}}\n    bucket_folder: dms/{source}"
         );
+        if zoned {
+            let _ = writeln!(
+                config,
+                "    date_partitioning: {{ enabled: true, timezone: {} }}",
+                LOCAL_ZONE.name()
+            );
+        }
         match format {
             Format::CsvSeq => {
                 let _ = writeln!(
                     config,
                     "    timestamp_column: dms_ts\n    sequence_column: AR_H_CHANGE_SEQ"
                 );
+                if no_sup {
+                    let _ = writeln!(config, "    csv: {{ no_sup_value: \"{NO_SUP}\" }}");
+                }
+            }
+            Format::CsvHeader if no_sup => {
+                let _ = writeln!(config, "    csv: {{ header: true, no_sup_value: \"{NO_SUP}\" }}");
             }
             Format::CsvHeader => {
                 let _ = writeln!(config, "    csv: {{ header: true }}");
@@ -328,7 +428,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         0
                     },
                     parallel_load: rng.u8(0..3) == 0,
-                    reload: false,
+                    ..Variant::default()
                 }
             } else {
                 Variant::default()
@@ -342,31 +442,52 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 && fastrand::Rng::with_seed(opts.seed ^ 0x4e10ad ^ ((t as u64) << 8) ^ format.source().len() as u64)
                     .u8(0..3)
                     == 0;
+            // The lifecycle events, from the table's own stream too; where each falls is drawn
+            // once the history's files are cut.
+            let mut life = fastrand::Rng::with_seed(opts.seed ^ 0x11fe ^ ((t as u64) << 8) ^ (format_no << 4));
+            let draws = [
+                life.u8(0..3),
+                life.u8(0..2),
+                life.u8(0..4),
+                life.u8(0..4),
+                life.u8(0..2),
+            ];
+            let plain_history = !variant.reload && variant.load_after == 0;
+            variant.truncate = opts.variety && opts.truncates && !variant.soft && plain_history && draws[0] == 0;
+            variant.seq_toggled =
+                opts.variety && opts.seq_toggles && *format == Format::Parquet && !variant.reload && draws[1] == 0;
+            variant.renamed_table = opts.variety && opts.renames && plain_history && !variant.truncate && draws[2] == 0;
+            variant.renamed_column = opts.variety && opts.renames && *format != Format::CsvSeq && draws[3] == 0;
+            variant.unlogged = opts.variety && opts.unlogged && draws[4] == 0;
+            let body_at = variant.unlogged.then_some(sh.columns.len());
+            if variant.unlogged {
+                sh.columns.push(BODY);
+            }
             let keys: Vec<&str> = sh.columns[..sh.keys].iter().map(|c| c.0).collect();
-            let _ = writeln!(
-                config,
-                "      - schema: app\n        table: {table}\n        keys: [{}]",
-                keys.join(", ")
-            );
+            // The table's settings, written once the history says which lifecycle events it has.
+            let mut entry = format!("        keys: [{}]\n", keys.join(", "));
             if variant.soft {
-                let _ = writeln!(config, "        delete_mode: soft");
+                entry.push_str("        delete_mode: soft\n");
             }
             if variant.partitioned {
-                let _ = writeln!(config, "        partition_by: [active]");
+                entry.push_str("        partition_by: [active]\n");
             }
-            let _ = writeln!(config, "        columns:");
+            if variant.unlogged && *format == Format::Parquet {
+                let _ = writeln!(entry, "        unlogged_when_null: [{}]", BODY.0);
+            }
+            entry.push_str("        columns:\n");
             for (n, ty) in &sh.columns {
                 if *ty == "NUMERIC" {
                     let _ = writeln!(
-                        config,
+                        entry,
                         "          - {{ name: {n}, type: NUMERIC, precision: 12, scale: 2 }}"
                     );
                 } else {
-                    let _ = writeln!(config, "          - {{ name: {n}, type: {ty} }}");
+                    let _ = writeln!(entry, "          - {{ name: {n}, type: {ty} }}");
                 }
             }
             if *format == Format::CsvSeq {
-                let _ = writeln!(config, "          - {{ name: AR_H_CHANGE_SEQ, type: STRING }}");
+                let _ = writeln!(entry, "          - {{ name: AR_H_CHANGE_SEQ, type: STRING }}");
             }
             // The added column is not configured: the files that carry it name it.
             let base_width = sh.columns.len();
@@ -405,6 +526,11 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 row.push(nullable(rng, active));
                 let updated = Value::Ts(micros - rng.i64(0..1_000_000_000));
                 row.push(nullable(rng, updated));
+                if body_at.is_some() {
+                    // Large, like the TOAST or LOB values a source leaves out of its log.
+                    let words = "lorem ipsum dolor ".repeat(rng.usize(8..80));
+                    row.push(Value::Str(format!("{words}{}", rng.u32(0..100_000))));
+                }
                 // A full delete image whose values are all NULL would look key-only.
                 if row[key.len()..].iter().all(|v| *v == Value::Null) {
                     row[key.len() + 1] = Value::Dec(0);
@@ -433,7 +559,14 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 key
             };
             let mut state: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
-            let mut micros = BASE_MICROS + rng.i64(0..1_000_000);
+            let start = rng.i64(0..1_000_000);
+            // A zoned source's history starts shortly before the fall-back, so its CDC files'
+            // local names cross it.
+            let mut micros = if zoned {
+                FALL_BACK_MICROS - 50_000 - start % 600_000
+            } else {
+                BASE_MICROS + start
+            };
             for k in 0..opts.keys {
                 if rng.bool() {
                     let key = key_of(k);
@@ -460,6 +593,28 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             let gap = (variant.reload && cuts.len() >= 3)
                 .then(|| fastrand::Rng::with_seed(opts.seed ^ 0x9a9 ^ t as u64).usize(1..cuts.len() - 1));
             variant.reload = gap.is_some();
+            // A truncate before file `trunc`: the files before it are removed, later ones stay.
+            let trunc = (variant.truncate && cuts.len() >= 2).then(|| life.usize(1..cuts.len()));
+            variant.truncate = trunc.is_some();
+            // Files `a..b` lack the sequence column, with sequenced files before and after.
+            let toggled = (variant.seq_toggled && cuts.len() >= 3).then(|| {
+                let a = life.usize(1..cuts.len() - 1);
+                (a, life.usize(a + 1..cuts.len()))
+            });
+            variant.seq_toggled = toggled.is_some();
+            // The new table name from file `renamed_at` on, the new column name from file
+            // `label_from` on (after the full load was read: the load carries the old names).
+            let renamed_at = (variant.renamed_table && cuts.len() >= 2).then(|| life.usize(1..cuts.len()));
+            variant.renamed_table = renamed_at.is_some();
+            let after_load = cuts
+                .iter()
+                .position(|c| c.start >= variant.load_after)
+                .unwrap_or(cuts.len())
+                .max(1);
+            let label_from =
+                (variant.renamed_column && after_load < cuts.len()).then(|| life.usize(after_load..cuts.len()));
+            variant.renamed_column = label_from.is_some();
+            let cut_starting = |n: usize| cuts.iter().position(|c| c.start == n);
             let mut reload_snapshot: Option<BTreeMap<Vec<Value>, Vec<Value>>> = None;
             let mut reload_micros = 0;
             let mut snapshot = (variant.load_after == 0).then(|| state.clone());
@@ -469,13 +624,34 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 if gap.is_some_and(|g| n == cuts[g + 1].start) {
                     micros += 60_000_000;
                 }
+                let starts = cut_starting(n);
+                if trunc.is_some() && starts == trunc {
+                    // TRUNCATE: the table is empty; DMS removes its files within seconds of the
+                    // last one and captures the next changes a minute later.
+                    micros += 60_000_000;
+                    state.clear();
+                    deleted.clear();
+                }
+                if let (Some((a, b)), Some(j)) = (toggled, starts) {
+                    // A file without the sequence column holds the place of its name's
+                    // hundredth of a second: the next file's changes come in a later one.
+                    if j > a && j <= b {
+                        micros += 50_000;
+                    }
+                }
                 // Several changes of one transaction share its commit time.
                 if !(variety && rng.u8(0..5) == 0) {
                     micros += 1_000 + rng.i64(0..50_000);
                 }
                 seq_counter += 1;
                 let noted = n >= noted_from;
-                let key = key_of(rng.u32(0..opts.keys.max(1)));
+                let mut k = rng.u32(0..opts.keys.max(1));
+                // After a truncate, changes touch only the lower half of the keys: the rows of
+                // the upper half that the table held before it must go, whatever comes after.
+                if trunc.is_some_and(|c| n >= cuts[c].start) {
+                    k /= 2;
+                }
+                let key = key_of(k);
                 let change = match state.get(&key) {
                     Some(_) if rng.u8(0..10) < 3 => {
                         let old = state.remove(&key).unwrap_or_default();
@@ -498,11 +674,22 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                             row,
                             micros,
                             seq: seq_counter,
+                            unlogged: false,
                         }
                     }
                     found => {
                         let op = if found.is_some() { 'U' } else { 'I' };
-                        let row = random_row(&mut rng, &key, micros, noted);
+                        let old_body = body_at.zip(found).map(|(b, old)| old[b].clone());
+                        let mut row = random_row(&mut rng, &key, micros, noted);
+                        // An update that left the large value alone need not log it: the
+                        // source's value is still the one the row had.
+                        let unlogged = match (body_at, old_body) {
+                            (Some(b), Some(old)) if life.bool() => {
+                                row[b] = old;
+                                true
+                            }
+                            _ => false,
+                        };
                         state.insert(key.clone(), row.clone());
                         deleted.remove(&key);
                         Change {
@@ -510,6 +697,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                             row,
                             micros,
                             seq: seq_counter,
+                            unlogged,
                         }
                     }
                 };
@@ -531,6 +719,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         row,
                         micros,
                         seq: 0,
+                        unlogged: false,
                     })
                     .collect()
             };
@@ -580,13 +769,15 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         stem: &str,
                         changes: &[Change],
                         cdc: bool,
-                        anchor: Option<&Anchor>| {
+                        anchor: Option<&Anchor>,
+                        sequenced: bool| {
                 for (i, c) in changes.iter().enumerate() {
                     let key = c.row[..sh.keys].to_vec();
                     if c.op == 'D' && !soft {
                         seqs.remove(&key);
                     } else {
-                        seqs.insert(key, stored_seq(*format, stem, i as u64 + 1, c, cdc, anchor));
+                        let seq = stored_seq(*format, stem, i as u64 + 1, c, cdc, anchor, sequenced);
+                        seqs.insert(key, seq);
                     }
                 }
             };
@@ -613,9 +804,17 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         let name = format!("LOAD{:08X}", i + 1);
                         (folder.clone(), name.clone(), name)
                     };
-                    note(seqs, &series, part, false, anchor);
+                    note(seqs, &series, part, false, anchor, true);
                     let w = if with_note_column { width } else { base_width };
-                    let file = render(*format, &file_folder, &name, &sh.columns[..w], part, false, rng);
+                    let file = render(
+                        *format,
+                        &format!("{file_folder}/{name}"),
+                        &sh.columns[..w],
+                        part,
+                        false,
+                        true,
+                        rng,
+                    );
                     out.push(SimFile {
                         epoch,
                         written_micros,
@@ -626,6 +825,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             };
             // The load carries the added column if the column existed when DMS read the table.
             // It is written before DMS names any CDC file of the table.
+            let table_files = files.len();
             files.extend(load_files(
                 &mut seqs,
                 &load,
@@ -640,6 +840,8 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             let mut last_rendered: Option<String> = None;
             // The newest AR_H_CHANGE_SEQ of that file, where the format writes one.
             let mut last_rendered_seq: Option<String> = None;
+            let mut last_local_name: Option<String> = None;
+            let renamed_folder = format!("dms/{source}/app/{table}_v2");
             for (n, cut) in cuts.iter().enumerate() {
                 let chunk = &cdc[cut.clone()];
                 let last = chunk.last().map(|c| c.micros).unwrap_or(micros);
@@ -648,6 +850,21 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 last_stem = at;
                 let stem = file_time(at);
                 let epoch = u8::from(n >= cuts.len().div_ceil(2));
+                if trunc == Some(n) {
+                    // DMS removes every file of the table, a few seconds after writing the
+                    // last, in the order it wrote them; what the table held is gone.
+                    let written = &files[table_files..];
+                    let last_written = written.iter().map(|f| f.written_micros).max().unwrap_or(at);
+                    for (i, f) in written.iter().enumerate() {
+                        removals.push(Removal {
+                            table: qualified.clone(),
+                            key: f.key.clone(),
+                            micros: last_written + 5_000_000 + i as i64 * 37_000,
+                            epoch,
+                        });
+                    }
+                    seqs.clear();
+                }
                 if gap == Some(n) {
                     // Never captured: no file. Then the reload's snapshot, anchored just after
                     // the newest CDC file written before it.
@@ -686,9 +903,60 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     ));
                     continue;
                 }
-                note(&mut seqs, &stem, chunk, true, None);
+                let sequenced = !toggled.is_some_and(|(a, b)| (a..b).contains(&n));
+                note(&mut seqs, &stem, chunk, true, None, sequenced);
                 let w = if cut.start >= noted_from { width } else { base_width };
-                let file = render(*format, &folder, &stem, &sh.columns[..w], chunk, true, &mut rng);
+                let mut file_columns = sh.columns[..w].to_vec();
+                if label_from.is_some_and(|r| n >= r) {
+                    for c in &mut file_columns {
+                        if c.0 == RENAMED_COLUMN.0 {
+                            c.0 = RENAMED_COLUMN.1;
+                        }
+                    }
+                }
+                let table_folder = if renamed_at.is_some_and(|r| n >= r) {
+                    &renamed_folder
+                } else {
+                    &folder
+                };
+                // DatePartitionEnabled with a zone: date folders and names in local time.
+                let (file_folder, name) = if zoned {
+                    let local = chrono::DateTime::from_timestamp_micros(at)
+                        .unwrap_or_default()
+                        .with_timezone(&LOCAL_ZONE)
+                        .naive_local();
+                    let name = local.format("%Y%m%d-%H%M%S%3f").to_string();
+                    if last_local_name.as_ref().is_some_and(|before| name < *before) {
+                        variant.fall_back = true;
+                    }
+                    last_local_name = Some(name.clone());
+                    (format!("{table_folder}/{}", local.format("%Y/%m/%d")), name)
+                } else {
+                    (table_folder.clone(), stem.clone())
+                };
+                // What DMS writes where the update did not log the large value.
+                let shown: Vec<Change> = chunk
+                    .iter()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        if let (true, Some(b)) = (c.unlogged, body_at) {
+                            c.row[b] = match format {
+                                Format::Parquet => Value::Null,
+                                Format::CsvSeq | Format::CsvHeader => Value::Str(NO_SUP.into()),
+                            };
+                        }
+                        c
+                    })
+                    .collect();
+                let file = render(
+                    *format,
+                    &format!("{file_folder}/{name}"),
+                    &file_columns,
+                    &shown,
+                    true,
+                    sequenced,
+                    &mut rng,
+                );
                 // Uploaded a moment after DMS named it.
                 files.push(SimFile {
                     epoch,
@@ -700,6 +968,23 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             }
             expected_seq.insert(qualified.clone(), seqs);
             variants.insert(qualified.clone(), variant);
+            if variant.truncate {
+                entry.push_str("        truncates: { follow_removals: true }\n");
+            }
+            if variant.renamed_column {
+                let _ = writeln!(
+                    entry,
+                    "        renamed_columns: {{ {}: {} }}",
+                    RENAMED_COLUMN.1, RENAMED_COLUMN.0
+                );
+            }
+            let _ = write!(config, "      - schema: app\n        table: {table}\n{entry}");
+            if variant.renamed_table {
+                let _ = write!(
+                    config,
+                    "      - schema: app\n        table: {table}_v2\n        renamed_from: {{ schema: app, table: {table} }}\n{entry}"
+                );
+            }
         }
     }
     Simulation {
@@ -712,6 +997,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
         expected_seq,
         variants,
         key_only_soft,
+        removals,
     }
 }
 
@@ -737,41 +1023,50 @@ fn change_seq(c: &Change) -> String {
 }
 
 /// The `_dms_seq` the decoders give row `row` (counted from 1, a CSV header not counted) of the
-/// file named `stem`: the `AR_H_CHANGE_SEQ` value where the format writes one for CDC rows,
-/// else the full-load file's name, or the CDC file's name time, and the row.
-fn stored_seq(format: Format, stem: &str, row: u64, c: &Change, cdc: bool, anchor: Option<&Anchor>) -> String {
+/// file named `stem` (its UTC name, whatever zone DMS named it in): the `AR_H_CHANGE_SEQ` value
+/// where the file has one for CDC rows (`sequenced`), else the full-load file's name, or the CDC
+/// file's name time, and the row.
+fn stored_seq(
+    format: Format,
+    stem: &str,
+    row: u64,
+    c: &Change,
+    cdc: bool,
+    anchor: Option<&Anchor>,
+    sequenced: bool,
+) -> String {
     let mut out = String::new();
+    // `YYYYMMDD-HHMMSSmmm`: its 17 digits, padded to 18.
+    let digits = || -> String { stem.chars().filter(char::is_ascii_digit).chain(['0']).collect() };
     match (format, cdc) {
-        (Format::CsvSeq | Format::Parquet, true) => {
+        (Format::CsvSeq | Format::Parquet, true) if sequenced => {
             // `change_seq` renders 35 digits, always a valid sequence.
             let _ = Sequence::change_seq(&mut out, &change_seq(c));
         }
-        (Format::CsvHeader, true) => {
-            // `YYYYMMDD-HHMMSSmmm`: its 17 digits, padded to 18.
-            let mut digits: String = stem.chars().filter(char::is_ascii_digit).collect();
-            digits.push('0');
-            Sequence::file(&mut out, &digits, row);
-        }
+        // A file without the column, in a table ordered by it: its name's place in that order.
+        (Format::CsvSeq | Format::Parquet, true) => Sequence::file_for(&mut out, &digits(), row, true),
+        (Format::CsvHeader, true) => Sequence::file(&mut out, &digits(), row),
         // A reload's rows: just above its anchor.
         (_, false) => Sequence::load_in(&mut out, anchor, None, stem, row),
     }
     out
 }
 
-/// One file of `changes`, with the first `columns.len()` values of each row.
+/// One file of `changes`, with the first `columns.len()` values of each row, at `path` (its
+/// key without the extension).
 fn render(
     format: Format,
-    folder: &str,
-    stem: &str,
+    path: &str,
     columns: &[(&str, &str)],
     changes: &[Change],
     cdc: bool,
+    sequenced: bool,
     rng: &mut fastrand::Rng,
 ) -> SimFile {
     match format {
         Format::Parquet => SimFile {
-            key: format!("{folder}/{stem}.parquet"),
-            bytes: parquet_file(columns, changes, cdc),
+            key: format!("{path}.parquet"),
+            bytes: parquet_file(columns, changes, cdc, sequenced),
             epoch: 0,
             written_micros: 0,
         },
@@ -807,14 +1102,14 @@ fn render(
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 let _ = gz.write_all(out.as_bytes());
                 SimFile {
-                    key: format!("{folder}/{stem}.csv.gz"),
+                    key: format!("{path}.csv.gz"),
                     bytes: gz.finish().unwrap_or_default(),
                     epoch: 0,
                     written_micros: 0,
                 }
             } else {
                 SimFile {
-                    key: format!("{folder}/{stem}.csv"),
+                    key: format!("{path}.csv"),
                     bytes: out.into_bytes(),
                     epoch: 0,
                     written_micros: 0,
@@ -839,7 +1134,8 @@ fn csv_text(v: &Value, pg_bools: bool) -> String {
     }
 }
 
-fn parquet_file(columns: &[(&str, &str)], changes: &[Change], cdc: bool) -> Vec<u8> {
+/// Without `sequenced`, the file lacks the `AR_H_CHANGE_SEQ` column (the rule removed).
+fn parquet_file(columns: &[(&str, &str)], changes: &[Change], cdc: bool, sequenced: bool) -> Vec<u8> {
     let mut fields = Vec::new();
     let mut cols: Vec<ArrayRef> = Vec::new();
     if cdc {
@@ -904,14 +1200,16 @@ fn parquet_file(columns: &[(&str, &str)], changes: &[Change], cdc: bool) -> Vec<
         fields.push(Field::new(*name, dt, true));
         cols.push(arr);
     }
-    fields.push(Field::new("AR_H_CHANGE_SEQ", DataType::Utf8, true));
-    cols.push(Arc::new(StringArray::from_iter_values(changes.iter().map(|c| {
-        if cdc {
-            change_seq(c)
-        } else {
-            String::new()
-        }
-    }))));
+    if sequenced {
+        fields.push(Field::new("AR_H_CHANGE_SEQ", DataType::Utf8, true));
+        cols.push(Arc::new(StringArray::from_iter_values(changes.iter().map(|c| {
+            if cdc {
+                change_seq(c)
+            } else {
+                String::new()
+            }
+        }))));
+    }
     let schema = Arc::new(Schema::new(fields));
     let mut buf = Vec::new();
     if let Ok(batch) = RecordBatch::try_new(schema.clone(), cols) {
@@ -1095,6 +1393,92 @@ mod tests {
         assert!(halves[0] > 0 && halves[1] > 0, "{halves:?}");
     }
 
+    /// The lifecycle events: each kind happens over a few seeds, the configuration loads, and
+    /// what the files say agrees with what the product reads from them (local names back to
+    /// their UTC instant with the object's LastModified; removals between the files before the
+    /// truncate and those after it).
+    #[test]
+    fn lifecycle_events_happen_and_are_consistent() {
+        let mut seen = Variant::default();
+        let (mut local_names, mut no_seq_files, mut labelled, mut nosup) = (0, 0, 0, 0);
+        for seed in 0..30 {
+            let sim = simulate(&SimOptions {
+                seed,
+                tables: 2,
+                changes: 30,
+                max_file_changes: 6,
+                variety: true,
+                reloads: true,
+                truncates: true,
+                local_time: true,
+                unlogged: true,
+                renames: true,
+                seq_toggles: true,
+                ..SimOptions::default()
+            });
+            let config = Config::from_text(&sim.config("/l", "/s", "/q", "/d")).unwrap();
+            for v in sim.variants.values() {
+                seen.truncate |= v.truncate;
+                seen.fall_back |= v.fall_back;
+                seen.seq_toggled |= v.seq_toggled;
+                seen.renamed_table |= v.renamed_table;
+                seen.renamed_column |= v.renamed_column;
+                seen.unlogged |= v.unlogged;
+                assert!(!(v.truncate && (v.reload || v.soft)), "{v:?}");
+            }
+            for f in &sim.files {
+                let routed = match crate::route::route(&config, &sim.bucket, &f.key) {
+                    Ok(crate::route::Route::File(r)) => r,
+                    other => panic!("{}: {other:?}", f.key),
+                };
+                let zone = config.sources()[routed.source].date_partitioning.zone();
+                if let (Some(zone), Some(digits)) = (zone, routed.time_digits.as_deref()) {
+                    local_names += 1;
+                    let written = chrono::DateTime::from_timestamp_micros(f.written_micros);
+                    let utc = crate::name_time::to_utc_digits(digits, zone, written).unwrap();
+                    // Named 200 ms before it was written, to the millisecond.
+                    let named = (f.written_micros - 200_000) / 1_000;
+                    assert_eq!(&utc[..17], file_time(named * 1_000).replace('-', ""), "{}", f.key);
+                }
+                if f.key.ends_with(".parquet") && !f.key.contains("/LOAD") {
+                    let r =
+                        parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(f.bytes.clone())).unwrap();
+                    use parquet::file::reader::FileReader;
+                    let schema = r.metadata().file_metadata().schema_descr_ptr();
+                    let names: Vec<&str> = schema.columns().iter().map(|c| c.name()).collect();
+                    no_seq_files += usize::from(!names.contains(&"AR_H_CHANGE_SEQ"));
+                    labelled += usize::from(names.contains(&RENAMED_COLUMN.1));
+                }
+                let text = String::from_utf8_lossy(&f.bytes);
+                labelled +=
+                    usize::from(text.starts_with("Op,") && text.lines().next().unwrap_or("").contains(",label"));
+                nosup += usize::from(text.contains(NO_SUP));
+            }
+            for r in &sim.removals {
+                let (source, table) = (r.table.split('.').next().unwrap(), r.table.rsplit('.').next().unwrap());
+                let folder = format!("dms/{source}/app/{table}/");
+                assert!(r.key.starts_with(&folder), "{r:?}");
+                for f in sim.files.iter().filter(|f| f.key.starts_with(&folder)) {
+                    let removed = sim.removals.iter().any(|x| x.key == f.key);
+                    assert_eq!(f.written_micros < r.micros, removed, "{} vs {r:?}", f.key);
+                }
+            }
+        }
+        assert!(
+            seen.truncate
+                && seen.fall_back
+                && seen.seq_toggled
+                && seen.renamed_table
+                && seen.renamed_column
+                && seen.unlogged,
+            "{seen:?}"
+        );
+        assert!(
+            local_names > 0 && no_seq_files > 0 && labelled > 0 && nosup > 0,
+            "{local_names} {no_seq_files} {labelled} {nosup}"
+        );
+    }
+
     #[test]
     fn change_seq_is_35_digits_and_ordered() {
         let c1 = Change {
@@ -1102,12 +1486,14 @@ mod tests {
             row: vec![],
             micros: BASE_MICROS,
             seq: 9,
+            unlogged: false,
         };
         let c2 = Change {
             op: 'I',
             row: vec![],
             micros: BASE_MICROS + 10_000,
             seq: 10,
+            unlogged: false,
         };
         assert_eq!(change_seq(&c1).len(), 35);
         assert!(change_seq(&c1) < change_seq(&c2));

@@ -10,6 +10,7 @@ use dms2delta::faults::{Call, FaultyStore};
 use dms2delta::operations::commit::CommitMetrics;
 use dms2delta::operations::compact::CompactBuilder;
 use dms2delta::operations::decode::DecodeOutcome;
+use dms2delta::operations::truncate::RemovalOutcome;
 use dms2delta::sim::SimOptions;
 use dms2delta::storage::StoreWrapper;
 
@@ -20,7 +21,17 @@ enum Task {
     Decode(String),
     Commit(String, String, String),
     Compact(String, String, String),
+    /// A source truncate of this table: DMS removes its files from the bucket, and their
+    /// removal events join the queue at random places (some twice).
+    Truncate(String),
+    /// The removal event of an object, with S3's event time (microseconds).
+    Removed(String, i64),
 }
+
+/// Cross-file, any-order delivery of values an update did not log is being fixed on another
+/// branch; until then the cases generate none (`SimOptions::unlogged`) and do not require any.
+/// In-order delivery of them is checked by the `unlogged_values_in_order_converge` test.
+pub const UNLOGGED_ANY_ORDER: bool = false;
 
 /// What a case put the pipeline through, so that a test can prove its adversity happened.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +61,20 @@ pub struct CaseStats {
     /// reload's load was over.
     pub reloads: u64,
     pub floors_raised: u64,
+    /// Tables truncated at the source part way, and removal events taken for a truncate
+    /// (the table folder found empty).
+    pub truncated_tables: u64,
+    pub truncates_seen: u64,
+    /// Tables whose CDC files are named in local time and whose names cross the fall-back out
+    /// of order.
+    pub fall_back_tables: u64,
+    /// Tables whose `AR_H_CHANGE_SEQ` rule was removed for a stretch of files, then added again.
+    pub seq_toggled_tables: u64,
+    /// Tables renamed at the source part way, and tables with a column renamed.
+    pub renamed_tables: u64,
+    pub renamed_columns: u64,
+    /// Tables whose updates sometimes did not log a large value.
+    pub unlogged_tables: u64,
 }
 
 impl std::ops::AddAssign for CaseStats {
@@ -69,6 +94,13 @@ impl std::ops::AddAssign for CaseStats {
         self.parallel_loads += o.parallel_loads;
         self.reloads += o.reloads;
         self.floors_raised += o.floors_raised;
+        self.truncated_tables += o.truncated_tables;
+        self.truncates_seen += o.truncates_seen;
+        self.fall_back_tables += o.fall_back_tables;
+        self.seq_toggled_tables += o.seq_toggled_tables;
+        self.renamed_tables += o.renamed_tables;
+        self.renamed_columns += o.renamed_columns;
+        self.unlogged_tables += o.unlogged_tables;
     }
 }
 
@@ -79,7 +111,8 @@ impl fmt::Display for CaseStats {
             "{} crashes, {} failed log writes, {} commit conflicts, {} compactions ({} wrote a checkpoint or rewrote files, {} files rewritten), \
              {} tombstones expired and {} files vacuumed with the clock past retention; tables: {} soft delete, {} partitioned, \
              {} with a column added mid-stream, {} with a full load overlapping CDC, {} loaded in parallel, {} reloaded \
-             ({} floors raised)",
+             ({} floors raised), {} truncated ({} removal events taken for a truncate), {} with local-time names across the \
+             fall-back, {} with the sequence rule toggled, {} renamed, {} with a column renamed, {} with unlogged values",
             self.crashes,
             self.log_faults,
             self.conflicts,
@@ -94,7 +127,14 @@ impl fmt::Display for CaseStats {
             self.overlapping_loads,
             self.parallel_loads,
             self.reloads,
-            self.floors_raised
+            self.floors_raised,
+            self.truncated_tables,
+            self.truncates_seen,
+            self.fall_back_tables,
+            self.seq_toggled_tables,
+            self.renamed_tables,
+            self.renamed_columns,
+            self.unlogged_tables
         )
     }
 }
@@ -123,6 +163,13 @@ impl CaseStats {
             (self.parallel_loads, "parallel full load"),
             (self.reloads, "table reload"),
             (self.floors_raised, "floor raised after a reload"),
+            (self.truncated_tables, "table truncate"),
+            (self.truncates_seen, "removal event taken for a truncate"),
+            (self.fall_back_tables, "local-time name across the fall-back"),
+            (self.seq_toggled_tables, "sequence rule toggled"),
+            (self.renamed_tables, "table rename"),
+            (self.renamed_columns, "column rename"),
+            (self.unlogged_tables, "unlogged value"),
         ]
         .iter()
         .filter(|(n, what)| *n == 0 && !spared.contains(what))
@@ -151,6 +198,7 @@ struct Counters {
     tombstones_expired: AtomicU64,
     files_vacuumed: AtomicU64,
     floors_raised: AtomicU64,
+    truncates_seen: AtomicU64,
 }
 
 impl Counters {
@@ -169,6 +217,7 @@ impl Counters {
             tombstones_expired: self.tombstones_expired.load(Ordering::Relaxed),
             files_vacuumed: self.files_vacuumed.load(Ordering::Relaxed),
             floors_raised: self.floors_raised.load(Ordering::Relaxed),
+            truncates_seen: self.truncates_seen.load(Ordering::Relaxed),
             ..CaseStats::default()
         }
     }
@@ -234,7 +283,10 @@ const CASE_COMPACTION: &str = "compact:\n  min_small_files: 2\n  checkpoint_inte
 /// equal commit times), crashes at every stage boundary and inside the commit, failed Delta log
 /// writes (after data files were written), compaction running between commits, 1 to 8 workers,
 /// and maintenance with the clock past every retention (tombstone expiry, vacuum): between the
-/// two halves of the history in some cases, after it in others. Returns what adversity it
+/// two halves of the history in some cases, after it in others. Tables also go through the
+/// lifecycle events the simulator makes (reloads, truncates with their removal events,
+/// local-time names across the fall-back on folders; the sequence rule toggled and renames
+/// everywhere; unlogged values with [`UNLOGGED_ANY_ORDER`]). Returns what adversity it
 /// injected; every error names the seed.
 pub async fn run_case(seed: u64, on: On) -> Result<CaseStats, String> {
     run_case_via(seed, on, None, || {}).await
@@ -280,8 +332,14 @@ pub async fn run_case_via(
             f
         },
         variety: true,
-        // An S3 endpoint stamps its own LastModified, which reload detection reads.
+        // An S3 endpoint stamps its own LastModified, which reload detection, the truncate's
+        // listing and the instant of a name inside the repeated hour read.
         reloads: matches!(on, On::Folders),
+        truncates: matches!(on, On::Folders),
+        local_time: matches!(on, On::Folders),
+        unlogged: UNLOGGED_ANY_ORDER,
+        renames: true,
+        seq_toggles: true,
     };
     let counters = Arc::new(Counters::default());
     let fault_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)));
@@ -331,18 +389,37 @@ pub async fn run_case_via(
                 .map(|f| f.key.clone())
                 .collect()
         };
-        let phases = if halves {
-            vec![keys(Some(0)), keys(Some(1))]
-        } else {
-            vec![keys(None)]
+        // A table's truncate falls in the half of its history its removals do.
+        let truncates = |epoch: Option<u8>| -> Vec<Task> {
+            let mut tables: Vec<&String> = lab
+                .sim
+                .removals
+                .iter()
+                .filter(|r| epoch.is_none_or(|e| r.epoch == e))
+                .map(|r| &r.table)
+                .collect();
+            tables.dedup();
+            tables.into_iter().map(|t| Task::Truncate(t.clone())).collect()
         };
-        for (i, phase) in phases.iter().enumerate() {
+        let phases = if halves {
+            vec![(keys(Some(0)), truncates(Some(0))), (keys(Some(1)), truncates(Some(1)))]
+        } else {
+            vec![(keys(None), truncates(None))]
+        };
+        for (i, (phase, truncates)) in phases.iter().enumerate() {
             let mut deliveries: Vec<Task> = phase.iter().map(|k| Task::Decode(k.clone())).collect();
             for _ in 0..rng.usize(0..=deliveries.len()) {
                 let d = deliveries[rng.usize(0..deliveries.len())].clone();
                 deliveries.push(d);
             }
             rng.shuffle(&mut deliveries);
+            // Removal events come only from a truncate. It falls in the later half of the
+            // phase's deliveries, so that the table usually holds rows it must lose; files
+            // before it whose events come after it are gone by then (nothing to decode).
+            for t in truncates {
+                let at = rng.usize(deliveries.len() / 2..=deliveries.len());
+                deliveries.insert(at, t.clone());
+            }
             deliver(&lab, &case, deliveries).await?;
             sweep(&lab, &counters).await?;
             // Expiry between the halves: every change after it is newer than what expired.
@@ -365,6 +442,12 @@ pub async fn run_case_via(
     run.await.map_err(|e| format!("{context}: {e}"))?;
     let mut stats = counters.stats();
     for v in lab.sim.variants.values() {
+        stats.truncated_tables += u64::from(v.truncate);
+        stats.fall_back_tables += u64::from(v.fall_back);
+        stats.seq_toggled_tables += u64::from(v.seq_toggled);
+        stats.renamed_tables += u64::from(v.renamed_table);
+        stats.renamed_columns += u64::from(v.renamed_column);
+        stats.unlogged_tables += u64::from(v.unlogged);
         stats.soft_tables += u64::from(v.soft);
         stats.partitioned_tables += u64::from(v.partitioned);
         stats.added_column_tables += u64::from(v.added_column);
@@ -378,11 +461,24 @@ pub async fn run_case_via(
 /// Runs `deliveries` (and the commits and compactions they lead to) on the case's workers.
 async fn deliver(lab: &Lab, case: &Case, deliveries: Vec<Task>) -> Result<(), String> {
     let queue = Arc::new(Mutex::new(VecDeque::from(deliveries)));
+    // What a truncate removes, by table; removed objects may be gone when their creation
+    // event is handled.
+    let mut removals: std::collections::BTreeMap<String, Vec<(String, i64)>> = Default::default();
+    for r in &lab.sim.removals {
+        removals
+            .entry(r.table.clone())
+            .or_default()
+            .push((r.key.clone(), r.micros));
+    }
+    let removed_keys: std::collections::BTreeSet<String> = lab.sim.removals.iter().map(|r| r.key.clone()).collect();
+    let (removals, removed_keys) = (Arc::new(removals), Arc::new(removed_keys));
+    let bucket_dir = lab.dir.path().join("bucket");
     let mut handles = Vec::new();
     for w in 0..case.workers {
         let queue = queue.clone();
         let pipeline = lab.pipeline.clone();
         let bucket = lab.bucket.clone();
+        let (removals, removed_keys, bucket_dir) = (removals.clone(), removed_keys.clone(), bucket_dir.clone());
         let (fr, counters) = (case.fault_rng.clone(), case.counters.clone());
         let (crash, compact) = (case.crash, case.compact);
         handles.push(tokio::spawn(async move {
@@ -421,10 +517,45 @@ async fn deliver(lab: &Lab, case: &Case, deliveries: Vec<Task>) -> Result<(), St
                                     .push_back(Task::Commit(a.into(), b.into(), c.into()));
                             }
                         }
+                        Ok(DecodeOutcome::Skipped { .. }) if removed_keys.contains(key) => {}
                         Ok(other) => return Err(format!("decode {key}: unexpected {other:?}")),
                         Err(e) if e.is_retryable() => requeue(),
                         Err(e) => return Err(format!("decode {key}: {e}")),
                     },
+                    Task::Truncate(table) => {
+                        let gone = removals.get(table).cloned().unwrap_or_default();
+                        for (key, _) in &gone {
+                            match std::fs::remove_file(bucket_dir.join(key)) {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(e) => return Err(format!("remove {key}: {e}")),
+                            }
+                        }
+                        let mut q = queue.lock().unwrap();
+                        let mut fr = fr.lock().unwrap();
+                        for (key, micros) in gone {
+                            for _ in 0..1 + usize::from(fr.u8(0..4) == 0) {
+                                let at = fr.usize(0..=q.len());
+                                q.insert(at, Task::Removed(key.clone(), micros));
+                            }
+                        }
+                    }
+                    Task::Removed(key, micros) => {
+                        // Through SystemTime: the e2e crate that shares this file has no chrono.
+                        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros((*micros).max(0) as u64);
+                        match pipeline.removed(&bucket, key, at.into()).await {
+                            Ok(RemovalOutcome::Truncate { table, .. }) => {
+                                Counters::add(&counters.truncates_seen, 1);
+                                let (a, b, c) = split3(&table);
+                                queue.lock().unwrap().push_back(Task::Commit(a, b, c));
+                            }
+                            Ok(RemovalOutcome::Ignored { reason }) => {
+                                return Err(format!("removal of {key} at {micros} µs ignored: {reason}"))
+                            }
+                            Err(e) if e.is_retryable() => requeue(),
+                            Err(e) => return Err(format!("removal of {key}: {e}")),
+                        }
+                    }
                     Task::Commit(a, b, c) => match pipeline.commit(a, b, c, fail.clone()).await {
                         Ok(m) => {
                             counters.commit(&m)?;
@@ -473,6 +604,13 @@ async fn deliver(lab: &Lab, case: &Case, deliveries: Vec<Task>) -> Result<(), St
         h.await.map_err(|e| format!("worker: {e}"))??;
     }
     Ok(())
+}
+
+/// `namespace.schema.table` in its three parts.
+fn split3(name: &str) -> (String, String, String) {
+    let mut p = name.splitn(3, '.');
+    let mut next = || p.next().unwrap_or_default().to_string();
+    (next(), next(), next())
 }
 
 /// Whatever crashed last is picked up by the next invocation (here: one sweep, no crashes).

@@ -522,6 +522,19 @@ impl Lab {
                 .lines()
                 .map(str::to_string)
                 .collect();
+            // What the contract leaves open is blanked on both sides, as `Simulation::comparable`
+            // does: the non-key values of soft-deleted rows of key-only-image tables.
+            if self.sim.key_only_soft.contains(name) {
+                let k = self.sim.key_columns[name];
+                for line in &mut got {
+                    let mut fields: Vec<&str> = line.split('\t').collect();
+                    let n = fields.len();
+                    if n > k && fields[n - 1] == "true" {
+                        fields[k..n - 1].iter_mut().for_each(|f| *f = "null");
+                        *line = fields.join("\t");
+                    }
+                }
+            }
             got.sort();
             let mut want: Vec<String> = expected
                 .iter()
