@@ -274,6 +274,11 @@ mod tests {
             formats: vec![dms2delta::sim::Format::CsvHeader],
             variety: false,
             reloads: false,
+            truncates: false,
+            local_time: false,
+            unlogged: false,
+            renames: false,
+            seq_toggles: false,
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();

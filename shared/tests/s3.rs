@@ -157,7 +157,7 @@ async fn any_order_duplicates_crashes_and_concurrency_converge_on_s3() {
     // compaction of a few small files may find nothing to rewrite); the local run, with four
     // times the cases, requires it. Reloads, truncates and local-time names are not generated
     // here: they need the LastModified the simulator sets, and the endpoint stamps its own.
-    // Unlogged values wait for `UNLOGGED_ANY_ORDER`.
+    // Seven cases may draw no table with unlogged values; the local run requires them.
     if let Err(e) = total.require_adversity_but(&[
         "vacuumed file",
         "table reload",
