@@ -1184,14 +1184,17 @@ impl Tracked {
             .and(Tracked::source_seq(c).gt(seq))
     }
 
-    /// Matched rows an older change still has values for, if the table tracks any column.
+    /// Matched rows an older change still has values for, if the table tracks any column. "Older"
+    /// includes the same row sequence: a redelivered change whose not-logged column the
+    /// deduplication filled from an older change of the same commit carries more than the row
+    /// the table holds for it.
     fn older_predicate(&self) -> Option<Expr> {
         self.columns
             .iter()
             .filter(|(_, col, seq)| *col && *seq)
             .map(|(c, ..)| Tracked::fills(c))
             .reduce(Expr::or)
-            .map(|any| s(SEQ).lt(t(SEQ)).and(any))
+            .map(|any| s(SEQ).lt_eq(t(SEQ)).and(any))
     }
 
     fn older_update(&self, mut u: UpdateBuilder) -> UpdateBuilder {
