@@ -362,8 +362,19 @@ async fn generated_history_by(seed: u64, dv: bool, workers: usize) -> u32 {
                     p.decode("dms", &cdc(i), Some("etag".into()), Default::default())
                         .await
                         .unwrap();
-                    for c in p.commit_all().await.unwrap() {
-                        conflicts += c.conflicts + c.history.map_or(0, |h| h.conflicts);
+                    // Past `commit.max_attempts` a commit gives up and its change sets wait
+                    // for the next run (the queue's retry): do as the queue would.
+                    loop {
+                        match p.commit_all().await {
+                            Ok(done) => {
+                                for c in done {
+                                    conflicts += c.conflicts + c.history.map_or(0, |h| h.conflicts);
+                                }
+                                break;
+                            }
+                            Err(dms2delta::error::Error::Conflict { attempts, .. }) => conflicts += attempts,
+                            Err(e) => panic!("{e}"),
+                        }
                     }
                 }
                 conflicts
