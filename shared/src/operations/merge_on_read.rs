@@ -29,7 +29,7 @@ use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use bytes::Bytes;
 use deltalake::kernel::transaction::CommitBuilder as DeltaCommitBuilder;
-use deltalake::kernel::{Action, Add, DeletionVectorDescriptor, Remove};
+use deltalake::kernel::{Action, Add, DeletionVectorDescriptor, LogicalFileView};
 use deltalake::operations::merge::MergeMetrics;
 use deltalake::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
 use deltalake::parquet::arrow::async_reader::AsyncFileReader;
@@ -68,7 +68,9 @@ pub struct DvCounts {
 fn dv_err(e: DvError) -> DeltaTableError {
     match e {
         DvError::Storage { source, .. } => DeltaTableError::ObjectStore { source },
-        other => DeltaTableError::Generic(other.to_string()),
+        other => DeltaTableError::GenericError {
+            source: Box::new(other),
+        },
     }
 }
 
@@ -164,10 +166,11 @@ impl KeyIndex {
 
 /// One active data file, as the snapshot lists it.
 struct DataFile {
+    /// The snapshot's entry, which builds the log actions that retire or replace the file.
+    view: LogicalFileView,
     log_path: String,
     store_path: Path,
     size: i64,
-    modification_time: i64,
     stats: Option<String>,
     partition_values: HashMap<String, Option<String>>,
     dv: Option<DeletionVectorDescriptor>,
@@ -175,18 +178,23 @@ struct DataFile {
 
 impl DataFile {
     /// The log entry that retires this file as it is now (with its current vector, if any).
-    fn remove(&self, data_change: bool, now_ms: i64) -> Action {
-        Action::Remove(Remove {
-            path: self.log_path.clone(),
-            data_change,
-            deletion_timestamp: Some(now_ms),
-            extended_file_metadata: Some(true),
-            partition_values: Some(self.partition_values.clone()),
-            size: Some(self.size),
-            tags: None,
-            deletion_vector: self.dv.clone(),
-            base_row_id: None,
-            default_row_commit_version: None,
+    fn remove(&self, data_change: bool) -> Action {
+        Action::Remove(self.view.remove_action(data_change))
+    }
+
+    /// The log entry that puts this file back with `dv` as its deletion vector: the file as the
+    /// log lists it (tags and row tracking fields included), its bounds no longer tight.
+    fn with_deletion_vector(&self, dv: DeletionVectorDescriptor) -> Action {
+        // deltalake deprecates converting a snapshot entry to an `Add` in favour of its Arrow
+        // form, but a commit through `CommitBuilder` takes `Add` actions and there is no other
+        // public way to carry the entry over whole.
+        #[allow(deprecated)]
+        let add = self.view.add_action();
+        Action::Add(Add {
+            data_change: true,
+            stats: add.stats.as_deref().map(loose_bounds),
+            deletion_vector: Some(dv),
+            ..add
         })
     }
 }
@@ -380,12 +388,12 @@ fn fit(
     )?)
 }
 
-fn data_file(v: &deltalake::kernel::LogicalFileView) -> DataFile {
+fn data_file(v: &LogicalFileView) -> DataFile {
     DataFile {
+        view: v.clone(),
         log_path: v.path().to_string(),
         store_path: v.object_store_path(),
         size: v.size(),
-        modification_time: v.modification_time(),
         stats: v.stats(),
         partition_values: v.partition_values_map(),
         dv: v.deletion_vector_descriptor(),
@@ -425,7 +433,6 @@ pub async fn purge_deleted_rows(table: DeltaTable, percent: u32) -> DeltaResult<
     let root = table.table_url().clone();
     let mut writer = RecordBatchWriter::for_table(&table)?;
     let schema = writer.arrow_schema();
-    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut actions = Vec::new();
     for f in &due {
         let deleted = match &f.dv {
@@ -464,7 +471,7 @@ pub async fn purge_deleted_rows(table: DeltaTable, percent: u32) -> DeltaResult<
         done.files_in += 1;
         done.bytes_in += u64::try_from(f.size).unwrap_or(0);
         done.rows_dropped += deleted.len();
-        actions.push(f.remove(false, now_ms));
+        actions.push(f.remove(false));
     }
     let operation = DeltaOperation::Optimize {
         predicate: None,
@@ -812,34 +819,30 @@ pub async fn apply(
     let mut actions: Vec<Action> = Vec::new();
     let mut counts = DvCounts::default();
     let mut dv_file = DvFileWriter::new();
-    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut marked: Vec<&DataFile> = Vec::new();
     for (h, rows) in marks.iter().enumerate() {
         if rows.is_empty() {
             continue;
         }
         let hit = &hits[h];
-        let file = &files[hit.file];
         let mut deleted = hit.deleted_before.clone();
         let before = deleted.len();
         deleted.extend(rows.iter().copied());
         counts.files_marked += 1;
         counts.rows_marked += deleted.len() - before;
-        let descriptor = dv_file.add(&deleted).map_err(dv_err)?;
-        actions.push(file.remove(true, now_ms));
-        actions.push(Action::Add(Add {
-            path: file.log_path.clone(),
-            partition_values: file.partition_values.clone(),
-            size: file.size,
-            modification_time: file.modification_time,
-            data_change: true,
-            stats: file.stats.as_deref().map(loose_bounds),
-            tags: None,
-            deletion_vector: Some(descriptor),
-            base_row_id: None,
-            default_row_commit_version: None,
-            clustering_provider: None,
-        }));
+        dv_file.add(&deleted);
+        marked.push(&files[hit.file]);
     }
+    let dv_file = if dv_file.is_empty() {
+        None
+    } else {
+        let (dv_file, descriptors) = dv_file.finish(&input.table_root).map_err(dv_err)?;
+        for (file, descriptor) in marked.into_iter().zip(descriptors) {
+            actions.push(file.remove(true));
+            actions.push(file.with_deletion_vector(descriptor));
+        }
+        Some(dv_file)
+    };
     let mut written: Option<RecordBatch> = None;
     if !new_rows.is_empty() {
         let mut writer = RecordBatchWriter::for_table(&table)?;
@@ -869,8 +872,8 @@ pub async fn apply(
         metrics.scan_time_ms = scan_ms;
         return Ok(Some((table, metrics, counts)));
     }
-    if !dv_file.is_empty() {
-        dv_file.finish(input.store.as_ref()).await.map_err(dv_err)?;
+    if let Some(dv_file) = dv_file {
+        dv_file.put(input.store.as_ref()).await.map_err(dv_err)?;
     }
     if feed {
         let old: Vec<&RecordBatch> = hits.iter().map(|h| &h.old).collect();
