@@ -47,7 +47,7 @@ pub use purge::{purge_deleted_rows, Purged};
 use crate::changes::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec};
 use crate::deletion_vector::{DvError, DvFileWriter};
-use crate::operations::change_feed::{self, MergeOnReadChanges};
+use crate::operations::change_feed;
 use assembly::{full_images, new_rows_batch};
 use data_file::{data_file, DataFile};
 use first_load::may_meet_first_load;
@@ -64,7 +64,7 @@ pub struct DvCounts {
     pub rows_marked: u64,
 }
 
-pub(super) fn dv_err(e: DvError) -> DeltaTableError {
+fn dv_err(e: DvError) -> DeltaTableError {
     match e {
         DvError::Storage { source, .. } => DeltaTableError::ObjectStore { source },
         other => DeltaTableError::GenericError {
@@ -312,7 +312,7 @@ pub async fn apply(
 
 /// Commits `actions` on top of `snapshot` (delta-rs checks concurrent commits against it) and
 /// returns the table at the new version.
-pub(super) async fn commit(
+async fn commit(
     table: DeltaTable,
     snapshot: &deltalake::table::state::DeltaTableState,
     actions: Vec<Action>,
