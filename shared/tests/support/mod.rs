@@ -23,6 +23,7 @@ pub fn pipeline(text: &str, wrapper: Option<StoreWrapper>) -> Pipeline {
 
 pub mod ambiguous;
 pub mod converge;
+pub mod downstream;
 pub mod feed;
 pub mod proxy;
 pub mod s3;
@@ -398,28 +399,36 @@ impl Lab {
                     }
                     // The minimum protocol, which Athena, Spark and DuckDB all read: no reader
                     // or writer features (deletion vectors, timestamp_ntz, column mapping).
-                    // With merge-on-read: deletion vectors and nothing else.
+                    // With merge-on-read: deletion vectors and nothing else. A table with the
+                    // change feed also has what the feed needs: writer 4, or at writer 7 the
+                    // `changeDataFeed` writer feature.
                     if let Some(p) = action.get("protocol") {
                         let (r, w) = (p["minReaderVersion"].as_u64(), p["minWriterVersion"].as_u64());
                         let dv_only = serde_json::json!(["deletionVectors"]);
+                        let feed = spec.change_data_feed;
                         // Writer version 2's own features (appendOnly, invariants) are listed
                         // explicitly at writer 7.
                         let writer_ok = p["writerFeatures"].as_array().is_some_and(|f| {
                             f.iter().any(|x| x == "deletionVectors")
                                 && f.iter().all(|x| {
-                                    ["deletionVectors", "appendOnly", "invariants"].contains(&x.as_str().unwrap_or(""))
+                                    let x = x.as_str().unwrap_or("");
+                                    ["deletionVectors", "appendOnly", "invariants"].contains(&x)
+                                        || (feed && x == "changeDataFeed")
                                 })
                         });
+                        let max_writer = if feed { Some(4) } else { Some(2) };
                         if self.deletion_vectors {
                             if r != Some(3) || w != Some(7) || p.get("readerFeatures") != Some(&dv_only) || !writer_ok {
                                 return Err(format!("{name} v{v}: not the deletion-vector protocol: {p}"));
                             }
                         } else if r > Some(1)
-                            || w > Some(2)
+                            || w > max_writer
                             || p.get("readerFeatures").is_some()
                             || p.get("writerFeatures").is_some()
                         {
-                            return Err(format!("{name} v{v}: protocol above reader 1 / writer 2: {p}"));
+                            return Err(format!(
+                                "{name} v{v}: protocol above reader 1 / writer {max_writer:?}: {p}"
+                            ));
                         }
                     }
                 }
