@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use dms2delta::operations::commit::CommitMetrics;
 use dms2delta::sim::{rows_of, Value};
+use support::reload::{put_written, Written, C1, C2, GEN0, RELOADED};
 use support::Mini;
 
 /// Headerless CSV: Op, the commit time (`timestamp_column`), the columns, `AR_H_CHANGE_SEQ`.
@@ -484,57 +485,19 @@ for at in sys.argv[2:]:
     );
 }
 
-const RELOADED: &str = r#"
-  - name: pg
-    bucket: dms
-    csv: { header: true }
-    tables:
-      - schema: app
-        table: t
-        keys: [id]
-"#;
-
-/// A DMS file: key, content, and when DMS wrote it (its LastModified).
-type Written = (&'static str, &'static [u8], &'static str);
-
-/// The first load, changes, a reload's snapshot (while nothing was captured the source deleted
-/// 2, inserted 3 again, updated 4 and inserted 5), and changes after it.
+/// The reload fixture with the snapshot in two files: row 1 in the second, which may come after
+/// the floor rose.
 const RELOAD_FILES: [Written; 5] = [
-    (
-        "app/t/LOAD00000001.csv",
-        b"id,name\n1,one\n2,two\n3,three\n",
-        "2024-05-28T10:00:00Z",
-    ),
-    (
-        "app/t/20240528-100500000.csv",
-        b"Op,id,name\nU,1,one-v2\nI,4,four\nD,3,\n",
-        "2024-05-28T10:05:30Z",
-    ),
+    GEN0,
+    C1,
     (
         "app/t/LOAD00000001.csv",
         b"id,name\n3,three-again\n4,four-v2\n5,five\n",
         "2024-05-28T11:00:00Z",
     ),
-    (
-        "app/t/20240528-111000000.csv",
-        b"Op,id,name\nU,5,five-v2\nI,6,six\n",
-        "2024-05-28T11:10:20Z",
-    ),
-    // The snapshot's second file, which may come after the floor rose.
+    C2,
     ("app/t/LOAD00000002.csv", b"id,name\n1,one-v2\n", "2024-05-28T11:00:01Z"),
 ];
-
-fn put_written(m: &Mini, (key, bytes, written): Written) {
-    m.put(key, bytes);
-    let t: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(written).unwrap().into();
-    let p = m.dir.path().join("bucket").join(key);
-    std::fs::File::options()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
 
 /// A reload closes, at its anchor, every version its snapshot lacks (key 2, deleted while
 /// nothing was captured), and only those: keys the snapshot holds go on with the snapshot's

@@ -329,7 +329,7 @@ impl FeedSegments {
             if !exists {
                 continue;
             }
-            let version = handle.version().unwrap_or(0) as u64;
+            let version = handle.version().unwrap_or(0);
             let batches = lab.pipeline.read_table(&loc).await.map_err(|e| e.to_string())?;
             let Some(first) = batches.first() else {
                 return Err(format!("{name}: the table read back as no batch"));

@@ -194,33 +194,8 @@ pub async fn read_range(
 /// The same feed read by the Python `deltalake` package (`load_cdf`), as sorted canonical lines:
 /// `table` is a folder, or an `s3://` URL on the local `endpoint`.
 pub fn read_with_python(table: &str, endpoint: Option<&str>, columns: &[String]) -> Result<Vec<String>, String> {
-    let Some(python) = super::python() else {
-        return Err(
-            "no Python with the deltalake package: set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)"
-                .into(),
-        );
-    };
-    let mut cmd = std::process::Command::new(&python);
-    if let Some(ep) = endpoint {
-        cmd.env("AWS_ENDPOINT_URL", ep);
-    }
-    let out = cmd
-        .arg(super::repo().join("tests/read_cdf.py"))
-        .arg(table)
-        .arg(columns.join(","))
-        .arg("0")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "python load_cdf failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let columns = columns.join(",");
+    let mut lines = super::run_python("read_cdf.py", [table, columns.as_str(), "0"], endpoint)?;
     lines.sort();
     Ok(lines)
 }

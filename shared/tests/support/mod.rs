@@ -26,6 +26,7 @@ pub mod converge;
 pub mod downstream;
 pub mod feed;
 pub mod proxy;
+pub mod reload;
 pub mod s3;
 
 pub use s3::{python, repo};
@@ -498,39 +499,23 @@ impl Lab {
 
     /// The same comparison through an independent reader: the Python `deltalake` package.
     pub fn check_with_python(&self) -> Result<(), String> {
-        let Some(python) = python() else {
-            return Err("no Python with the deltalake package: run `.ci/run` once or set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)".into());
-        };
         for (name, expected) in &self.sim.expected {
             let cols = self.sim.columns[name].join(",");
-            let mut cmd = std::process::Command::new(&python);
-            cmd.arg(repo().join("tests/read_delta.py"));
-            match &self.endpoint {
-                Some(ep) => {
+            let table = match &self.endpoint {
+                Some(_) => {
                     let mut p = name.splitn(3, '.');
                     let (ns, schema, table) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
                     let spec = self.pipeline.config.table_by_target(ns, schema, table).unwrap();
-                    cmd.arg(self.pipeline.table_location(&spec).url())
-                        .env("AWS_ENDPOINT_URL", ep);
+                    self.pipeline.table_location(&spec).url()
                 }
-                None => {
-                    cmd.arg(self.lake_dir().join(name.replace('.', "/")));
-                }
-            }
-            let out = cmd
-                .arg(&cols)
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "python reader failed on {name}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect();
+                None => self.lake_dir().join(name.replace('.', "/")).display().to_string(),
+            };
+            let mut got = run_python(
+                "read_delta.py",
+                [table.as_str(), cols.as_str()],
+                self.endpoint.as_deref(),
+            )
+            .map_err(|e| format!("table {name}: {e}"))?;
             // What the contract leaves open is blanked on both sides, as `Simulation::comparable`
             // does: the non-key values of soft-deleted rows of key-only-image tables.
             if self.sim.key_only_soft.contains(name) {
@@ -584,6 +569,37 @@ pub fn parquet(fields: Vec<(&str, arrow::datatypes::DataType, arrow::array::Arra
     w.write(&batch).unwrap();
     w.close().unwrap();
     buf
+}
+
+/// Runs `tests/<script>` with `args` by the Python that has the `deltalake` package (S3 through
+/// `endpoint` when given), and returns its output lines.
+pub fn run_python<'a>(
+    script: &str,
+    args: impl IntoIterator<Item = &'a str>,
+    endpoint: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let Some(python) = python() else {
+        return Err("no Python with the deltalake package: run `.ci/run` once or set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)".into());
+    };
+    let mut cmd = std::process::Command::new(&python);
+    if let Some(ep) = endpoint {
+        cmd.env("AWS_ENDPOINT_URL", ep);
+    }
+    let out = cmd
+        .arg(repo().join("tests").join(script))
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "python {script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 pub fn skip_python() -> bool {
