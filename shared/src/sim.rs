@@ -1619,6 +1619,49 @@ mod tests {
         );
     }
 
+    /// The per-key history the simulator exposes: versions in sequence order, the newest the
+    /// one the table stores, closing versions only after a live version, and some of each
+    /// kind a history test needs over a few seeds.
+    #[test]
+    fn every_key_history_is_in_sequence_order_and_ends_at_the_stored_row() {
+        let (mut closes, mut unlogged, mut tables) = (0, 0, 0);
+        for seed in 0..20 {
+            let sim = simulate(&SimOptions {
+                seed,
+                tables: 2,
+                changes: 30,
+                max_file_changes: 6,
+                variety: true,
+                reloads: true,
+                truncates: true,
+                unlogged: true,
+                history: true,
+                change_feed: true,
+                ..SimOptions::default()
+            });
+            for (name, keys) in &sim.history {
+                tables += usize::from(sim.variants[name].history);
+                for (key, versions) in keys {
+                    let seqs: Vec<&String> = versions.iter().filter_map(|v| v.seq.as_ref()).collect();
+                    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{name} {key:?}: {seqs:?}");
+                    for w in versions.windows(2).filter(|w| w[1].floor) {
+                        assert!(!w[0].floor && w[0].op != 'D', "{name} {key:?}: {versions:?}");
+                    }
+                    assert!(!versions[0].floor, "{name} {key:?}: {versions:?}");
+                    closes += versions.iter().filter(|v| v.floor).count();
+                    unlogged += versions.iter().filter(|v| !v.unlogged.is_empty()).count();
+                    let last = versions.last().unwrap();
+                    if let Some(stored) = sim.expected_seq[name].get(key) {
+                        assert_eq!(last.seq.as_ref(), Some(stored), "{name} {key:?}");
+                    } else if !sim.variants[name].soft {
+                        assert_eq!(last.op, 'D', "{name} {key:?}: {versions:?}");
+                    }
+                }
+            }
+        }
+        assert!(closes > 0 && unlogged > 0 && tables > 0, "{closes} {unlogged} {tables}");
+    }
+
     #[test]
     fn change_seq_is_35_digits_and_ordered() {
         let c1 = Change {

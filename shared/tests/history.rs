@@ -70,19 +70,26 @@ fn cdc(i: usize) -> String {
 }
 
 async fn history_rows(m: &Mini) -> Vec<Vec<String>> {
-    let spec = m.pipeline.config.table_by_target("my", "app", "t").unwrap();
+    history_of(m, ("my", "app", "t"), &COLUMNS).await
+}
+
+/// The `columns` of the history of `table` (namespace, schema, table; keyed by an integer `id`
+/// first among `columns`, which also name `_dms_seq`) as canonical text, by key then sequence.
+async fn history_of(m: &Mini, (ns, schema, table): (&str, &str, &str), columns: &[&str]) -> Vec<Vec<String>> {
+    let spec = m.pipeline.config.table_by_target(ns, schema, table).unwrap();
     let batches = m
         .pipeline
         .read_table(&m.pipeline.history_location(&spec))
         .await
         .unwrap();
-    let cols: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+    let cols: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    let seq = columns.iter().position(|c| *c == "_dms_seq").unwrap();
     let mut rows: Vec<Vec<String>> = rows_of(&batches, &cols)
         .unwrap()
         .into_iter()
         .map(|r| r.iter().map(Value::canonical).collect())
         .collect();
-    rows.sort_by(|a, b| (a[0].parse::<i64>().unwrap(), &a[3]).cmp(&(b[0].parse::<i64>().unwrap(), &b[3])));
+    rows.sort_by(|a, b| (a[0].parse::<i64>().unwrap(), &a[seq]).cmp(&(b[0].parse::<i64>().unwrap(), &b[seq])));
     rows
 }
 
@@ -550,30 +557,20 @@ async fn a_reload_closes_the_versions_its_snapshot_lacks_in_any_order() {
         }
         let ctx = format!("order {order:?}, commit each {commit_each}, dv {}", !dv.is_empty());
         let floor = floor.unwrap_or_else(|| panic!("{ctx}: the floor never rose"));
-        let spec = m.pipeline.config.table_by_target("pg", "app", "t").unwrap();
-        let batches = m
-            .pipeline
-            .read_table(&m.pipeline.history_location(&spec))
-            .await
-            .unwrap();
-        let cols: Vec<String> = [
-            "id",
-            "name",
-            "_op",
-            "_is_current",
-            "_dms_seq",
-            "_valid_from",
-            "_valid_to",
-        ]
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-        let mut rows: Vec<Vec<String>> = rows_of(&batches, &cols)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.iter().map(Value::canonical).collect())
-            .collect();
-        rows.sort_by(|a, b| (a[0].parse::<i64>().unwrap(), &a[4]).cmp(&(b[0].parse::<i64>().unwrap(), &b[4])));
+        let rows = history_of(
+            &m,
+            ("pg", "app", "t"),
+            &[
+                "id",
+                "name",
+                "_op",
+                "_is_current",
+                "_dms_seq",
+                "_valid_from",
+                "_valid_to",
+            ],
+        )
+        .await;
         let got: Vec<Vec<&str>> = rows
             .iter()
             .map(|r| r[..4].iter().map(String::as_str).collect())
@@ -633,22 +630,12 @@ async fn parquet_changes_keep_every_version_and_a_later_column() {
     // The later file first.
     m.apply("app/t/20240528-195141302.parquet", &second).await;
     m.apply("app/t/20240528-195141301.parquet", &first).await;
-    let spec = m.pipeline.config.table_by_target("ora", "app", "t").unwrap();
-    let batches = m
-        .pipeline
-        .read_table(&m.pipeline.history_location(&spec))
-        .await
-        .unwrap();
-    let cols: Vec<String> = ["id", "body", "n", "note", "_op", "_is_current", "_dms_seq"]
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-    let mut rows: Vec<Vec<String>> = rows_of(&batches, &cols)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.iter().map(Value::canonical).collect())
-        .collect();
-    rows.sort_by(|a, b| (&a[0], &a[6]).cmp(&(&b[0], &b[6])));
+    let rows = history_of(
+        &m,
+        ("ora", "app", "t"),
+        &["id", "body", "n", "note", "_op", "_is_current", "_dms_seq"],
+    )
+    .await;
     let got: Vec<Vec<&str>> = rows
         .iter()
         .map(|r| r[..6].iter().map(String::as_str).collect())

@@ -344,8 +344,10 @@ const CASE_COMPACTION: &str = "compact:\n  min_small_files: 2\n  checkpoint_inte
 /// two halves of the history in some cases, after it in others. Tables also go through the
 /// lifecycle events the simulator makes (reloads, truncates with their removal events,
 /// local-time names across the fall-back on folders; the sequence rule toggled and renames
-/// everywhere; unlogged values with [`UNLOGGED_ANY_ORDER`]). Returns what adversity it
-/// injected; every error names the seed.
+/// everywhere; unlogged values with [`UNLOGGED_ANY_ORDER`]). On folders, some tables keep a
+/// history and some write the change feed: each history must equal the simulator's history
+/// version for version, and each feed must replay into its table (see `super::downstream`).
+/// Returns what adversity it injected; every error names the seed.
 pub async fn run_case(seed: u64, on: On) -> Result<CaseStats, String> {
     run_case_via(seed, on, None, || {}).await
 }
