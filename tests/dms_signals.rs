@@ -18,6 +18,7 @@ use dms2delta::operations::commit::{CommitChangesBuilder, CommitMetrics};
 use dms2delta::operations::reprocess::commit_sources;
 use dms2delta_lambda::dms::{sdk, DmsApi};
 use serde_json::{json, Value};
+use support::reload::{put_written, C1, GEN0, GEN1};
 use support::Mini;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -164,40 +165,9 @@ const SOURCES: &str = r#"
         keys: [id]
 "#;
 
-/// Key, content, and when DMS wrote it (its LastModified).
-type Written = (&'static str, &'static [u8], &'static str);
-
-/// The first load (rows 1-3), a CDC file named 10:05 (1 updated, 4 inserted, 3 deleted), and
-/// the reload's snapshot at 11:00 under the same name: row 2 was deleted at the source while
-/// nothing was captured, so once the reload is known to be over the table must lose it.
-const GEN0: Written = (
-    "app/t/LOAD00000001.csv",
-    b"id,name\n1,one\n2,two\n3,three\n",
-    "2024-05-28T10:00:00Z",
-);
-const C1: Written = (
-    "app/t/20240528-100500000.csv",
-    b"Op,id,name\nU,1,one-v2\nI,4,four\nD,3,\n",
-    "2024-05-28T10:05:30Z",
-);
-const GEN1: Written = (
-    "app/t/LOAD00000001.csv",
-    b"id,name\n1,one-v2\n3,three-again\n4,four-v2\n5,five\n",
-    "2024-05-28T11:00:00Z",
-);
-
-fn put_written(m: &Mini, (key, bytes, written): Written) {
-    m.put(key, bytes);
-    let t: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(written).unwrap().into();
-    std::fs::File::options()
-        .write(true)
-        .open(m.dir.path().join("bucket").join(key))
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
-
-/// A table whose reload is decoded (its marker staged) and nothing committed yet.
+/// A table whose reload is decoded (the first load, a CDC file, the reload's snapshot: row 2 was
+/// deleted at the source while nothing was captured, so once the reload is known to be over the
+/// table must lose it), its marker staged and nothing committed yet.
 async fn reloaded() -> Mini {
     let m = Mini::new(SOURCES, "");
     for f in [GEN0, C1, GEN1] {

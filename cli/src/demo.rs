@@ -37,13 +37,7 @@ pub fn options() -> SimOptions {
         changes: 40,
         max_file_changes: 8,
         formats: Format::ALL.to_vec(),
-        variety: false,
-        reloads: false,
-        truncates: false,
-        local_time: false,
-        unlogged: false,
-        renames: false,
-        seq_toggles: false,
+        ..SimOptions::default()
     }
 }
 

@@ -218,13 +218,7 @@ mod tests {
             changes: 6,
             max_file_changes: 3,
             formats: vec![dms2delta::sim::Format::Parquet, dms2delta::sim::Format::CsvHeader],
-            variety: false,
-            reloads: false,
-            truncates: false,
-            local_time: false,
-            unlogged: false,
-            renames: false,
-            seq_toggles: false,
+            ..SimOptions::default()
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();
@@ -272,13 +266,7 @@ mod tests {
             changes: 12,
             max_file_changes: 3,
             formats: vec![dms2delta::sim::Format::CsvHeader],
-            variety: false,
-            reloads: false,
-            truncates: false,
-            local_time: false,
-            unlogged: false,
-            renames: false,
-            seq_toggles: false,
+            ..SimOptions::default()
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();

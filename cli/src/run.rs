@@ -666,13 +666,7 @@ mod tests {
             changes: 16,
             max_file_changes: 5,
             formats: vec![dms2delta::sim::Format::CsvHeader],
-            variety: false,
-            reloads: false,
-            truncates: false,
-            local_time: false,
-            unlogged: false,
-            renames: false,
-            seq_toggles: false,
+            ..SimOptions::default()
         }
     }
 

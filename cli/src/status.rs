@@ -216,13 +216,7 @@ mod tests {
             changes: 10,
             max_file_changes: 4,
             formats: vec![Format::CsvSeq],
-            variety: false,
-            reloads: false,
-            truncates: false,
-            local_time: false,
-            unlogged: false,
-            renames: false,
-            seq_toggles: false,
+            ..SimOptions::default()
         });
         let p = |s: &str| dir.path().join(s).display().to_string();
         sim.write_files(&dir.path().join("source")).unwrap();

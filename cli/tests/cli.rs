@@ -92,13 +92,7 @@ impl Site {
             changes: 24,
             max_file_changes: 6,
             formats: Format::ALL.to_vec(),
-            variety: false,
-            reloads: false,
-            truncates: false,
-            local_time: false,
-            unlogged: false,
-            renames: false,
-            seq_toggles: false,
+            ..SimOptions::default()
         });
         sim.write_files(&dir.path().join("source")).unwrap();
         let p = |s: &str| dir.path().join(s).display().to_string();

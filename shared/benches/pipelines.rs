@@ -85,13 +85,7 @@ fn workloads() -> Vec<Workload> {
                     changes: n[1],
                     max_file_changes: n[2],
                     formats: vec![Format::Parquet],
-                    variety: false,
-                    reloads: false,
-                    truncates: false,
-                    local_time: false,
-                    unlogged: false,
-                    renames: false,
-                    seq_toggles: false,
+                    ..SimOptions::default()
                 },
             }
         })

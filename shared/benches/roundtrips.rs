@@ -69,13 +69,7 @@ fn opts(var: &str, default: &str, seed: u64) -> SimOptions {
         changes: n[1],
         max_file_changes: n[2],
         formats: vec![Format::Parquet],
-        variety: false,
-        reloads: false,
-        truncates: false,
-        local_time: false,
-        unlogged: false,
-        renames: false,
-        seq_toggles: false,
+        ..SimOptions::default()
     }
 }
 

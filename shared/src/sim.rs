@@ -118,6 +118,12 @@ pub struct SimOptions {
     /// With `variety`: some Parquet tables lose the `AR_H_CHANGE_SEQ` column for a stretch of
     /// files (see [`Variant::seq_toggled`]).
     pub seq_toggles: bool,
+    /// Some tables keep an SCD type 2 history (`history: { enabled: true }`, see
+    /// [`Variant::history`]), to be compared with [`Simulation::history`].
+    pub history: bool,
+    /// Some tables write the Change Data Feed (`change_data_feed: true`, see
+    /// [`Variant::change_feed`]).
+    pub change_feed: bool,
 }
 
 impl Default for SimOptions {
@@ -136,6 +142,8 @@ impl Default for SimOptions {
             unlogged: false,
             renames: false,
             seq_toggles: false,
+            history: false,
+            change_feed: false,
         }
     }
 }
@@ -191,6 +199,37 @@ pub struct Variant {
     /// (`csv.no_sup_value`) in CSV, NULL in Parquet (`unlogged_when_null`). The source value
     /// did not change, so the table must keep the newest logged one.
     pub unlogged: bool,
+    /// The table keeps an SCD type 2 history.
+    pub history: bool,
+    /// The table writes the Change Data Feed.
+    pub change_feed: bool,
+}
+
+/// One version of a key in the source's history, as the files show it: what an SCD type 2
+/// history of the table must hold (see [`Simulation::history`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimVersion {
+    /// The `_dms_seq` the decoders give the change; for a version closing the key at a floor,
+    /// the floor's anchor. `None` for the closing version of a truncate, whose anchor is the
+    /// removal event's time as dms2delta reads it (and rises with each removal it commits).
+    pub seq: Option<String>,
+    /// `I`, `U` or `D` (full-load and reload rows are `I`).
+    pub op: char,
+    /// The version's own time: its commit time as delivered (the timestamp column, else the CDC
+    /// file's name time), else the time its sequence encodes (a header CSV reload's anchor);
+    /// `None` for a first full-load row without a timestamp column, and for closing versions.
+    pub micros: Option<i64>,
+    /// The values as the file has them, in [`Simulation::columns`] order (without the soft-delete
+    /// flag). Values at `unlogged` positions are not the version's.
+    pub row: Vec<Value>,
+    /// Positions of the columns the change did not log: the unlogged large value, every non-key
+    /// column of a key-only delete image and of a closing version. Their values are the previous
+    /// version's (NULL before the key's first).
+    pub unlogged: Vec<usize>,
+    /// The DMS object the change is in; `None` for a closing version.
+    pub file: Option<String>,
+    /// A version closing the key at a reload's or truncate's floor.
+    pub floor: bool,
 }
 
 /// DMS removing one object of a truncated table.
@@ -239,6 +278,11 @@ pub struct Simulation {
     /// `files` (written before the truncate): a test deletes them from the bucket before it
     /// delivers their removal events.
     pub removals: Vec<Removal>,
+    /// `namespace.schema.table` -> key -> every version of the key in sequence order: each
+    /// change DMS wrote to a file (full load, reload and CDC rows, several of a key in one file;
+    /// not the changes a reload's gap never captured), and a closing version wherever a floor
+    /// (reload or truncate) found the key live and a reload's snapshot did not hold it.
+    pub history: BTreeMap<String, BTreeMap<Vec<Value>, Vec<SimVersion>>>,
 }
 
 /// The soft-delete flag column, as the tables name it.
@@ -368,6 +412,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
     let mut variants = BTreeMap::new();
     let mut key_only_soft = std::collections::BTreeSet::new();
     let mut removals = Vec::new();
+    let mut history = BTreeMap::new();
     let mut config = String::from("lake: {LAKE}\nstaging: {STAGING}\nquarantine: {QUARANTINE}\n{STORAGE}sources:\n");
     let mut seq_counter: u64 = 0;
     for format in &opts.formats {
@@ -459,6 +504,10 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             variant.renamed_table = opts.variety && opts.renames && plain_history && !variant.truncate && draws[2] == 0;
             variant.renamed_column = opts.variety && opts.renames && *format != Format::CsvSeq && draws[3] == 0;
             variant.unlogged = opts.variety && opts.unlogged && draws[4] == 0;
+            // The downstream options, from a stream of their own too.
+            let mut downstream = fastrand::Rng::with_seed(opts.seed ^ 0xcdf5cd2 ^ ((t as u64) << 8) ^ (format_no << 4));
+            variant.history = opts.history && downstream.bool();
+            variant.change_feed = opts.change_feed && downstream.bool();
             let body_at = variant.unlogged.then_some(sh.columns.len());
             if variant.unlogged {
                 sh.columns.push(BODY);
@@ -474,6 +523,12 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             }
             if variant.unlogged && *format == Format::Parquet {
                 let _ = writeln!(entry, "        unlogged_when_null: [{}]", BODY.0);
+            }
+            if variant.history {
+                entry.push_str("        history: { enabled: true }\n");
+            }
+            if variant.change_feed {
+                entry.push_str("        change_data_feed: true\n");
             }
             entry.push_str("        columns:\n");
             for (n, ty) in &sh.columns {
@@ -764,24 +819,80 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             let load_parts = parts_of(&load, &mut rng);
             // Files in the order DMS writes them, so the last change seen per key is its newest.
             let mut seqs: BTreeMap<Vec<Value>, String> = BTreeMap::new();
+            let mut versions: BTreeMap<Vec<Value>, Vec<SimVersion>> = BTreeMap::new();
             let soft = variant.soft;
+            let n_keys = sh.keys;
+            // `time`: the version time of the file's rows where the format has no timestamp
+            // column (header CSV: a CDC file's name time, a reload's anchor time).
             let note = |seqs: &mut BTreeMap<Vec<Value>, String>,
+                        versions: &mut BTreeMap<Vec<Value>, Vec<SimVersion>>,
                         stem: &str,
                         changes: &[Change],
                         cdc: bool,
                         anchor: Option<&Anchor>,
-                        sequenced: bool| {
+                        sequenced: bool,
+                        time: Option<i64>| {
                 for (i, c) in changes.iter().enumerate() {
                     let key = c.row[..sh.keys].to_vec();
+                    let seq = stored_seq(*format, stem, i as u64 + 1, c, cdc, anchor, sequenced);
+                    let unlogged: Vec<usize> = if c.op == 'D' && c.row[n_keys..].iter().all(|v| *v == Value::Null) {
+                        (n_keys..c.row.len()).collect()
+                    } else {
+                        body_at.filter(|_| c.unlogged).into_iter().collect()
+                    };
+                    versions.entry(key.clone()).or_default().push(SimVersion {
+                        seq: Some(seq.clone()),
+                        op: c.op,
+                        micros: if *format == Format::CsvHeader {
+                            time
+                        } else {
+                            Some(c.micros)
+                        },
+                        row: c.row.clone(),
+                        unlogged,
+                        file: None,
+                        floor: false,
+                    });
                     if c.op == 'D' && !soft {
                         seqs.remove(&key);
                     } else {
-                        let seq = stored_seq(*format, stem, i as u64 + 1, c, cdc, anchor, sequenced);
                         seqs.insert(key, seq);
                     }
                 }
             };
+            // The versions a floor closes: those of the keys live below it.
+            let close =
+                |versions: &mut BTreeMap<Vec<Value>, Vec<SimVersion>>, live: Vec<Vec<Value>>, seq: Option<String>| {
+                    for key in live {
+                        let mut row = key.clone();
+                        row.resize(width, Value::Null);
+                        versions.entry(key).or_default().push(SimVersion {
+                            seq: seq.clone(),
+                            op: 'D',
+                            micros: None,
+                            row,
+                            unlogged: (n_keys..width).collect(),
+                            file: None,
+                            floor: true,
+                        });
+                    }
+                };
+            // Names the object of the versions noted last (its extension is known once rendered).
+            // A reload's LOAD file may replace an object of the first load (same name): the
+            // first load's rows in it are never read, so they are in no history.
+            let named = |versions: &mut BTreeMap<Vec<Value>, Vec<SimVersion>>, key: &str| {
+                for vs in versions.values_mut() {
+                    vs.retain(|v| v.file.as_deref() != Some(key));
+                    for v in vs.iter_mut() {
+                        if v.file.is_none() && !v.floor {
+                            v.file = Some(key.to_string());
+                        }
+                    }
+                }
+            };
             let load_files = |seqs: &mut BTreeMap<Vec<Value>, String>,
+                              versions: &mut BTreeMap<Vec<Value>, Vec<SimVersion>>,
+                              time: Option<i64>,
                               load: &[Change],
                               parts: &[std::ops::Range<usize>],
                               with_note_column: bool,
@@ -804,7 +915,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         let name = format!("LOAD{:08X}", i + 1);
                         (folder.clone(), name.clone(), name)
                     };
-                    note(seqs, &series, part, false, anchor, true);
+                    note(seqs, versions, &series, part, false, anchor, true, time);
                     let w = if with_note_column { width } else { base_width };
                     let file = render(
                         *format,
@@ -815,6 +926,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         true,
                         rng,
                     );
+                    named(versions, &file.key);
                     out.push(SimFile {
                         epoch,
                         written_micros,
@@ -828,6 +940,8 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             let table_files = files.len();
             files.extend(load_files(
                 &mut seqs,
+                &mut versions,
+                None,
                 &load,
                 &load_parts,
                 noted_from < variant.load_after,
@@ -838,6 +952,8 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
             ));
             let mut last_stem = 0;
             let mut last_rendered: Option<String> = None;
+            // The name time of that file.
+            let mut last_stem_micros: Option<i64> = None;
             // The newest AR_H_CHANGE_SEQ of that file, where the format writes one.
             let mut last_rendered_seq: Option<String> = None;
             let mut last_local_name: Option<String> = None;
@@ -863,6 +979,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                             epoch,
                         });
                     }
+                    close(&mut versions, seqs.keys().cloned().collect(), None);
                     seqs.clear();
                 }
                 if gap == Some(n) {
@@ -889,10 +1006,16 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     let snap: std::collections::BTreeSet<Vec<Value>> =
                         reload.iter().map(|c| c.row[..sh.keys].to_vec()).collect();
                     // What the snapshot lacks is gone once the reload's load is over.
+                    let gone: Vec<Vec<Value>> = seqs.keys().filter(|k| !snap.contains(*k)).cloned().collect();
+                    close(&mut versions, gone, Some(anchor.as_str().to_string()));
                     seqs.retain(|k, _| snap.contains(k));
                     let parts = parts_of(reload, &mut rng);
+                    // Header CSV has no timestamp column: the rows' time is the anchor's.
+                    let anchor_time = last_stem_micros.map(|m| m - m.rem_euclid(1_000));
                     files.extend(load_files(
                         &mut seqs,
+                        &mut versions,
+                        anchor_time,
                         reload,
                         &parts,
                         noted_from < cut.end,
@@ -904,7 +1027,9 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     continue;
                 }
                 let sequenced = !toggled.is_some_and(|(a, b)| (a..b).contains(&n));
-                note(&mut seqs, &stem, chunk, true, None, sequenced);
+                // A file's name time, to the millisecond.
+                let name_time = Some(at - at.rem_euclid(1_000));
+                note(&mut seqs, &mut versions, &stem, chunk, true, None, sequenced, name_time);
                 let w = if cut.start >= noted_from { width } else { base_width };
                 let mut file_columns = sh.columns[..w].to_vec();
                 if label_from.is_some_and(|r| n >= r) {
@@ -957,6 +1082,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     sequenced,
                     &mut rng,
                 );
+                named(&mut versions, &file.key);
                 // Uploaded a moment after DMS named it.
                 files.push(SimFile {
                     epoch,
@@ -964,9 +1090,22 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                     ..file
                 });
                 last_rendered = Some(stem);
+                last_stem_micros = Some(at);
                 last_rendered_seq = chunk.iter().map(change_seq).max();
             }
             expected_seq.insert(qualified.clone(), seqs);
+            // A floor closes only a key it finds live: not one whose versions were all in an
+            // object a reload replaced.
+            for vs in versions.values_mut() {
+                let mut live = false;
+                vs.retain(|v| {
+                    let keep = !v.floor || live;
+                    live = keep && v.op != 'D';
+                    keep
+                });
+            }
+            versions.retain(|_, vs| !vs.is_empty());
+            history.insert(qualified.clone(), versions);
             variants.insert(qualified.clone(), variant);
             if variant.truncate {
                 entry.push_str("        truncates: { follow_removals: true }\n");
@@ -998,6 +1137,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
         variants,
         key_only_soft,
         removals,
+        history,
     }
 }
 
@@ -1477,6 +1617,49 @@ mod tests {
             local_names > 0 && no_seq_files > 0 && labelled > 0 && nosup > 0,
             "{local_names} {no_seq_files} {labelled} {nosup}"
         );
+    }
+
+    /// The per-key history the simulator exposes: versions in sequence order, the newest the
+    /// one the table stores, closing versions only after a live version, and some of each
+    /// kind a history test needs over a few seeds.
+    #[test]
+    fn every_key_history_is_in_sequence_order_and_ends_at_the_stored_row() {
+        let (mut closes, mut unlogged, mut tables) = (0, 0, 0);
+        for seed in 0..20 {
+            let sim = simulate(&SimOptions {
+                seed,
+                tables: 2,
+                changes: 30,
+                max_file_changes: 6,
+                variety: true,
+                reloads: true,
+                truncates: true,
+                unlogged: true,
+                history: true,
+                change_feed: true,
+                ..SimOptions::default()
+            });
+            for (name, keys) in &sim.history {
+                tables += usize::from(sim.variants[name].history);
+                for (key, versions) in keys {
+                    let seqs: Vec<&String> = versions.iter().filter_map(|v| v.seq.as_ref()).collect();
+                    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{name} {key:?}: {seqs:?}");
+                    for w in versions.windows(2).filter(|w| w[1].floor) {
+                        assert!(!w[0].floor && w[0].op != 'D', "{name} {key:?}: {versions:?}");
+                    }
+                    assert!(!versions[0].floor, "{name} {key:?}: {versions:?}");
+                    closes += versions.iter().filter(|v| v.floor).count();
+                    unlogged += versions.iter().filter(|v| !v.unlogged.is_empty()).count();
+                    let last = versions.last().unwrap();
+                    if let Some(stored) = sim.expected_seq[name].get(key) {
+                        assert_eq!(last.seq.as_ref(), Some(stored), "{name} {key:?}");
+                    } else if !sim.variants[name].soft {
+                        assert_eq!(last.op, 'D', "{name} {key:?}: {versions:?}");
+                    }
+                }
+            }
+        }
+        assert!(closes > 0 && unlogged > 0 && tables > 0, "{closes} {unlogged} {tables}");
     }
 
     #[test]

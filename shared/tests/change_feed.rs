@@ -15,6 +15,7 @@ use arrow::datatypes::DataType;
 use dms2delta::operations::compact::CompactBuilder;
 use dms2delta::sim::Value;
 use support::feed::{self, Feed};
+use support::reload::{put_written, C1, C2, GEN0, GEN1, RELOADED};
 use support::{parquet, Mini};
 
 /// Added to the `commit:` settings.
@@ -227,53 +228,6 @@ modes! {
     feed_copy_on_write_soft_deletes => (FEED, true),
     feed_merge_on_read_hard_deletes => (FEED_DV, false),
     feed_merge_on_read_soft_deletes => (FEED_DV, true),
-}
-
-const RELOADED: &str = r#"
-  - name: pg
-    bucket: dms
-    csv: { header: true }
-    tables:
-      - schema: app
-        table: t
-        keys: [id]
-"#;
-
-/// A file of the reload: key, content, and when DMS wrote it (its LastModified).
-type Written = (&'static str, &'static [u8], &'static str);
-
-const GEN0: Written = (
-    "app/t/LOAD00000001.csv",
-    b"id,name\n1,one\n2,two\n3,three\n",
-    "2024-05-28T10:00:00Z",
-);
-const C1: Written = (
-    "app/t/20240528-100500000.csv",
-    b"Op,id,name\nU,1,one-v2\nI,4,four\nD,3,\n",
-    "2024-05-28T10:05:30Z",
-);
-/// The reload's snapshot: 2 was deleted while nothing was captured, 3 inserted again.
-const GEN1: Written = (
-    "app/t/LOAD00000001.csv",
-    b"id,name\n1,one-v2\n3,three-again\n4,four-v2\n5,five\n",
-    "2024-05-28T11:00:00Z",
-);
-const C2: Written = (
-    "app/t/20240528-111000000.csv",
-    b"Op,id,name\nU,5,five-v2\nI,6,six\n",
-    "2024-05-28T11:10:20Z",
-);
-
-fn put_written(m: &Mini, (key, bytes, written): Written) {
-    m.put(key, bytes);
-    let t: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(written).unwrap().into();
-    let p = m.dir.path().join("bucket").join(key);
-    std::fs::File::options()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 /// The reload's sweep (the floor raised after the new snapshot) removes row 2, or flags it in

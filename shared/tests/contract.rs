@@ -14,6 +14,7 @@ use dms2delta::operations::commit::applied_files;
 use dms2delta::operations::decode::DecodeOutcome;
 use dms2delta::operations::truncate::RemovalOutcome;
 use dms2delta::sim::rows_of;
+use support::reload::{put_written, Written, C1, C2, GEN0, GEN1, RELOADED};
 use support::{parquet, Mini};
 
 /// Headerless CSV with Op and an explicit sequence column, so tests choose the order.
@@ -928,55 +929,6 @@ fn unlogged_when_null_refuses_a_key_column() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("sources[0].tables[0].unlogged_when_null[0]"), "{e}");
-}
-
-const RELOADED: &str = r#"
-  - name: pg
-    bucket: dms
-    csv: { header: true }
-    tables:
-      - schema: app
-        table: t
-        keys: [id]
-"#;
-
-/// A file of the reload test: key, content, and when DMS wrote it (its LastModified).
-type Written = (&'static str, &'static [u8], &'static str);
-
-/// Gen 0: rows 1-3. C1: 1 updated, 4 inserted, 3 deleted. While DMS was not capturing, the
-/// source deleted 2, inserted 3 again, updated 4 and inserted 5; the reload's snapshot (same
-/// name as the first load) holds that. C2, after the reload: 5 updated, 6 inserted.
-const GEN0: Written = (
-    "app/t/LOAD00000001.csv",
-    b"id,name\n1,one\n2,two\n3,three\n",
-    "2024-05-28T10:00:00Z",
-);
-const C1: Written = (
-    "app/t/20240528-100500000.csv",
-    b"Op,id,name\nU,1,one-v2\nI,4,four\nD,3,\n",
-    "2024-05-28T10:05:30Z",
-);
-const GEN1: Written = (
-    "app/t/LOAD00000001.csv",
-    b"id,name\n1,one-v2\n3,three-again\n4,four-v2\n5,five\n",
-    "2024-05-28T11:00:00Z",
-);
-const C2: Written = (
-    "app/t/20240528-111000000.csv",
-    b"Op,id,name\nU,5,five-v2\nI,6,six\n",
-    "2024-05-28T11:10:20Z",
-);
-
-fn put_written(m: &Mini, (key, bytes, written): Written) {
-    m.put(key, bytes);
-    let t: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(written).unwrap().into();
-    let p = m.dir.path().join("bucket").join(key);
-    std::fs::File::options()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 /// The staged change set files of the table, by file name.

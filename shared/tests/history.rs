@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use dms2delta::operations::commit::CommitMetrics;
 use dms2delta::sim::{rows_of, Value};
+use support::reload::{put_written, Written, C1, C2, GEN0, RELOADED};
 use support::Mini;
 
 /// Headerless CSV: Op, the commit time (`timestamp_column`), the columns, `AR_H_CHANGE_SEQ`.
@@ -69,19 +70,26 @@ fn cdc(i: usize) -> String {
 }
 
 async fn history_rows(m: &Mini) -> Vec<Vec<String>> {
-    let spec = m.pipeline.config.table_by_target("my", "app", "t").unwrap();
+    history_of(m, ("my", "app", "t"), &COLUMNS).await
+}
+
+/// The `columns` of the history of `table` (namespace, schema, table; keyed by an integer `id`
+/// first among `columns`, which also name `_dms_seq`) as canonical text, by key then sequence.
+async fn history_of(m: &Mini, (ns, schema, table): (&str, &str, &str), columns: &[&str]) -> Vec<Vec<String>> {
+    let spec = m.pipeline.config.table_by_target(ns, schema, table).unwrap();
     let batches = m
         .pipeline
         .read_table(&m.pipeline.history_location(&spec))
         .await
         .unwrap();
-    let cols: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+    let cols: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    let seq = columns.iter().position(|c| *c == "_dms_seq").unwrap();
     let mut rows: Vec<Vec<String>> = rows_of(&batches, &cols)
         .unwrap()
         .into_iter()
         .map(|r| r.iter().map(Value::canonical).collect())
         .collect();
-    rows.sort_by(|a, b| (a[0].parse::<i64>().unwrap(), &a[3]).cmp(&(b[0].parse::<i64>().unwrap(), &b[3])));
+    rows.sort_by(|a, b| (a[0].parse::<i64>().unwrap(), &a[seq]).cmp(&(b[0].parse::<i64>().unwrap(), &b[seq])));
     rows
 }
 
@@ -484,57 +492,19 @@ for at in sys.argv[2:]:
     );
 }
 
-const RELOADED: &str = r#"
-  - name: pg
-    bucket: dms
-    csv: { header: true }
-    tables:
-      - schema: app
-        table: t
-        keys: [id]
-"#;
-
-/// A DMS file: key, content, and when DMS wrote it (its LastModified).
-type Written = (&'static str, &'static [u8], &'static str);
-
-/// The first load, changes, a reload's snapshot (while nothing was captured the source deleted
-/// 2, inserted 3 again, updated 4 and inserted 5), and changes after it.
+/// The reload fixture with the snapshot in two files: row 1 in the second, which may come after
+/// the floor rose.
 const RELOAD_FILES: [Written; 5] = [
-    (
-        "app/t/LOAD00000001.csv",
-        b"id,name\n1,one\n2,two\n3,three\n",
-        "2024-05-28T10:00:00Z",
-    ),
-    (
-        "app/t/20240528-100500000.csv",
-        b"Op,id,name\nU,1,one-v2\nI,4,four\nD,3,\n",
-        "2024-05-28T10:05:30Z",
-    ),
+    GEN0,
+    C1,
     (
         "app/t/LOAD00000001.csv",
         b"id,name\n3,three-again\n4,four-v2\n5,five\n",
         "2024-05-28T11:00:00Z",
     ),
-    (
-        "app/t/20240528-111000000.csv",
-        b"Op,id,name\nU,5,five-v2\nI,6,six\n",
-        "2024-05-28T11:10:20Z",
-    ),
-    // The snapshot's second file, which may come after the floor rose.
+    C2,
     ("app/t/LOAD00000002.csv", b"id,name\n1,one-v2\n", "2024-05-28T11:00:01Z"),
 ];
-
-fn put_written(m: &Mini, (key, bytes, written): Written) {
-    m.put(key, bytes);
-    let t: std::time::SystemTime = chrono::DateTime::parse_from_rfc3339(written).unwrap().into();
-    let p = m.dir.path().join("bucket").join(key);
-    std::fs::File::options()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
 
 /// A reload closes, at its anchor, every version its snapshot lacks (key 2, deleted while
 /// nothing was captured), and only those: keys the snapshot holds go on with the snapshot's
@@ -587,30 +557,20 @@ async fn a_reload_closes_the_versions_its_snapshot_lacks_in_any_order() {
         }
         let ctx = format!("order {order:?}, commit each {commit_each}, dv {}", !dv.is_empty());
         let floor = floor.unwrap_or_else(|| panic!("{ctx}: the floor never rose"));
-        let spec = m.pipeline.config.table_by_target("pg", "app", "t").unwrap();
-        let batches = m
-            .pipeline
-            .read_table(&m.pipeline.history_location(&spec))
-            .await
-            .unwrap();
-        let cols: Vec<String> = [
-            "id",
-            "name",
-            "_op",
-            "_is_current",
-            "_dms_seq",
-            "_valid_from",
-            "_valid_to",
-        ]
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-        let mut rows: Vec<Vec<String>> = rows_of(&batches, &cols)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.iter().map(Value::canonical).collect())
-            .collect();
-        rows.sort_by(|a, b| (a[0].parse::<i64>().unwrap(), &a[4]).cmp(&(b[0].parse::<i64>().unwrap(), &b[4])));
+        let rows = history_of(
+            &m,
+            ("pg", "app", "t"),
+            &[
+                "id",
+                "name",
+                "_op",
+                "_is_current",
+                "_dms_seq",
+                "_valid_from",
+                "_valid_to",
+            ],
+        )
+        .await;
         let got: Vec<Vec<&str>> = rows
             .iter()
             .map(|r| r[..4].iter().map(String::as_str).collect())
@@ -670,22 +630,12 @@ async fn parquet_changes_keep_every_version_and_a_later_column() {
     // The later file first.
     m.apply("app/t/20240528-195141302.parquet", &second).await;
     m.apply("app/t/20240528-195141301.parquet", &first).await;
-    let spec = m.pipeline.config.table_by_target("ora", "app", "t").unwrap();
-    let batches = m
-        .pipeline
-        .read_table(&m.pipeline.history_location(&spec))
-        .await
-        .unwrap();
-    let cols: Vec<String> = ["id", "body", "n", "note", "_op", "_is_current", "_dms_seq"]
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-    let mut rows: Vec<Vec<String>> = rows_of(&batches, &cols)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.iter().map(Value::canonical).collect())
-        .collect();
-    rows.sort_by(|a, b| (&a[0], &a[6]).cmp(&(&b[0], &b[6])));
+    let rows = history_of(
+        &m,
+        ("ora", "app", "t"),
+        &["id", "body", "n", "note", "_op", "_is_current", "_dms_seq"],
+    )
+    .await;
     let got: Vec<Vec<&str>> = rows
         .iter()
         .map(|r| r[..6].iter().map(String::as_str).collect())

@@ -71,13 +71,7 @@ async fn run(seed: u64, on: On, dv: bool) -> Result<Lost, String> {
         changes: 30,
         max_file_changes: 4,
         formats: Format::ALL.to_vec(),
-        variety: false,
-        reloads: false,
-        truncates: false,
-        local_time: false,
-        unlogged: false,
-        renames: false,
-        seq_toggles: false,
+        ..SimOptions::default()
     };
     let lost: Arc<Mutex<Vec<(LostEntry, bool)>>> = Arc::default();
     let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));

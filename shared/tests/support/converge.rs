@@ -14,6 +14,7 @@ use dms2delta::operations::truncate::RemovalOutcome;
 use dms2delta::sim::SimOptions;
 use dms2delta::storage::StoreWrapper;
 
+use super::downstream::{check_history, FeedChecked, FeedSegments, HistoryChecked};
 use super::{Lab, On};
 
 #[derive(Debug, Clone)]
@@ -78,6 +79,25 @@ pub struct CaseStats {
     pub renamed_columns: u64,
     /// Tables whose updates sometimes did not log a large value.
     pub unlogged_tables: u64,
+    /// History tables compared version for version with the simulator's history; versions
+    /// compared; versions whose file was first decoded after a newer version's (slotted in late);
+    /// versions closing a key at a reload's or truncate's floor; versions whose unlogged values
+    /// were carried from the version before.
+    pub history_tables: u64,
+    pub history_versions: u64,
+    pub history_late: u64,
+    pub history_floor_closes: u64,
+    pub history_carried: u64,
+    /// Repeated closing versions at a truncate whose floor rose in steps (not required: it
+    /// takes two closing runs that both find the key live; see `downstream::check_history`).
+    pub history_repeated_closes: u64,
+    /// Tables whose change feed was replayed into them; feed rows replayed; segments replayed
+    /// (one per table and check: before each maintenance past the retentions, and at the end);
+    /// changes the sequence guard refused in those tables, which their feeds must not show.
+    pub feed_tables: u64,
+    pub feed_rows: u64,
+    pub feed_segments: u64,
+    pub feed_stale: u64,
 }
 
 impl std::ops::AddAssign for CaseStats {
@@ -104,6 +124,16 @@ impl std::ops::AddAssign for CaseStats {
         self.renamed_tables += o.renamed_tables;
         self.renamed_columns += o.renamed_columns;
         self.unlogged_tables += o.unlogged_tables;
+        self.history_tables += o.history_tables;
+        self.history_versions += o.history_versions;
+        self.history_late += o.history_late;
+        self.history_floor_closes += o.history_floor_closes;
+        self.history_carried += o.history_carried;
+        self.history_repeated_closes += o.history_repeated_closes;
+        self.feed_tables += o.feed_tables;
+        self.feed_rows += o.feed_rows;
+        self.feed_segments += o.feed_segments;
+        self.feed_stale += o.feed_stale;
     }
 }
 
@@ -115,7 +145,9 @@ impl fmt::Display for CaseStats {
              {} tombstones expired and {} files vacuumed with the clock past retention; tables: {} soft delete, {} partitioned, \
              {} with a column added mid-stream, {} with a full load overlapping CDC, {} loaded in parallel, {} reloaded \
              ({} floors raised), {} truncated ({} removal events taken for a truncate), {} with local-time names across the \
-             fall-back, {} with the sequence rule toggled, {} renamed, {} with a column renamed, {} with unlogged values",
+             fall-back, {} with the sequence rule toggled, {} renamed, {} with a column renamed, {} with unlogged values; \
+             {} history tables ({} versions compared, {} slotted in late, {} closed at a floor, {} with carried values, {} repeated closes at a truncate), \
+             {} change feeds ({} rows replayed in {} segments, {} refused changes kept out)",
             self.crashes,
             self.log_faults,
             self.conflicts,
@@ -137,7 +169,17 @@ impl fmt::Display for CaseStats {
             self.seq_toggled_tables,
             self.renamed_tables,
             self.renamed_columns,
-            self.unlogged_tables
+            self.unlogged_tables,
+            self.history_tables,
+            self.history_versions,
+            self.history_late,
+            self.history_floor_closes,
+            self.history_carried,
+            self.history_repeated_closes,
+            self.feed_tables,
+            self.feed_rows,
+            self.feed_segments,
+            self.feed_stale
         )
     }
 }
@@ -173,6 +215,14 @@ impl CaseStats {
             (self.renamed_tables, "table rename"),
             (self.renamed_columns, "column rename"),
             (self.unlogged_tables, "unlogged value"),
+            (self.history_tables, "history table"),
+            (self.history_versions, "history version compared"),
+            (self.history_late, "history version slotted in late"),
+            (self.history_floor_closes, "history version closed at a floor"),
+            (self.history_carried, "history version with carried values"),
+            (self.feed_tables, "change feed table"),
+            (self.feed_rows, "change feed row replayed"),
+            (self.feed_stale, "refused change in a change feed table"),
         ]
         .iter()
         .filter(|(n, what)| *n == 0 && !spared.contains(what))
@@ -202,6 +252,10 @@ struct Counters {
     files_vacuumed: AtomicU64,
     floors_raised: AtomicU64,
     truncates_seen: AtomicU64,
+    /// Changes the sequence guard refused, by table.
+    stale: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Objects in the order their decodes began (redeliveries too).
+    decoded: Mutex<Vec<String>>,
 }
 
 impl Counters {
@@ -229,6 +283,7 @@ impl Counters {
     /// delivers anything that deserves it).
     fn commit(&self, m: &CommitMetrics) -> Result<(), String> {
         Counters::add(&self.conflicts, u64::from(m.conflicts));
+        *self.stale.lock().unwrap().entry(m.table.clone()).or_default() += m.rows_stale;
         Counters::add(&self.floors_raised, u64::from(m.floor.is_some()));
         if m.quarantined.is_empty() {
             Ok(())
@@ -289,8 +344,10 @@ const CASE_COMPACTION: &str = "compact:\n  min_small_files: 2\n  checkpoint_inte
 /// two halves of the history in some cases, after it in others. Tables also go through the
 /// lifecycle events the simulator makes (reloads, truncates with their removal events,
 /// local-time names across the fall-back on folders; the sequence rule toggled and renames
-/// everywhere; unlogged values with [`UNLOGGED_ANY_ORDER`]). Returns what adversity it
-/// injected; every error names the seed.
+/// everywhere; unlogged values with [`UNLOGGED_ANY_ORDER`]). On folders, some tables keep a
+/// history and some write the change feed: each history must equal the simulator's history
+/// version for version, and each feed must replay into its table (see `super::downstream`).
+/// Returns what adversity it injected; every error names the seed.
 pub async fn run_case(seed: u64, on: On) -> Result<CaseStats, String> {
     run_case_via(seed, on, None, || {}).await
 }
@@ -343,6 +400,9 @@ pub async fn run_case_via(
         unlogged: UNLOGGED_ANY_ORDER,
         renames: true,
         seq_toggles: true,
+        // On folders only (CI time; both options have their own S3 tests).
+        history: matches!(on, On::Folders),
+        change_feed: matches!(on, On::Folders),
     };
     let counters = Arc::new(Counters::default());
     let fault_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)));
@@ -383,6 +443,8 @@ pub async fn run_case_via(
         compact,
         workers,
     };
+    let mut feeds = FeedSegments::default();
+    let (mut history, mut feed) = (HistoryChecked::default(), FeedChecked::default());
     let run = async {
         let keys = |epoch: Option<u8>| -> Vec<String> {
             lab.sim
@@ -427,10 +489,15 @@ pub async fn run_case_via(
             sweep(&lab, &counters).await?;
             // Expiry between the halves: every change after it is newer than what expired.
             if i == 0 || rng.bool() {
+                // It deletes what the feed of the versions so far is read from.
+                add_feed(&mut feed, feeds.check(&lab).await?);
                 expire(&lab, &counters).await?;
             }
         }
         before_check();
+        add_feed(&mut feed, feeds.check(&lab).await?);
+        let decoded = counters.decoded.lock().unwrap().clone();
+        history = check_history(&lab, &decoded).await?;
         lab.check_quarantine().await?;
         lab.check_log().await?;
         if let Err(e) = lab.check().await {
@@ -444,6 +511,20 @@ pub async fn run_case_via(
     };
     run.await.map_err(|e| format!("{context}: {e}"))?;
     let mut stats = counters.stats();
+    stats.history_tables = history.tables;
+    stats.history_versions = history.versions;
+    stats.history_late = history.late;
+    stats.history_floor_closes = history.floor_closes;
+    stats.history_carried = history.carried;
+    stats.history_repeated_closes = history.repeated_closes;
+    stats.feed_tables = feed.tables;
+    stats.feed_rows = feed.rows;
+    stats.feed_segments = feed.segments;
+    for (table, n) in counters.stale.lock().unwrap().iter() {
+        if lab.sim.variants.get(table).is_some_and(|v| v.change_feed) {
+            stats.feed_stale += n;
+        }
+    }
     for v in lab.sim.variants.values() {
         stats.truncated_tables += u64::from(v.truncate);
         stats.fall_back_tables += u64::from(v.fall_back);
@@ -505,26 +586,29 @@ async fn deliver(lab: &Lab, case: &Case, deliveries: Vec<Task>) -> Result<(), St
                 }
                 let requeue = || queue.lock().unwrap().push_back(task.clone());
                 match &task {
-                    Task::Decode(key) => match pipeline.decode(&bucket, key, Some("etag".into()), fail.clone()).await {
-                        Ok(DecodeOutcome::Staged(m)) => {
-                            for t in m.tables {
-                                let mut p = t.table.splitn(3, '.');
-                                let (a, b, c) = (
-                                    p.next().unwrap_or_default(),
-                                    p.next().unwrap_or_default(),
-                                    p.next().unwrap_or_default(),
-                                );
-                                queue
-                                    .lock()
-                                    .unwrap()
-                                    .push_back(Task::Commit(a.into(), b.into(), c.into()));
+                    Task::Decode(key) => {
+                        counters.decoded.lock().unwrap().push(key.clone());
+                        match pipeline.decode(&bucket, key, Some("etag".into()), fail.clone()).await {
+                            Ok(DecodeOutcome::Staged(m)) => {
+                                for t in m.tables {
+                                    let mut p = t.table.splitn(3, '.');
+                                    let (a, b, c) = (
+                                        p.next().unwrap_or_default(),
+                                        p.next().unwrap_or_default(),
+                                        p.next().unwrap_or_default(),
+                                    );
+                                    queue
+                                        .lock()
+                                        .unwrap()
+                                        .push_back(Task::Commit(a.into(), b.into(), c.into()));
+                                }
                             }
+                            Ok(DecodeOutcome::Skipped { .. }) if removed_keys.contains(key) => {}
+                            Ok(other) => return Err(format!("decode {key}: unexpected {other:?}")),
+                            Err(e) if e.is_retryable() => requeue(),
+                            Err(e) => return Err(format!("decode {key}: {e}")),
                         }
-                        Ok(DecodeOutcome::Skipped { .. }) if removed_keys.contains(key) => {}
-                        Ok(other) => return Err(format!("decode {key}: unexpected {other:?}")),
-                        Err(e) if e.is_retryable() => requeue(),
-                        Err(e) => return Err(format!("decode {key}: {e}")),
-                    },
+                    }
                     Task::Truncate(table) => {
                         let gone = removals.get(table).cloned().unwrap_or_default();
                         for (key, _) in &gone {
@@ -607,6 +691,13 @@ async fn deliver(lab: &Lab, case: &Case, deliveries: Vec<Task>) -> Result<(), St
         h.await.map_err(|e| format!("worker: {e}"))??;
     }
     Ok(())
+}
+
+fn add_feed(total: &mut FeedChecked, o: FeedChecked) {
+    // The tables are the same at every check: count them once.
+    total.tables = total.tables.max(o.tables);
+    total.rows += o.rows;
+    total.segments += o.segments;
 }
 
 /// `namespace.schema.table` in its three parts.

@@ -62,6 +62,14 @@ impl Feed {
     /// postimage must find its key free, and a key's written `_dms_seq` never goes down.
     /// Returns the rows the replay ends with, in the table's columns, sorted.
     pub fn replay(&self, keys: &[&str]) -> Result<Vec<Vec<Value>>, String> {
+        let mut replay = Replay::default();
+        self.replay_onto(keys, &mut replay)?;
+        Ok(replay.state.into_values().collect())
+    }
+
+    /// [`Feed::replay`] continued from `replay` (the rows the table held before the feed's first
+    /// version, and each key's newest written sequence so far), which it leaves at the feed's end.
+    pub fn replay_onto(&self, keys: &[&str], replay: &mut Replay) -> Result<(), String> {
         let (ct, ver, seq) = (
             self.at(change_type_col()),
             self.at("_commit_version"),
@@ -79,8 +87,7 @@ impl Feed {
             ordered.push((&r[ver], !leaves(r)?, r));
         }
         ordered.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let mut state: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
-        let mut newest: BTreeMap<Vec<Value>, Value> = BTreeMap::new();
+        let Replay { state, newest } = replay;
         for (_, comes_in, r) in ordered {
             let key: Vec<Value> = key_at.iter().map(|i| r[*i].clone()).collect();
             let row: Vec<Value> = data.iter().map(|i| r[*i].clone()).collect();
@@ -101,7 +108,7 @@ impl Feed {
                 }
             }
         }
-        Ok(state.into_values().collect())
+        Ok(())
     }
 
     /// The table's columns (the feed's, without its own two).
@@ -114,6 +121,13 @@ impl Feed {
     }
 }
 
+/// Where a replay stands: the rows it holds by key, and each key's newest written `_dms_seq`.
+#[derive(Debug, Default, Clone)]
+pub struct Replay {
+    pub state: BTreeMap<Vec<Value>, Vec<Value>>,
+    pub newest: BTreeMap<Vec<Value>, Value>,
+}
+
 fn change_type_col() -> &'static str {
     change_feed::CHANGE_TYPE
 }
@@ -121,9 +135,24 @@ fn change_type_col() -> &'static str {
 /// The table's feed from version 0, read with delta-rs; `columns` are the table's (the feed's
 /// change type and version are added).
 pub async fn read(stores: &Stores, loc: &Location, columns: &[&str]) -> Feed {
-    let (table, exists) = dms2delta::lake::open(stores, loc).await.unwrap();
-    assert!(exists, "no table at {loc}");
-    let batches = change_feed::read(&table, 0, None).await.unwrap();
+    read_range(stores, loc, columns, 0, None).await.unwrap()
+}
+
+/// The table's feed from version `from` to `to` (inclusive; the latest when `None`), as [`read`].
+pub async fn read_range(
+    stores: &Stores,
+    loc: &Location,
+    columns: &[&str],
+    from: u64,
+    to: Option<u64>,
+) -> Result<Feed, String> {
+    let (table, exists) = dms2delta::lake::open(stores, loc).await.map_err(|e| e.to_string())?;
+    if !exists {
+        return Err(format!("no table at {loc}"));
+    }
+    let batches = change_feed::read(&table, from, to)
+        .await
+        .map_err(|e| format!("reading the feed of {loc} from version {from} to {to:?}: {e}"))?;
     let mut cols: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     cols.push(change_type_col().into());
     cols.push("_commit_version".into());
@@ -134,58 +163,39 @@ pub async fn read(stores: &Stores, loc: &Location, columns: &[&str]) -> Feed {
             let fields: Vec<Field> = cols
                 .iter()
                 .map(|c| {
-                    let f = b.schema().field_with_name(c).unwrap().clone();
-                    if c == "_commit_version" {
+                    let f = b
+                        .schema()
+                        .field_with_name(c)
+                        .map_err(|e| format!("the feed of {loc}: {e}"))?
+                        .clone();
+                    Ok(if c == "_commit_version" {
                         f.with_data_type(DataType::Int64)
                     } else {
                         f
-                    }
+                    })
                 })
-                .collect();
+                .collect::<Result<_, String>>()?;
             let arrays = cols
                 .iter()
                 .zip(&fields)
-                .map(|(c, f)| arrow::compute::cast(b.column_by_name(c).unwrap(), f.data_type()).unwrap())
-                .collect();
-            RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), arrays).unwrap()
+                .map(|(c, f)| {
+                    arrow::compute::cast(b.column_by_name(c).unwrap(), f.data_type()).map_err(|e| e.to_string())
+                })
+                .collect::<Result<_, String>>()?;
+            RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), arrays).map_err(|e| e.to_string())
         })
-        .collect();
-    Feed {
-        rows: rows_of(&batches, &cols).unwrap(),
+        .collect::<Result<_, String>>()?;
+    Ok(Feed {
+        rows: rows_of(&batches, &cols)?,
         columns: cols,
-    }
+    })
 }
 
 /// The same feed read by the Python `deltalake` package (`load_cdf`), as sorted canonical lines:
 /// `table` is a folder, or an `s3://` URL on the local `endpoint`.
 pub fn read_with_python(table: &str, endpoint: Option<&str>, columns: &[String]) -> Result<Vec<String>, String> {
-    let Some(python) = super::python() else {
-        return Err(
-            "no Python with the deltalake package: set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)"
-                .into(),
-        );
-    };
-    let mut cmd = std::process::Command::new(&python);
-    if let Some(ep) = endpoint {
-        cmd.env("AWS_ENDPOINT_URL", ep);
-    }
-    let out = cmd
-        .arg(super::repo().join("tests/read_cdf.py"))
-        .arg(table)
-        .arg(columns.join(","))
-        .arg("0")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "python load_cdf failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let columns = columns.join(",");
+    let mut lines = super::run_python("read_cdf.py", [table, columns.as_str(), "0"], endpoint)?;
     lines.sort();
     Ok(lines)
 }

@@ -23,8 +23,10 @@ pub fn pipeline(text: &str, wrapper: Option<StoreWrapper>) -> Pipeline {
 
 pub mod ambiguous;
 pub mod converge;
+pub mod downstream;
 pub mod feed;
 pub mod proxy;
+pub mod reload;
 pub mod s3;
 
 pub use s3::{python, repo};
@@ -398,28 +400,36 @@ impl Lab {
                     }
                     // The minimum protocol, which Athena, Spark and DuckDB all read: no reader
                     // or writer features (deletion vectors, timestamp_ntz, column mapping).
-                    // With merge-on-read: deletion vectors and nothing else.
+                    // With merge-on-read: deletion vectors and nothing else. A table with the
+                    // change feed also has what the feed needs: writer 4, or at writer 7 the
+                    // `changeDataFeed` writer feature.
                     if let Some(p) = action.get("protocol") {
                         let (r, w) = (p["minReaderVersion"].as_u64(), p["minWriterVersion"].as_u64());
                         let dv_only = serde_json::json!(["deletionVectors"]);
+                        let feed = spec.change_data_feed;
                         // Writer version 2's own features (appendOnly, invariants) are listed
                         // explicitly at writer 7.
                         let writer_ok = p["writerFeatures"].as_array().is_some_and(|f| {
                             f.iter().any(|x| x == "deletionVectors")
                                 && f.iter().all(|x| {
-                                    ["deletionVectors", "appendOnly", "invariants"].contains(&x.as_str().unwrap_or(""))
+                                    let x = x.as_str().unwrap_or("");
+                                    ["deletionVectors", "appendOnly", "invariants"].contains(&x)
+                                        || (feed && x == "changeDataFeed")
                                 })
                         });
+                        let max_writer = if feed { Some(4) } else { Some(2) };
                         if self.deletion_vectors {
                             if r != Some(3) || w != Some(7) || p.get("readerFeatures") != Some(&dv_only) || !writer_ok {
                                 return Err(format!("{name} v{v}: not the deletion-vector protocol: {p}"));
                             }
                         } else if r > Some(1)
-                            || w > Some(2)
+                            || w > max_writer
                             || p.get("readerFeatures").is_some()
                             || p.get("writerFeatures").is_some()
                         {
-                            return Err(format!("{name} v{v}: protocol above reader 1 / writer 2: {p}"));
+                            return Err(format!(
+                                "{name} v{v}: protocol above reader 1 / writer {max_writer:?}: {p}"
+                            ));
                         }
                     }
                 }
@@ -489,39 +499,23 @@ impl Lab {
 
     /// The same comparison through an independent reader: the Python `deltalake` package.
     pub fn check_with_python(&self) -> Result<(), String> {
-        let Some(python) = python() else {
-            return Err("no Python with the deltalake package: run `.ci/run` once or set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)".into());
-        };
         for (name, expected) in &self.sim.expected {
             let cols = self.sim.columns[name].join(",");
-            let mut cmd = std::process::Command::new(&python);
-            cmd.arg(repo().join("tests/read_delta.py"));
-            match &self.endpoint {
-                Some(ep) => {
+            let table = match &self.endpoint {
+                Some(_) => {
                     let mut p = name.splitn(3, '.');
                     let (ns, schema, table) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
                     let spec = self.pipeline.config.table_by_target(ns, schema, table).unwrap();
-                    cmd.arg(self.pipeline.table_location(&spec).url())
-                        .env("AWS_ENDPOINT_URL", ep);
+                    self.pipeline.table_location(&spec).url()
                 }
-                None => {
-                    cmd.arg(self.lake_dir().join(name.replace('.', "/")));
-                }
-            }
-            let out = cmd
-                .arg(&cols)
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "python reader failed on {name}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect();
+                None => self.lake_dir().join(name.replace('.', "/")).display().to_string(),
+            };
+            let mut got = run_python(
+                "read_delta.py",
+                [table.as_str(), cols.as_str()],
+                self.endpoint.as_deref(),
+            )
+            .map_err(|e| format!("table {name}: {e}"))?;
             // What the contract leaves open is blanked on both sides, as `Simulation::comparable`
             // does: the non-key values of soft-deleted rows of key-only-image tables.
             if self.sim.key_only_soft.contains(name) {
@@ -575,6 +569,37 @@ pub fn parquet(fields: Vec<(&str, arrow::datatypes::DataType, arrow::array::Arra
     w.write(&batch).unwrap();
     w.close().unwrap();
     buf
+}
+
+/// Runs `tests/<script>` with `args` by the Python that has the `deltalake` package (S3 through
+/// `endpoint` when given), and returns its output lines.
+pub fn run_python<'a>(
+    script: &str,
+    args: impl IntoIterator<Item = &'a str>,
+    endpoint: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let Some(python) = python() else {
+        return Err("no Python with the deltalake package: run `.ci/run` once or set DMS2DELTA_PYTHON (DMS2DELTA_SKIP_PYTHON=1 skips this check)".into());
+    };
+    let mut cmd = std::process::Command::new(&python);
+    if let Some(ep) = endpoint {
+        cmd.env("AWS_ENDPOINT_URL", ep);
+    }
+    let out = cmd
+        .arg(repo().join("tests").join(script))
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "python {script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 pub fn skip_python() -> bool {
