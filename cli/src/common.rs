@@ -140,22 +140,12 @@ pub fn configured_tables(config: &Validated) -> Vec<TableSpec> {
     out
 }
 
-/// A table in the lake: `namespace`, `schema`, `table`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LakeTable {
-    pub namespace: String,
-    pub schema: String,
-    pub table: String,
-}
+/// A table in the lake.
+pub use dms2delta::model::TableId as LakeTable;
 
-impl LakeTable {
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}.{}", self.namespace, self.schema, self.table)
-    }
-
-    pub fn location(&self, lake: &Location) -> Location {
-        lake.join(&format!("{}/{}/{}", self.namespace, self.schema, self.table))
-    }
+/// Where `table` is in the lake rooted at `lake`.
+pub fn table_location(table: &LakeTable, lake: &Location) -> Location {
+    lake.join(&table.lake_path())
 }
 
 /// The Delta tables below the lake root, found by their `_delta_log` folders at

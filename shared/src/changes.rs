@@ -18,35 +18,10 @@ use crate::error::{BadInputKind, InputProblem};
 use crate::generation::Anchor;
 use crate::types::UTC;
 
-/// `I`, `U` or `D`.
-pub const OP: &str = "_dms_op";
-/// The change's sequence: a string whose text order is the change order (see [`Sequence`]).
-pub const SEQ: &str = "_dms_seq";
-/// The source commit time, when known.
-pub const COMMIT_TS: &str = "_dms_commit_ts";
-/// The DMS object the change came from.
-pub const SOURCE_FILE: &str = "_dms_source_file";
-/// Columns the source did not log (DMS's no-sup value), as `|a|b|`: keep the table's old value.
-pub const NOSUP: &str = "_dms_nosup";
-/// Soft-delete flag column of a Delta table.
-pub const DELETED: &str = "_dms_deleted";
-/// When a soft-deleted row (or a tombstone) was deleted.
-pub const DELETED_AT: &str = "_dms_deleted_at";
-/// Prefix of a column's own sequence, `_dms_seq_of_<column>`: the sequence of the change that
-/// set the column's value, where that is older than the row's `_dms_seq` (NULL: the row's).
-/// Only columns some change did not log have one; it lets a late, older change that logged the
-/// column still land there (see [`column_seq_name`]).
-pub const COLUMN_SEQ_PREFIX: &str = "_dms_seq_of_";
-
-/// The name of `column`'s own sequence column.
-pub fn column_seq_name(column: &str) -> String {
-    format!("{COLUMN_SEQ_PREFIX}{column}")
-}
-
-/// The column whose own sequence `name` holds, if `name` is such a column.
-pub fn column_of_seq(name: &str) -> Option<&str> {
-    name.strip_prefix(COLUMN_SEQ_PREFIX)
-}
+pub use crate::model::columns::{
+    column_of_seq, column_seq_name, is_meta, COLUMN_SEQ_PREFIX, COMMIT_TS, DELETED, DELETED_AT, NOSUP, OP, SEQ,
+    SOURCE_FILE,
+};
 
 /// The metadata columns every change set ends with, in this order.
 pub fn meta_fields() -> Vec<Field> {
@@ -76,10 +51,6 @@ pub fn source_file_column(uri: &str, rows: usize) -> Result<ArrayRef, ArrowError
     Ok(Arc::new(arrow::array::DictionaryArray::<Int32Type>::try_new(
         keys, values,
     )?))
-}
-
-pub fn is_meta(name: &str) -> bool {
-    matches!(name, OP | SEQ | COMMIT_TS | SOURCE_FILE | NOSUP)
 }
 
 /// Builds sequence strings. Text order equals change order:

@@ -1,7 +1,7 @@
 //! Where things are stored. Every stage reads and writes through `Arc<dyn ObjectStore>`, so the
 //! same code runs on S3, on a local folder and in memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,9 +11,55 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::ObjectStore;
+use serde::Deserialize;
 
-use crate::config::StorageConfig;
 use crate::error::{Error, Result};
+
+/// How to reach storage: the configuration's `storage` section, which storage owns so that it
+/// needs nothing from `config`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// An S3-compatible endpoint (otherwise `AWS_ENDPOINT_URL`, otherwise AWS).
+    pub endpoint: Option<String>,
+    /// The AWS region (otherwise `AWS_REGION` / `AWS_DEFAULT_REGION`).
+    pub region: Option<String>,
+    /// Allow plain HTTP to the endpoint (local test servers only).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Path-style requests (`endpoint/bucket/key`), which S3-compatible endpoints need (and
+    /// `endpoint` requires); otherwise virtual-hosted style (`bucket.s3.region.amazonaws.com`).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Server-side encryption to request on every write: `AES256` (SSE-S3) or `aws:kms`
+    /// (SSE-KMS). Needed when a bucket policy refuses writes without it; buckets with default
+    /// encryption need nothing here.
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    /// The KMS key for `aws:kms` (otherwise the bucket's or the account's default key).
+    pub kms_key_id: Option<String>,
+    /// Bucket name -> local folder, so that S3 events naming that bucket resolve to files on disk.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, String>,
+}
+
+/// The `x-amz-server-side-encryption` value writes carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ServerSideEncryption {
+    #[serde(rename = "AES256")]
+    S3,
+    #[serde(rename = "aws:kms")]
+    Kms,
+}
+
+impl ServerSideEncryption {
+    /// The header value (also object_store's and delta-rs's option value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerSideEncryption::S3 => "AES256",
+            ServerSideEncryption::Kms => "aws:kms",
+        }
+    }
+}
 
 /// A place: a bucket and prefix on S3, a local folder, or a named in-memory store (tests).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -200,7 +246,7 @@ pub struct Stores {
     delta_wrapper: Option<StoreWrapper>,
     /// Delta snapshots already read, so a warm function does not read a log again.
     #[cfg(feature = "delta")]
-    snapshots: crate::lake::SnapshotCache,
+    snapshots: crate::snapshot_cache::SnapshotCache,
 }
 
 impl fmt::Debug for Stores {
@@ -219,7 +265,7 @@ impl Stores {
             cache: Mutex::new(HashMap::new()),
             delta_wrapper: None,
             #[cfg(feature = "delta")]
-            snapshots: crate::lake::SnapshotCache::default(),
+            snapshots: crate::snapshot_cache::SnapshotCache::default(),
         }
     }
 
@@ -228,12 +274,12 @@ impl Stores {
     /// tables under the same location).
     #[cfg(feature = "delta")]
     pub fn without_snapshot_cache(mut self) -> Stores {
-        self.snapshots = crate::lake::SnapshotCache::disabled();
+        self.snapshots = crate::snapshot_cache::SnapshotCache::disabled();
         self
     }
 
     #[cfg(feature = "delta")]
-    pub fn snapshots(&self) -> &crate::lake::SnapshotCache {
+    pub fn snapshots(&self) -> &crate::snapshot_cache::SnapshotCache {
         &self.snapshots
     }
 

@@ -46,10 +46,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use roaring::RoaringTreemap;
 use serde_json::Value;
 
-use super::commit::{DELETED, DELETED_AT};
-use crate::changes::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec};
 use crate::deletion_vector::{self, DvError, DvFileWriter};
+use crate::model::columns::{column_of_seq, column_seq_name, COMMIT_TS, DELETED, DELETED_AT, NOSUP, OP, SEQ};
 use crate::operations::change_feed::{self, MergeOnReadChanges};
 use crate::types::UTC;
 
