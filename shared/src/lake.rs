@@ -5,7 +5,7 @@ use std::sync::{Arc, Once};
 
 use deltalake::errors::DeltaTableError;
 use deltalake::kernel::transaction::TransactionError;
-use deltalake::{DeltaTable, DeltaTableBuilder};
+use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder};
 use object_store::local::LocalFileSystem;
 use url::Url;
 
@@ -84,29 +84,78 @@ pub async fn open(stores: &Stores, loc: &Location) -> Result<(DeltaTable, bool)>
     }
 }
 
-/// Whether an engine error means another writer got there first (re-read and retry).
-pub fn is_conflict(e: &DeltaTableError) -> bool {
-    match e {
-        DeltaTableError::VersionAlreadyExists(_) => true,
-        DeltaTableError::Transaction { source } => matches!(
-            source,
-            TransactionError::CommitConflict(_)
-                | TransactionError::MaxCommitAttempts(_)
-                | TransactionError::VersionAlreadyExists(_)
-        ),
-        // A concurrent creator won the race to version 0.
-        DeltaTableError::Generic(_) | DeltaTableError::GenericError { .. } => e.to_string().contains("already exists"),
-        _ => false,
+pub use crate::error::{delta_is_retryable, is_conflict};
+
+/// The result `r` of creating the table at `handle`'s location, with a creator that got there
+/// first made the typed conflict it is (version 0 exists). The engine reports that race in an
+/// untyped error (its create error type is private), so the log is asked instead of the text.
+pub async fn settle_create(handle: &DeltaTable, r: DeltaResult<DeltaTable>) -> DeltaResult<DeltaTable> {
+    match r {
+        Err(e @ (DeltaTableError::Generic(_) | DeltaTableError::GenericError { .. })) => {
+            match handle.log_store().is_delta_table_location().await {
+                Ok(true) => Err(DeltaTableError::Transaction {
+                    source: TransactionError::VersionAlreadyExists(0),
+                }),
+                _ => Err(e),
+            }
+        }
+        r => r,
     }
 }
 
-/// Maps an engine error, keeping whether a retry may help.
+/// Wraps an engine error with where it happened, keeping it as the source (whether a retry may
+/// help is read from it: [`delta_is_retryable`]).
 pub fn delta_err(stage: Stage, context: impl std::fmt::Display, e: DeltaTableError) -> Error {
-    let retryable = matches!(e, DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. }) || is_conflict(&e);
-    Error::Internal {
+    Error::Delta {
         stage,
         context: context.to_string(),
-        reason: e.to_string(),
-        retryable,
+        source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StorageConfig;
+    use deltalake::kernel::{DataType, StructField};
+    use deltalake::protocol::SaveMode;
+
+    async fn create(handle: &DeltaTable) -> DeltaResult<DeltaTable> {
+        handle
+            .create()
+            .with_columns([StructField::new("id", DataType::LONG, true)])
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_creator_that_got_there_first_is_a_typed_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::new(StorageConfig::default());
+        let loc = Location::Local {
+            dir: dir.path().join("t"),
+        };
+        let (first, exists) = open(&stores, &loc).await.unwrap();
+        let (second, _) = open(&stores, &loc).await.unwrap();
+        assert!(!exists);
+        settle_create(&first, create(&first).await).await.unwrap();
+        let raw = create(&second).await.unwrap_err();
+        assert!(!is_conflict(&raw), "the engine's own error is untyped: {raw}");
+        let settled = settle_create(&second, Err(raw)).await.unwrap_err();
+        assert!(is_conflict(&settled), "{settled}");
+        // Any other failure of a create stays what it was.
+        let empty = tempfile::tempdir().unwrap();
+        let (third, _) = open(
+            &stores,
+            &Location::Local {
+                dir: empty.path().join("t"),
+            },
+        )
+        .await
+        .unwrap();
+        let other = settle_create(&third, Err(DeltaTableError::Generic("no".into())))
+            .await
+            .unwrap_err();
+        assert!(!is_conflict(&other), "{other}");
     }
 }

@@ -155,12 +155,7 @@ impl Pipeline {
         table
             .update_datafusion_session(&ctx.state())
             .map_err(|e| delta_err(Stage::Commit, loc, e))?;
-        let df_err = |e: deltalake::datafusion::error::DataFusionError| Error::Internal {
-            stage: Stage::Commit,
-            context: loc.to_string(),
-            reason: e.to_string(),
-            retryable: true,
-        };
+        let df_err = |e: deltalake::datafusion::error::DataFusionError| Error::library(Stage::Commit, loc, true)(e);
         let provider = table.table_provider().await.map_err(df_err)?;
         ctx.register_table("t", provider).map_err(df_err)?;
         ctx.table("t").await.map_err(df_err)?.collect().await.map_err(df_err)

@@ -146,12 +146,7 @@ pub async fn write_change_set(
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_key_value_metadata(Some(kv))
         .build();
-    let internal = |e: parquet::errors::ParquetError| Error::Internal {
-        stage: Stage::Stage,
-        context: path.to_string(),
-        reason: e.to_string(),
-        retryable: true,
-    };
+    let internal = |e: parquet::errors::ParquetError| Error::library(Stage::Stage, path, true)(e);
     let writer = BufWriter::new(store, path.clone());
     let mut w = AsyncArrowWriter::try_new(writer, first.schema(), Some(props)).map_err(internal)?;
     for batch in batches {
@@ -198,12 +193,7 @@ pub async fn read_change_set(store: Arc<dyn ObjectStore>, path: &Path) -> Result
         .build()
         .map_err(unreadable)?
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Internal {
-            stage: Stage::Commit,
-            context: path.to_string(),
-            reason: e.to_string(),
-            retryable: false,
-        })?;
+        .map_err(Error::library(Stage::Commit, path, false))?;
     Ok((meta, batches))
 }
 

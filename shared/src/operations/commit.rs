@@ -131,7 +131,7 @@ struct Pending {
 
 enum Attempt {
     Done(AttemptResult),
-    Conflict(String),
+    Conflict(deltalake::DeltaTableError),
     Reject(Vec<(usize, String)>),
 }
 
@@ -294,17 +294,17 @@ impl<'a> CommitChangesBuilder<'a> {
                         return Ok(metrics);
                     }
                 }
-                Attempt::Conflict(reason) => {
+                Attempt::Conflict(source) => {
                     metrics.conflicts += 1;
                     if metrics.attempts >= c.max_attempts {
                         return Err(Error::Conflict {
                             table: name,
                             attempts: metrics.attempts,
-                            reason,
+                            source: Box::new(source),
                         });
                     }
                     let delay = backoff(metrics.attempts, c.backoff_base_ms, c.backoff_max_ms);
-                    tracing::info!(stage = "commit", table = %name, attempt = metrics.attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "commit conflict; retrying");
+                    tracing::info!(stage = "commit", table = %name, attempt = metrics.attempts, delay_ms = delay.as_millis() as u64, reason = %source, "commit conflict; retrying");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -451,7 +451,7 @@ impl<'a> CommitChangesBuilder<'a> {
                     return Err(Error::Conflict {
                         table: name.clone(),
                         attempts,
-                        reason: e.to_string(),
+                        source: Box::new(e),
                     })
                 }
                 Err(e) => return Err(derr(e)),
@@ -665,12 +665,12 @@ impl<'a> CommitChangesBuilder<'a> {
         if exists && !unified.widen.is_empty() {
             match before_full_rewrite(table).await {
                 Ok(t) => table = t,
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
             match widen_table(table, &unified.widen).await {
                 Ok(t) => table = t,
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
         }
@@ -687,17 +687,17 @@ impl<'a> CommitChangesBuilder<'a> {
                 .map(|c| StructField::new(c.clone(), deltalake::kernel::DataType::STRING, true));
             match table.add_columns().with_fields(fields).await {
                 Ok(t) => table = t,
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
         }
         if !exists {
-            match create_table(&table, spec, &source).await {
+            match lake::settle_create(&table, create_table(&table, spec, &source).await).await {
                 Ok(t) => {
                     table = t;
                     result.created_table = true;
                 }
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
         }
@@ -712,13 +712,20 @@ impl<'a> CommitChangesBuilder<'a> {
             }
             let deletes = delete_rows(&source)?;
             if deletes.num_rows() > 0 {
-                match record_tombstones(tomb, tomb_exists, &deletes, &spec.keys).await {
+                let handle = (!tomb_exists).then(|| tomb.clone());
+                let recorded = record_tombstones(tomb, tomb_exists, &deletes, &spec.keys).await;
+                // Only a create can meet a creator that got there first.
+                let recorded = match &handle {
+                    Some(h) => lake::settle_create(h, recorded).await,
+                    None => recorded,
+                };
+                match recorded {
                     Ok(tomb) => {
                         // As for the table: the tombstone version just written is known here.
                         lake::remember(self.stores, tomb_loc, &tomb);
                         result.tombstones_written = deletes.num_rows() as u64;
                     }
-                    Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                    Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                     Err(e) => return Err(derr(e)),
                 }
             }
@@ -728,7 +735,7 @@ impl<'a> CommitChangesBuilder<'a> {
         // The feed follows the configuration from the next data commit on (its own commit).
         let table = match change_feed::apply_setting(table, spec.change_data_feed).await {
             Ok(t) => t,
-            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
             Err(e) => return Err(derr(e)),
         };
         let before = table.version();
@@ -767,7 +774,7 @@ impl<'a> CommitChangesBuilder<'a> {
         };
         let (table, merge_metrics, dv) = match applied {
             Ok(v) => v,
-            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
             Err(e) => return Err(derr(e)),
         };
         result.merge = merge_metrics;
@@ -782,7 +789,7 @@ impl<'a> CommitChangesBuilder<'a> {
             // applied file can be traced to a version.
             match trace_only_commit(&table, info).await {
                 Ok(v) => result.version = Some(v),
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
         }

@@ -188,7 +188,7 @@ impl<'a> HistoryBuilder<'a> {
                     return Err(Error::Conflict {
                         table: format!("{name} (history)"),
                         attempts: metrics.attempts,
-                        reason: e.to_string(),
+                        source: Box::new(e),
                     })
                 }
                 Err(e) => return Err(derr(e)),
@@ -212,7 +212,7 @@ impl<'a> HistoryBuilder<'a> {
         let keys = &self.spec.keys;
         let mut table = handle;
         if !exists {
-            table = create(&table, &self.spec, wanted).await?;
+            table = lake::settle_create(&table, create(&table, &self.spec, wanted).await).await?;
         }
         table = evolve(table, wanted).await?;
         let schema = table.snapshot()?.snapshot().arrow_schema();
