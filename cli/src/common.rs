@@ -174,7 +174,7 @@ pub async fn discover_tables(stores: &Stores, lake: &Location) -> CliResult<Vec<
     };
     let mut out = Vec::new();
     // Listed names are spelled as stored; `Path::join` would percent-encode them again.
-    let below = |p: &Path, name: &str| path_below(p, &[name]).map_err(Failure::new);
+    let below = |p: &Path, name: &str| path_below(p, &[name]).map_err(|e| Failure::new(e.to_string()));
     for ns in children(root.clone()).await?.0 {
         let ns_path = below(&root, &ns)?;
         for schema in children(ns_path.clone()).await?.0 {

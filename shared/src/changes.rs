@@ -53,6 +53,11 @@ pub fn source_file_column(uri: &str, rows: usize) -> Result<ArrayRef, ArrowError
     )?))
 }
 
+/// A value that cannot be DMS's `$AR_H_CHANGE_SEQ`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an AR_H_CHANGE_SEQ (up to 35 digits)")]
+pub struct NotAChangeSeq(pub String);
+
 /// Builds sequence strings. Text order equals change order:
 /// - full-load rows: `0L<file stem>:<row>`, or `0L<folder>/<file stem>:<row>` for a file in a
 ///   sub-folder of its table folder (a parallel-load partition), below every CDC change; a
@@ -134,10 +139,10 @@ impl Sequence {
     }
 
     /// `$AR_H_CHANGE_SEQ`: 35 digits, left-padded when a shorter number arrives.
-    pub fn change_seq(out: &mut String, value: &str) -> Result<(), String> {
+    pub fn change_seq(out: &mut String, value: &str) -> Result<(), NotAChangeSeq> {
         let v = value.trim();
         if v.is_empty() || v.len() > 35 || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("`{value}` is not an AR_H_CHANGE_SEQ (up to 35 digits)"));
+            return Err(NotAChangeSeq(value.to_string()));
         }
         out.clear();
         out.push_str("1S");

@@ -659,9 +659,9 @@ impl Config {
 
     /// Checks everything that can be checked without touching storage, once.
     pub fn validate(self) -> Result<Validated> {
-        let lake = Location::parse(&self.lake).map_err(|r| cfg_err("lake", r))?;
-        let staging = Location::parse(&self.staging).map_err(|r| cfg_err("staging", r))?;
-        let quarantine = Location::parse(&self.quarantine).map_err(|r| cfg_err("quarantine", r))?;
+        let lake = Location::parse(&self.lake).map_err(|r| cfg_err("lake", r.to_string()))?;
+        let staging = Location::parse(&self.staging).map_err(|r| cfg_err("staging", r.to_string()))?;
+        let quarantine = Location::parse(&self.quarantine).map_err(|r| cfg_err("quarantine", r.to_string()))?;
         if self.sources.is_empty() {
             return Err(cfg_err("sources", "at least one source is required"));
         }
@@ -669,7 +669,7 @@ impl Config {
             if bucket.is_empty() || bucket.contains('/') {
                 return Err(cfg_err(format!("storage.buckets.{bucket}"), "not a bucket name"));
             }
-            Location::parse(dir).map_err(|r| cfg_err(format!("storage.buckets.{bucket}"), r))?;
+            Location::parse(dir).map_err(|r| cfg_err(format!("storage.buckets.{bucket}"), r.to_string()))?;
         }
         if let Some(ep) = &self.storage.endpoint {
             let url = url::Url::parse(ep).map_err(|e| cfg_err("storage.endpoint", format!("not a URL: {e}")))?;
@@ -881,7 +881,7 @@ impl Config {
                     }
                     for (k, c) in cols.iter().enumerate() {
                         ColumnType::from_config(&c.type_name, c.precision, c.scale)
-                            .map_err(|r| cfg_err(format!("{tp}.columns[{k}].type"), r))?;
+                            .map_err(|r| cfg_err(format!("{tp}.columns[{k}].type"), r.to_string()))?;
                         if c.name.is_empty() || !seen.insert(c.name.clone()) {
                             return Err(cfg_err(
                                 format!("{tp}.columns[{k}].name"),
@@ -991,7 +991,7 @@ fn dms_column(c: &DmsColumn) -> std::result::Result<Column, String> {
         .and_then(Loose::as_int)
         .map(|s| i8::try_from(s).map_err(|_| format!("ColumnScale {s} out of range")))
         .transpose()?;
-    let ty = ColumnType::from_config(&c.column_type, precision, scale)?;
+    let ty = ColumnType::from_config(&c.column_type, precision, scale).map_err(|e| e.to_string())?;
     if c.column_name.is_empty() {
         return Err("empty ColumnName".into());
     }
@@ -1080,7 +1080,7 @@ impl Validated {
                         })
                     })
                     .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|r| InputProblem::new(BadInputKind::NoColumns, r))?,
+                    .map_err(|r| InputProblem::new(BadInputKind::NoColumns, r.to_string()))?,
             ),
             (None, Some(d)) => Some(
                 d.table_columns

@@ -27,9 +27,9 @@ pub fn table_url(stores: &Stores, loc: &Location) -> Result<Url> {
             reason: format!("{} is not a usable folder", abs.display()),
         });
     }
-    physical.engine_url().map_err(|reason| Error::Config {
+    physical.engine_url().map_err(|e| Error::Config {
         path: "lake".into(),
-        reason,
+        reason: e.to_string(),
     })
 }
 

@@ -54,12 +54,11 @@ pub fn change_set_id(bucket: &str, key: &str, etag: Option<&str>) -> String {
 /// The folder holding the pending change sets of the lake table `table`, named as spelled (see
 /// [`path_below`]): a listing maps back to the same names.
 pub fn names_dir(root: &Path, table: &TableId) -> Result<Path> {
-    path_below(root, &[&table.namespace, &table.schema, &table.table]).map_err(|reason| Error::Internal {
-        stage: Stage::Stage,
-        context: table.qualified_name(),
-        reason,
-        retryable: false,
-    })
+    path_below(root, &[&table.namespace, &table.schema, &table.table]).map_err(Error::library(
+        Stage::Stage,
+        table,
+        false,
+    ))
 }
 
 /// The folder holding a table's pending change sets.

@@ -69,17 +69,68 @@ pub enum Location {
     Memory { name: String, prefix: String },
 }
 
+/// Why a location, a prefix, an object key or a path segment was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("an empty location")]
+    EmptyLocation,
+    #[error("`{0}` has no bucket")]
+    NoBucket(String),
+    #[error("`{0}`: only s3://, file:// and local paths are supported")]
+    UnsupportedScheme(String),
+    #[error("`{0}`: `.` and `..` are not allowed in a prefix")]
+    DotInPrefix(String),
+    #[error("`{0}`: an empty folder name (`//`) in the prefix")]
+    EmptyFolderInPrefix(String),
+    #[error("`{0}`: control characters in the prefix")]
+    ControlInPrefix(String),
+    #[error("`{0}` cannot be a path segment (empty, `.`, `..`, a `/` or a control character)")]
+    BadSegment(String),
+    #[error("object key `{0}` is empty or absolute")]
+    EmptyOrAbsoluteKey(String),
+    #[error("object key `{0}` has an empty, `.`, `..` or backslash segment")]
+    BadKeySegment(String),
+    #[error("object key `{key}`: {source}")]
+    BadKey {
+        key: String,
+        #[source]
+        source: object_store::path::Error,
+    },
+    #[error("`{path}`: {source}")]
+    BadPath {
+        path: String,
+        #[source]
+        source: object_store::path::Error,
+    },
+    #[error("{dir}: {source}")]
+    Folder {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a usable folder")]
+    UnusableFolder(String),
+    #[error("`{base}`: {source}")]
+    Url {
+        base: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("`{0}` cannot hold a path")]
+    NotABase(String),
+}
+
 impl Location {
     /// `s3://bucket/prefix`, `file:///dir`, `memory://name/prefix`, or a plain local path.
-    pub fn parse(text: &str) -> std::result::Result<Location, String> {
+    pub fn parse(text: &str) -> std::result::Result<Location, PathError> {
         let text = text.trim();
         if text.is_empty() {
-            return Err("an empty location".into());
+            return Err(PathError::EmptyLocation);
         }
         if let Some(rest) = text.strip_prefix("s3://").or_else(|| text.strip_prefix("s3a://")) {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(format!("`{text}` has no bucket"));
+                return Err(PathError::NoBucket(text.to_string()));
             }
             return Ok(Location::S3 {
                 bucket: bucket.to_string(),
@@ -99,7 +150,7 @@ impl Location {
             });
         }
         if text.contains("://") {
-            return Err(format!("`{text}`: only s3://, file:// and local paths are supported"));
+            return Err(PathError::UnsupportedScheme(text.to_string()));
         }
         Ok(Location::Local {
             dir: PathBuf::from(text),
@@ -141,21 +192,25 @@ impl Location {
     /// The location as a parsed URL whose path segments are percent-encoded, so that a name
     /// holding `#`, `?`, `%`, spaces or non-ASCII letters stays one path segment (the engine
     /// decodes it back to the key as spelled). Local folders become `file://` directory URLs.
-    pub fn engine_url(&self) -> std::result::Result<url::Url, String> {
+    pub fn engine_url(&self) -> std::result::Result<url::Url, PathError> {
         let (base, prefix) = match self {
             Location::S3 { bucket, prefix } => (format!("s3://{bucket}/"), prefix),
             Location::Memory { name, prefix } => (format!("memory://{name}/"), prefix),
             Location::Local { dir } => {
-                let abs = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let abs = std::path::absolute(dir).map_err(|source| PathError::Folder {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
                 return url::Url::from_directory_path(&abs)
-                    .map_err(|_| format!("{} is not a usable folder", abs.display()));
+                    .map_err(|_| PathError::UnusableFolder(abs.display().to_string()));
             }
         };
-        let mut url = url::Url::parse(&base).map_err(|e| format!("`{base}`: {e}"))?;
+        let mut url = url::Url::parse(&base).map_err(|source| PathError::Url {
+            base: base.clone(),
+            source,
+        })?;
         {
-            let mut segments = url
-                .path_segments_mut()
-                .map_err(|_| format!("`{base}` cannot hold a path"))?;
+            let mut segments = url.path_segments_mut().map_err(|_| PathError::NotABase(base.clone()))?;
             segments.pop_if_empty();
             segments.extend(prefix.split('/').filter(|s| !s.is_empty()));
             // A directory URL: the engine resolves files below it.
@@ -171,21 +226,22 @@ impl Location {
 /// letter, so a table folder named `Åland` would be stored as `%C3%85land` and a listing could no
 /// longer be mapped back to the table. Every path dms2delta builds from identifiers or object
 /// keys goes through here instead.
-pub fn path_below<S: AsRef<str>>(base: &Path, segments: &[S]) -> std::result::Result<Path, String> {
+pub fn path_below<S: AsRef<str>>(base: &Path, segments: &[S]) -> std::result::Result<Path, PathError> {
     let mut text = base.as_ref().to_string();
     for s in segments {
         let s = s.as_ref();
         if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.chars().any(|c| c.is_control()) {
-            return Err(format!(
-                "`{s}` cannot be a path segment (empty, `.`, `..`, a `/` or a control character)"
-            ));
+            return Err(PathError::BadSegment(s.to_string()));
         }
         if !text.is_empty() {
             text.push('/');
         }
         text.push_str(s);
     }
-    Path::parse(&text).map_err(|e| format!("`{text}`: {e}"))
+    Path::parse(&text).map_err(|source| PathError::BadPath {
+        path: text.clone(),
+        source,
+    })
 }
 
 impl fmt::Display for Location {
@@ -197,16 +253,16 @@ impl fmt::Display for Location {
     }
 }
 
-fn clean_prefix(prefix: &str) -> std::result::Result<String, String> {
+fn clean_prefix(prefix: &str) -> std::result::Result<String, PathError> {
     let p = prefix.trim_matches('/');
     if p.split('/').any(|s| s == ".." || s == ".") {
-        return Err(format!("`{prefix}`: `.` and `..` are not allowed in a prefix"));
+        return Err(PathError::DotInPrefix(prefix.to_string()));
     }
     if !p.is_empty() && p.split('/').any(str::is_empty) {
-        return Err(format!("`{prefix}`: an empty folder name (`//`) in the prefix"));
+        return Err(PathError::EmptyFolderInPrefix(prefix.to_string()));
     }
     if p.chars().any(char::is_control) {
-        return Err(format!("`{prefix}`: control characters in the prefix"));
+        return Err(PathError::ControlInPrefix(prefix.to_string()));
     }
     Ok(p.to_string())
 }
@@ -221,19 +277,20 @@ fn join_prefix(a: &str, b: &str) -> String {
 
 /// Parses an object key from an event into a store path. Keys that could climb out of a local
 /// storage root (`..`, `.`, empty segments, absolute paths, backslashes) are refused.
-pub fn object_path(key: &str) -> std::result::Result<Path, String> {
+pub fn object_path(key: &str) -> std::result::Result<Path, PathError> {
     if key.is_empty() || key.starts_with('/') {
-        return Err(format!("object key `{key}` is empty or absolute"));
+        return Err(PathError::EmptyOrAbsoluteKey(key.to_string()));
     }
     if key
         .split('/')
         .any(|s| s.is_empty() || s == "." || s == ".." || s.contains('\\'))
     {
-        return Err(format!(
-            "object key `{key}` has an empty, `.`, `..` or backslash segment"
-        ));
+        return Err(PathError::BadKeySegment(key.to_string()));
     }
-    Path::parse(key).map_err(|e| format!("object key `{key}`: {e}"))
+    Path::parse(key).map_err(|source| PathError::BadKey {
+        key: key.to_string(),
+        source,
+    })
 }
 
 /// Wraps the store the Delta engine uses (fault injection in tests).
@@ -337,9 +394,9 @@ impl Stores {
         let store: Arc<dyn ObjectStore> = match loc {
             Location::S3 { bucket, .. } => match self.config.buckets.get(bucket) {
                 Some(mapped) => {
-                    let mapped = Location::parse(mapped).map_err(|reason| Error::Config {
+                    let mapped = Location::parse(mapped).map_err(|e| Error::Config {
                         path: format!("storage.buckets.{bucket}"),
-                        reason,
+                        reason: e.to_string(),
                     })?;
                     match mapped {
                         Location::Local { dir } => local(&dir)?,

@@ -164,12 +164,7 @@ impl<'a> CompactBuilder<'a> {
                 "compact",
             ],
         )
-        .map_err(|reason| Error::Internal {
-            stage: Stage::Compact,
-            context: m.table.clone(),
-            reason,
-            retryable: false,
-        })?;
+        .map_err(Error::library(Stage::Compact, &m.table, false))?;
         let now = self.now_millis.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
         let Some(lease) = Lease::acquire(lake_store.as_ref(), &lease_path, now).await? else {
             tracing::info!(stage = "compact", table = %m.table, "another compaction of this table is running; giving way");
@@ -444,12 +439,8 @@ async fn last_checkpoint(stores: &Stores, loc: &Location) -> Result<Option<u64>>
     } else {
         root
     };
-    let path = path_below(&root, &["_delta_log", "_last_checkpoint"]).map_err(|reason| Error::Internal {
-        stage: Stage::Compact,
-        context: loc.to_string(),
-        reason,
-        retryable: false,
-    })?;
+    let path =
+        path_below(&root, &["_delta_log", "_last_checkpoint"]).map_err(Error::library(Stage::Compact, loc, false))?;
     match store.get(&path).await {
         Ok(r) => {
             let bytes = r
