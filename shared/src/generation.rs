@@ -141,6 +141,12 @@ impl Anchor {
         (a.0 == text).then_some(a)
     }
 
+    /// The first 16 digits (`YYYYMMDDHHMMSShh`, UTC) of the instant the anchor is after.
+    pub fn time_digits(&self) -> &str {
+        let digits = self.parts().1;
+        digits.get(..16).unwrap_or(digits)
+    }
+
     fn parts(&self) -> (char, &str) {
         let letter = if self.0.starts_with("1S") { 'S' } else { 'F' };
         (letter, self.0[2..].trim_end_matches(AFTER_TIME))

@@ -13,6 +13,7 @@ use dms2delta::faults::{Call, FaultyStore};
 use dms2delta::operations::commit::applied_files;
 use dms2delta::operations::decode::DecodeOutcome;
 use dms2delta::operations::truncate::RemovalOutcome;
+use dms2delta::sim::rows_of;
 use support::{parquet, Mini};
 
 /// Headerless CSV with Op and an explicit sequence column, so tests choose the order.
@@ -1178,6 +1179,18 @@ const BY_CHANGE_SEQ: History = History {
     ),
 };
 
+/// As [`BY_CHANGE_SEQ`], with DMS lagging behind the source: the TRUNCATE is committed at
+/// 10:29:59.5, both changes of the file after it within the second before DMS removes the files
+/// (10:30:00.5), so their sequences are below the removal's time; DMS writes them at 10:31.
+const BY_CHANGE_SEQ_LAGGED: History = History {
+    c2: (
+        "app/t/20240528-103100000.csv",
+        b"Op,id,name,AR_H_CHANGE_SEQ\nI,1,one-new,20240528102959800000000000000000003\nI,7,seven,20240528103000100000000000000000004\n",
+        "2024-05-28T10:31:10Z",
+    ),
+    ..BY_CHANGE_SEQ
+};
+
 /// When DMS removed each file (S3's event times).
 const REMOVED_L0: &str = "2024-05-28T10:30:00.500Z";
 const REMOVED_C1: &str = "2024-05-28T10:30:00.620Z";
@@ -1413,8 +1426,20 @@ async fn a_truncate_at_the_source_empties_the_table_before_the_changes_after_it(
             DELETION_VECTORS,
             &BY_CHANGE_SEQ,
         ),
+        (
+            "by change seq, changes after the truncate committed before the removal, hard, with history",
+            by_seq.clone(),
+            "history:\n  enabled: true\n",
+            &BY_CHANGE_SEQ_LAGGED,
+        ),
+        (
+            "by change seq, changes after the truncate committed before the removal, soft, merge-on-read",
+            soft(&by_seq),
+            DELETION_VECTORS,
+            &BY_CHANGE_SEQ_LAGGED,
+        ),
     ];
-    let (mut swept_runs, mut refused_runs) = (0, 0);
+    let (mut swept_runs, mut refused_runs, mut histories) = (0, 0, 0);
     for (mode, sources, extra, h) in &modes {
         for (name, steps) in truncate_scenarios() {
             let m = Mini::new(sources, extra);
@@ -1442,6 +1467,26 @@ async fn a_truncate_at_the_source_empties_the_table_before_the_changes_after_it(
                 m.rows(T_RELOADED, &["id", "name"]).await
             };
             assert_eq!(live, want, "{ctx}");
+            if extra.contains("history") {
+                // The history's current versions are the table's rows, its closed ones closed.
+                let spec = m.pipeline.config.table_by_target("pg", "app", "t").unwrap();
+                let batches = m
+                    .pipeline
+                    .read_table(&m.pipeline.history_location(&spec))
+                    .await
+                    .unwrap();
+                let cols: Vec<String> = ["id", "name", "_is_current"].map(String::from).to_vec();
+                let mut current: Vec<Vec<String>> = rows_of(&batches, &cols)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.iter().map(|v| v.canonical()).collect::<Vec<String>>())
+                    .filter(|r| r[2] == "true")
+                    .map(|r| r[..2].to_vec())
+                    .collect();
+                current.sort();
+                assert_eq!(current, want, "{ctx}: the history's current versions");
+                histories += 1;
+            }
             assert!(staged(&m).is_empty(), "{ctx}: left staged: {:?}", staged(&m));
             if swept > 0 {
                 swept_runs += 1;
@@ -1453,8 +1498,8 @@ async fn a_truncate_at_the_source_empties_the_table_before_the_changes_after_it(
         }
     }
     assert!(
-        swept_runs > 0 && refused_runs == modes.len(),
-        "swept {swept_runs}, refused {refused_runs}"
+        swept_runs > 0 && refused_runs == modes.len() && histories > 0,
+        "swept {swept_runs}, refused {refused_runs}, histories checked {histories}"
     );
 }
 

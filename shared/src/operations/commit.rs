@@ -40,6 +40,7 @@ use crate::model::columns::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP
 use crate::model::TableId;
 use crate::operations::merge_on_read::{self, DvCounts};
 use crate::operations::retry::backoff;
+use crate::operations::truncate::written_after;
 use crate::operations::widen::{before_full_rewrite, widen_table};
 use crate::operations::{change_feed, floor};
 use crate::quarantine::{write_report, QuarantineReport};
@@ -425,8 +426,15 @@ impl<'a> CommitChangesBuilder<'a> {
         let Some(target) = target else {
             return Ok(());
         };
+        // A truncate of a table ordered by `AR_H_CHANGE_SEQ` keeps the changes of files DMS
+        // wrote after it, whatever their commit time (see `floor::FILES_AFTER_PROPERTY`).
+        let truncated = markers
+            .iter()
+            .any(|(k, a, _)| *k == FloorKind::Truncate && *a == target);
+        let files_after = (truncated && spec.sequence_column.is_some()).then(|| target.time_digits().to_string());
         let c = &self.config.config.commit;
         let mut attempts = 0;
+        let floor_at;
         loop {
             attempts += 1;
             let (table, exists) = lake::open(self.stores, table_loc).await?;
@@ -434,13 +442,29 @@ impl<'a> CommitChangesBuilder<'a> {
                 // Nothing to remove yet; the marker waits for the table.
                 return Ok(());
             }
+            // The removal's time is above the changes DMS wrote after the truncate and
+            // committed at the source within its lag: the floor goes just below the oldest
+            // of them already applied, which is still above every change before the truncate.
+            let at = match files_after.as_deref() {
+                Some(after) => {
+                    let newer = |file: &str| written_after(&self.config, file, after);
+                    match first_change_of_files(&table, &newer, target.time_digits(), applied).await {
+                        Ok(first) => first
+                            .and_then(|s| floor::just_below(&s))
+                            .map_or(target.clone(), |b| b.min(target.clone())),
+                        Err(e) => return Err(derr(e)),
+                    }
+                }
+                None => target.clone(),
+            };
             // Even with the floor already at the target the sweep runs again: a run cut short
             // between raising the floor and removing the rows below it left its marker behind.
-            match floor::raise(table, spec, &target).await {
+            match floor::raise(table, spec, &at, files_after.as_deref()).await {
                 Ok((t, swept)) => {
                     metrics.rows_swept += swept;
                     metrics.version = t.version().or(metrics.version);
-                    tracing::info!(stage = "commit", table = %name, floor = %target.as_str(), rows_swept = swept, "table floor raised after a reload or truncate");
+                    tracing::info!(stage = "commit", table = %name, floor = %at.as_str(), rows_swept = swept, "table floor raised after a reload or truncate");
+                    floor_at = at;
                     break;
                 }
                 Err(e) if is_conflict(&e) && attempts < c.max_attempts => {
@@ -460,14 +484,14 @@ impl<'a> CommitChangesBuilder<'a> {
         if spec.history {
             // Before the markers go, so a run that dies here closes the history next time.
             let h = crate::operations::history::HistoryBuilder::new(self.config.clone(), self.stores, spec.clone())
-                .with_closing_floor(target.clone())
+                .with_closing_floor(floor_at.clone())
                 .await?;
             match &mut metrics.history {
                 Some(m) => m.absorb(h),
                 None => metrics.history = Some(h),
             }
         }
-        metrics.floor = Some(target.as_str().to_string());
+        metrics.floor = Some(floor_at.as_str().to_string());
         for (_, a, m) in markers {
             if *a <= target {
                 match stage_store.delete(&m.location).await {
@@ -658,7 +682,16 @@ impl<'a> CommitChangesBuilder<'a> {
         };
         // Changes from before the table's last reload or truncate are stale, whatever the key.
         let source = match floor::table_floor(&table) {
-            Some(f) if exists => floor::drop_below(source, &f).map_err(|e| internal(format!("floor filter: {e}")))?,
+            Some(f) if exists => {
+                let files_after = floor::table_files_after(&table);
+                let newer = |file: &str| {
+                    files_after
+                        .as_deref()
+                        .is_some_and(|t| written_after(&self.config, file, t))
+                };
+                let newer: floor::NewerFile = files_after.is_some().then_some(&newer);
+                floor::drop_below(source, &f, newer).map_err(|e| internal(format!("floor filter: {e}")))?
+            }
             _ => source,
         };
 
@@ -824,11 +857,17 @@ fn newest_commit_ts(b: &RecordBatch) -> Option<i64> {
 
 fn commit_info(pending: &[Pending], rows: usize) -> HashMap<String, Value> {
     let mut m = HashMap::new();
+    // Each file's oldest change: a truncate's floor is placed below those DMS wrote after it.
+    let first_seqs: serde_json::Map<String, Value> = pending
+        .iter()
+        .filter_map(|p| Some((p.meta.source_file.clone(), Value::from(oldest_seq(&p.batches)?))))
+        .collect();
     m.insert(
         COMMIT_INFO_KEY.to_string(),
         json!({
             "change_sets": pending.iter().map(|p| p.path.to_string()).collect::<Vec<_>>(),
             "source_files": pending.iter().map(|p| p.meta.source_file.clone()).collect::<Vec<_>>(),
+            "first_seqs": first_seqs,
             "changes": rows,
             "version": env!("CARGO_PKG_VERSION"),
         }),
@@ -1374,6 +1413,53 @@ async fn record_tombstones(
         .when_not_matched_insert(|i| all.iter().fold(i, |i, c| i.set(target_col(c), s(c))))?
         .await?;
     Ok(tomb)
+}
+
+/// The lowest sequence of a change set's changes.
+fn oldest_seq(batches: &[RecordBatch]) -> Option<String> {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name(SEQ)?.as_string_opt::<i32>().cloned())
+        .filter_map(|seqs| seqs.iter().flatten().min().map(str::to_string))
+        .min()
+}
+
+/// The oldest change of the files `newer` picks, among the change sets being applied and the
+/// table's commits since `since` (16 digits of UTC time; files written after it cannot have
+/// been committed before it, and a few minutes are allowed for the writers' clocks).
+async fn first_change_of_files(
+    table: &DeltaTable,
+    newer: &(dyn Fn(&str) -> bool + Sync),
+    since: &str,
+    applied: &[Pending],
+) -> deltalake::DeltaResult<Option<String>> {
+    let mut first = applied
+        .iter()
+        .filter(|p| newer(&p.meta.source_file))
+        .filter_map(|p| oldest_seq(&p.batches))
+        .min();
+    let since_ms = crate::route::digits_to_micros(&format!("{since}00")).map_or(i64::MIN, |us| us / 1000 - 600_000);
+    let mut history = table.history(None);
+    while let Some(ci) = history.try_next().await? {
+        if ci.timestamp.is_some_and(|t| t < since_ms) {
+            break;
+        }
+        let Some(seqs) = ci
+            .info
+            .get(COMMIT_INFO_KEY)
+            .and_then(|i| i.get("first_seqs")?.as_object())
+        else {
+            continue;
+        };
+        for (file, seq) in seqs {
+            if let Some(seq) = seq.as_str().filter(|_| newer(file)) {
+                if first.as_deref().is_none_or(|f| seq < f) {
+                    first = Some(seq.to_string());
+                }
+            }
+        }
+    }
+    Ok(first)
 }
 
 /// Which source files each version applied, newest first (from the commits' `commitInfo`).

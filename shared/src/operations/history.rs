@@ -43,6 +43,7 @@ use crate::error::{Error, Result, Stage};
 use crate::generation::Anchor;
 use crate::lake::{self, delta_err, is_conflict};
 use crate::operations::floor;
+use crate::operations::truncate::written_after;
 use crate::storage::Stores;
 use crate::types::UTC;
 use crate::unify::align_all;
@@ -159,6 +160,9 @@ impl<'a> HistoryBuilder<'a> {
             Some(a) => Some(a.clone()),
             None => floor::table_floor(&table),
         };
+        // After a truncate of a table ordered by `AR_H_CHANGE_SEQ`, changes of files DMS wrote
+        // after it follow the truncate whatever their sequence (`floor::FILES_AFTER_PROPERTY`).
+        let files_after = floor::table_files_after(&table);
         let aligned = align_all(&data, &self.sets).map_err(|p| p.into_error(Stage::Commit, &name, Some(&name)))?;
         let schema = history_schema(&data);
         let incoming = incoming_versions(&schema, &aligned, &self.spec.keys).map_err(|e| internal(&name, e))?;
@@ -173,7 +177,16 @@ impl<'a> HistoryBuilder<'a> {
             metrics.attempts += 1;
             let (handle, exists) = lake::open(self.stores, &loc).await?;
             let outcome = self
-                .attempt(handle, exists, &loc, &schema, &incoming, floor.as_ref(), &mut metrics)
+                .attempt(
+                    handle,
+                    exists,
+                    &loc,
+                    &schema,
+                    &incoming,
+                    floor.as_ref(),
+                    files_after.as_deref(),
+                    &mut metrics,
+                )
                 .await;
             match outcome {
                 Ok(()) => break,
@@ -207,6 +220,7 @@ impl<'a> HistoryBuilder<'a> {
         wanted: &SchemaRef,
         incoming: &RecordBatch,
         floor: Option<&Anchor>,
+        files_after: Option<&str>,
         metrics: &mut HistoryMetrics,
     ) -> deltalake::DeltaResult<()> {
         let keys = &self.spec.keys;
@@ -241,7 +255,9 @@ impl<'a> HistoryBuilder<'a> {
         metrics.rows_read = existing.num_rows() as u64;
         let n_existing = existing.num_rows();
         let combined = concat_batches(&schema, &[existing, incoming])?;
-        let r = recompute(&combined, n_existing, keys, floor.map(Anchor::as_str))?;
+        let newer = |file: &str| files_after.is_some_and(|t| written_after(&self.config, file, t));
+        let newer: Option<&dyn Fn(&str) -> bool> = files_after.is_some().then_some(&newer);
+        let r = recompute(&combined, n_existing, keys, floor.map(Anchor::as_str), newer)?;
         let (writes, inserted) = changed_rows(&combined, &r.rows, &r.matches)?;
         let removed = take_rows(&combined, &r.removed.iter().map(|&i| i as u32).collect::<Vec<_>>())?;
         if writes.num_rows() == 0 && removed.num_rows() == 0 {
@@ -503,12 +519,15 @@ pub fn sequence_time(seq: &str) -> Option<i64> {
 /// Every version of the keys in `combined` (its first `n_existing` rows read from the history,
 /// the rest new), recomputed: one row per (key, sequence), in key then sequence order, and
 /// for each the existing row it replaces, if any. With a `floor`, a key whose newest version
-/// below it is not a delete gets a delete version at the floor.
+/// below it is not a delete gets a delete version at the floor. `newer_file` picks the changes
+/// DMS wrote after a truncate (see [`floor::FILES_AFTER_PROPERTY`]): below the floor by their
+/// sequence, they follow its closing version.
 pub fn recompute(
     combined: &RecordBatch,
     n_existing: usize,
     keys: &[String],
     floor: Option<&str>,
+    newer_file: Option<&dyn Fn(&str) -> bool>,
 ) -> std::result::Result<Recomputed, DeltaTableError> {
     let schema = combined.schema();
     let text = |name: &str| -> std::result::Result<StringArray, DeltaTableError> {
@@ -531,6 +550,19 @@ pub fn recompute(
     }
     let seq = |i: usize| if seqs.is_null(i) { "" } else { seqs.value(i) };
     let file = |i: usize| if files.is_null(i) { "" } else { files.value(i) };
+    // A version's place around the floor: before the truncate or reload, its closing version,
+    // after the truncate though sequenced below it, or after.
+    let place = |i: usize| -> (u8, &str) {
+        match floor {
+            Some(f) if seq(i) < f => match newer_file {
+                Some(newer) if newer(file(i)) => (2, seq(i)),
+                _ => (0, seq(i)),
+            },
+            Some(f) if seq(i) == f => (1, seq(i)),
+            Some(_) => (3, seq(i)),
+            None => (0, seq(i)),
+        }
+    };
     // Per key: one row per sequence, and the existing row of that sequence.
     let mut versions: Vec<Vec<(usize, Option<usize>)>> = Vec::with_capacity(groups.len());
     for g in &groups {
@@ -557,7 +589,7 @@ pub fn recompute(
             }
         }
         let mut v: Vec<(usize, Option<usize>)> = by_seq.into_values().collect();
-        v.sort_by(|a, b| seq(a.0).cmp(seq(b.0)));
+        v.sort_by(|a, b| place(a.0).cmp(&place(b.0)));
         versions.push(v);
     }
     // Closing versions at the floor. A key the reload's snapshot holds (a version sequenced
@@ -578,13 +610,13 @@ pub fn recompute(
                 });
                 continue;
             }
-            let below = v.iter().rev().find(|(i, _)| seq(*i) < f);
+            let below = v.iter().rev().find(|(i, _)| place(*i).0 == 0);
             let at = v.iter().any(|(i, _)| seq(*i) == f);
             if let Some((i, _)) = below {
                 if !at && ops.value(*i) != "D" {
                     closing.push(*i as u32);
                     // Placed by index past `combined`; filled in below.
-                    let pos = v.iter().position(|(j, _)| seq(*j) > f).unwrap_or(v.len());
+                    let pos = v.iter().position(|(j, _)| place(*j).0 > 1).unwrap_or(v.len());
                     v.insert(pos, (combined.num_rows() + closing.len() - 1, None));
                 }
             }
@@ -638,6 +670,9 @@ pub fn recompute(
     let unlogged = cast(combined.column(schema.index_of(UNLOGGED)?), &DataType::Utf8)?
         .as_string::<i32>()
         .clone();
+    let closing_files = cast(combined.column(schema.index_of(SOURCE_FILE)?), &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone();
     let commit_ts = combined
         .column(schema.index_of(COMMIT_TS)?)
         .as_primitive::<TimestampMicrosecondType>()
@@ -680,9 +715,19 @@ pub fn recompute(
                 };
                 sources[c].push(src);
             }
-            let own_time = (!commit_ts.is_null(i))
-                .then(|| commit_ts.value(i))
-                .or_else(|| sequence_time(seqs.value(i)));
+            let time_of = |i: usize| {
+                (!commit_ts.is_null(i))
+                    .then(|| commit_ts.value(i))
+                    .or_else(|| sequence_time(seqs.value(i)))
+            };
+            let mut own_time = time_of(i);
+            // A closing version is at its floor's time, or at the key's next change if that is
+            // earlier: a change DMS wrote after a truncate, committed within DMS's lag.
+            if !closing_files.is_null(i) && closing_files.value(i) == FLOOR_SOURCE {
+                if let Some(next) = v.get(j + 1).and_then(|(n, _)| time_of(*n)) {
+                    own_time = Some(own_time.map_or(next, |t| t.min(next)));
+                }
+            }
             let prev = if j == 0 { None } else { valid_from[at - 1] };
             valid_from.push(match (own_time, prev) {
                 (Some(t), Some(p)) => Some(t.max(p)),
@@ -919,12 +964,12 @@ mod tests {
             (1, Some("a"), Some("w1"), "1S10", "I", Some(10), None),
             (1, Some("c"), None, "1S30", "U", Some(30), Some("|w|")),
         ]);
-        let first = recompute(&stored, 0, &keys, None).unwrap().rows;
+        let first = recompute(&stored, 0, &keys, None, None).unwrap().rows;
         assert_eq!(text(&first, "w"), vec![Some("w1".into()), Some("w1".into())]);
         // The version at 20 arrives late: it splits [10, 30) and its `w` reaches the one at 30.
         let late = rows(&[(1, Some("b"), Some("w2"), "1S20", "U", Some(20), None)]);
         let combined = concat_batches(&schema(), &[first.clone(), late]).unwrap();
-        let r = recompute(&combined, 2, &keys, None).unwrap();
+        let r = recompute(&combined, 2, &keys, None, None).unwrap();
         let (out, matches) = (r.rows, r.matches);
         assert_eq!(
             text(&out, SEQ),
@@ -950,8 +995,86 @@ mod tests {
             ],
         )
         .unwrap();
-        let r2 = recompute(&again, 3, &keys, None).unwrap();
+        let r2 = recompute(&again, 3, &keys, None, None).unwrap();
         assert_eq!(changed_rows(&again, &r2.rows, &r2.matches).unwrap().0.num_rows(), 0);
+    }
+
+    /// A truncate of a table ordered by `AR_H_CHANGE_SEQ` whose floor is the removal's time: a
+    /// change DMS wrote after it, committed at the source before the removal (DMS's lag), follows
+    /// the closing version, which is placed at that change's time, not after it.
+    #[test]
+    fn a_change_written_after_a_truncate_follows_its_closing_version_whatever_its_sequence() {
+        let keys = vec!["id".to_string()];
+        let mut b = rows(&[
+            (
+                1,
+                Some("a"),
+                Some("x"),
+                "1S20240528100455000000000000000000001",
+                "I",
+                Some(100),
+                None,
+            ),
+            (
+                2,
+                Some("b"),
+                Some("y"),
+                "1S20240528100456000000000000000000002",
+                "I",
+                Some(200),
+                None,
+            ),
+            (
+                1,
+                Some("new"),
+                Some("x2"),
+                "1S20240528102959800000000000000000003",
+                "I",
+                Some(300),
+                None,
+            ),
+        ]);
+        let files: ArrayRef = Arc::new(StringArray::from(vec![
+            "s3://dms/app/t/20240528-100500000.csv",
+            "s3://dms/app/t/20240528-100500000.csv",
+            "s3://dms/app/t/20240528-103100000.csv",
+        ]));
+        let mut cols = b.columns().to_vec();
+        let i = b.schema().index_of(SOURCE_FILE).unwrap();
+        cols[i] = files;
+        b = RecordBatch::try_new(b.schema(), cols).unwrap();
+        let floor = "1S2024052810300050;";
+        let newer = |f: &str| f.ends_with("103100000.csv");
+        let r = recompute(&b, 0, &keys, Some(floor), Some(&newer)).unwrap();
+        let out = r.rows;
+        let seqs = text(&out, SEQ);
+        let ops = text(&out, OP_COLUMN);
+        let got: Vec<(String, String)> = seqs.into_iter().flatten().zip(ops.into_iter().flatten()).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("1S20240528100455000000000000000000001".to_string(), "I".to_string()),
+                (floor.to_string(), "D".to_string()),
+                ("1S20240528102959800000000000000000003".to_string(), "I".to_string()),
+                ("1S20240528100456000000000000000000002".to_string(), "I".to_string()),
+                (floor.to_string(), "D".to_string()),
+            ]
+        );
+        let cur = out.column(out.schema().index_of(IS_CURRENT).unwrap()).as_boolean();
+        assert!(cur.value(2), "the change after the truncate is current");
+        let from = out
+            .column(out.schema().index_of(VALID_FROM).unwrap())
+            .as_primitive::<TimestampMicrosecondType>();
+        // Key 1 closes at its next change's time; key 2 at the floor's.
+        assert_eq!((from.value(1), from.value(2)), (300, 300));
+        assert_eq!(Some(from.value(4)), sequence_time(floor));
+        // Without knowing the file, the change would be closed at the floor.
+        let blind = recompute(&b, 0, &keys, Some(floor), None).unwrap();
+        let cur = blind
+            .rows
+            .column(blind.rows.schema().index_of(IS_CURRENT).unwrap())
+            .as_boolean();
+        assert!((0..blind.rows.num_rows()).all(|r| !cur.value(r)));
     }
 
     #[test]
@@ -979,11 +1102,11 @@ mod tests {
             (2, None, None, "1F20240528195142000000:000000000001", "D", None, None),
         ]);
         let floor = "1F20240528195143000000;";
-        let r = recompute(&stored, 3, &keys, Some(floor)).unwrap();
+        let r = recompute(&stored, 3, &keys, Some(floor), None).unwrap();
         let out = r.rows;
         assert_eq!(out.num_rows(), 4, "key 1 closed, key 2 already deleted");
         assert_eq!(r.matches.iter().filter(|m| m.is_none()).count(), 1);
-        let again = recompute(&out, 4, &keys, Some(floor)).unwrap();
+        let again = recompute(&out, 4, &keys, Some(floor), None).unwrap();
         assert_eq!(changed_rows(&out, &again.rows, &again.matches).unwrap().0.num_rows(), 0);
         assert!(again.removed.is_empty());
         // The reload's snapshot row for key 1 arrives after the floor rose: key 1 was not
@@ -998,7 +1121,7 @@ mod tests {
             None,
         )]);
         let with = concat_batches(&schema(), &[out.clone(), snapshot]).unwrap();
-        let r = recompute(&with, 4, &keys, Some(floor)).unwrap();
+        let r = recompute(&with, 4, &keys, Some(floor), None).unwrap();
         assert_eq!(r.removed.len(), 1);
         assert_eq!(
             text(&r.rows, SEQ)

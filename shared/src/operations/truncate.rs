@@ -183,7 +183,8 @@ fn table_folder(config: &Validated, routed: &Routed, key: &str) -> Result<object
 ///
 /// With `AR_H_CHANGE_SEQ` a change's sequence is its commit time at the source, not when DMS
 /// wrote it: a change committed after the truncate but before DMS removed the files (DMS's
-/// replication lag) sorts below the removal and is refused. The contract says so.
+/// replication lag) sorts below the removal. DMS writes it in a file named after the removal,
+/// though, and the floor keeps the changes of such files ([`written_after`]).
 fn truncate_anchor(config: &Validated, spec: &TableSpec, routed: &Routed, time: DateTime<Utc>) -> Anchor {
     let kind = if spec.sequence_column.is_some() {
         SeqKind::ChangeSeq
@@ -205,6 +206,38 @@ fn truncate_anchor(config: &Validated, spec: &TableSpec, routed: &Routed, time: 
         Some(after_name) if after_name > at => after_name,
         _ => at,
     }
+}
+
+/// Whether the DMS file a change came from (`_dms_source_file`, `s3://bucket/key`) is a CDC file
+/// DMS named after the UTC time `after` (16 digits `YYYYMMDDHHMMSShh`): for a truncate of a
+/// table ordered by `AR_H_CHANGE_SEQ`, its changes are the table's new history whatever their
+/// commit time (see [`crate::operations::floor::FILES_AFTER_PROPERTY`]). Full-load files, and
+/// names that do not route, are not: their rows are placed by their sequence alone.
+///
+/// A name in the repeated hour of a local-time zone reads as its earlier instant (the object's
+/// upload time, which decides it at decode, is not kept with the rows): such a file written
+/// within moments after a truncate in that hour may be taken for one from before it.
+pub fn written_after(config: &Validated, source_file: &str, after: &str) -> bool {
+    let Some((bucket, key)) = source_file.strip_prefix("s3://").and_then(|r| r.split_once('/')) else {
+        return false;
+    };
+    let Ok(Route::File(routed)) = route(config, bucket, key) else {
+        return false;
+    };
+    if !matches!(routed.kind, FileKind::Cdc | FileKind::CdcTxn) {
+        return false;
+    }
+    let Some(digits) = routed.time_digits.as_deref() else {
+        return false;
+    };
+    let utc = match config.sources()[routed.source].date_partitioning.zone() {
+        Some(z) => match crate::name_time::to_utc_digits(digits, z, None) {
+            Ok(d) => d,
+            Err(_) => return false,
+        },
+        None => digits.to_string(),
+    };
+    utc.get(..16).is_some_and(|named| named > after)
 }
 
 impl<'a> IntoFuture for RemovalBuilder<'a> {
