@@ -237,7 +237,7 @@ async fn a_catalog_mistake_is_reported_and_does_not_hold_up_replication() {
     let sync = CatalogSync::new(Arc::new(Glue::new(glue_client().await)), "no_such_database");
     let want = dms2delta::catalog::definition(
         "no_such_database",
-        ("oracle", "app", "t0"),
+        &dms2delta::model::TableId::new("oracle", "app", "t0"),
         &lab.config().lake.join("oracle/app/t0"),
         &Schema::new(vec![Field::new("id", DataType::Int64, true)]),
         &[],

@@ -140,22 +140,12 @@ pub fn configured_tables(config: &Validated) -> Vec<TableSpec> {
     out
 }
 
-/// A table in the lake: `namespace`, `schema`, `table`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LakeTable {
-    pub namespace: String,
-    pub schema: String,
-    pub table: String,
-}
+/// A table in the lake.
+pub use dms2delta::model::TableId as LakeTable;
 
-impl LakeTable {
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}.{}", self.namespace, self.schema, self.table)
-    }
-
-    pub fn location(&self, lake: &Location) -> Location {
-        lake.join(&format!("{}/{}/{}", self.namespace, self.schema, self.table))
-    }
+/// Where `table` is in the lake rooted at `lake`.
+pub fn table_location(table: &LakeTable, lake: &Location) -> Location {
+    lake.join(&table.lake_path())
 }
 
 /// The Delta tables below the lake root, found by their `_delta_log` folders at
@@ -184,7 +174,7 @@ pub async fn discover_tables(stores: &Stores, lake: &Location) -> CliResult<Vec<
     };
     let mut out = Vec::new();
     // Listed names are spelled as stored; `Path::join` would percent-encode them again.
-    let below = |p: &Path, name: &str| path_below(p, &[name]).map_err(Failure::new);
+    let below = |p: &Path, name: &str| path_below(p, &[name]).map_err(|e| Failure::new(e.to_string()));
     for ns in children(root.clone()).await?.0 {
         let ns_path = below(&root, &ns)?;
         for schema in children(ns_path.clone()).await?.0 {

@@ -14,7 +14,7 @@ use deltalake::datafusion::execution::context::SQLOptions;
 use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
 use dms2delta::storage::{Location, Stores};
 
-use crate::common::{discover_tables, load_config, require_existing, CliResult, Failure, LakeTable};
+use crate::common::{discover_tables, load_config, require_existing, table_location, CliResult, Failure, LakeTable};
 
 pub const AFTER_HELP: &str = "\
 Tables are named <namespace>.<schema>.<table>, as in the lake's folders and in `dms2delta status`
@@ -90,7 +90,7 @@ pub async fn register_changes(
             "--changes {name}: no such table in {lake} (`dms2delta status` lists them)"
         )));
     };
-    let (table, exists) = dms2delta::lake::open(stores, &t.location(lake)).await?;
+    let (table, exists) = dms2delta::lake::open(stores, &table_location(t, lake)).await?;
     if !exists {
         return Err(Failure::usage(format!(
             "--changes {name}: the table has no commits yet"
@@ -138,7 +138,7 @@ pub async fn session(stores: &Stores, lake: &Location) -> CliResult<(SessionCont
                 s
             }
         };
-        let loc = t.location(lake);
+        let loc = table_location(t, lake);
         let (table, exists) = dms2delta::lake::open(stores, &loc).await?;
         if !exists {
             continue;
@@ -299,7 +299,7 @@ mod tests {
 
         // From a later version on, only that version's changes.
         let t = tables.iter().find(|t| t.qualified_name() == name).unwrap();
-        let (table, _) = dms2delta::lake::open(&pipeline.stores, &t.location(&lake))
+        let (table, _) = dms2delta::lake::open(&pipeline.stores, &table_location(t, &lake))
             .await
             .unwrap();
         let latest = table.version().unwrap();

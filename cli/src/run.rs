@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 
 use crate::common::{
     config_required, configured_tables, human_duration, human_time, known_tables, load_config, or_dash, pipeline,
-    report_location, table_info, text_table, CliResult, Failure, TableInfo,
+    report_location, table_info, table_location, text_table, CliResult, Failure, TableInfo,
 };
 
 #[derive(Debug, Args)]
@@ -388,7 +388,7 @@ pub async fn run_once(pipeline: &Pipeline, source: &Source, state: &mut RunState
             name: name.clone(),
             ..Default::default()
         });
-        row.info = table_info(&pipeline.stores, &t.location(&config.lake)).await?;
+        row.info = table_info(&pipeline.stores, &table_location(&t, &config.lake)).await?;
         report.tables.push(row);
     }
     report.tables.extend(by_table.into_values());

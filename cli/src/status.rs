@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 
 use crate::common::{
     config_required, human_duration, human_time, known_tables, load_config, or_dash, pipeline, report_location,
-    require_existing, shown, table_info, text_table, CliResult, LakeTable, TableInfo,
+    require_existing, shown, table_info, table_location, text_table, CliResult, LakeTable, TableInfo,
 };
 
 #[derive(Debug, Args)]
@@ -58,18 +58,13 @@ pub async fn collect(pipeline: &Pipeline) -> CliResult<Status> {
     // Pending change sets, counted per table.
     let mut pending: BTreeMap<LakeTable, usize> = BTreeMap::new();
     let (stage_store, stage_root) = pipeline.stores.resolve(&config.staging)?;
-    for (namespace, schema, table) in pipeline.pending().await? {
-        let dir = dms2delta::stage::names_dir(&stage_root, &namespace, &schema, &table)?;
+    for t in pipeline.pending().await? {
+        let dir = dms2delta::stage::names_dir(&stage_root, &t)?;
         let staged: Vec<_> = stage_store
             .list(Some(&dir))
             .try_collect()
             .await
             .map_err(|e| crate::common::Failure::new(format!("cannot list staged change sets in {dir}: {e}")))?;
-        let t = LakeTable {
-            namespace,
-            schema,
-            table,
-        };
         if !tables.contains(&t) {
             tables.push(t.clone());
         }
@@ -92,7 +87,7 @@ pub async fn collect(pipeline: &Pipeline) -> CliResult<Status> {
 
     let mut out = Vec::new();
     for t in tables {
-        let loc = t.location(&config.lake);
+        let loc = table_location(&t, &config.lake);
         let info = table_info(&pipeline.stores, &loc).await?;
         let last_applied = if info.version.is_some() {
             applied_files(&pipeline.stores, &loc, Some(HISTORY_DEPTH))

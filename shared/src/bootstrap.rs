@@ -42,16 +42,16 @@ pub async fn load_config_from_env() -> Result<Validated> {
 
 /// Reads and validates a configuration document from a local path or an `s3://` URI.
 pub async fn load_config(uri: &str) -> Result<Validated> {
-    let text = match Location::parse(uri).map_err(|reason| Error::Config {
+    let text = match Location::parse(uri).map_err(|e| Error::Config {
         path: CONFIG_ENV.into(),
-        reason,
+        reason: e.to_string(),
     })? {
         Location::S3 { bucket, prefix } => {
             let stores = Stores::new(StorageConfig::default());
             let store = stores.bucket(&bucket)?;
-            let path = object_path(&prefix).map_err(|reason| Error::Config {
+            let path = object_path(&prefix).map_err(|e| Error::Config {
                 path: CONFIG_ENV.into(),
-                reason,
+                reason: e.to_string(),
             })?;
             let bytes = store
                 .get(&path)

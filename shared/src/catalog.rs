@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::{DataType, Field, Schema};
 
+use crate::model::TableId;
 use crate::storage::Location;
 
 /// The parameter naming the lake table a catalog entry stands for: a catalog table that lacks
@@ -216,13 +217,13 @@ pub fn hive_type(dt: &DataType) -> Option<String> {
 /// The catalog definition of a lake table from its Delta schema.
 pub fn definition(
     database: &str,
-    lake_table: (&str, &str, &str),
+    lake_table: &TableId,
     location: &Location,
     schema: &Schema,
     partition_columns: &[String],
     delta_version: Option<u64>,
 ) -> Result<CatalogTable, CatalogError> {
-    let qualified = format!("{}.{}.{}", lake_table.0, lake_table.1, lake_table.2);
+    let qualified = lake_table.qualified_name();
     if !matches!(location, Location::S3 { .. }) {
         return Err(CatalogError::NotOnS3 {
             table: qualified,
@@ -254,7 +255,7 @@ pub fn definition(
     }
     Ok(CatalogTable {
         database: database.to_string(),
-        name: catalog_name(lake_table.0, lake_table.1, lake_table.2),
+        name: catalog_name(&lake_table.namespace, &lake_table.schema, &lake_table.table),
         lake_table: Some(qualified),
         location: location.url(),
         columns,
@@ -286,25 +287,24 @@ impl CatalogSync {
         &self.database
     }
 
-    /// Brings the catalog in step with what a commit to the lake table `(namespace, schema,
-    /// table)` left: `None` when the commit wrote nothing (no schema to register).
+    /// Brings the catalog in step with what a commit to the lake table `table` left: `None` when the commit wrote nothing (no schema to register).
     #[cfg(feature = "delta")]
     pub async fn follow(
         &self,
         config: &crate::config::Validated,
-        (ns, sc, tb): (&str, &str, &str),
+        table: &TableId,
         m: &crate::operations::commit::CommitMetrics,
     ) -> Result<Option<CatalogChange>, CatalogError> {
         let Some(schema) = &m.table_schema else {
             return Ok(None);
         };
-        let Some(spec) = config.table_by_target(ns, sc, tb) else {
+        let Some(spec) = config.table_by_target(&table.namespace, &table.schema, &table.table) else {
             return Ok(None);
         };
         let location = config.lake.join(&spec.lake_path());
         let want = definition(
             &self.database,
-            (ns, sc, tb),
+            table,
             &location,
             schema,
             &m.partition_columns,

@@ -18,35 +18,10 @@ use crate::error::{BadInputKind, InputProblem};
 use crate::generation::Anchor;
 use crate::types::UTC;
 
-/// `I`, `U` or `D`.
-pub const OP: &str = "_dms_op";
-/// The change's sequence: a string whose text order is the change order (see [`Sequence`]).
-pub const SEQ: &str = "_dms_seq";
-/// The source commit time, when known.
-pub const COMMIT_TS: &str = "_dms_commit_ts";
-/// The DMS object the change came from.
-pub const SOURCE_FILE: &str = "_dms_source_file";
-/// Columns the source did not log (DMS's no-sup value), as `|a|b|`: keep the table's old value.
-pub const NOSUP: &str = "_dms_nosup";
-/// Soft-delete flag column of a Delta table.
-pub const DELETED: &str = "_dms_deleted";
-/// When a soft-deleted row (or a tombstone) was deleted.
-pub const DELETED_AT: &str = "_dms_deleted_at";
-/// Prefix of a column's own sequence, `_dms_seq_of_<column>`: the sequence of the change that
-/// set the column's value, where that is older than the row's `_dms_seq` (NULL: the row's).
-/// Only columns some change did not log have one; it lets a late, older change that logged the
-/// column still land there (see [`column_seq_name`]).
-pub const COLUMN_SEQ_PREFIX: &str = "_dms_seq_of_";
-
-/// The name of `column`'s own sequence column.
-pub fn column_seq_name(column: &str) -> String {
-    format!("{COLUMN_SEQ_PREFIX}{column}")
-}
-
-/// The column whose own sequence `name` holds, if `name` is such a column.
-pub fn column_of_seq(name: &str) -> Option<&str> {
-    name.strip_prefix(COLUMN_SEQ_PREFIX)
-}
+pub use crate::model::columns::{
+    column_of_seq, column_seq_name, is_meta, COLUMN_SEQ_PREFIX, COMMIT_TS, DELETED, DELETED_AT, NOSUP, OP, SEQ,
+    SOURCE_FILE,
+};
 
 /// The metadata columns every change set ends with, in this order.
 pub fn meta_fields() -> Vec<Field> {
@@ -78,9 +53,10 @@ pub fn source_file_column(uri: &str, rows: usize) -> Result<ArrayRef, ArrowError
     )?))
 }
 
-pub fn is_meta(name: &str) -> bool {
-    matches!(name, OP | SEQ | COMMIT_TS | SOURCE_FILE | NOSUP)
-}
+/// A value that cannot be DMS's `$AR_H_CHANGE_SEQ`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an AR_H_CHANGE_SEQ (up to 35 digits)")]
+pub struct NotAChangeSeq(pub String);
 
 /// Builds sequence strings. Text order equals change order:
 /// - full-load rows: `0L<file stem>:<row>`, or `0L<folder>/<file stem>:<row>` for a file in a
@@ -163,10 +139,10 @@ impl Sequence {
     }
 
     /// `$AR_H_CHANGE_SEQ`: 35 digits, left-padded when a shorter number arrives.
-    pub fn change_seq(out: &mut String, value: &str) -> Result<(), String> {
+    pub fn change_seq(out: &mut String, value: &str) -> Result<(), NotAChangeSeq> {
         let v = value.trim();
         if v.is_empty() || v.len() > 35 || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("`{value}` is not an AR_H_CHANGE_SEQ (up to 35 digits)"));
+            return Err(NotAChangeSeq(value.to_string()));
         }
         out.clear();
         out.push_str("1S");

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Deserialize;
 
 use crate::error::{BadInputKind, Error, InputProblem, Result};
+pub use crate::model::{Column, CompactConfig, DeleteMode, TableSpec, MIN_VACUUM_RETENTION_HOURS};
 use crate::storage::Location;
+pub use crate::storage::{ServerSideEncryption, StorageConfig};
 use crate::types::ColumnType;
 
 /// The whole document.
@@ -49,50 +51,6 @@ pub struct Config {
 pub struct HistorySettings {
     #[serde(default)]
     pub enabled: bool,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageConfig {
-    /// An S3-compatible endpoint (otherwise `AWS_ENDPOINT_URL`, otherwise AWS).
-    pub endpoint: Option<String>,
-    /// The AWS region (otherwise `AWS_REGION` / `AWS_DEFAULT_REGION`).
-    pub region: Option<String>,
-    /// Allow plain HTTP to the endpoint (local test servers only).
-    #[serde(default)]
-    pub allow_http: bool,
-    /// Path-style requests (`endpoint/bucket/key`), which S3-compatible endpoints need (and
-    /// `endpoint` requires); otherwise virtual-hosted style (`bucket.s3.region.amazonaws.com`).
-    #[serde(default)]
-    pub path_style: bool,
-    /// Server-side encryption to request on every write: `AES256` (SSE-S3) or `aws:kms`
-    /// (SSE-KMS). Needed when a bucket policy refuses writes without it; buckets with default
-    /// encryption need nothing here.
-    pub server_side_encryption: Option<ServerSideEncryption>,
-    /// The KMS key for `aws:kms` (otherwise the bucket's or the account's default key).
-    pub kms_key_id: Option<String>,
-    /// Bucket name -> local folder, so that S3 events naming that bucket resolve to files on disk.
-    #[serde(default)]
-    pub buckets: BTreeMap<String, String>,
-}
-
-/// The `x-amz-server-side-encryption` value writes carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum ServerSideEncryption {
-    #[serde(rename = "AES256")]
-    S3,
-    #[serde(rename = "aws:kms")]
-    Kms,
-}
-
-impl ServerSideEncryption {
-    /// The header value (also object_store's and delta-rs's option value).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServerSideEncryption::S3 => "AES256",
-            ServerSideEncryption::Kms => "aws:kms",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,104 +168,36 @@ impl Default for CommitConfig {
     }
 }
 
-/// When and how the compact function maintains a table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompactConfig {
-    /// Size compaction aims for, in MiB.
-    #[serde(default = "default_target_file_mb")]
-    pub target_file_mb: u64,
-    /// Compaction runs once this many files are under half the target size.
-    #[serde(default = "default_min_small_files")]
-    pub min_small_files: usize,
-    /// A checkpoint is written every this many commits (and old log entries expire).
-    #[serde(default = "default_checkpoint_interval")]
-    pub checkpoint_interval: u64,
-    /// Small files are counted (which means reading the table's state) every this many commits;
-    /// other invocations only read `_last_checkpoint` and return.
-    #[serde(default = "default_check_every")]
-    pub check_every_commits: u64,
-    /// Unreferenced data files older than this are deleted. At least 168 (7 days), Delta's
-    /// safe minimum: readers and writers may still use files removed more recently.
-    #[serde(default = "default_vacuum_retention_hours")]
-    pub vacuum_retention_hours: u64,
-    /// Cluster compacted files by the key columns (z-order), so merges touch fewer files.
-    #[serde(default)]
-    pub zorder_by_keys: bool,
-    /// With deletion vectors: a data file whose vector marks at least this percentage of its
-    /// rows is rewritten without them (bin-packing alone never rewrites a large file).
-    #[serde(default = "default_purge_deleted_percent")]
-    pub purge_deleted_percent: u32,
-}
-
-impl Default for CompactConfig {
-    fn default() -> Self {
-        CompactConfig {
-            target_file_mb: default_target_file_mb(),
-            min_small_files: default_min_small_files(),
-            checkpoint_interval: default_checkpoint_interval(),
-            check_every_commits: default_check_every(),
-            vacuum_retention_hours: default_vacuum_retention_hours(),
-            zorder_by_keys: false,
-            purge_deleted_percent: default_purge_deleted_percent(),
-        }
+/// A table's compaction settings, checked where the configuration names them (`path`).
+fn check_compact(c: &CompactConfig, path: &str) -> Result<()> {
+    if c.target_file_mb == 0 || c.target_file_mb > 4096 {
+        return Err(cfg_err(format!("{path}.target_file_mb"), "must be between 1 and 4096"));
     }
-}
-
-/// Delta's default `deletedFileRetentionDuration`.
-pub const MIN_VACUUM_RETENTION_HOURS: u64 = 168;
-
-fn default_target_file_mb() -> u64 {
-    128
-}
-fn default_min_small_files() -> usize {
-    16
-}
-fn default_checkpoint_interval() -> u64 {
-    20
-}
-fn default_check_every() -> u64 {
-    10
-}
-/// Spark's OPTIMIZE rewrites files with more than 5% of their rows deleted by default.
-fn default_purge_deleted_percent() -> u32 {
-    5
-}
-fn default_vacuum_retention_hours() -> u64 {
-    MIN_VACUUM_RETENTION_HOURS
-}
-
-impl CompactConfig {
-    fn check(&self, path: &str) -> Result<()> {
-        if self.target_file_mb == 0 || self.target_file_mb > 4096 {
-            return Err(cfg_err(format!("{path}.target_file_mb"), "must be between 1 and 4096"));
-        }
-        if self.purge_deleted_percent == 0 || self.purge_deleted_percent > 100 {
-            return Err(cfg_err(
-                format!("{path}.purge_deleted_percent"),
-                "must be between 1 and 100",
-            ));
-        }
-        if self.min_small_files < 2 {
-            return Err(cfg_err(format!("{path}.min_small_files"), "must be at least 2"));
-        }
-        if self.checkpoint_interval == 0 || self.check_every_commits == 0 {
-            return Err(cfg_err(
-                format!("{path}.checkpoint_interval"),
-                "intervals must be at least 1",
-            ));
-        }
-        if self.vacuum_retention_hours < MIN_VACUUM_RETENTION_HOURS {
-            return Err(cfg_err(
+    if c.purge_deleted_percent == 0 || c.purge_deleted_percent > 100 {
+        return Err(cfg_err(
+            format!("{path}.purge_deleted_percent"),
+            "must be between 1 and 100",
+        ));
+    }
+    if c.min_small_files < 2 {
+        return Err(cfg_err(format!("{path}.min_small_files"), "must be at least 2"));
+    }
+    if c.checkpoint_interval == 0 || c.check_every_commits == 0 {
+        return Err(cfg_err(
+            format!("{path}.checkpoint_interval"),
+            "intervals must be at least 1",
+        ));
+    }
+    if c.vacuum_retention_hours < MIN_VACUUM_RETENTION_HOURS {
+        return Err(cfg_err(
                 format!("{path}.vacuum_retention_hours"),
                 format!(
                     "{} is below the safe minimum of {MIN_VACUUM_RETENTION_HOURS} hours: a reader or a concurrent writer may still need files removed more recently",
-                    self.vacuum_retention_hours
+                    c.vacuum_retention_hours
                 ),
             ));
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 fn default_max_change_sets() -> usize {
@@ -636,14 +526,6 @@ pub struct TableName {
     pub table: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeleteMode {
-    #[default]
-    Hard,
-    Soft,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnConfig {
@@ -733,70 +615,6 @@ impl Loose {
     }
 }
 
-/// A column as the decoder uses it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    pub name: String,
-    pub ty: ColumnType,
-}
-
-/// Everything known about one selected table, resolved from the source defaults, the table's
-/// entry, the DMS table definitions and the rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableSpec {
-    pub source: String,
-    pub namespace: String,
-    /// Source schema and table, as DMS names them.
-    pub schema: String,
-    pub table: String,
-    /// Schema and table in the lake, after renames.
-    pub target_schema: String,
-    pub target_table: String,
-    pub keys: Vec<String>,
-    pub columns: Option<Vec<Column>>,
-    pub sequence_column: Option<String>,
-    pub timestamp_column: Option<String>,
-    pub delete_mode: DeleteMode,
-    pub partition_by: Vec<String>,
-    /// Commits mark replaced rows in deletion vectors instead of rewriting files.
-    pub deletion_vectors: bool,
-    /// Commits write the Delta Change Data Feed.
-    pub change_data_feed: bool,
-    pub compact: CompactConfig,
-    /// Columns renamed at the source: the file's name -> the table's.
-    pub renamed_columns: BTreeMap<String, String>,
-    /// Columns whose NULL in an update means the source did not log them.
-    pub unlogged_when_null: Vec<String>,
-    /// The removal of the table's DMS files may truncate it (see [`TruncateSettings`]).
-    pub follow_removals: bool,
-    /// The table keeps an SCD type 2 history table (see [`HistorySettings`]): decode then stages
-    /// every change of a file, not only the newest per key.
-    pub history: bool,
-}
-
-impl TableSpec {
-    /// The table's name for a column the file names `name` (see `renamed_columns`).
-    pub fn column_name<'a>(&'a self, name: &'a str) -> &'a str {
-        self.renamed_columns.get(name).map_or(name, String::as_str)
-    }
-
-    /// `namespace.schema.table` in the lake: the table's name in logs, metrics and queries.
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}.{}", self.namespace, self.target_schema, self.target_table)
-    }
-
-    /// The table's path below the lake root.
-    pub fn lake_path(&self) -> String {
-        format!("{}/{}/{}", self.namespace, self.target_schema, self.target_table)
-    }
-
-    /// The history table's path below the lake root. Below `_dms2delta`, which no namespace can
-    /// start with, so no source table's name (`t_history`, say) can ever land on it.
-    pub fn history_path(&self) -> String {
-        format!("_dms2delta/history/{}", self.lake_path())
-    }
-}
-
 /// A validated configuration with its lookups prepared.
 #[derive(Debug, Clone)]
 pub struct Validated {
@@ -841,9 +659,9 @@ impl Config {
 
     /// Checks everything that can be checked without touching storage, once.
     pub fn validate(self) -> Result<Validated> {
-        let lake = Location::parse(&self.lake).map_err(|r| cfg_err("lake", r))?;
-        let staging = Location::parse(&self.staging).map_err(|r| cfg_err("staging", r))?;
-        let quarantine = Location::parse(&self.quarantine).map_err(|r| cfg_err("quarantine", r))?;
+        let lake = Location::parse(&self.lake).map_err(|r| cfg_err("lake", r.to_string()))?;
+        let staging = Location::parse(&self.staging).map_err(|r| cfg_err("staging", r.to_string()))?;
+        let quarantine = Location::parse(&self.quarantine).map_err(|r| cfg_err("quarantine", r.to_string()))?;
         if self.sources.is_empty() {
             return Err(cfg_err("sources", "at least one source is required"));
         }
@@ -851,7 +669,7 @@ impl Config {
             if bucket.is_empty() || bucket.contains('/') {
                 return Err(cfg_err(format!("storage.buckets.{bucket}"), "not a bucket name"));
             }
-            Location::parse(dir).map_err(|r| cfg_err(format!("storage.buckets.{bucket}"), r))?;
+            Location::parse(dir).map_err(|r| cfg_err(format!("storage.buckets.{bucket}"), r.to_string()))?;
         }
         if let Some(ep) = &self.storage.endpoint {
             let url = url::Url::parse(ep).map_err(|e| cfg_err("storage.endpoint", format!("not a URL: {e}")))?;
@@ -893,7 +711,7 @@ impl Config {
         if c.tombstone_retention_hours == 0 {
             return Err(cfg_err("commit.tombstone_retention_hours", "must be at least 1"));
         }
-        self.compact.check("compact")?;
+        check_compact(&self.compact, "compact")?;
         if self.limits.max_field_bytes == 0 {
             return Err(cfg_err("limits.max_field_bytes", "must be at least 1"));
         }
@@ -1063,7 +881,7 @@ impl Config {
                     }
                     for (k, c) in cols.iter().enumerate() {
                         ColumnType::from_config(&c.type_name, c.precision, c.scale)
-                            .map_err(|r| cfg_err(format!("{tp}.columns[{k}].type"), r))?;
+                            .map_err(|r| cfg_err(format!("{tp}.columns[{k}].type"), r.to_string()))?;
                         if c.name.is_empty() || !seen.insert(c.name.clone()) {
                             return Err(cfg_err(
                                 format!("{tp}.columns[{k}].name"),
@@ -1073,7 +891,7 @@ impl Config {
                     }
                 }
                 if let Some(c) = &t.compact {
-                    c.check(&format!("{tp}.compact"))?;
+                    check_compact(c, &format!("{tp}.compact"))?;
                 }
                 let mut kept = BTreeSet::new();
                 for (new, old) in &t.renamed_columns {
@@ -1173,7 +991,7 @@ fn dms_column(c: &DmsColumn) -> std::result::Result<Column, String> {
         .and_then(Loose::as_int)
         .map(|s| i8::try_from(s).map_err(|_| format!("ColumnScale {s} out of range")))
         .transpose()?;
-    let ty = ColumnType::from_config(&c.column_type, precision, scale)?;
+    let ty = ColumnType::from_config(&c.column_type, precision, scale).map_err(|e| e.to_string())?;
     if c.column_name.is_empty() {
         return Err("empty ColumnName".into());
     }
@@ -1262,7 +1080,7 @@ impl Validated {
                         })
                     })
                     .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|r| InputProblem::new(BadInputKind::NoColumns, r))?,
+                    .map_err(|r| InputProblem::new(BadInputKind::NoColumns, r.to_string()))?,
             ),
             (None, Some(d)) => Some(
                 d.table_columns

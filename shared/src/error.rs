@@ -184,11 +184,36 @@ pub enum Error {
     Event { reason: String },
 
     /// A conflict with a concurrent writer that outlived the configured retries.
-    #[error("commit to {table} still conflicting after {attempts} attempts: {reason}")]
+    /// The Delta engine's answer to the last attempt is the source.
+    #[cfg(feature = "delta")]
+    #[error("commit to {table} still conflicting after {attempts} attempts: {source}")]
     Conflict {
         table: String,
         attempts: u32,
-        reason: String,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+
+    /// The Delta engine failed; whether a retry helps is read from the engine's error
+    /// ([`delta_is_retryable`]).
+    #[cfg(feature = "delta")]
+    #[error("{stage} internal error on {context}: {source}")]
+    Delta {
+        stage: Stage,
+        context: String,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+
+    /// A library below (Parquet, Arrow, the query engine, JSON) failed on our data; the caller
+    /// knows whether the step may pass on a retry.
+    #[error("{stage} internal error on {context}: {source}")]
+    Library {
+        stage: Stage,
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        retryable: bool,
     },
 
     /// A failure inside the Delta engine or Arrow that is not about the input.
@@ -211,16 +236,28 @@ impl Error {
         match self {
             Error::Config { .. } | Error::BadInput { .. } | Error::Event { .. } => false,
             Error::Gone { .. } => false,
-            Error::Storage { source, .. } => !matches!(
-                source,
-                object_store::Error::NotFound { .. }
-                    | object_store::Error::InvalidPath { .. }
-                    | object_store::Error::NotSupported { .. }
-                    | object_store::Error::PermissionDenied { .. }
-                    | object_store::Error::Unauthenticated { .. }
-            ),
-            Error::Io { .. } | Error::Conflict { .. } | Error::Failpoint(_) => true,
-            Error::Internal { retryable, .. } => *retryable,
+            Error::Storage { source, .. } => storage_is_transient(source),
+            Error::Io { .. } | Error::Failpoint(_) => true,
+            #[cfg(feature = "delta")]
+            Error::Conflict { .. } => true,
+            #[cfg(feature = "delta")]
+            Error::Delta { source, .. } => delta_is_retryable(source),
+            Error::Internal { retryable, .. } | Error::Library { retryable, .. } => *retryable,
+        }
+    }
+
+    /// A library's failure on `context`, with it as the source.
+    pub(crate) fn library<E: std::error::Error + Send + Sync + 'static>(
+        stage: Stage,
+        context: impl fmt::Display,
+        retryable: bool,
+    ) -> impl FnOnce(E) -> Error {
+        let context = context.to_string();
+        move |e| Error::Library {
+            stage,
+            context,
+            source: Box::new(e),
+            retryable,
         }
     }
 
@@ -243,6 +280,53 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether a storage failure may pass on a retry: the one answer for direct store calls and for
+/// the Delta engine's. Refusals (permissions, credentials, a path or operation the store does
+/// not take) stay refusals; anything else (timeouts, throttling, a precondition another writer
+/// broke) may not happen again. A missing object is transient for the engine, which reads the
+/// files a snapshot names and finds one removed since (a compaction's vacuum): reading the log
+/// again names the files that are there. Direct calls make a missing object [`Error::Gone`]
+/// first ([`Error::storage`]), which is final.
+pub fn storage_is_transient(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::InvalidPath { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+    )
+}
+
+/// Whether an engine error means another writer got there first (re-read and retry), told by
+/// the error's type.
+#[cfg(feature = "delta")]
+pub fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    use deltalake::DeltaTableError;
+    match e {
+        DeltaTableError::VersionAlreadyExists(_) => true,
+        DeltaTableError::Transaction { source } => matches!(
+            source,
+            TransactionError::CommitConflict(_)
+                | TransactionError::MaxCommitAttempts(_)
+                | TransactionError::VersionAlreadyExists(_)
+        ),
+        _ => false,
+    }
+}
+
+/// Whether an engine error may pass on a retry: a lost commit race, a storage failure that
+/// [`storage_is_transient`] calls transient, or an I/O error.
+#[cfg(feature = "delta")]
+pub fn delta_is_retryable(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::DeltaTableError;
+    match e {
+        DeltaTableError::ObjectStore { source } => storage_is_transient(source),
+        DeltaTableError::Io { .. } => true,
+        e => is_conflict(e),
+    }
+}
 
 /// Where in a file a decode problem sits; turned into an [`Error::BadInput`] by the caller that
 /// knows the file's name.
@@ -306,5 +390,85 @@ mod tests {
         });
         assert!(flaky.is_retryable());
         assert!(!flaky.is_quarantine());
+    }
+
+    fn denied() -> object_store::Error {
+        object_store::Error::PermissionDenied {
+            path: "k".into(),
+            source: "403".into(),
+        }
+    }
+
+    #[test]
+    fn a_library_failure_keeps_its_cause() {
+        let cause = serde_json::from_str::<u8>("x").unwrap_err();
+        let e = Error::library(Stage::Stage, "staged/t/a.parquet", false)(cause);
+        assert_eq!(
+            e.to_string(),
+            "stage internal error on staged/t/a.parquet: expected value at line 1 column 1"
+        );
+        let source = std::error::Error::source(&e).expect("the cause is kept");
+        assert!(source.downcast_ref::<serde_json::Error>().is_some(), "{source:?}");
+        assert!(!e.is_retryable());
+    }
+
+    #[cfg(feature = "delta")]
+    #[test]
+    fn engine_errors_keep_their_cause_and_are_classified_by_type() {
+        use deltalake::kernel::transaction::TransactionError;
+        use deltalake::DeltaTableError;
+        let lost = DeltaTableError::Transaction {
+            source: TransactionError::VersionAlreadyExists(7),
+        };
+        assert!(is_conflict(&lost) && delta_is_retryable(&lost));
+        // A message that merely says so is no conflict: only the type tells.
+        let said = DeltaTableError::Generic("version 7 already exists".into());
+        assert!(!is_conflict(&said) && !delta_is_retryable(&said));
+
+        let e = Error::Delta {
+            stage: Stage::Commit,
+            context: "s3://lake/t".into(),
+            source: Box::new(lost),
+        };
+        assert!(
+            e.to_string().starts_with("commit internal error on s3://lake/t: "),
+            "{e}"
+        );
+        let source = std::error::Error::source(&e).expect("the cause is kept");
+        // Boxed (the engine's error is large), so the chain holds the box.
+        let engine = source.downcast_ref::<Box<DeltaTableError>>().map(|b| &**b);
+        assert!(
+            matches!(engine, Some(DeltaTableError::Transaction { .. })),
+            "{source:?}"
+        );
+        assert!(e.is_retryable());
+    }
+
+    #[cfg(feature = "delta")]
+    #[test]
+    fn storage_failures_get_one_answer_on_both_paths() {
+        use deltalake::DeltaTableError;
+        // A refusal stays a refusal whether the store was called directly or by the engine.
+        let direct = Error::storage("put", "s3://b/k")(denied());
+        let engine = Error::Delta {
+            stage: Stage::Commit,
+            context: "s3://b/t".into(),
+            source: Box::new(DeltaTableError::ObjectStore { source: denied() }),
+        };
+        assert!(!direct.is_retryable() && !engine.is_retryable());
+        // A file the engine's snapshot names but that has gone: read the log again.
+        let vanished = DeltaTableError::ObjectStore {
+            source: object_store::Error::NotFound {
+                path: "part-0.parquet".into(),
+                source: "404".into(),
+            },
+        };
+        assert!(delta_is_retryable(&vanished));
+        let slow = object_store::Error::Generic {
+            store: "S3",
+            source: "503 SlowDown".into(),
+        };
+        assert!(storage_is_transient(&slow));
+        assert!(delta_is_retryable(&DeltaTableError::ObjectStore { source: slow }));
     }
 }

@@ -1,17 +1,18 @@
 //! Opening Delta tables where the configuration says the lake is, and telling the Delta engine's
 //! errors apart: conflicts are retried, everything else is reported.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 
 use deltalake::errors::DeltaTableError;
 use deltalake::kernel::transaction::TransactionError;
-use deltalake::{DeltaTable, DeltaTableBuilder};
+use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder};
 use object_store::local::LocalFileSystem;
 use url::Url;
 
 use crate::error::{Error, Result, Stage};
 use crate::storage::{Location, Stores};
+
+pub use crate::snapshot_cache::{SnapshotCache, SNAPSHOT_CACHE_TABLES};
 
 static REGISTER: Once = Once::new();
 
@@ -26,109 +27,10 @@ pub fn table_url(stores: &Stores, loc: &Location) -> Result<Url> {
             reason: format!("{} is not a usable folder", abs.display()),
         });
     }
-    physical.engine_url().map_err(|reason| Error::Config {
+    physical.engine_url().map_err(|e| Error::Config {
         path: "lake".into(),
-        reason,
+        reason: e.to_string(),
     })
-}
-
-/// How many tables' snapshots one process keeps. A commit function serves the tables whose
-/// change sets its queue delivers; beyond this many the oldest entry goes (and is read afresh
-/// when it comes back), so memory stays bounded whatever the number of tables.
-pub const SNAPSHOT_CACHE_TABLES: usize = 64;
-
-/// The Delta snapshots this process already holds, by table URL.
-///
-/// A warm Lambda that read a table's log in one invocation knows every version up to the one it
-/// read (or wrote). Reading the log afresh costs a `_last_checkpoint` GET, a LIST and one GET per
-/// commit since the last checkpoint (up to the checkpoint interval), plus the checkpoint itself;
-/// bringing a held snapshot up to date costs one LIST and a GET per commit made since. The result
-/// is the same latest snapshot: a log is only ever appended to, and the engine lists every commit
-/// after the held snapshot's checkpoint, so it also sees a checkpoint written meanwhile.
-///
-/// A table whose log is deleted and written again from version 0 is a new table under the same
-/// URL: the engine refuses to update a snapshot past a log that is now shorter, and the entry is
-/// dropped, but a recreated log already longer than the held one would be read as if it went on
-/// from it. Whatever deletes a table's log must call [`SnapshotCache::forget`] on every process
-/// holding it, or the process must not keep snapshots ([`SnapshotCache::disabled`]).
-pub struct SnapshotCache {
-    enabled: bool,
-    tables: Mutex<(HashMap<String, DeltaTable>, VecDeque<String>)>,
-}
-
-impl std::fmt::Debug for SnapshotCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held = self.tables.lock().map(|t| t.0.len()).unwrap_or_default();
-        f.debug_struct("SnapshotCache")
-            .field("enabled", &self.enabled)
-            .field("held", &held)
-            .finish()
-    }
-}
-
-impl Default for SnapshotCache {
-    fn default() -> Self {
-        SnapshotCache {
-            enabled: true,
-            tables: Mutex::new((HashMap::new(), VecDeque::new())),
-        }
-    }
-}
-
-impl SnapshotCache {
-    /// A cache that keeps nothing: every open reads the log afresh.
-    pub fn disabled() -> Self {
-        SnapshotCache {
-            enabled: false,
-            ..SnapshotCache::default()
-        }
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn get(&self, url: &Url) -> Option<DeltaTable> {
-        if !self.enabled {
-            return None;
-        }
-        self.tables.lock().ok()?.0.get(url.as_str()).cloned()
-    }
-
-    fn put(&self, url: &Url, table: &DeltaTable) {
-        if !self.enabled || table.version().is_none() {
-            return;
-        }
-        let Ok(mut guard) = self.tables.lock() else { return };
-        let (tables, order) = &mut *guard;
-        let key = url.as_str().to_string();
-        // Never step back: a slower caller must not replace a newer snapshot with its older one.
-        if let (Some(held), Some(new)) = (tables.get(&key).and_then(|t| t.version()), table.version()) {
-            if held > new {
-                return;
-            }
-        }
-        if tables.insert(key.clone(), table.clone()).is_none() {
-            order.push_back(key);
-            while tables.len() > SNAPSHOT_CACHE_TABLES {
-                match order.pop_front() {
-                    Some(old) => {
-                        tables.remove(&old);
-                    }
-                    None => break,
-                }
-            }
-        }
-    }
-
-    /// Drops what is held for the table at `url` (its log was deleted, or cannot be followed).
-    pub fn forget(&self, url: &Url) {
-        if let Ok(mut guard) = self.tables.lock() {
-            let (tables, order) = &mut *guard;
-            tables.remove(url.as_str());
-            order.retain(|k| k != url.as_str());
-        }
-    }
 }
 
 /// Keeps `table` (just written by this process) as the snapshot of `loc` for the next
@@ -182,29 +84,78 @@ pub async fn open(stores: &Stores, loc: &Location) -> Result<(DeltaTable, bool)>
     }
 }
 
-/// Whether an engine error means another writer got there first (re-read and retry).
-pub fn is_conflict(e: &DeltaTableError) -> bool {
-    match e {
-        DeltaTableError::VersionAlreadyExists(_) => true,
-        DeltaTableError::Transaction { source } => matches!(
-            source,
-            TransactionError::CommitConflict(_)
-                | TransactionError::MaxCommitAttempts(_)
-                | TransactionError::VersionAlreadyExists(_)
-        ),
-        // A concurrent creator won the race to version 0.
-        DeltaTableError::Generic(_) | DeltaTableError::GenericError { .. } => e.to_string().contains("already exists"),
-        _ => false,
+pub use crate::error::{delta_is_retryable, is_conflict};
+
+/// The result `r` of creating the table at `handle`'s location, with a creator that got there
+/// first made the typed conflict it is (version 0 exists). The engine reports that race in an
+/// untyped error (its create error type is private), so the log is asked instead of the text.
+pub async fn settle_create(handle: &DeltaTable, r: DeltaResult<DeltaTable>) -> DeltaResult<DeltaTable> {
+    match r {
+        Err(e @ (DeltaTableError::Generic(_) | DeltaTableError::GenericError { .. })) => {
+            match handle.log_store().is_delta_table_location().await {
+                Ok(true) => Err(DeltaTableError::Transaction {
+                    source: TransactionError::VersionAlreadyExists(0),
+                }),
+                _ => Err(e),
+            }
+        }
+        r => r,
     }
 }
 
-/// Maps an engine error, keeping whether a retry may help.
+/// Wraps an engine error with where it happened, keeping it as the source (whether a retry may
+/// help is read from it: [`delta_is_retryable`]).
 pub fn delta_err(stage: Stage, context: impl std::fmt::Display, e: DeltaTableError) -> Error {
-    let retryable = matches!(e, DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. }) || is_conflict(&e);
-    Error::Internal {
+    Error::Delta {
         stage,
         context: context.to_string(),
-        reason: e.to_string(),
-        retryable,
+        source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StorageConfig;
+    use deltalake::kernel::{DataType, StructField};
+    use deltalake::protocol::SaveMode;
+
+    async fn create(handle: &DeltaTable) -> DeltaResult<DeltaTable> {
+        handle
+            .create()
+            .with_columns([StructField::new("id", DataType::LONG, true)])
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_creator_that_got_there_first_is_a_typed_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::new(StorageConfig::default());
+        let loc = Location::Local {
+            dir: dir.path().join("t"),
+        };
+        let (first, exists) = open(&stores, &loc).await.unwrap();
+        let (second, _) = open(&stores, &loc).await.unwrap();
+        assert!(!exists);
+        settle_create(&first, create(&first).await).await.unwrap();
+        let raw = create(&second).await.unwrap_err();
+        assert!(!is_conflict(&raw), "the engine's own error is untyped: {raw}");
+        let settled = settle_create(&second, Err(raw)).await.unwrap_err();
+        assert!(is_conflict(&settled), "{settled}");
+        // Any other failure of a create stays what it was.
+        let empty = tempfile::tempdir().unwrap();
+        let (third, _) = open(
+            &stores,
+            &Location::Local {
+                dir: empty.path().join("t"),
+            },
+        )
+        .await
+        .unwrap();
+        let other = settle_create(&third, Err(DeltaTableError::Generic("no".into())))
+            .await
+            .unwrap_err();
+        assert!(!is_conflict(&other), "{other}");
     }
 }

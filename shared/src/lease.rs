@@ -41,12 +41,8 @@ impl Lease {
             expires_ms: now_ms + LEASE_TTL_MS,
         };
         for _ in 0..2 {
-            let bytes = serde_json::to_vec(&body).map_err(|e| Error::Internal {
-                stage: crate::error::Stage::Compact,
-                context: path.to_string(),
-                reason: e.to_string(),
-                retryable: false,
-            })?;
+            let bytes =
+                serde_json::to_vec(&body).map_err(Error::library(crate::error::Stage::Compact, &path, false))?;
             let opts = PutOptions {
                 mode: PutMode::Create,
                 ..Default::default()

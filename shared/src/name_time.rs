@@ -12,10 +12,21 @@
 use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
+/// Why a file name's time could not be read as a UTC time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameTimeError {
+    #[error("`{0}` is not a CDC file name time")]
+    NotATime(String),
+    #[error(
+        "the name time {civil} does not exist in {zone} (it falls in the hour skipped when the clocks go forward), so DMS cannot have named the file in that zone; check date_partitioning.timezone against the endpoint's DatePartitionTimezone"
+    )]
+    Skipped { civil: NaiveDateTime, zone: Tz },
+}
+
 /// The 18 name digits `YYYYMMDDHHMMSSmmmm` of a CDC file named in `zone`, as the UTC digits of
 /// the instant DMS named it at. `Err` says why the name cannot be a DMS name in that zone.
-pub fn to_utc_digits(digits: &str, zone: Tz, last_modified: Option<DateTime<Utc>>) -> Result<String, String> {
-    let (civil, rest) = parse(digits).ok_or_else(|| format!("`{digits}` is not a CDC file name time"))?;
+pub fn to_utc_digits(digits: &str, zone: Tz, last_modified: Option<DateTime<Utc>>) -> Result<String, NameTimeError> {
+    let (civil, rest) = parse(digits).ok_or_else(|| NameTimeError::NotATime(digits.to_string()))?;
     let instant = match zone.from_local_datetime(&civil) {
         LocalResult::Single(t) => t.with_timezone(&Utc),
         LocalResult::Ambiguous(a, b) => {
@@ -36,11 +47,7 @@ pub fn to_utc_digits(digits: &str, zone: Tz, last_modified: Option<DateTime<Utc>
                 }
             }
         }
-        LocalResult::None => {
-            return Err(format!(
-                "the name time {civil} does not exist in {zone} (it falls in the hour skipped when the clocks go forward), so DMS cannot have named the file in that zone; check date_partitioning.timezone against the endpoint's DatePartitionTimezone"
-            ))
-        }
+        LocalResult::None => return Err(NameTimeError::Skipped { civil, zone }),
     };
     Ok(format!("{}{rest}", instant.format("%Y%m%d%H%M%S")))
 }
@@ -103,7 +110,11 @@ mod tests {
     fn a_name_in_the_skipped_hour_is_refused_with_the_setting_named() {
         let ny: Tz = "America/New_York".parse().unwrap_or(Tz::UTC);
         let e = to_utc_digits("202403100230000000", ny, None).unwrap_err();
-        assert!(e.contains("date_partitioning.timezone"), "{e}");
-        assert!(to_utc_digits("2024", ny, None).is_err());
+        assert!(matches!(e, NameTimeError::Skipped { .. }), "{e}");
+        assert!(e.to_string().contains("date_partitioning.timezone"), "{e}");
+        assert!(matches!(
+            to_utc_digits("2024", ny, None),
+            Err(NameTimeError::NotATime(_))
+        ));
     }
 }

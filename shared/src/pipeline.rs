@@ -11,6 +11,7 @@ use crate::config::{TableSpec, Validated};
 use crate::error::{Error, Result, Stage};
 use crate::failpoint::Failpoints;
 use crate::lake::{self, delta_err};
+use crate::model::TableId;
 use crate::operations::commit::{CommitChangesBuilder, CommitMetrics};
 use crate::operations::decode::{DecodeBuilder, DecodeOutcome};
 use crate::operations::truncate::{RemovalBuilder, RemovalOutcome};
@@ -80,7 +81,7 @@ impl Pipeline {
     }
 
     /// Tables with staged change sets waiting for the commit stage.
-    pub async fn pending(&self) -> Result<Vec<(String, String, String)>> {
+    pub async fn pending(&self) -> Result<Vec<TableId>> {
         let (store, root) = self.stores.resolve(&self.config.staging)?;
         pending_tables(store.as_ref(), &root).await
     }
@@ -92,7 +93,7 @@ impl Pipeline {
         let mut pass = CommitPass::default();
         // Tables that failed, or whose commit took nothing from the staging area, are not tried
         // again in this pass (a pass must end whatever the staging area holds).
-        let mut settled: HashSet<(String, String, String)> = HashSet::new();
+        let mut settled: HashSet<TableId> = HashSet::new();
         loop {
             let pending: Vec<_> = self
                 .pending()
@@ -104,8 +105,10 @@ impl Pipeline {
                 return Ok(pass);
             }
             for t in pending {
-                let (ns, schema, table) = &t;
-                match self.commit(ns, schema, table, Failpoints::default()).await {
+                match self
+                    .commit(&t.namespace, &t.schema, &t.table, Failpoints::default())
+                    .await
+                {
                     Ok(m) => {
                         if m.change_sets == 0 && m.quarantined.is_empty() && m.moved.is_empty() {
                             settled.insert(t.clone());
@@ -113,8 +116,8 @@ impl Pipeline {
                         pass.committed.push(m);
                     }
                     Err(e) => {
-                        tracing::warn!(table = %format!("{ns}.{schema}.{table}"), error = %e, "commit failed; other tables go on");
-                        pass.failed.push((format!("{ns}.{schema}.{table}"), e));
+                        tracing::warn!(table = %t, error = %e, "commit failed; other tables go on");
+                        pass.failed.push((t.qualified_name(), e));
                         settled.insert(t.clone());
                     }
                 }
@@ -152,12 +155,7 @@ impl Pipeline {
         table
             .update_datafusion_session(&ctx.state())
             .map_err(|e| delta_err(Stage::Commit, loc, e))?;
-        let df_err = |e: deltalake::datafusion::error::DataFusionError| Error::Internal {
-            stage: Stage::Commit,
-            context: loc.to_string(),
-            reason: e.to_string(),
-            retryable: true,
-        };
+        let df_err = |e: deltalake::datafusion::error::DataFusionError| Error::library(Stage::Commit, loc, true)(e);
         let provider = table.table_provider().await.map_err(df_err)?;
         ctx.register_table("t", provider).map_err(df_err)?;
         ctx.table("t").await.map_err(df_err)?.collect().await.map_err(df_err)

@@ -80,12 +80,7 @@ pub fn report_path(root: &Path, bucket: &str, key: &str) -> Path {
 
 pub async fn write_report(store: &dyn ObjectStore, root: &Path, report: &QuarantineReport) -> Result<Path> {
     let path = report_path(root, &report.bucket, &report.key);
-    let body = serde_json::to_vec_pretty(report).map_err(|e| Error::Internal {
-        stage: report.stage,
-        context: path.to_string(),
-        reason: e.to_string(),
-        retryable: false,
-    })?;
+    let body = serde_json::to_vec_pretty(report).map_err(Error::library(report.stage, &path, false))?;
     store
         .put(&path, PutPayload::from(body))
         .await

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::config::TableSpec;
 use crate::error::{Error, Result, Stage};
 use crate::generation::{Anchor, FloorKind};
+use crate::model::TableId;
 use crate::storage::path_below;
 
 /// What a staged change set says about itself (Parquet key-value metadata).
@@ -50,30 +51,29 @@ pub fn change_set_id(bucket: &str, key: &str, etag: Option<&str>) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// The folder holding the pending change sets of the lake table `namespace.schema.table`,
-/// named as spelled (see [`path_below`]): a listing maps back to the same names.
-pub fn names_dir(root: &Path, namespace: &str, schema: &str, table: &str) -> Result<Path> {
-    path_below(root, &[namespace, schema, table]).map_err(|reason| Error::Internal {
-        stage: Stage::Stage,
-        context: format!("{namespace}.{schema}.{table}"),
-        reason,
-        retryable: false,
-    })
+/// The folder holding the pending change sets of the lake table `table`, named as spelled (see
+/// [`path_below`]): a listing maps back to the same names.
+pub fn names_dir(root: &Path, table: &TableId) -> Result<Path> {
+    path_below(root, &[&table.namespace, &table.schema, &table.table]).map_err(Error::library(
+        Stage::Stage,
+        table,
+        false,
+    ))
 }
 
 /// The folder holding a table's pending change sets.
 pub fn table_dir(root: &Path, spec: &TableSpec) -> Result<Path> {
-    names_dir(root, &spec.namespace, &spec.target_schema, &spec.target_table)
+    names_dir(root, &spec.id())
 }
 
 pub fn change_set_path(root: &Path, spec: &TableSpec, id: &str) -> Result<Path> {
     Ok(table_dir(root, spec)?.join(format!("{id}.parquet").as_str()))
 }
 
-/// Where a staged object belongs: `(namespace, schema, table, id)`, or `None` for anything else.
+/// Where a staged object belongs: its table and id, or `None` for anything else.
 /// A table's floor markers (see [`crate::generation`]) are staged work too: their id is their
 /// file name, which no change set id can equal.
-pub fn parse_change_set_path(root: &Path, path: &Path) -> Option<(String, String, String, String)> {
+pub fn parse_change_set_path(root: &Path, path: &Path) -> Option<(TableId, String)> {
     let rest: Vec<String> = path.prefix_match(root)?.map(|p| p.as_ref().to_string()).collect();
     match rest.as_slice() {
         [ns, schema, table, file] => {
@@ -81,7 +81,7 @@ pub fn parse_change_set_path(root: &Path, path: &Path) -> Option<(String, String
                 Some(id) => id,
                 None => Anchor::from_marker_name(file).map(|_| file.as_str())?,
             };
-            Some((ns.clone(), schema.clone(), table.clone(), id.to_string()))
+            Some((TableId::new(ns, schema, table), id.to_string()))
         }
         _ => None,
     }
@@ -100,17 +100,17 @@ pub fn floor_markers(listed: &[object_store::ObjectMeta]) -> Vec<(FloorKind, Anc
     out
 }
 
-/// Every table with staged change sets: `(namespace, schema, table)`.
-pub async fn pending_tables(store: &dyn ObjectStore, root: &Path) -> Result<Vec<(String, String, String)>> {
+/// Every table with staged change sets.
+pub async fn pending_tables(store: &dyn ObjectStore, root: &Path) -> Result<Vec<TableId>> {
     use futures::TryStreamExt;
     let metas: Vec<_> = store
         .list(Some(root))
         .try_collect()
         .await
         .map_err(Error::storage("list staged change sets", root))?;
-    let mut out: Vec<(String, String, String)> = metas
+    let mut out: Vec<TableId> = metas
         .iter()
-        .filter_map(|m| parse_change_set_path(root, &m.location).map(|(n, s, t, _)| (n, s, t)))
+        .filter_map(|m| parse_change_set_path(root, &m.location).map(|(t, _)| t))
         .collect();
     out.sort();
     out.dedup();
@@ -145,12 +145,7 @@ pub async fn write_change_set(
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_key_value_metadata(Some(kv))
         .build();
-    let internal = |e: parquet::errors::ParquetError| Error::Internal {
-        stage: Stage::Stage,
-        context: path.to_string(),
-        reason: e.to_string(),
-        retryable: true,
-    };
+    let internal = |e: parquet::errors::ParquetError| Error::library(Stage::Stage, path, true)(e);
     let writer = BufWriter::new(store, path.clone());
     let mut w = AsyncArrowWriter::try_new(writer, first.schema(), Some(props)).map_err(internal)?;
     for batch in batches {
@@ -197,12 +192,7 @@ pub async fn read_change_set(store: Arc<dyn ObjectStore>, path: &Path) -> Result
         .build()
         .map_err(unreadable)?
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Internal {
-            stage: Stage::Commit,
-            context: path.to_string(),
-            reason: e.to_string(),
-            retryable: false,
-        })?;
+        .map_err(Error::library(Stage::Commit, path, false))?;
     Ok((meta, batches))
 }
 
@@ -250,7 +240,7 @@ mod tests {
         assert_eq!(p.as_ref(), "staged/ns/hr/employees/abc.parquet");
         assert_eq!(
             parse_change_set_path(&root, &p),
-            Some(("ns".into(), "hr".into(), "employees".into(), "abc".into()))
+            Some((TableId::new("ns", "hr", "employees"), "abc".into()))
         );
         assert_eq!(
             parse_change_set_path(&root, &Path::from("other/ns/hr/e/abc.parquet")),

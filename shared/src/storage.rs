@@ -1,7 +1,7 @@
 //! Where things are stored. Every stage reads and writes through `Arc<dyn ObjectStore>`, so the
 //! same code runs on S3, on a local folder and in memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,9 +11,55 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::ObjectStore;
+use serde::Deserialize;
 
-use crate::config::StorageConfig;
 use crate::error::{Error, Result};
+
+/// How to reach storage: the configuration's `storage` section, which storage owns so that it
+/// needs nothing from `config`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// An S3-compatible endpoint (otherwise `AWS_ENDPOINT_URL`, otherwise AWS).
+    pub endpoint: Option<String>,
+    /// The AWS region (otherwise `AWS_REGION` / `AWS_DEFAULT_REGION`).
+    pub region: Option<String>,
+    /// Allow plain HTTP to the endpoint (local test servers only).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Path-style requests (`endpoint/bucket/key`), which S3-compatible endpoints need (and
+    /// `endpoint` requires); otherwise virtual-hosted style (`bucket.s3.region.amazonaws.com`).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Server-side encryption to request on every write: `AES256` (SSE-S3) or `aws:kms`
+    /// (SSE-KMS). Needed when a bucket policy refuses writes without it; buckets with default
+    /// encryption need nothing here.
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    /// The KMS key for `aws:kms` (otherwise the bucket's or the account's default key).
+    pub kms_key_id: Option<String>,
+    /// Bucket name -> local folder, so that S3 events naming that bucket resolve to files on disk.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, String>,
+}
+
+/// The `x-amz-server-side-encryption` value writes carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ServerSideEncryption {
+    #[serde(rename = "AES256")]
+    S3,
+    #[serde(rename = "aws:kms")]
+    Kms,
+}
+
+impl ServerSideEncryption {
+    /// The header value (also object_store's and delta-rs's option value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerSideEncryption::S3 => "AES256",
+            ServerSideEncryption::Kms => "aws:kms",
+        }
+    }
+}
 
 /// A place: a bucket and prefix on S3, a local folder, or a named in-memory store (tests).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -23,17 +69,68 @@ pub enum Location {
     Memory { name: String, prefix: String },
 }
 
+/// Why a location, a prefix, an object key or a path segment was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("an empty location")]
+    EmptyLocation,
+    #[error("`{0}` has no bucket")]
+    NoBucket(String),
+    #[error("`{0}`: only s3://, file:// and local paths are supported")]
+    UnsupportedScheme(String),
+    #[error("`{0}`: `.` and `..` are not allowed in a prefix")]
+    DotInPrefix(String),
+    #[error("`{0}`: an empty folder name (`//`) in the prefix")]
+    EmptyFolderInPrefix(String),
+    #[error("`{0}`: control characters in the prefix")]
+    ControlInPrefix(String),
+    #[error("`{0}` cannot be a path segment (empty, `.`, `..`, a `/` or a control character)")]
+    BadSegment(String),
+    #[error("object key `{0}` is empty or absolute")]
+    EmptyOrAbsoluteKey(String),
+    #[error("object key `{0}` has an empty, `.`, `..` or backslash segment")]
+    BadKeySegment(String),
+    #[error("object key `{key}`: {source}")]
+    BadKey {
+        key: String,
+        #[source]
+        source: object_store::path::Error,
+    },
+    #[error("`{path}`: {source}")]
+    BadPath {
+        path: String,
+        #[source]
+        source: object_store::path::Error,
+    },
+    #[error("{dir}: {source}")]
+    Folder {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a usable folder")]
+    UnusableFolder(String),
+    #[error("`{base}`: {source}")]
+    Url {
+        base: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("`{0}` cannot hold a path")]
+    NotABase(String),
+}
+
 impl Location {
     /// `s3://bucket/prefix`, `file:///dir`, `memory://name/prefix`, or a plain local path.
-    pub fn parse(text: &str) -> std::result::Result<Location, String> {
+    pub fn parse(text: &str) -> std::result::Result<Location, PathError> {
         let text = text.trim();
         if text.is_empty() {
-            return Err("an empty location".into());
+            return Err(PathError::EmptyLocation);
         }
         if let Some(rest) = text.strip_prefix("s3://").or_else(|| text.strip_prefix("s3a://")) {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(format!("`{text}` has no bucket"));
+                return Err(PathError::NoBucket(text.to_string()));
             }
             return Ok(Location::S3 {
                 bucket: bucket.to_string(),
@@ -53,7 +150,7 @@ impl Location {
             });
         }
         if text.contains("://") {
-            return Err(format!("`{text}`: only s3://, file:// and local paths are supported"));
+            return Err(PathError::UnsupportedScheme(text.to_string()));
         }
         Ok(Location::Local {
             dir: PathBuf::from(text),
@@ -95,21 +192,25 @@ impl Location {
     /// The location as a parsed URL whose path segments are percent-encoded, so that a name
     /// holding `#`, `?`, `%`, spaces or non-ASCII letters stays one path segment (the engine
     /// decodes it back to the key as spelled). Local folders become `file://` directory URLs.
-    pub fn engine_url(&self) -> std::result::Result<url::Url, String> {
+    pub fn engine_url(&self) -> std::result::Result<url::Url, PathError> {
         let (base, prefix) = match self {
             Location::S3 { bucket, prefix } => (format!("s3://{bucket}/"), prefix),
             Location::Memory { name, prefix } => (format!("memory://{name}/"), prefix),
             Location::Local { dir } => {
-                let abs = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let abs = std::path::absolute(dir).map_err(|source| PathError::Folder {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
                 return url::Url::from_directory_path(&abs)
-                    .map_err(|_| format!("{} is not a usable folder", abs.display()));
+                    .map_err(|_| PathError::UnusableFolder(abs.display().to_string()));
             }
         };
-        let mut url = url::Url::parse(&base).map_err(|e| format!("`{base}`: {e}"))?;
+        let mut url = url::Url::parse(&base).map_err(|source| PathError::Url {
+            base: base.clone(),
+            source,
+        })?;
         {
-            let mut segments = url
-                .path_segments_mut()
-                .map_err(|_| format!("`{base}` cannot hold a path"))?;
+            let mut segments = url.path_segments_mut().map_err(|_| PathError::NotABase(base.clone()))?;
             segments.pop_if_empty();
             segments.extend(prefix.split('/').filter(|s| !s.is_empty()));
             // A directory URL: the engine resolves files below it.
@@ -125,21 +226,22 @@ impl Location {
 /// letter, so a table folder named `Åland` would be stored as `%C3%85land` and a listing could no
 /// longer be mapped back to the table. Every path dms2delta builds from identifiers or object
 /// keys goes through here instead.
-pub fn path_below<S: AsRef<str>>(base: &Path, segments: &[S]) -> std::result::Result<Path, String> {
+pub fn path_below<S: AsRef<str>>(base: &Path, segments: &[S]) -> std::result::Result<Path, PathError> {
     let mut text = base.as_ref().to_string();
     for s in segments {
         let s = s.as_ref();
         if s.is_empty() || s == "." || s == ".." || s.contains('/') || s.chars().any(|c| c.is_control()) {
-            return Err(format!(
-                "`{s}` cannot be a path segment (empty, `.`, `..`, a `/` or a control character)"
-            ));
+            return Err(PathError::BadSegment(s.to_string()));
         }
         if !text.is_empty() {
             text.push('/');
         }
         text.push_str(s);
     }
-    Path::parse(&text).map_err(|e| format!("`{text}`: {e}"))
+    Path::parse(&text).map_err(|source| PathError::BadPath {
+        path: text.clone(),
+        source,
+    })
 }
 
 impl fmt::Display for Location {
@@ -151,16 +253,16 @@ impl fmt::Display for Location {
     }
 }
 
-fn clean_prefix(prefix: &str) -> std::result::Result<String, String> {
+fn clean_prefix(prefix: &str) -> std::result::Result<String, PathError> {
     let p = prefix.trim_matches('/');
     if p.split('/').any(|s| s == ".." || s == ".") {
-        return Err(format!("`{prefix}`: `.` and `..` are not allowed in a prefix"));
+        return Err(PathError::DotInPrefix(prefix.to_string()));
     }
     if !p.is_empty() && p.split('/').any(str::is_empty) {
-        return Err(format!("`{prefix}`: an empty folder name (`//`) in the prefix"));
+        return Err(PathError::EmptyFolderInPrefix(prefix.to_string()));
     }
     if p.chars().any(char::is_control) {
-        return Err(format!("`{prefix}`: control characters in the prefix"));
+        return Err(PathError::ControlInPrefix(prefix.to_string()));
     }
     Ok(p.to_string())
 }
@@ -175,19 +277,20 @@ fn join_prefix(a: &str, b: &str) -> String {
 
 /// Parses an object key from an event into a store path. Keys that could climb out of a local
 /// storage root (`..`, `.`, empty segments, absolute paths, backslashes) are refused.
-pub fn object_path(key: &str) -> std::result::Result<Path, String> {
+pub fn object_path(key: &str) -> std::result::Result<Path, PathError> {
     if key.is_empty() || key.starts_with('/') {
-        return Err(format!("object key `{key}` is empty or absolute"));
+        return Err(PathError::EmptyOrAbsoluteKey(key.to_string()));
     }
     if key
         .split('/')
         .any(|s| s.is_empty() || s == "." || s == ".." || s.contains('\\'))
     {
-        return Err(format!(
-            "object key `{key}` has an empty, `.`, `..` or backslash segment"
-        ));
+        return Err(PathError::BadKeySegment(key.to_string()));
     }
-    Path::parse(key).map_err(|e| format!("object key `{key}`: {e}"))
+    Path::parse(key).map_err(|source| PathError::BadKey {
+        key: key.to_string(),
+        source,
+    })
 }
 
 /// Wraps the store the Delta engine uses (fault injection in tests).
@@ -200,7 +303,7 @@ pub struct Stores {
     delta_wrapper: Option<StoreWrapper>,
     /// Delta snapshots already read, so a warm function does not read a log again.
     #[cfg(feature = "delta")]
-    snapshots: crate::lake::SnapshotCache,
+    snapshots: crate::snapshot_cache::SnapshotCache,
 }
 
 impl fmt::Debug for Stores {
@@ -219,7 +322,7 @@ impl Stores {
             cache: Mutex::new(HashMap::new()),
             delta_wrapper: None,
             #[cfg(feature = "delta")]
-            snapshots: crate::lake::SnapshotCache::default(),
+            snapshots: crate::snapshot_cache::SnapshotCache::default(),
         }
     }
 
@@ -228,12 +331,12 @@ impl Stores {
     /// tables under the same location).
     #[cfg(feature = "delta")]
     pub fn without_snapshot_cache(mut self) -> Stores {
-        self.snapshots = crate::lake::SnapshotCache::disabled();
+        self.snapshots = crate::snapshot_cache::SnapshotCache::disabled();
         self
     }
 
     #[cfg(feature = "delta")]
-    pub fn snapshots(&self) -> &crate::lake::SnapshotCache {
+    pub fn snapshots(&self) -> &crate::snapshot_cache::SnapshotCache {
         &self.snapshots
     }
 
@@ -291,9 +394,9 @@ impl Stores {
         let store: Arc<dyn ObjectStore> = match loc {
             Location::S3 { bucket, .. } => match self.config.buckets.get(bucket) {
                 Some(mapped) => {
-                    let mapped = Location::parse(mapped).map_err(|reason| Error::Config {
+                    let mapped = Location::parse(mapped).map_err(|e| Error::Config {
                         path: format!("storage.buckets.{bucket}"),
-                        reason,
+                        reason: e.to_string(),
                     })?;
                     match mapped {
                         Location::Local { dir } => local(&dir)?,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use arrow::compute::kernels::cast::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::error::ArrowError;
 
 /// The time zone Delta's `timestamp` type carries. Wall-clock DATETIME values are stored as if UTC.
 pub const UTC: &str = "UTC";
@@ -27,10 +28,23 @@ pub enum ColumnType {
     Timestamp,
 }
 
+/// Why a configured type was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TypeError {
+    #[error("`{0}`: expected DECIMAL(precision,scale)")]
+    DecimalArguments(String),
+    #[error(
+        "unknown type `{0}`; use a DMS type name (INT1, INT2, INT4, INT8, UINT1..UINT8, REAL4, REAL8, NUMERIC, BOOLEAN, STRING, WSTRING, CLOB, BLOB, DATE, TIME, DATETIME) or DECIMAL(p,s)"
+    )]
+    Unknown(String),
+    #[error("decimal precision must be 1..=38 and scale 0..=precision, got {precision:?},{scale:?}")]
+    Decimal { precision: Option<u8>, scale: Option<i8> },
+}
+
 impl ColumnType {
     /// Reads a configured type: DMS names (`INT4`, `UINT8`, `NUMERIC`, `REAL8`, `DATETIME`, …),
     /// or `DECIMAL(p,s)`.
-    pub fn from_config(name: &str, precision: Option<u8>, scale: Option<i8>) -> Result<ColumnType, String> {
+    pub fn from_config(name: &str, precision: Option<u8>, scale: Option<i8>) -> Result<ColumnType, TypeError> {
         let upper = name.trim().to_ascii_uppercase();
         if let Some(args) = upper
             .strip_prefix("DECIMAL(")
@@ -42,7 +56,7 @@ impl ColumnType {
             let s = it.next().and_then(|r| r.ok()).unwrap_or(0);
             return match p {
                 Some(p) => decimal(u8::try_from(p).ok(), i8::try_from(s).ok()),
-                None => Err(format!("`{name}`: expected DECIMAL(precision,scale)")),
+                None => Err(TypeError::DecimalArguments(name.to_string())),
             };
         }
         let ty = match upper.as_str() {
@@ -59,11 +73,7 @@ impl ColumnType {
             "BLOB" | "BYTES" | "BINARY" => ColumnType::Binary,
             "DATE" => ColumnType::Date,
             "DATETIME" | "TIMESTAMP" => ColumnType::Timestamp,
-            _ => {
-                return Err(format!(
-                    "unknown type `{name}`; use a DMS type name (INT1, INT2, INT4, INT8, UINT1..UINT8, REAL4, REAL8, NUMERIC, BOOLEAN, STRING, WSTRING, CLOB, BLOB, DATE, TIME, DATETIME) or DECIMAL(p,s)"
-                ))
-            }
+            _ => return Err(TypeError::Unknown(name.to_string())),
         };
         Ok(ty)
     }
@@ -86,14 +96,12 @@ impl ColumnType {
     }
 }
 
-fn decimal(p: Option<u8>, s: Option<i8>) -> Result<ColumnType, String> {
+fn decimal(p: Option<u8>, s: Option<i8>) -> Result<ColumnType, TypeError> {
     match (p, s) {
         // PostgreSQL numerics beyond Delta's 38 digits arrive as text; keep them as text.
         (Some(p), Some(_)) if p > 38 => Ok(ColumnType::Utf8),
         (Some(p), Some(s)) if p >= 1 && s >= 0 && (s as i16) <= p as i16 => Ok(ColumnType::Decimal(p, s)),
-        _ => Err(format!(
-            "decimal precision must be 1..=38 and scale 0..=precision, got {p:?},{s:?}"
-        )),
+        _ => Err(TypeError::Decimal { precision: p, scale: s }),
     }
 }
 
@@ -129,12 +137,12 @@ pub fn delta_type(dt: &DataType) -> Option<DataType> {
 
 /// Converts a column to its Delta type. Timestamps without a zone are wall-clock values: they are
 /// kept as the same digits, labelled UTC.
-pub fn to_delta(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, String> {
+pub fn to_delta(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, ArrowError> {
     if array.data_type() == target {
         return Ok(array.clone());
     }
     let source = match array.data_type() {
-        DataType::Dictionary(_, v) => cast_with_options(array, v, &strict()).map_err(|e| e.to_string())?,
+        DataType::Dictionary(_, v) => cast_with_options(array, v, &strict())?,
         _ => array.clone(),
     };
     let out = match (source.data_type(), target) {
@@ -146,17 +154,16 @@ pub fn to_delta(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, String>
                     .to_data()
                     .into_builder()
                     .data_type(DataType::Timestamp(*unit, Some(UTC.into())))
-                    .build()
-                    .map_err(|e| e.to_string())?,
+                    .build()?,
             );
             if labelled.data_type() == target {
                 labelled
             } else {
-                cast_with_options(&labelled, target, &strict()).map_err(|e| e.to_string())?
+                cast_with_options(&labelled, target, &strict())?
             }
         }
         (DataType::Time32(_) | DataType::Time64(_), DataType::Utf8) => time_to_text(&source)?,
-        _ => cast_with_options(&source, target, &strict()).map_err(|e| e.to_string())?,
+        _ => cast_with_options(&source, target, &strict())?,
     };
     Ok(out)
 }
@@ -169,9 +176,8 @@ fn strict() -> CastOptions<'static> {
 }
 
 /// TIME as `HH:MM:SS[.ffffff]`, the text DMS's CSV output uses.
-fn time_to_text(array: &ArrayRef) -> Result<ArrayRef, String> {
-    let micros =
-        cast_with_options(array, &DataType::Time64(TimeUnit::Microsecond), &strict()).map_err(|e| e.to_string())?;
+fn time_to_text(array: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+    let micros = cast_with_options(array, &DataType::Time64(TimeUnit::Microsecond), &strict())?;
     let micros = micros.as_primitive::<arrow::datatypes::Time64MicrosecondType>();
     let out: StringArray = micros
         .iter()

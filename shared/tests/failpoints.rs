@@ -51,8 +51,11 @@ async fn crash_once_then_reprocess(point: Option<&'static str>, fail_log_write: 
     for f in &lab.sim.files {
         let _ = lab.pipeline.decode(&lab.bucket, &f.key, None, fail.clone()).await;
     }
-    for (ns, s, t) in lab.pipeline.pending().await.unwrap() {
-        let _ = lab.pipeline.commit(&ns, &s, &t, fail.clone()).await;
+    for t in lab.pipeline.pending().await.unwrap() {
+        let _ = lab
+            .pipeline
+            .commit(&t.namespace, &t.schema, &t.table, fail.clone())
+            .await;
     }
     assert!(fired.load(Ordering::SeqCst), "{point:?} never fired");
     if fail_log_write {

@@ -136,9 +136,9 @@ async fn round_trip(p: &Pipeline, bucket: &str, endpoint: Option<&str>, table_pa
     // Every staged change set maps back to its table.
     let mut pending = p.pending().await.unwrap();
     pending.sort();
-    let mut want: Vec<(String, String, String)> = names
+    let mut want: Vec<dms2delta::model::TableId> = names
         .iter()
-        .map(|(s, t)| ("erp".to_string(), s.clone(), t.clone()))
+        .map(|(s, t)| dms2delta::model::TableId::new("erp", s, t))
         .collect();
     want.sort();
     assert_eq!(pending, want);

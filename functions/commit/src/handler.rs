@@ -60,8 +60,8 @@ fn table_of(state: &State, o: &ObjectEvent) -> Option<Table> {
         return None;
     }
     let path = object_path(&o.key).ok()?;
-    let (ns, schema, table, _) = parse_change_set_path(&object_store::path::Path::parse(root).ok()?, &path)?;
-    Some(Table::new(ns, schema, table))
+    let (table, _) = parse_change_set_path(&object_store::path::Path::parse(root).ok()?, &path)?;
+    Some(table)
 }
 
 /// Handles one invocation: every table named by the events is committed once, whatever the
@@ -133,10 +133,7 @@ async fn follow_in_catalog(
     m: &CommitMetrics,
 ) -> Result<(), String> {
     let namespace = &state.config.config.metrics.namespace;
-    match catalog
-        .follow(&state.config, (&table.namespace, &table.schema, &table.table), m)
-        .await
-    {
+    match catalog.follow(&state.config, table, m).await {
         Ok(Some(change)) => {
             tracing::info!(stage = "commit", table = %m.table, database = catalog.database(), change = %change, "catalog in step");
             Ok(())

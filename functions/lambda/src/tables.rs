@@ -17,28 +17,7 @@ use serde_json::{json, Value};
 use crate::invocation::batch_response;
 
 /// A table, as the functions name it in logs, metrics and answers (`namespace.schema.table`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Table {
-    pub namespace: String,
-    pub schema: String,
-    pub table: String,
-}
-
-impl Table {
-    pub fn new(namespace: impl Into<String>, schema: impl Into<String>, table: impl Into<String>) -> Table {
-        Table {
-            namespace: namespace.into(),
-            schema: schema.into(),
-            table: table.into(),
-        }
-    }
-}
-
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.namespace, self.schema, self.table)
-    }
-}
+pub use dms2delta::model::TableId as Table;
 
 /// One message (or the whole direct invocation) and the tables it needs.
 #[derive(Debug)]

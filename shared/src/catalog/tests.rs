@@ -27,7 +27,7 @@ fn schema(extra: Option<Field>) -> Schema {
 fn def(extra: Option<Field>, version: u64) -> CatalogTable {
     definition(
         "lakehouse",
-        ("pg", "public", "accounts"),
+        &TableId::new("pg", "public", "accounts"),
         &lake(),
         &schema(extra),
         &["region".to_string()],
@@ -107,7 +107,7 @@ fn types_map_to_hive_names_and_partitions_become_partition_keys() {
 fn a_local_table_or_an_undescribable_type_is_a_clear_error() {
     let e = definition(
         "db",
-        ("a", "b", "c"),
+        &TableId::new("a", "b", "c"),
         &Location::parse("/tmp/x").unwrap(),
         &schema(None),
         &[],
@@ -117,7 +117,7 @@ fn a_local_table_or_an_undescribable_type_is_a_clear_error() {
     assert!(matches!(e, CatalogError::NotOnS3 { .. }) && !e.is_retryable());
     assert!(e.to_string().contains("fix:"), "{e}");
     let odd = Schema::new(vec![Field::new("h", DataType::Float16, true)]);
-    let e = definition("db", ("a", "b", "c"), &lake(), &odd, &[], None).unwrap_err();
+    let e = definition("db", &TableId::new("a", "b", "c"), &lake(), &odd, &[], None).unwrap_err();
     assert!(e.to_string().contains("`h`") && e.to_string().contains("fix:"), "{e}");
 }
 

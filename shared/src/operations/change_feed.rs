@@ -9,7 +9,7 @@
 //!   rows each commit retires and the row versions it writes ([`MergeOnReadChanges`]);
 //! - a widening rewrite (a full overwrite) writes no change files: readers take its removed
 //!   files as deletes and its added files as inserts, so the feed shows every row deleted and
-//!   inserted again at the wider type (see [`before_full_rewrite`] for deletion vectors).
+//!   inserted again at the wider type (see [`super::widen::before_full_rewrite`] for deletion vectors).
 //!
 //! A change the sequence guard refuses changes no row, so it never reaches the feed; nor do
 //! commits that change no data (compaction, purges, trace-only commits).
@@ -85,19 +85,6 @@ pub async fn apply_setting(table: DeltaTable, want: bool) -> DeltaResult<DeltaTa
             want.to_string(),
         )]))
         .await
-}
-
-/// Readies the table for a rewrite that writes no change files (a widening overwrite): readers
-/// take such a commit's removed files as deleted rows, and delta-rs and the Python package read
-/// a removed file whole, deletion vector notwithstanding, so rows replaced long ago would show
-/// up as deleted again. The rows the vectors mark are first dropped from their files, in a
-/// commit that changes no data (as compaction's purge does).
-pub async fn before_full_rewrite(table: DeltaTable) -> DeltaResult<DeltaTable> {
-    if !is_enabled(&table) {
-        return Ok(table);
-    }
-    let (table, _) = super::merge_on_read::purge_deleted_rows(table, 0).await?;
-    Ok(table)
 }
 
 /// Writes `changes` (the table's columns plus [`CHANGE_TYPE`]) as change files of `table` and

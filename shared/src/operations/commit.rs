@@ -11,7 +11,7 @@ use std::future::{Future, IntoFuture};
 use std::ops::Not;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
@@ -31,14 +31,17 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde_json::{json, Value};
 
-use crate::changes::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec, Validated};
 use crate::error::{BadInputKind, Error, InputProblem, Result, Stage};
 use crate::failpoint::{self, Failpoints};
 use crate::generation::{Anchor, FloorKind};
 use crate::lake::{self, delta_err, is_conflict};
+use crate::model::columns::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
+use crate::model::TableId;
 use crate::operations::merge_on_read::{self, DvCounts};
+use crate::operations::retry::backoff;
 use crate::operations::truncate::written_after;
+use crate::operations::widen::{before_full_rewrite, widen_table};
 use crate::operations::{change_feed, floor};
 use crate::quarantine::{write_report, QuarantineReport};
 use crate::stage::{floor_markers, names_dir, read_change_set, table_dir, ChangeSetMeta};
@@ -46,9 +49,7 @@ use crate::storage::{Location, Stores};
 use crate::types::UTC;
 use crate::unify::unify;
 
-pub use crate::changes::{DELETED, DELETED_AT};
-/// The key of dms2delta's entry in each commit's `commitInfo`.
-pub const COMMIT_INFO_KEY: &str = "dms2delta";
+pub use crate::model::columns::{COMMIT_INFO_KEY, DELETED, DELETED_AT};
 const APP_ID: &str = "dms2delta";
 
 /// Applies a table's pending change sets. Build, set the table, `.await`.
@@ -56,9 +57,7 @@ const APP_ID: &str = "dms2delta";
 pub struct CommitChangesBuilder<'a> {
     config: Arc<Validated>,
     stores: &'a Stores,
-    namespace: String,
-    schema: String,
-    table: String,
+    table: TableId,
     max_change_sets: Option<usize>,
     failpoints: Failpoints,
     load_progress: Option<Arc<dyn crate::dms::LoadProgress>>,
@@ -133,7 +132,7 @@ struct Pending {
 
 enum Attempt {
     Done(AttemptResult),
-    Conflict(String),
+    Conflict(deltalake::DeltaTableError),
     Reject(Vec<(usize, String)>),
 }
 
@@ -156,9 +155,7 @@ impl<'a> CommitChangesBuilder<'a> {
         CommitChangesBuilder {
             config,
             stores,
-            namespace: String::new(),
-            schema: String::new(),
-            table: String::new(),
+            table: TableId::default(),
             max_change_sets: None,
             failpoints: Failpoints::default(),
             load_progress: None,
@@ -179,9 +176,7 @@ impl<'a> CommitChangesBuilder<'a> {
         schema: impl Into<String>,
         table: impl Into<String>,
     ) -> Self {
-        self.namespace = namespace.into();
-        self.schema = schema.into();
-        self.table = table.into();
+        self.table = TableId::new(namespace, schema, table);
         self
     }
 
@@ -200,7 +195,10 @@ impl<'a> CommitChangesBuilder<'a> {
     async fn run(self) -> Result<CommitMetrics> {
         let started = Instant::now();
         let (stage_store, stage_root) = self.stores.resolve(&self.config.staging)?;
-        let Some(spec) = self.config.table_by_target(&self.namespace, &self.schema, &self.table) else {
+        let Some(spec) = self
+            .config
+            .table_by_target(&self.table.namespace, &self.table.schema, &self.table.table)
+        else {
             // Staged for a table the configuration no longer has: set aside, never block.
             let mut metrics = self.set_aside_unconfigured(&stage_store, &stage_root).await?;
             metrics.duration_ms = started.elapsed().as_millis() as u64;
@@ -297,17 +295,17 @@ impl<'a> CommitChangesBuilder<'a> {
                         return Ok(metrics);
                     }
                 }
-                Attempt::Conflict(reason) => {
+                Attempt::Conflict(source) => {
                     metrics.conflicts += 1;
                     if metrics.attempts >= c.max_attempts {
                         return Err(Error::Conflict {
                             table: name,
                             attempts: metrics.attempts,
-                            reason,
+                            source: Box::new(source),
                         });
                     }
                     let delay = backoff(metrics.attempts, c.backoff_base_ms, c.backoff_max_ms);
-                    tracing::info!(stage = "commit", table = %name, attempt = metrics.attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "commit conflict; retrying");
+                    tracing::info!(stage = "commit", table = %name, attempt = metrics.attempts, delay_ms = delay.as_millis() as u64, reason = %source, "commit conflict; retrying");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -477,7 +475,7 @@ impl<'a> CommitChangesBuilder<'a> {
                     return Err(Error::Conflict {
                         table: name.clone(),
                         attempts,
-                        reason: e.to_string(),
+                        source: Box::new(e),
                     })
                 }
                 Err(e) => return Err(derr(e)),
@@ -516,12 +514,12 @@ impl<'a> CommitChangesBuilder<'a> {
         stage_store: &Arc<dyn ObjectStore>,
         stage_root: &Path,
     ) -> Result<CommitMetrics> {
-        let name = format!("{}.{}.{}", self.namespace, self.schema, self.table);
+        let name = self.table.qualified_name();
         let mut metrics = CommitMetrics {
             table: name.clone(),
             ..Default::default()
         };
-        let dir = names_dir(stage_root, &self.namespace, &self.schema, &self.table)?;
+        let dir = names_dir(stage_root, &self.table)?;
         let listed: Vec<ObjectMeta> = stage_store
             .list(Some(&dir))
             .try_collect()
@@ -587,9 +585,17 @@ impl<'a> CommitChangesBuilder<'a> {
                 .ok()
                 .map(|d| d.into_owned())
         };
-        let (ns, schema, table) = (decode(&self.namespace)?, decode(&self.schema)?, decode(&self.table)?);
+        let (ns, schema, table) = (
+            decode(&self.table.namespace)?,
+            decode(&self.table.schema)?,
+            decode(&self.table.table)?,
+        );
         if (ns.as_str(), schema.as_str(), table.as_str())
-            == (self.namespace.as_str(), self.schema.as_str(), self.table.as_str())
+            == (
+                self.table.namespace.as_str(),
+                self.table.schema.as_str(),
+                self.table.table.as_str(),
+            )
         {
             return None;
         }
@@ -690,14 +696,14 @@ impl<'a> CommitChangesBuilder<'a> {
         };
 
         if exists && !unified.widen.is_empty() {
-            match change_feed::before_full_rewrite(table).await {
+            match before_full_rewrite(table).await {
                 Ok(t) => table = t,
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
             match widen_table(table, &unified.widen).await {
                 Ok(t) => table = t,
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
         }
@@ -714,17 +720,17 @@ impl<'a> CommitChangesBuilder<'a> {
                 .map(|c| StructField::new(c.clone(), deltalake::kernel::DataType::STRING, true));
             match table.add_columns().with_fields(fields).await {
                 Ok(t) => table = t,
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
         }
         if !exists {
-            match create_table(&table, spec, &source).await {
+            match lake::settle_create(&table, create_table(&table, spec, &source).await).await {
                 Ok(t) => {
                     table = t;
                     result.created_table = true;
                 }
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
         }
@@ -739,13 +745,20 @@ impl<'a> CommitChangesBuilder<'a> {
             }
             let deletes = delete_rows(&source)?;
             if deletes.num_rows() > 0 {
-                match record_tombstones(tomb, tomb_exists, &deletes, &spec.keys).await {
+                let handle = (!tomb_exists).then(|| tomb.clone());
+                let recorded = record_tombstones(tomb, tomb_exists, &deletes, &spec.keys).await;
+                // Only a create can meet a creator that got there first.
+                let recorded = match &handle {
+                    Some(h) => lake::settle_create(h, recorded).await,
+                    None => recorded,
+                };
+                match recorded {
                     Ok(tomb) => {
                         // As for the table: the tombstone version just written is known here.
                         lake::remember(self.stores, tomb_loc, &tomb);
                         result.tombstones_written = deletes.num_rows() as u64;
                     }
-                    Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                    Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                     Err(e) => return Err(derr(e)),
                 }
             }
@@ -755,7 +768,7 @@ impl<'a> CommitChangesBuilder<'a> {
         // The feed follows the configuration from the next data commit on (its own commit).
         let table = match change_feed::apply_setting(table, spec.change_data_feed).await {
             Ok(t) => t,
-            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
             Err(e) => return Err(derr(e)),
         };
         let before = table.version();
@@ -794,7 +807,7 @@ impl<'a> CommitChangesBuilder<'a> {
         };
         let (table, merge_metrics, dv) = match applied {
             Ok(v) => v,
-            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+            Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
             Err(e) => return Err(derr(e)),
         };
         result.merge = merge_metrics;
@@ -809,7 +822,7 @@ impl<'a> CommitChangesBuilder<'a> {
             // applied file can be traced to a version.
             match trace_only_commit(&table, info).await {
                 Ok(v) => result.version = Some(v),
-                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e.to_string())),
+                Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
                 Err(e) => return Err(derr(e)),
             }
         }
@@ -834,12 +847,6 @@ fn has_later_change(b: &RecordBatch, anchor: &Anchor) -> bool {
     let Ok(i) = b.schema().index_of(SEQ) else { return false };
     let seqs = b.column(i).as_string::<i32>();
     (0..seqs.len()).any(|r| !seqs.is_null(r) && anchor.is_later_change(seqs.value(r)))
-}
-
-/// Full-jitter exponential backoff.
-pub(crate) fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
-    let cap = base_ms.saturating_mul(1u64 << attempt.min(20)).min(max_ms);
-    Duration::from_millis(fastrand::u64(0..=cap))
 }
 
 fn newest_commit_ts(b: &RecordBatch) -> Option<i64> {
@@ -1406,46 +1413,6 @@ async fn record_tombstones(
         .when_not_matched_insert(|i| all.iter().fold(i, |i, c| i.set(target_col(c), s(c))))?
         .await?;
     Ok(tomb)
-}
-
-/// Rewrites the table with wider column types, in one commit.
-pub(crate) async fn widen_table(
-    table: DeltaTable,
-    widen: &[(String, DataType, DataType)],
-) -> deltalake::DeltaResult<DeltaTable> {
-    use deltalake::operations::write::SchemaMode;
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state())?;
-    let schema = table.snapshot()?.snapshot().arrow_schema();
-    ctx.register_table("t", table.table_provider().await?)?;
-    let batches = ctx.table("t").await?.collect().await?;
-    let mut fields: Vec<Field> = Vec::new();
-    for f in schema.fields() {
-        let dt = widen
-            .iter()
-            .find(|w| &w.0 == f.name())
-            .map(|w| w.2.clone())
-            .unwrap_or_else(|| f.data_type().clone());
-        fields.push(Field::new(f.name(), dt, true));
-    }
-    let target = Arc::new(Schema::new(fields));
-    let mut out = Vec::with_capacity(batches.len());
-    for b in batches {
-        let mut cols = Vec::new();
-        for f in target.fields() {
-            let c = b.column(b.schema().index_of(f.name())?);
-            cols.push(arrow::compute::kernels::cast::cast(c, f.data_type())?);
-        }
-        out.push(RecordBatch::try_new(target.clone(), cols)?);
-    }
-    if out.is_empty() {
-        out.push(RecordBatch::new_empty(target.clone()));
-    }
-    table
-        .write(out)
-        .with_save_mode(SaveMode::Overwrite)
-        .with_schema_mode(SchemaMode::Overwrite)
-        .await
 }
 
 /// The lowest sequence of a change set's changes.

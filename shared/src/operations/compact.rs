@@ -26,8 +26,9 @@ use crate::config::{DeleteMode, TableSpec, Validated};
 use crate::error::{Error, Result, Stage};
 use crate::lake::{self, delta_err, is_conflict};
 use crate::lease::Lease;
+use crate::model::columns::DELETED_AT;
+use crate::model::TableId;
 use crate::operations::change_feed;
-use crate::operations::commit::DELETED_AT;
 use crate::operations::merge_on_read::purge_deleted_rows;
 use crate::storage::{path_below, Location, Stores};
 use crate::types::UTC;
@@ -37,9 +38,7 @@ use crate::types::UTC;
 pub struct CompactBuilder<'a> {
     config: Arc<Validated>,
     stores: &'a Stores,
-    namespace: String,
-    schema: String,
-    table: String,
+    table: TableId,
     version_hints: Vec<u64>,
     force: bool,
     now_millis: Option<i64>,
@@ -87,9 +86,7 @@ impl<'a> CompactBuilder<'a> {
         CompactBuilder {
             config,
             stores,
-            namespace: String::new(),
-            schema: String::new(),
-            table: String::new(),
+            table: TableId::default(),
             version_hints: Vec::new(),
             force: false,
             now_millis: None,
@@ -103,9 +100,7 @@ impl<'a> CompactBuilder<'a> {
         schema: impl Into<String>,
         table: impl Into<String>,
     ) -> Self {
-        self.namespace = namespace.into();
-        self.schema = schema.into();
-        self.table = table.into();
+        self.table = TableId::new(namespace, schema, table);
         self
     }
 
@@ -132,7 +127,7 @@ impl<'a> CompactBuilder<'a> {
         let started = Instant::now();
         let spec = self
             .config
-            .require_table_by_target(&self.namespace, &self.schema, &self.table)?;
+            .require_table_by_target(&self.table.namespace, &self.table.schema, &self.table.table)?;
         let c = spec.compact.clone();
         let mut m = CompactMetrics {
             table: spec.qualified_name(),
@@ -169,12 +164,7 @@ impl<'a> CompactBuilder<'a> {
                 "compact",
             ],
         )
-        .map_err(|reason| Error::Internal {
-            stage: Stage::Compact,
-            context: m.table.clone(),
-            reason,
-            retryable: false,
-        })?;
+        .map_err(Error::library(Stage::Compact, &m.table, false))?;
         let now = self.now_millis.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
         let Some(lease) = Lease::acquire(lake_store.as_ref(), &lease_path, now).await? else {
             tracing::info!(stage = "compact", table = %m.table, "another compaction of this table is running; giving way");
@@ -449,12 +439,8 @@ async fn last_checkpoint(stores: &Stores, loc: &Location) -> Result<Option<u64>>
     } else {
         root
     };
-    let path = path_below(&root, &["_delta_log", "_last_checkpoint"]).map_err(|reason| Error::Internal {
-        stage: Stage::Compact,
-        context: loc.to_string(),
-        reason,
-        retryable: false,
-    })?;
+    let path =
+        path_below(&root, &["_delta_log", "_last_checkpoint"]).map_err(Error::library(Stage::Compact, loc, false))?;
     match store.get(&path).await {
         Ok(r) => {
             let bytes = r

@@ -156,7 +156,8 @@ impl<'a> DecodeBuilder<'a> {
             Route::Ignore(why) => return Ok(skip(why)),
             Route::File(f) => f,
         };
-        let path = object_path(&self.key).map_err(|r| unroutable(InputProblem::new(BadInputKind::UnroutableKey, r)))?;
+        let path = object_path(&self.key)
+            .map_err(|r| unroutable(InputProblem::new(BadInputKind::UnroutableKey, r.to_string())))?;
         let spec = match (&routed.schema, &routed.table) {
             (Some(schema), Some(table)) => {
                 let name = format!("{}.{schema}.{table}", self.config.sources()[routed.source].name);
@@ -204,8 +205,12 @@ impl<'a> DecodeBuilder<'a> {
         }
         let zone = self.config.sources()[routed.source].date_partitioning.zone();
         if let (Some(zone), Some(digits)) = (zone, routed.time_digits.as_deref()) {
-            let utc = crate::name_time::to_utc_digits(digits, zone, last_modified)
-                .map_err(|r| bad(InputProblem::new(BadInputKind::UnroutableKey, r), table_name.as_deref()))?;
+            let utc = crate::name_time::to_utc_digits(digits, zone, last_modified).map_err(|r| {
+                bad(
+                    InputProblem::new(BadInputKind::UnroutableKey, r.to_string()),
+                    table_name.as_deref(),
+                )
+            })?;
             routed.time_digits = Some(utc);
         }
         if routed.kind == crate::route::FileKind::Load {
@@ -387,12 +392,7 @@ impl<'a> DecodeBuilder<'a> {
         let Ok(Route::File(mut routed)) = route(&self.config, &self.bucket, key) else {
             return Ok(None);
         };
-        let path = object_path(key).map_err(|reason| Error::Internal {
-            stage: Stage::Decode,
-            context: key.to_string(),
-            reason,
-            retryable: false,
-        })?;
+        let path = object_path(key).map_err(Error::library(Stage::Decode, key, false))?;
         let spool = match &self.spool_dir {
             Some(d) => tempfile::NamedTempFile::new_in(d),
             None => tempfile::NamedTempFile::new(),

@@ -48,18 +48,8 @@ use crate::storage::Stores;
 use crate::types::UTC;
 use crate::unify::align_all;
 
-/// `I`, `U` or `D`: the change that made the version. A delete is a version of its own, never
-/// current, whose interval runs until the key is inserted again.
-pub const OP_COLUMN: &str = "_op";
-/// When the version became the source's row (see the replication contract for the fallback).
-pub const VALID_FROM: &str = "_valid_from";
-/// When the next version replaced it; NULL for a key's newest version.
-pub const VALID_TO: &str = "_valid_to";
-/// The key's newest version, and not a delete: the row the current-state table holds.
-pub const IS_CURRENT: &str = "_is_current";
-/// The columns the version's change did not log, as `|a|b|`: their values are the previous
-/// version's, and are taken again whenever an older version arrives late.
-pub const UNLOGGED: &str = "_dms_unlogged";
+pub use crate::model::columns::history::{IS_CURRENT, OP_COLUMN, UNLOGGED, VALID_FROM, VALID_TO};
+
 /// `_dms_source_file` of a version that closes every open version at a reload or truncate.
 pub const FLOOR_SOURCE: &str = "dms2delta:floor";
 
@@ -203,7 +193,7 @@ impl<'a> HistoryBuilder<'a> {
                 Err(e) if is_conflict(&e) && metrics.attempts < c.max_attempts => {
                     metrics.conflicts += 1;
                     let delay =
-                        crate::operations::commit::backoff(metrics.attempts, c.backoff_base_ms, c.backoff_max_ms);
+                        crate::operations::retry::backoff(metrics.attempts, c.backoff_base_ms, c.backoff_max_ms);
                     tracing::info!(stage = "commit", table = %name, attempt = metrics.attempts, delay_ms = delay.as_millis() as u64, reason = %e, "history commit conflict; retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -211,7 +201,7 @@ impl<'a> HistoryBuilder<'a> {
                     return Err(Error::Conflict {
                         table: format!("{name} (history)"),
                         attempts: metrics.attempts,
-                        reason: e.to_string(),
+                        source: Box::new(e),
                     })
                 }
                 Err(e) => return Err(derr(e)),
@@ -236,7 +226,7 @@ impl<'a> HistoryBuilder<'a> {
         let keys = &self.spec.keys;
         let mut table = handle;
         if !exists {
-            table = create(&table, &self.spec, wanted).await?;
+            table = lake::settle_create(&table, create(&table, &self.spec, wanted).await).await?;
         }
         table = evolve(table, wanted).await?;
         let schema = table.snapshot()?.snapshot().arrow_schema();
@@ -276,7 +266,7 @@ impl<'a> HistoryBuilder<'a> {
         let writes = flagged(&writes, false)?;
         let writes = concat_batches(&writes.schema(), &[writes.clone(), flagged(&removed, true)?])?;
         let info = HashMap::from([(
-            crate::operations::commit::COMMIT_INFO_KEY.to_string(),
+            crate::model::columns::COMMIT_INFO_KEY.to_string(),
             json!({ "history_of": self.spec.qualified_name(), "versions": writes.num_rows() }),
         )]);
         let table = merge(table, keys, writes.clone(), info).await?;
@@ -857,7 +847,7 @@ async fn evolve(table: DeltaTable, wanted: &SchemaRef) -> deltalake::DeltaResult
     }
     let mut table = table;
     if !widen.is_empty() {
-        table = crate::operations::commit::widen_table(table, &widen).await?;
+        table = crate::operations::widen::widen_table(table, &widen).await?;
     }
     if !add.is_empty() {
         let fields = add

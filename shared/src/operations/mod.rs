@@ -17,4 +17,8 @@ pub mod merge_on_read;
 pub mod reports;
 #[cfg(feature = "delta")]
 pub mod reprocess;
+#[cfg(feature = "delta")]
+pub mod retry;
 pub mod truncate;
+#[cfg(feature = "delta")]
+pub mod widen;

@@ -29,6 +29,7 @@ use crate::config::{TableSpec, Validated};
 use crate::dms::LoadProgress;
 use crate::error::{Error, Result};
 use crate::failpoint::Failpoints;
+use crate::model::TableId;
 use crate::operations::commit::{applied_change_sets, CommitChangesBuilder};
 use crate::operations::decode::{DecodeBuilder, DecodeOutcome};
 use crate::quarantine::list_reports;
@@ -192,12 +193,12 @@ impl<'a> ReprocessBuilder<'a> {
         let (sstore, sroot) = self.stores.resolve(&config.staging)?;
         let staged_paths = list(sstore.as_ref(), &sroot).await?;
         let mut staged: HashSet<String> = HashSet::new();
-        let mut waiting: BTreeSet<(String, String, String)> = BTreeSet::new();
+        let mut waiting: BTreeSet<TableId> = BTreeSet::new();
         for meta in &staged_paths {
-            if let Some((ns, schema, table, id)) = parse_change_set_path(&sroot, &meta.location) {
-                if self.selected(&format!("{ns}.{schema}.{table}")) {
+            if let Some((table, id)) = parse_change_set_path(&sroot, &meta.location) {
+                if self.selected(&table.qualified_name()) {
                     staged.insert(id);
-                    waiting.insert((ns, schema, table));
+                    waiting.insert(table);
                 }
             }
         }
@@ -369,12 +370,12 @@ impl<'a> ReprocessBuilder<'a> {
             }
             if self.commit_pending {
                 // Everything staged now, including what was just decoded here.
-                let selected = |ns: &str, schema: &str, table: &str| self.selected(&format!("{ns}.{schema}.{table}"));
+                let selected = |t: &TableId| self.selected(&t.qualified_name());
                 commit_waiting_tables(&config, self.stores, &selected, self.load_progress.clone(), &mut m).await?;
             }
         } else {
             m.remaining = missing.len() + reports.len();
-            m.tables_committed = waiting.iter().map(|(a, b, c)| format!("{a}.{b}.{c}")).collect();
+            m.tables_committed = waiting.iter().map(TableId::qualified_name).collect();
         }
         m.duration_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -411,23 +412,23 @@ impl<'a> IntoFuture for ReprocessBuilder<'a> {
 async fn commit_waiting_tables(
     config: &Arc<Validated>,
     stores: &Stores,
-    selected: &(dyn Fn(&str, &str, &str) -> bool + Sync),
+    selected: &(dyn Fn(&TableId) -> bool + Sync),
     load_progress: Option<Arc<dyn LoadProgress>>,
     m: &mut ReprocessMetrics,
 ) -> Result<()> {
     let (sstore, sroot) = stores.resolve(&config.staging)?;
     let staged_now = list(sstore.as_ref(), &sroot).await?;
-    let mut tables: BTreeSet<(String, String, String)> = BTreeSet::new();
+    let mut tables: BTreeSet<TableId> = BTreeSet::new();
     for meta in &staged_now {
-        if let Some((ns, schema, table, _)) = parse_change_set_path(&sroot, &meta.location) {
-            if selected(&ns, &schema, &table) {
-                tables.insert((ns, schema, table));
+        if let Some((table, _)) = parse_change_set_path(&sroot, &meta.location) {
+            if selected(&table) {
+                tables.insert(table);
             }
         }
     }
-    for (ns, schema, table) in tables {
+    for table in tables {
         match CommitChangesBuilder::new(config.clone(), stores)
-            .with_table(&ns, &schema, &table)
+            .with_table(&table.namespace, &table.schema, &table.table)
             .with_failpoints(Failpoints::default())
             .with_load_progress(load_progress.clone())
             .await
@@ -439,8 +440,8 @@ async fn commit_waiting_tables(
                 }
             }
             Err(e) => {
-                tracing::warn!(stage = "reprocess", table = %format!("{ns}.{schema}.{table}"), error = %e, "commit failed; other tables go on");
-                m.tables_failed.push(format!("{ns}.{schema}.{table}: {e}"));
+                tracing::warn!(stage = "reprocess", table = %table, error = %e, "commit failed; other tables go on");
+                m.tables_failed.push(format!("{table}: {e}"));
             }
         }
     }
@@ -459,7 +460,7 @@ pub async fn commit_sources(
 ) -> Result<ReprocessMetrics> {
     let started = Instant::now();
     let mut m = ReprocessMetrics::default();
-    let selected = |ns: &str, _: &str, _: &str| namespaces.contains(ns);
+    let selected = |t: &TableId| namespaces.contains(&t.namespace);
     commit_waiting_tables(&config, stores, &selected, load_progress, &mut m).await?;
     m.duration_ms = started.elapsed().as_millis() as u64;
     Ok(m)

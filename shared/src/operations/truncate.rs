@@ -155,7 +155,7 @@ impl<'a> RemovalBuilder<'a> {
 /// The table folder a routed key sits in: the source's `bucket_folder`, then the schema and
 /// table folders (below them: partition, segment and date folders, which all go with a truncate).
 fn table_folder(config: &Validated, routed: &Routed, key: &str) -> Result<object_store::path::Path> {
-    let path = object_path(key).map_err(|reason| Error::Event { reason })?;
+    let path = object_path(key).map_err(|e| Error::Event { reason: e.to_string() })?;
     let depth = config.sources()[routed.source]
         .bucket_folder
         .as_deref()

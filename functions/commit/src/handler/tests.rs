@@ -127,7 +127,7 @@ async fn tables_that_cannot_commit_before_the_deadline_are_left_to_the_queue() {
     assert_eq!(failed, naming_the_second, "{r}");
     let left = p.pending().await.unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
-    assert_eq!(left[0].2, "order items");
+    assert_eq!(left[0].table, "order items");
     let r = handle_until(
         &State::new(cfg),
         batch.into(),

@@ -11,8 +11,7 @@ use deltalake::DeltaResult;
 
 use super::marking::{Kind, NewRow, Take};
 use super::scan::Hits;
-use crate::changes::{column_of_seq, COMMIT_TS, SEQ};
-use crate::operations::commit::{DELETED, DELETED_AT};
+use crate::model::columns::{column_of_seq, COMMIT_TS, DELETED, DELETED_AT, SEQ};
 use crate::types::UTC;
 
 /// Per change: whether it carries values beyond its key. A soft-deleted row takes a full delete

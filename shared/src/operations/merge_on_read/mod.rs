@@ -44,9 +44,9 @@ use serde_json::Value;
 pub use first_load::{first_load_range, is_first_load, FirstLoad};
 pub use purge::{purge_deleted_rows, Purged};
 
-use crate::changes::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
 use crate::config::{DeleteMode, TableSpec};
 use crate::deletion_vector::{DvError, DvFileWriter};
+use crate::model::columns::{column_of_seq, column_seq_name, COMMIT_TS, NOSUP, OP, SEQ};
 use crate::operations::change_feed;
 use assembly::{full_images, new_rows_batch};
 use data_file::{data_file, DataFile};
