@@ -17,4 +17,6 @@ pub mod merge_on_read;
 pub mod reports;
 #[cfg(feature = "delta")]
 pub mod reprocess;
+#[cfg(feature = "delta")]
+pub mod tombstones;
 pub mod truncate;
