@@ -14,8 +14,9 @@
 //! the start of the DMS PUT to the end of the commit that makes the file's changes a Delta
 //! version. It leaves out what AWS adds between the stages: event delivery, the queues' batching
 //! windows and Lambda start-up. Four runs, each on fresh buckets: no injected latency and then
-//! the injected latency, each with the snapshot cache off (every open reads the log afresh, as
-//! before the cache) and on (a warm function updates the snapshot it holds).
+//! the injected latency, each with the snapshot cache off (every open reads the log afresh and
+//! every commit scans every tombstone file: a cold function each time) and on (a warm function
+//! updates the snapshot and the tombstones it holds).
 //!
 //! Part 2, on local folders: the same per-file path (decode then commit, one file at a time)
 //! against `bench/python_pipeline.py` (the Python `deltalake` recipe of the pipelines bench) on

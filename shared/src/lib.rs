@@ -5,7 +5,7 @@
 //! cycle; `tests/layers.rs` reads the source and fails otherwise. Nothing here depends on Lambda
 //! types.
 //!
-//! 1. `error`, `types`, `generation`, `name_time`, `deadline`, `metrics`, `snapshot_cache`, `deletion_vector`, `faults`: the words and codecs everything shares: errors, column types, sequences and floors, file-name times, deadlines, report shapes, held Delta snapshots, the deletion-vector format, a failing store for tests.
+//! 1. `error`, `types`, `generation`, `name_time`, `deadline`, `metrics`, `snapshot_cache`, `tombstone_cache`, `deletion_vector`, `faults`: the words and codecs everything shares: errors, column types, sequences and floors, file-name times, deadlines, report shapes, held Delta snapshots and tombstones, the deletion-vector format, a failing store for tests.
 //! 2. `model`, `storage`, `events`, `failpoint`, `lease`: table identity, metadata column names and table specs; where things are stored (with its own options); notifications read into work; crash points; leases.
 //! 3. `config`, `changes`, `lake`, `quarantine`: the configuration resolved into table specs; change sets (column schema, sequences, deduplication); opening Delta tables; quarantine reports.
 //! 4. `route`, `stage`, `dms`, `unify`, `bootstrap`, `sim`: object keys into tables; the staging area; DMS's table statistics; schema unification; start-up; the simulated DMS source.
@@ -52,6 +52,8 @@ pub mod sim;
 pub mod snapshot_cache;
 pub mod stage;
 pub mod storage;
+#[cfg(feature = "delta")]
+pub mod tombstone_cache;
 pub mod types;
 pub mod unify;
 

@@ -304,6 +304,9 @@ pub struct Stores {
     /// Delta snapshots already read, so a warm function does not read a log again.
     #[cfg(feature = "delta")]
     snapshots: crate::snapshot_cache::SnapshotCache,
+    /// Tombstones already read, so a warm commit reads only the tombstone files added since.
+    #[cfg(feature = "delta")]
+    tombstones: crate::tombstone_cache::TombstoneCache,
 }
 
 impl fmt::Debug for Stores {
@@ -323,16 +326,31 @@ impl Stores {
             delta_wrapper: None,
             #[cfg(feature = "delta")]
             snapshots: crate::snapshot_cache::SnapshotCache::default(),
+            #[cfg(feature = "delta")]
+            tombstones: crate::tombstone_cache::TombstoneCache::default(),
         }
     }
 
-    /// Reads every Delta log afresh on every open instead of updating a held snapshot (the
-    /// behaviour before the snapshot cache, kept for comparison and for tools that recreate
-    /// tables under the same location).
+    /// Reads every Delta log afresh on every open instead of updating a held snapshot, and
+    /// scans every tombstone file on every commit: what a cold function does each time (kept
+    /// for comparison and for tools that recreate tables under the same location).
     #[cfg(feature = "delta")]
     pub fn without_snapshot_cache(mut self) -> Stores {
         self.snapshots = crate::snapshot_cache::SnapshotCache::disabled();
+        self.tombstones = crate::tombstone_cache::TombstoneCache::disabled();
         self
+    }
+
+    /// Holds tombstones within `cache` (tests give it a small budget, or none).
+    #[cfg(feature = "delta")]
+    pub fn with_tombstone_cache(mut self, cache: crate::tombstone_cache::TombstoneCache) -> Stores {
+        self.tombstones = cache;
+        self
+    }
+
+    #[cfg(feature = "delta")]
+    pub fn tombstones(&self) -> &crate::tombstone_cache::TombstoneCache {
+        &self.tombstones
     }
 
     #[cfg(feature = "delta")]

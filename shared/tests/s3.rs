@@ -410,6 +410,63 @@ async fn a_warm_commit_reads_no_log_version_it_already_holds() {
     assert_eq!(known_reads[1], 0, "a warm commit read log versions it held");
 }
 
+/// A warm commit function reads each tombstone file at most once: it holds what it read of the
+/// tombstone table and reads only the files added since (see `operations::tombstones`); the
+/// tombstones it writes itself it never reads. Counted at the S3 endpoint: GETs of tombstone data
+/// files an earlier commit of the same process already read. Without held state (a cold function
+/// each time) every commit reads them all again (that count must not be zero, or the counting sees
+/// nothing). The history holds hard deletes, so the tombstone table grows a file per delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_commit_reads_no_tombstone_file_it_already_holds() {
+    let moto = support::s3::moto();
+    let opts = SimOptions {
+        seed: 5,
+        keys: 40,
+        changes: 48,
+        max_file_changes: 6,
+        formats: vec![Format::Parquet],
+        ..SimOptions::default()
+    };
+    let mut counts = Vec::new();
+    for held in [false, true] {
+        let proxy = FaultProxy::start(&moto.url, 0.0, 1).await;
+        let lab = Lab::on_s3_with(&opts, None, Some(&proxy.url), "").await;
+        let p = another_process(&lab, held);
+        let mut seen = std::collections::HashSet::new();
+        let (mut reads, mut again) = (0, 0);
+        for f in &lab.sim.files {
+            lab.upload(&f.key, f.bytes.clone()).await;
+            proxy.requests.take_lines(true);
+            decode_and_commit(&p, &p, &lab.bucket, &f.key).await;
+            let mut now = std::collections::HashSet::new();
+            for (_, line) in proxy.requests.take_lines(false) {
+                let line = line.replace("%2F", "/");
+                let Some(path) = line
+                    .strip_prefix("GET ")
+                    .map(|l| l.split('?').next().unwrap_or(l).to_string())
+                    .filter(|l| l.contains("_dms2delta/tombstones/") && l.ends_with(".parquet"))
+                else {
+                    continue;
+                };
+                reads += 1;
+                if seen.contains(&path) {
+                    again += 1;
+                }
+                now.insert(path);
+            }
+            seen.extend(now);
+        }
+        lab.check().await.unwrap();
+        counts.push((reads, again, seen.len()));
+    }
+    println!(
+        "tombstone file GETs (all, of files read by an earlier commit, distinct files): without held state {:?}, with {:?}",
+        counts[0], counts[1]
+    );
+    assert!(counts[0].1 > 0, "the count saw no tombstone file read again at all");
+    assert_eq!(counts[1].1, 0, "a warm commit read a tombstone file it held");
+}
+
 /// Two warm commit functions take turns on one table, each holding its own snapshot: each
 /// brings its snapshot past the other's commits, and the table ends exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::datafusion::common::Column;
 use deltalake::datafusion::functions::core::expr_fn::coalesce;
@@ -42,7 +41,7 @@ use crate::operations::merge_on_read::{self, DvCounts};
 use crate::operations::retry::backoff;
 use crate::operations::truncate::written_after;
 use crate::operations::widen::{before_full_rewrite, widen_table};
-use crate::operations::{change_feed, floor};
+use crate::operations::{change_feed, floor, tombstones};
 use crate::quarantine::{write_report, QuarantineReport};
 use crate::stage::{floor_markers, names_dir, read_change_set, table_dir, ChangeSetMeta};
 use crate::storage::{Location, Stores};
@@ -259,10 +258,7 @@ impl<'a> CommitChangesBuilder<'a> {
             return Ok(metrics);
         }
 
-        let tomb_loc = self
-            .config
-            .lake
-            .join(&format!("_dms2delta/tombstones/{}", spec.lake_path()));
+        let tomb_loc = tombstones::location(&self.config.lake, &spec.lake_path());
         let c = &self.config.config.commit;
         let result = loop {
             metrics.attempts += 1;
@@ -737,30 +733,17 @@ impl<'a> CommitChangesBuilder<'a> {
 
         let mut source = source;
         if spec.delete_mode == DeleteMode::Hard {
-            let (tomb, tomb_exists) = lake::open(self.stores, tomb_loc).await?;
-            if tomb_exists {
-                let before = source.num_rows();
-                source = drop_tombstoned(&tomb, source, &spec.keys).await.map_err(derr)?;
-                result.tombstone_stale = before.saturating_sub(source.num_rows()) as u64;
-            }
-            let deletes = delete_rows(&source)?;
-            if deletes.num_rows() > 0 {
-                let handle = (!tomb_exists).then(|| tomb.clone());
-                let recorded = record_tombstones(tomb, tomb_exists, &deletes, &spec.keys).await;
-                // Only a create can meet a creator that got there first.
-                let recorded = match &handle {
-                    Some(h) => lake::settle_create(h, recorded).await,
-                    None => recorded,
-                };
-                match recorded {
-                    Ok(tomb) => {
-                        // As for the table: the tombstone version just written is known here.
-                        lake::remember(self.stores, tomb_loc, &tomb);
-                        result.tombstones_written = deletes.num_rows() as u64;
-                    }
-                    Err(e) if is_conflict(&e) => return Ok(Attempt::Conflict(e)),
-                    Err(e) => return Err(derr(e)),
+            match tombstones::guard(self.stores, tomb_loc, source, &spec.keys, &ctx_name).await? {
+                tombstones::Guarded::Done {
+                    source: s,
+                    stale,
+                    written,
+                } => {
+                    source = s;
+                    result.tombstone_stale = stale;
+                    result.tombstones_written = written;
                 }
+                tombstones::Guarded::Conflict(reason) => return Ok(Attempt::Conflict(reason)),
             }
         }
         self.failpoints.check(failpoint::COMMIT_AFTER_TOMBSTONES)?;
@@ -1305,53 +1288,6 @@ async fn trace_only_commit(table: &DeltaTable, info: HashMap<String, Value>) -> 
     Ok(done.version())
 }
 
-/// Source rows whose key has a tombstone with a higher sequence are dropped. An equal sequence
-/// is the same delete delivered again: it is kept, so a crash between recording the tombstone
-/// and the table commit still deletes the row on retry.
-async fn drop_tombstoned(
-    tomb: &DeltaTable,
-    source: RecordBatch,
-    keys: &[String],
-) -> deltalake::DeltaResult<RecordBatch> {
-    let ctx = SessionContext::new();
-    tomb.update_datafusion_session(&ctx.state())?;
-    ctx.register_table("t", tomb.table_provider().await?)?;
-    let schema = source.schema();
-    ctx.register_batch("s", source)?;
-    let q = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
-    let on = keys
-        .iter()
-        .map(|k| format!("s.{} = t.{}", q(k), q(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let cols = schema
-        .fields()
-        .iter()
-        .map(|f| format!("s.{}", q(f.name())))
-        .collect::<Vec<_>>()
-        .join(", ");
-    // One row per key, its newest tombstone: a key may have several (a delete, a re-insert and
-    // a later delete; or two compactions of the tombstone table that raced), and a plain join
-    // would return the change once per tombstone.
-    let key_cols = keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
-    let sql = format!(
-        "SELECT {cols} FROM s LEFT JOIN (SELECT {key_cols}, MAX({seq}) AS {seq} FROM t GROUP BY {key_cols}) t \
-         ON {on} WHERE t.{seq} IS NULL OR s.{seq} >= t.{seq}",
-        seq = q(SEQ)
-    );
-    let batches = ctx.sql(&sql).await?.collect().await?;
-    Ok(concat_batches(&schema, &batches)?)
-}
-
-/// The delete rows of a change set, as tombstones: keys, sequence, commit time, deletion time.
-fn delete_rows(source: &RecordBatch) -> Result<RecordBatch> {
-    let op = source
-        .column(source.schema().index_of(OP).map_err(|e| internal(e.to_string()))?)
-        .as_string::<i32>();
-    let mask: arrow::array::BooleanArray = op.iter().map(|o| Some(o == Some("D"))).collect();
-    filter_record_batch(source, &mask).map_err(|e| internal(e.to_string()))
-}
-
 fn internal(reason: String) -> Error {
     Error::Internal {
         stage: Stage::Commit,
@@ -1359,60 +1295,6 @@ fn internal(reason: String) -> Error {
         reason,
         retryable: false,
     }
-}
-
-async fn record_tombstones(
-    tomb: DeltaTable,
-    exists: bool,
-    deletes: &RecordBatch,
-    keys: &[String],
-) -> deltalake::DeltaResult<DeltaTable> {
-    let schema = deletes.schema();
-    let mut fields: Vec<Field> = Vec::new();
-    let mut cols = Vec::new();
-    for k in keys.iter().map(String::as_str).chain([SEQ, COMMIT_TS]) {
-        let i = schema.index_of(k)?;
-        fields.push(Field::new(k, schema.field(i).data_type().clone(), true));
-        cols.push(deletes.column(i).clone());
-    }
-    fields.push(Field::new(DELETED_AT, ts_type(), true));
-    let now = chrono::Utc::now().timestamp_micros();
-    cols.push(Arc::new(
-        arrow::array::TimestampMicrosecondArray::from(vec![now; deletes.num_rows()]).with_timezone(UTC),
-    ));
-    let tomb_schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(tomb_schema.clone(), cols)?;
-    let tomb = if exists {
-        tomb
-    } else {
-        let st = StructType::try_from_arrow(tomb_schema.as_ref())?;
-        tomb.create()
-            .with_columns(st.fields().cloned())
-            .with_save_mode(SaveMode::ErrorIfExists)
-            .with_comment("dms2delta tombstones: keys deleted at the source, kept for the tombstone retention")
-            .await?
-    };
-    let ctx = SessionContext::new();
-    let df = ctx.read_batch(batch)?;
-    let on = keys
-        .iter()
-        .map(|k| t(k).eq(s(k)))
-        .reduce(Expr::and)
-        .ok_or_else(|| deltalake::DeltaTableError::Generic("a table without keys".into()))?;
-    let all: Vec<String> = tomb_schema.fields().iter().map(|f| f.name().clone()).collect();
-    let (tomb, _) = tomb
-        .merge(df, on)
-        .with_source_alias("source")
-        .with_target_alias("target")
-        .when_matched_update(|u| {
-            u.predicate(s(SEQ).gt(t(SEQ)))
-                .update(target_col(SEQ), s(SEQ))
-                .update(target_col(COMMIT_TS), s(COMMIT_TS))
-                .update(target_col(DELETED_AT), s(DELETED_AT))
-        })?
-        .when_not_matched_insert(|i| all.iter().fold(i, |i, c| i.set(target_col(c), s(c))))?
-        .await?;
-    Ok(tomb)
 }
 
 /// The lowest sequence of a change set's changes.

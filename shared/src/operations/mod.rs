@@ -19,6 +19,8 @@ pub mod reports;
 pub mod reprocess;
 #[cfg(feature = "delta")]
 pub mod retry;
+#[cfg(feature = "delta")]
+pub mod tombstones;
 pub mod truncate;
 #[cfg(feature = "delta")]
 pub mod widen;
