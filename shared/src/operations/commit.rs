@@ -460,7 +460,11 @@ impl<'a> CommitChangesBuilder<'a> {
                     metrics.rows_swept += swept;
                     metrics.version = t.version().or(metrics.version);
                     tracing::info!(stage = "commit", table = %name, floor = %at.as_str(), rows_swept = swept, "table floor raised after a reload or truncate");
-                    floor_at = at;
+                    // The history closes at the table's floor, not this run's: when the removal
+                    // events of one truncate are committed in several steps and a later step's
+                    // floor rose first, an earlier step closing at its own lower anchor would add
+                    // a second closing version below the first.
+                    floor_at = floor::table_floor(&t).filter(|f| *f > at).unwrap_or(at);
                     break;
                 }
                 Err(e) if is_conflict(&e) && attempts < c.max_attempts => {

@@ -88,9 +88,6 @@ pub struct CaseStats {
     pub history_late: u64,
     pub history_floor_closes: u64,
     pub history_carried: u64,
-    /// Repeated closing versions at a truncate whose floor rose in steps (not required: it
-    /// takes two closing runs that both find the key live; see `downstream::check_history`).
-    pub history_repeated_closes: u64,
     /// Tables whose change feed was replayed into them; feed rows replayed; segments replayed
     /// (one per table and check: before each maintenance past the retentions, and at the end);
     /// changes the sequence guard refused in those tables, which their feeds must not show.
@@ -129,7 +126,6 @@ impl std::ops::AddAssign for CaseStats {
         self.history_late += o.history_late;
         self.history_floor_closes += o.history_floor_closes;
         self.history_carried += o.history_carried;
-        self.history_repeated_closes += o.history_repeated_closes;
         self.feed_tables += o.feed_tables;
         self.feed_rows += o.feed_rows;
         self.feed_segments += o.feed_segments;
@@ -146,7 +142,7 @@ impl fmt::Display for CaseStats {
              {} with a column added mid-stream, {} with a full load overlapping CDC, {} loaded in parallel, {} reloaded \
              ({} floors raised), {} truncated ({} removal events taken for a truncate), {} with local-time names across the \
              fall-back, {} with the sequence rule toggled, {} renamed, {} with a column renamed, {} with unlogged values; \
-             {} history tables ({} versions compared, {} slotted in late, {} closed at a floor, {} with carried values, {} repeated closes at a truncate), \
+             {} history tables ({} versions compared, {} slotted in late, {} closed at a floor, {} with carried values), \
              {} change feeds ({} rows replayed in {} segments, {} refused changes kept out)",
             self.crashes,
             self.log_faults,
@@ -175,7 +171,6 @@ impl fmt::Display for CaseStats {
             self.history_late,
             self.history_floor_closes,
             self.history_carried,
-            self.history_repeated_closes,
             self.feed_tables,
             self.feed_rows,
             self.feed_segments,
@@ -516,7 +511,6 @@ pub async fn run_case_via(
     stats.history_late = history.late;
     stats.history_floor_closes = history.floor_closes;
     stats.history_carried = history.carried;
-    stats.history_repeated_closes = history.repeated_closes;
     stats.feed_tables = feed.tables;
     stats.feed_rows = feed.rows;
     stats.feed_segments = feed.segments;

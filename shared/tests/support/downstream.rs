@@ -25,9 +25,6 @@ pub struct HistoryChecked {
     pub floor_closes: u64,
     /// Versions whose unlogged values came from the version before them.
     pub carried: u64,
-    /// Closing versions beyond the first at one truncate: its removal events raised the floor
-    /// in steps, and the closing runs of two steps met the key live (see [`check_history`]).
-    pub repeated_closes: u64,
     /// Objects a truncate removed before any decode of them read it.
     pub removed_unread: u64,
 }
@@ -67,10 +64,7 @@ fn ts(v: &Value) -> Option<i64> {
 /// key's newest version when it is not a delete. The closing versions of a truncate are checked
 /// for their place (between the versions before and after it), their `_op` and `_dms_source_file`
 /// and carried values; their anchor is the removal's time, which the lab does not fix. The
-/// removal events of one truncate may raise the floor in steps, and when the history runs of
-/// two steps both find the key live (the later step's run committed first, or both read the
-/// history before either wrote), the key gets a closing version at each: consecutive closing
-/// versions at a truncate are taken as one and counted ([`HistoryChecked::repeated_closes`]).
+/// removal events of one truncate may raise the floor in steps; a key is still closed once.
 /// An object a truncate removed may be gone before any decode of it ran: its versions are in
 /// the history either all or not at all, and a floor closes only what is there.
 /// `decoded` lists the objects in the order their first decode began.
@@ -196,15 +190,16 @@ pub async fn check_history(lab: &Lab, decoded: &[String]) -> Result<HistoryCheck
             let want = truth.get(key).unwrap_or(&empty);
             let all = actual.get(key).map(Vec::as_slice).unwrap_or(&[]);
             let floor_row = |r: &Row| r.file == Value::Str(FLOOR_SOURCE.into());
-            // Each row with the start of the row after it (which its `_valid_to` must be), runs
-            // of a truncate's closing rows taken as their first.
+            // Each row with the start of the row after it (which its `_valid_to` must be). A key
+            // is closed once at a floor, however many steps a truncate's floor rose in.
             let mut got: Vec<&Row> = Vec::with_capacity(all.len());
             let mut next_from: Vec<Option<i64>> = Vec::with_capacity(all.len());
             for (i, r) in all.iter().enumerate() {
-                let repeated = lab.sim.variants[name].truncate && i > 0 && floor_row(r) && floor_row(&all[i - 1]);
-                if repeated {
-                    out.repeated_closes += 1;
-                    continue;
+                if i > 0 && floor_row(r) && floor_row(&all[i - 1]) {
+                    return Err(format!(
+                        "history of {name}, key {key:?}: two closing versions in a row\n{}",
+                        show(want, all)
+                    ));
                 }
                 got.push(r);
                 next_from.push(all.get(i + 1).and_then(|x| x.from));
