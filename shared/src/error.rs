@@ -231,6 +231,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Something of our own making went wrong in `stage` (not the input, not storage): a retry
+    /// does not help.
+    pub fn internal(stage: Stage, context: impl Into<String>, reason: impl std::fmt::Display) -> Error {
+        Error::Internal {
+            stage,
+            context: context.into(),
+            reason: reason.to_string(),
+            retryable: false,
+        }
+    }
+
     /// Whether running the same work again may succeed without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -1293,12 +1293,7 @@ async fn trace_only_commit(table: &DeltaTable, info: HashMap<String, Value>) -> 
 }
 
 fn internal(reason: String) -> Error {
-    Error::Internal {
-        stage: Stage::Commit,
-        context: "change set".into(),
-        reason,
-        retryable: false,
-    }
+    Error::internal(Stage::Commit, "change set", reason)
 }
 
 /// The lowest sequence of a change set's changes.

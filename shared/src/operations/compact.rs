@@ -329,12 +329,7 @@ impl<'a> CompactBuilder<'a> {
         } else {
             tomb
         };
-        deltalake::checkpoints::create_checkpoint(&tomb, None)
-            .await
-            .map_err(derr)?;
-        deltalake::checkpoints::cleanup_metadata(&tomb, None)
-            .await
-            .map_err(derr)?;
+        checkpoint_and_clean(&tomb).await.map_err(derr)?;
         Ok(dropped)
     }
 }
@@ -373,12 +368,7 @@ impl CompactBuilder<'_> {
         } else {
             history
         };
-        deltalake::checkpoints::create_checkpoint(&history, None)
-            .await
-            .map_err(derr)?;
-        deltalake::checkpoints::cleanup_metadata(&history, None)
-            .await
-            .map_err(derr)?;
+        checkpoint_and_clean(&history).await.map_err(derr)?;
         let vacuumed = match history
             .vacuum()
             .with_retention_period(chrono::Duration::hours(spec.compact.vacuum_retention_hours as i64))
@@ -474,6 +464,14 @@ pub fn table_of_log_key(lake_prefix: &str, key: &str) -> Option<(String, String,
         }
         _ => None,
     }
+}
+
+/// A side table's checkpoint at its latest version, and its log entries past retention gone:
+/// readers then open it from the checkpoint instead of replaying every commit.
+async fn checkpoint_and_clean(table: &DeltaTable) -> deltalake::DeltaResult<()> {
+    deltalake::checkpoints::create_checkpoint(table, None).await?;
+    deltalake::checkpoints::cleanup_metadata(table, None).await?;
+    Ok(())
 }
 
 #[cfg(test)]

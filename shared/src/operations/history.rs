@@ -289,12 +289,7 @@ impl<'a> IntoFuture for HistoryBuilder<'a> {
 }
 
 fn internal(name: &str, e: impl std::fmt::Display) -> Error {
-    Error::Internal {
-        stage: Stage::Commit,
-        context: format!("{name} (history)"),
-        reason: e.to_string(),
-        retryable: false,
-    }
+    Error::internal(Stage::Commit, format!("{name} (history)"), e)
 }
 
 fn ts_type() -> DataType {

@@ -376,12 +376,7 @@ pub(crate) fn delete_rows(source: &RecordBatch) -> Result<RecordBatch> {
 }
 
 fn internal(reason: String) -> Error {
-    Error::Internal {
-        stage: Stage::Commit,
-        context: "change set".into(),
-        reason,
-        retryable: false,
-    }
+    Error::internal(Stage::Commit, "change set", reason)
 }
 
 fn ts_type() -> DataType {
