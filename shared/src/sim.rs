@@ -222,8 +222,9 @@ pub struct SimVersion {
     /// The values as the file has them, in [`Simulation::columns`] order (without the soft-delete
     /// flag). Values at `unlogged` positions are not the version's.
     pub row: Vec<Value>,
-    /// Positions of the columns the change did not log: the unlogged large value, every non-key
-    /// column of a key-only delete image and of a closing version. Their values are the previous
+    /// Positions of the columns the change did not log: the unlogged large value, the added
+    /// column in a file written without it, every non-key column of a key-only delete image and
+    /// of a closing version. Their values are the previous
     /// version's (NULL before the key's first).
     pub unlogged: Vec<usize>,
     /// The DMS object the change is in; `None` for a closing version.
@@ -831,14 +832,19 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         cdc: bool,
                         anchor: Option<&Anchor>,
                         sequenced: bool,
-                        time: Option<i64>| {
+                        time: Option<i64>,
+                        lacks_added: bool| {
                 for (i, c) in changes.iter().enumerate() {
                     let key = c.row[..sh.keys].to_vec();
                     let seq = stored_seq(*format, stem, i as u64 + 1, c, cdc, anchor, sequenced);
                     let unlogged: Vec<usize> = if c.op == 'D' && c.row[n_keys..].iter().all(|v| *v == Value::Null) {
                         (n_keys..c.row.len()).collect()
                     } else {
-                        body_at.filter(|_| c.unlogged).into_iter().collect()
+                        // A file without the added column says nothing about it: the contract
+                        // treats it as not logged (the previous version's value in sequence
+                        // order, which during a full load's overlap is the newer load row's).
+                        let added = (lacks_added && width > base_width).then_some(base_width);
+                        body_at.filter(|_| c.unlogged).into_iter().chain(added).collect()
                     };
                     versions.entry(key.clone()).or_default().push(SimVersion {
                         seq: Some(seq.clone()),
@@ -915,7 +921,7 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         let name = format!("LOAD{:08X}", i + 1);
                         (folder.clone(), name.clone(), name)
                     };
-                    note(seqs, versions, &series, part, false, anchor, true, time);
+                    note(seqs, versions, &series, part, false, anchor, true, time, !with_note_column);
                     let w = if with_note_column { width } else { base_width };
                     let file = render(
                         *format,
@@ -1029,8 +1035,8 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 let sequenced = !toggled.is_some_and(|(a, b)| (a..b).contains(&n));
                 // A file's name time, to the millisecond.
                 let name_time = Some(at - at.rem_euclid(1_000));
-                note(&mut seqs, &mut versions, &stem, chunk, true, None, sequenced, name_time);
                 let w = if cut.start >= noted_from { width } else { base_width };
+                note(&mut seqs, &mut versions, &stem, chunk, true, None, sequenced, name_time, w < width);
                 let mut file_columns = sh.columns[..w].to_vec();
                 if label_from.is_some_and(|r| n >= r) {
                     for c in &mut file_columns {
