@@ -27,6 +27,8 @@ pub struct HistoryChecked {
     pub carried: u64,
     /// Objects a truncate removed before any decode of them read it.
     pub removed_unread: u64,
+    /// Keys whose delete was in such an object: still live at the truncate, closed by its floor.
+    pub unread_deletes_closed: u64,
 }
 
 fn split3(name: &str) -> (&str, &str, &str) {
@@ -180,6 +182,38 @@ pub async fn check_history(lab: &Lab, decoded: &[String]) -> Result<HistoryCheck
                     })
                     .cloned()
                     .collect();
+                // A delete in an object DMS removed before it was read leaves the key live when
+                // the truncate's floor rises: the floor closes it, as it closes any live key.
+                let unread_removed = |v: &SimVersion| {
+                    v.file
+                        .as_deref()
+                        .is_some_and(|f| removed.contains(f) && !read.contains(f))
+                };
+                let mut kept = kept;
+                if vs.iter().any(|v| v.op == 'D' && !v.floor && unread_removed(v)) {
+                    let before = |v: &SimVersion| v.file.as_deref().is_some_and(|f| removed.contains(f));
+                    if let Some(last) = kept.iter().rposition(before) {
+                        let closed = kept.get(last + 1).is_some_and(|n| n.floor);
+                        if kept[last].op != 'D' && !closed {
+                            let mut row = key.clone();
+                            row.resize(kept[last].row.len(), Value::Null);
+                            let width = row.len();
+                            kept.insert(
+                                last + 1,
+                                SimVersion {
+                                    seq: None,
+                                    op: 'D',
+                                    micros: None,
+                                    row,
+                                    unlogged: (key.len()..width).collect(),
+                                    file: None,
+                                    floor: true,
+                                },
+                            );
+                            out.unread_deletes_closed += 1;
+                        }
+                    }
+                }
                 (key.clone(), kept)
             })
             .filter(|(_, vs)| !vs.is_empty())
