@@ -16,6 +16,7 @@
 //! The API sits behind [`LoadProgress`] (the AWS implementation is in the Lambda support crate,
 //! which alone links the DMS SDK, and only with its `dms` feature).
 
+use std::collections::HashMap;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -60,6 +61,53 @@ pub trait LoadProgress: Send + Sync + fmt::Debug {
     /// The statistics of `schema.table` (source names, as DMS reports them) in the task
     /// `task_arn`; `None` when DMS lists no such table.
     async fn table_load(&self, task_arn: &str, schema: &str, table: &str) -> Result<Option<TableLoad>, DmsError>;
+}
+
+/// How long a warm function reuses DMS's answer about one table. While a reload waits, every
+/// commit of the table asks; a busy table commits every few seconds, and DMS's API is rate
+/// limited per account. A load's completion is then seen up to this much later, which is small
+/// next to `reloads.settle_after_seconds`; a completed answer stays true for its anchor.
+pub const REMEMBER_ANSWERS_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A [`LoadProgress`] that remembers each table's answer for a while (errors are not
+/// remembered: the next question asks again).
+#[derive(Debug)]
+pub struct Remembered<P> {
+    inner: P,
+    ttl: std::time::Duration,
+    answers: std::sync::Mutex<HashMap<(String, String, String), (std::time::Instant, Option<TableLoad>)>>,
+}
+
+impl<P: LoadProgress> Remembered<P> {
+    pub fn new(inner: P, ttl: std::time::Duration) -> Remembered<P> {
+        Remembered {
+            inner,
+            ttl,
+            answers: Default::default(),
+        }
+    }
+
+    fn answers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), (std::time::Instant, Option<TableLoad>)>> {
+        // A panic elsewhere while holding the lock leaves a map that is still valid.
+        self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl<P: LoadProgress> LoadProgress for Remembered<P> {
+    async fn table_load(&self, task_arn: &str, schema: &str, table: &str) -> Result<Option<TableLoad>, DmsError> {
+        let key = (task_arn.to_string(), schema.to_string(), table.to_string());
+        if let Some((at, answer)) = self.answers().get(&key) {
+            if at.elapsed() < self.ttl {
+                return Ok(answer.clone());
+            }
+        }
+        let answer = self.inner.table_load(task_arn, schema, table).await?;
+        self.answers().insert(key, (std::time::Instant::now(), answer.clone()));
+        Ok(answer)
+    }
 }
 
 /// The end of the instant an anchor stands for (its digits name a tick of 1/100 s or finer:
@@ -433,6 +481,47 @@ sources:
     }
 
     const TASK: &str = "arn:aws:dms:us-east-1:123456789012:task:F8TBR5IJGVM78ZQYCR60BO87AF";
+
+    #[tokio::test]
+    async fn a_warm_function_asks_dms_once_per_table_while_the_answer_is_fresh() {
+        let waiting = Some(load("Full load", "2024-05-28T11:00:00Z", None));
+        let remembered = Remembered::new(
+            Scripted {
+                answer: Ok(waiting.clone()),
+                asked: Default::default(),
+            },
+            std::time::Duration::from_secs(3600),
+        );
+        for _ in 0..5 {
+            assert_eq!(remembered.table_load(TASK, "app", "t").await.unwrap(), waiting);
+        }
+        assert_eq!(remembered.table_load(TASK, "app", "u").await.unwrap(), waiting);
+        // One question per table, however many commits asked.
+        let asked = remembered.inner.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 2, "{asked:?}");
+
+        // Past its time an answer is asked again; errors are never remembered.
+        let stale = Remembered::new(
+            Scripted {
+                answer: Ok(waiting.clone()),
+                asked: Default::default(),
+            },
+            std::time::Duration::ZERO,
+        );
+        stale.table_load(TASK, "app", "t").await.unwrap();
+        stale.table_load(TASK, "app", "t").await.unwrap();
+        assert_eq!(stale.inner.asked.lock().unwrap().len(), 2);
+        let failing = Remembered::new(
+            Scripted {
+                answer: Err("ThrottlingException: Rate exceeded"),
+                asked: Default::default(),
+            },
+            std::time::Duration::from_secs(3600),
+        );
+        assert!(failing.table_load(TASK, "app", "t").await.is_err());
+        assert!(failing.table_load(TASK, "app", "t").await.is_err());
+        assert_eq!(failing.inner.asked.lock().unwrap().len(), 2);
+    }
 
     fn settings(task: bool) -> (Validated, TableSpec) {
         let arn = if task {

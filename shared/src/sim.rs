@@ -921,7 +921,17 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                         let name = format!("LOAD{:08X}", i + 1);
                         (folder.clone(), name.clone(), name)
                     };
-                    note(seqs, versions, &series, part, false, anchor, true, time, !with_note_column);
+                    note(
+                        seqs,
+                        versions,
+                        &series,
+                        part,
+                        false,
+                        anchor,
+                        true,
+                        time,
+                        !with_note_column,
+                    );
                     let w = if with_note_column { width } else { base_width };
                     let file = render(
                         *format,
@@ -1036,7 +1046,17 @@ pub fn simulate(opts: &SimOptions) -> Simulation {
                 // A file's name time, to the millisecond.
                 let name_time = Some(at - at.rem_euclid(1_000));
                 let w = if cut.start >= noted_from { width } else { base_width };
-                note(&mut seqs, &mut versions, &stem, chunk, true, None, sequenced, name_time, w < width);
+                note(
+                    &mut seqs,
+                    &mut versions,
+                    &stem,
+                    chunk,
+                    true,
+                    None,
+                    sequenced,
+                    name_time,
+                    w < width,
+                );
                 let mut file_columns = sh.columns[..w].to_vec();
                 if label_from.is_some_and(|r| n >= r) {
                     for c in &mut file_columns {

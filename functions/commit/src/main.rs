@@ -6,6 +6,7 @@ use std::sync::Arc;
 use commit::glue::Glue;
 use commit::handler;
 use dms2delta::catalog::CatalogSync;
+use dms2delta::dms::{Remembered, REMEMBER_ANSWERS_FOR};
 use dms2delta_lambda::dms::{self, DmsApi};
 
 #[tokio::main]
@@ -22,7 +23,10 @@ async fn main() -> Result<(), dms2delta_lambda::Error> {
         }
         // A reload settles as soon as DMS reports its table loaded, for sources naming their task.
         if asks_dms {
-            state = state.with_load_progress(Arc::new(DmsApi::new(dms::sdk::Client::new(&aws))));
+            state = state.with_load_progress(Arc::new(Remembered::new(
+                DmsApi::new(dms::sdk::Client::new(&aws)),
+                REMEMBER_ANSWERS_FOR,
+            )));
         }
     }
     dms2delta_lambda::serve(&state, handler::handle_until).await

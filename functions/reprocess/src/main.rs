@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use dms2delta::dms::{Remembered, REMEMBER_ANSWERS_FOR};
 use dms2delta_lambda::dms::{self, DmsApi};
 use reprocess::handler::{self, Settings};
 use reprocess::queues::Sqs;
@@ -17,7 +18,10 @@ async fn main() -> Result<(), dms2delta_lambda::Error> {
     let mut state = handler::State::new(config, queues, settings);
     // Reloads settle as soon as DMS reports their table loaded, for sources naming their task.
     if asks_dms {
-        state = state.with_load_progress(Arc::new(DmsApi::new(dms::sdk::Client::new(&aws))));
+        state = state.with_load_progress(Arc::new(Remembered::new(
+            DmsApi::new(dms::sdk::Client::new(&aws)),
+            REMEMBER_ANSWERS_FOR,
+        )));
     }
     // A run is bounded by MAX_FILES and MAX_REDRIVE rather than by the deadline: what it
     // leaves, the next run (alarm or schedule) takes. Its triggers (SNS alarms, schedules,
