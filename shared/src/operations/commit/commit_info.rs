@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use arrow::array::{AsArray, RecordBatch};
 use deltalake::kernel::transaction::CommitBuilder as DeltaCommitBuilder;
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, CommitInfo, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
@@ -111,15 +111,9 @@ pub(super) async fn first_change_of_files(
 
 /// Which source files each version applied, newest first (from the commits' `commitInfo`).
 pub async fn applied_files(stores: &Stores, loc: &Location, limit: Option<usize>) -> Result<Vec<(u64, Vec<String>)>> {
-    let (table, exists) = lake::open(stores, loc).await?;
-    if !exists {
+    let Some((table, infos)) = commit_infos(stores, loc, limit).await? else {
         return Ok(Vec::new());
-    }
-    let infos: Vec<_> = table
-        .history(limit)
-        .try_collect()
-        .await
-        .map_err(|e| delta_err(Stage::Commit, loc, e))?;
+    };
     // History comes newest first, one commitInfo per version (delta-rs writes one in every
     // commit), so the position tells the version.
     let latest = table.version().unwrap_or(0);
@@ -146,15 +140,9 @@ pub async fn applied_change_sets(stores: &Stores, loc: &Location) -> Result<Vec<
             return Ok(Vec::new());
         }
     }
-    let (table, exists) = lake::open(stores, loc).await?;
-    if !exists {
+    let Some((_, infos)) = commit_infos(stores, loc, None).await? else {
         return Ok(Vec::new());
-    }
-    let infos: Vec<_> = table
-        .history(None)
-        .try_collect()
-        .await
-        .map_err(|e| delta_err(Stage::Commit, loc, e))?;
+    };
     Ok(infos
         .iter()
         .filter_map(|ci| ci.info.get(COMMIT_INFO_KEY)?.get("change_sets")?.as_array())
@@ -163,4 +151,23 @@ pub async fn applied_change_sets(stores: &Stores, loc: &Location) -> Result<Vec<
         .filter_map(|p| p.rsplit('/').next()?.strip_suffix(".parquet"))
         .map(str::to_string)
         .collect())
+}
+
+/// The table's `commitInfo`s, newest first (the latest `limit`), with the table they were read
+/// from; `None` when there is no table yet.
+async fn commit_infos(
+    stores: &Stores,
+    loc: &Location,
+    limit: Option<usize>,
+) -> Result<Option<(DeltaTable, Vec<CommitInfo>)>> {
+    let (table, exists) = lake::open(stores, loc).await?;
+    if !exists {
+        return Ok(None);
+    }
+    let infos = table
+        .history(limit)
+        .try_collect()
+        .await
+        .map_err(|e| delta_err(Stage::Commit, loc, e))?;
+    Ok(Some((table, infos)))
 }

@@ -143,6 +143,15 @@ struct AttemptResult {
     newest_commit_ts: Option<i64>,
 }
 
+impl<'a> IntoFuture for CommitChangesBuilder<'a> {
+    type Output = Result<CommitMetrics>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
 impl<'a> CommitChangesBuilder<'a> {
     pub fn new(config: Arc<Validated>, stores: &'a Stores) -> Self {
         CommitChangesBuilder {
@@ -358,14 +367,5 @@ impl<'a> CommitChangesBuilder<'a> {
             .map(|ts| (chrono::Utc::now().timestamp_micros() - ts) as f64 / 1e6);
         metrics.duration_ms = started.elapsed().as_millis() as u64;
         Ok(metrics)
-    }
-}
-
-impl<'a> IntoFuture for CommitChangesBuilder<'a> {
-    type Output = Result<CommitMetrics>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
     }
 }
