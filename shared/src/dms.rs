@@ -211,6 +211,14 @@ pub struct TaskStateChange {
     pub time: Option<String>,
 }
 
+/// A DMS task state change event that lacks the fields every such event has.
+#[derive(Debug, thiserror::Error)]
+#[error("a DMS task state change event without the usual fields: {source}")]
+pub struct BadTaskEvent {
+    #[source]
+    source: serde_json::Error,
+}
+
 /// What DMS's task events mean here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskEventKind {
@@ -223,7 +231,7 @@ pub enum TaskEventKind {
 impl TaskStateChange {
     /// The event, if `payload` is one; `Err` for a DMS task event without the fields every
     /// such event has.
-    pub fn from_event(payload: &Value) -> Option<Result<TaskStateChange, String>> {
+    pub fn from_event(payload: &Value) -> Option<Result<TaskStateChange, BadTaskEvent>> {
         if payload.get("source").and_then(Value::as_str) != Some("aws.dms")
             || payload.get("detail-type").and_then(Value::as_str) != Some(TASK_STATE_CHANGE)
         {
@@ -248,7 +256,7 @@ impl TaskStateChange {
         }
         Some(
             serde_json::from_value::<Event>(payload.clone())
-                .map_err(|e| format!("a DMS task state change event without the usual fields: {e}"))
+                .map_err(|source| BadTaskEvent { source })
                 .map(|e| {
                     let stop_reason = e.detail.detail_message.as_deref().and_then(|m| {
                         let (_, rest) = m.split_once("Stop Reason")?;
@@ -419,7 +427,16 @@ mod tests {
         // A task event without its detail is an error, not something else.
         let mut broken = sample("dms-task-stopped.json");
         broken["detail"] = serde_json::json!({});
-        assert!(TaskStateChange::from_event(&broken).unwrap().is_err());
+        let e = TaskStateChange::from_event(&broken).unwrap().unwrap_err();
+        assert!(
+            std::error::Error::source(&e).is_some_and(|s| s.is::<serde_json::Error>()),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("a DMS task state change event without the usual fields: missing field"),
+            "{e}"
+        );
     }
 
     #[test]

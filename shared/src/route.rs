@@ -1,7 +1,7 @@
 //! Object key -> which source, table and kind of DMS file it is. Every layout quirk of DMS's S3
 //! output is handled here, and only here.
 
-use crate::config::{DatePartitionDelimiter, Validated};
+use crate::config::{DatePartitionDelimiter, DatePartitionSequence, Validated};
 use crate::error::{BadInputKind, InputProblem};
 
 /// What kind of DMS file a key names.
@@ -248,8 +248,18 @@ fn cdc_digits(s: &str, len: usize) -> Option<String> {
     Some(d)
 }
 
+/// Folders below a table folder that are not the date folders its source's `date_partitioning`
+/// describes.
+#[derive(Debug, thiserror::Error)]
+#[error("folders `{folders}`, which do not match date_partitioning ({sequence:?}, {delimiter:?})")]
+struct NotDateFolders {
+    folders: String,
+    sequence: DatePartitionSequence,
+    delimiter: DatePartitionDelimiter,
+}
+
 /// Whether `folders` (not empty) are the date folders `dp` describes.
-fn check_date_folders(folders: &[&str], dp: &crate::config::DatePartitioning) -> Result<(), String> {
+fn check_date_folders(folders: &[&str], dp: &crate::config::DatePartitioning) -> Result<(), NotDateFolders> {
     let widths = dp.sequence.parts();
     let digits = |s: &str, w: usize| s.len() == w && s.bytes().all(|b| b.is_ascii_digit());
     let ok = match dp.delimiter {
@@ -272,12 +282,11 @@ fn check_date_folders(folders: &[&str], dp: &crate::config::DatePartitioning) ->
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "folders `{}`, which do not match date_partitioning ({:?}, {:?})",
-            folders.join("/"),
-            dp.sequence,
-            dp.delimiter
-        ))
+        Err(NotDateFolders {
+            folders: folders.join("/"),
+            sequence: dp.sequence,
+            delimiter: dp.delimiter,
+        })
     }
 }
 
@@ -381,7 +390,27 @@ sources:
             file(route(&c, "dms", "raw/hr/emp/LOAD00000001.csv")).kind,
             FileKind::Load
         );
-        assert!(route(&c, "dms", "raw/hr/emp/2024/05/20240528-195141380.csv").is_err());
+        let e = route(&c, "dms", "raw/hr/emp/2024/05/20240528-195141380.csv").unwrap_err();
+        assert_eq!(
+            e.reason,
+            "key `raw/hr/emp/2024/05/20240528-195141380.csv`: a CDC file in folders `2024/05`, which do not match date_partitioning (YyyyMmDd, Slash): \
+             DMS writes CDC files in the table folder or its date folders; only full-load (LOAD…) \
+             files sit in parallel-load partition folders"
+        );
+        let dp = &c.sources()[0].date_partitioning;
+        let NotDateFolders {
+            folders,
+            sequence,
+            delimiter,
+        } = check_date_folders(&["2024", "05"], dp).unwrap_err();
+        assert_eq!(
+            (folders.as_str(), sequence, delimiter),
+            (
+                "2024/05",
+                DatePartitionSequence::YyyyMmDd,
+                DatePartitionDelimiter::Slash
+            )
+        );
         let c = cfg("    date_partitioning: { enabled: true, sequence: YYYYMMDDHH, delimiter: DASH }");
         assert!(route(&c, "dms", "raw/hr/emp/2024-05-28-13/20240528-195141380.csv").is_ok());
         let c = cfg("    date_partitioning: { enabled: true, sequence: DDMMYYYY, delimiter: NONE }");

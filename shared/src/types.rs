@@ -250,19 +250,26 @@ pub fn field(name: &str, dt: DataType) -> Field {
 }
 
 /// Maps a whole Parquet schema to Delta types, naming the first column that cannot be stored.
-pub fn delta_schema(schema: &Schema) -> Result<Vec<(String, DataType)>, String> {
+pub fn delta_schema(schema: &Schema) -> Result<Vec<(String, DataType)>, NotStorable> {
     schema
         .fields()
         .iter()
         .map(|f| match delta_type(f.data_type()) {
             Some(dt) => Ok((f.name().clone(), dt)),
-            None => Err(format!(
-                "column `{}` has type {} which Delta cannot store",
-                f.name(),
-                f.data_type()
-            )),
+            None => Err(NotStorable {
+                column: f.name().clone(),
+                data_type: f.data_type().clone(),
+            }),
         })
         .collect()
+}
+
+/// A Parquet column whose type has no Delta counterpart.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("column `{column}` has type {data_type} which Delta cannot store")]
+pub struct NotStorable {
+    pub column: String,
+    pub data_type: DataType,
 }
 
 #[cfg(test)]

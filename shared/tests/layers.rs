@@ -1,7 +1,8 @@
 //! The crate's layering, as `src/lib.rs` states it, holds: every `crate::` (or `super::`) path in
 //! a module's non-test code names a module of a lower layer, and neither the top-level modules
-//! nor the files of one folder module (`operations/commit.rs`, `operations/merge_on_read.rs`, …)
-//! use each other in a cycle. Read from the source text, so a new import that breaks the order
+//! nor the files of one folder module (`operations/tombstones.rs`, `operations/commit/`, …, and
+//! one level further down, `operations/commit/merge.rs`, `operations/commit/create.rs`, …) use
+//! each other in a cycle. Read from the source text, so a new import that breaks the order
 //! fails here before anyone has to find the cycle by reading.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -104,7 +105,7 @@ fn items(s: &str) -> Vec<&str> {
     out.into_iter().filter(|i| !i.is_empty()).collect()
 }
 
-/// The module paths (up to two segments) a path starting at `rest` (after `crate::`) names,
+/// The module paths (up to three segments) a path starting at `rest` (after `crate::`) names,
 /// `base` being the segments already read.
 fn paths(base: &[String], rest: &str, out: &mut BTreeSet<Vec<String>>) {
     let rest = rest.trim_start();
@@ -125,7 +126,7 @@ fn paths(base: &[String], rest: &str, out: &mut BTreeSet<Vec<String>>) {
     let mut next = base.to_vec();
     next.push(name.to_string());
     match after.strip_prefix("::") {
-        Some(more) if next.len() < 2 => paths(&next, more, out),
+        Some(more) if next.len() < 3 => paths(&next, more, out),
         _ => {
             out.insert(next);
         }
@@ -197,7 +198,8 @@ fn cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 struct Graph {
     /// Top-level module -> the top-level modules it uses.
     top: BTreeMap<String, BTreeSet<String>>,
-    /// `folder::file` -> the files of the same folder module it uses.
+    /// `folder::file` -> the files of the same folder module it uses, and likewise
+    /// `folder::sub::file` for the files of a folder inside a folder.
     inner: BTreeMap<String, BTreeSet<String>>,
     /// Where each edge was seen, for the failure message.
     seen_in: BTreeMap<(String, String), String>,
@@ -210,6 +212,12 @@ fn graph() -> Graph {
     let is_submodule = |m: &[String]| {
         m.len() >= 2
             && (root.join(&m[0]).join(format!("{}.rs", m[1])).is_file() || root.join(&m[0]).join(&m[1]).is_dir())
+    };
+    let is_nested_file = |m: &[String]| {
+        m.len() >= 3 && root.join(&m[0]).join(&m[1]).is_dir() && {
+            let folder = root.join(&m[0]).join(&m[1]);
+            folder.join(format!("{}.rs", m[2])).is_file() || folder.join(&m[2]).is_dir()
+        }
     };
     let mut g = Graph {
         top: BTreeMap::new(),
@@ -229,6 +237,10 @@ fn graph() -> Graph {
                     .or_insert_with(|| shown.clone());
             } else if is_submodule(module) && is_submodule(&r) && r[1] != module[1] {
                 let (a, b) = (module[..2].join("::"), r[..2].join("::"));
+                g.inner.entry(a.clone()).or_default().insert(b.clone());
+                g.seen_in.entry((a, b)).or_insert_with(|| shown.clone());
+            } else if is_nested_file(module) && is_nested_file(&r) && r[1] == module[1] && r[2] != module[2] {
+                let (a, b) = (module[..3].join("::"), r[..3].join("::"));
                 g.inner.entry(a.clone()).or_default().insert(b.clone());
                 g.seen_in.entry((a, b)).or_insert_with(|| shown.clone());
             }
@@ -274,6 +286,11 @@ fn no_module_cycle() {
     assert!(
         g.inner.contains_key("operations::commit"),
         "the walk found no uses between operations' files: {:?}",
+        g.inner
+    );
+    assert!(
+        g.inner.contains_key("operations::commit::merge"),
+        "the walk found no uses between the commit folder's files: {:?}",
         g.inner
     );
     for (what, edges) in [("top-level modules", &g.top), ("files of one folder module", &g.inner)] {
@@ -336,10 +353,11 @@ fn the_reader_sees_grouped_and_relative_paths() {
     );
     let want: BTreeSet<Vec<String>> = [
         vec!["operations", "change_feed"],
-        vec!["operations", "floor"],
+        vec!["operations", "floor", "a"],
+        vec!["operations", "floor", "b"],
         vec!["error", "Error"],
         vec!["model"],
-        vec!["operations", "widen"],
+        vec!["operations", "widen", "w"],
     ]
     .into_iter()
     .map(|v| v.into_iter().map(str::to_string).collect())

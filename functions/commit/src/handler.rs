@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dms2delta::catalog::CatalogSync;
+use dms2delta::catalog::{CatalogError, CatalogSync};
 use dms2delta::config::Validated;
 use dms2delta::deadline::{Deadline, COMMIT_RESERVE};
 use dms2delta::dms::LoadProgress;
@@ -95,8 +95,18 @@ pub async fn handle_until(
     ran.respond("commit")
 }
 
+/// Why a table's messages are failed back to the queue.
+#[derive(Debug, thiserror::Error)]
+enum TableFailed {
+    #[error("{0}")]
+    Commit(#[source] dms2delta::Error),
+    /// The commit landed; registering it in the catalog failed in a way a retry may fix.
+    #[error("{0}")]
+    Catalog(#[source] CatalogError),
+}
+
 /// One table's commit, then its catalog entry.
-async fn commit(state: &State, table: Table) -> Result<CommitReport, String> {
+async fn commit(state: &State, table: Table) -> Result<CommitReport, TableFailed> {
     let namespace = &state.config.config.metrics.namespace;
     let res = CommitChangesBuilder::new(state.config.clone(), &state.stores)
         .with_table(&table.namespace, &table.schema, &table.table)
@@ -110,14 +120,16 @@ async fn commit(state: &State, table: Table) -> Result<CommitReport, String> {
                 .with_table(table.to_string())
                 .metric("Errors", Unit::Count, 1.0)
                 .emit();
-            return Err(e.to_string());
+            return Err(TableFailed::Commit(e));
         }
     };
     let report = CommitReport::from(&m);
     report.log("committed");
     report.emf(namespace).emit();
     if let Some(catalog) = &state.catalog {
-        follow_in_catalog(state, catalog, &table, &m).await?;
+        follow_in_catalog(state, catalog, &table, &m)
+            .await
+            .map_err(TableFailed::Catalog)?;
     }
     Ok(report)
 }
@@ -131,7 +143,7 @@ async fn follow_in_catalog(
     catalog: &CatalogSync,
     table: &Table,
     m: &CommitMetrics,
-) -> Result<(), String> {
+) -> Result<(), CatalogError> {
     let namespace = &state.config.config.metrics.namespace;
     match catalog.follow(&state.config, table, m).await {
         Ok(Some(change)) => {
@@ -146,7 +158,7 @@ async fn follow_in_catalog(
                 .metric("CatalogErrors", Unit::Count, 1.0)
                 .emit();
             if e.is_retryable() {
-                Err(e.to_string())
+                Err(e)
             } else {
                 Ok(())
             }

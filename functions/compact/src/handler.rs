@@ -56,7 +56,7 @@ pub async fn handle_until(
 }
 
 /// One table's maintenance, given the log versions the events named.
-async fn compact(state: &State, table: Table, hints: Vec<u64>) -> Result<CompactReport, String> {
+async fn compact(state: &State, table: Table, hints: Vec<u64>) -> Result<CompactReport, dms2delta::Error> {
     let namespace = &state.config.config.metrics.namespace;
     let res = CompactBuilder::new(state.config.clone(), &state.stores)
         .with_table(&table.namespace, &table.schema, &table.table)
@@ -78,7 +78,7 @@ async fn compact(state: &State, table: Table, hints: Vec<u64>) -> Result<Compact
                 .with_table(table.to_string())
                 .metric("Errors", Unit::Count, 1.0)
                 .emit();
-            Err(e.to_string())
+            Err(e)
         }
     }
 }

@@ -24,7 +24,7 @@ pub use dms2delta::model::TableId as Table;
 struct Need<K> {
     message_id: Option<String>,
     /// `Err` when the message could not be read: it fails whatever the tables do.
-    tables: Result<Vec<K>, String>,
+    tables: Result<Vec<K>, dms2delta::Error>,
 }
 
 /// One invocation's work, grouped by table: for each table, the values its objects gave.
@@ -71,7 +71,7 @@ impl<K: Ord + Clone + fmt::Display, V> ByTable<K, V> {
                         .collect()),
                     Err(e) => {
                         tracing::error!(stage, message_id = d.message_id.as_deref().unwrap_or(""), error = %e, "unreadable event");
-                        Err(e.to_string())
+                        Err(e)
                     }
                 };
                 Need {
@@ -91,10 +91,11 @@ impl<K: Ord + Clone + fmt::Display, V> ByTable<K, V> {
     /// Runs every table once, in order. With a `reserve`, a table is started only while the
     /// deadline leaves that much time, except the first, so that every invocation makes
     /// progress whatever the function's timeout; the others are [`Outcome::Deferred`].
-    pub async fn run<T, F, Fut>(self, deadline: Deadline, reserve: Option<Duration>, mut run: F) -> Ran<K, T>
+    pub async fn run<T, E, F, Fut>(self, deadline: Deadline, reserve: Option<Duration>, mut run: F) -> Ran<K, T>
     where
         F: FnMut(K, Vec<V>) -> Fut,
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, E>>,
+        E: fmt::Display,
     {
         let mut results = BTreeMap::new();
         let mut started = false;
@@ -108,7 +109,7 @@ impl<K: Ord + Clone + fmt::Display, V> ByTable<K, V> {
             started = true;
             let outcome = match run(k.clone(), values).await {
                 Ok(t) => Outcome::Done(t),
-                Err(e) => Outcome::Failed(e),
+                Err(e) => Outcome::Failed(e.to_string()),
             };
             results.insert(k, outcome);
         }
@@ -277,7 +278,7 @@ mod tests {
         let ran = ByTable::group("test", batch(), pick)
             .run(short, Some(Duration::from_secs(30)), |table, _| {
                 started.borrow_mut().push(table);
-                async { Ok(()) }
+                async { Ok::<_, String>(()) }
             })
             .await;
         assert_eq!(started.into_inner(), vec!["a"]);
@@ -285,7 +286,7 @@ mod tests {
         assert_eq!(ran.failed_messages(), vec!["m1", "m3", "m4"]);
         // Without a reserve the deadline does not gate.
         let ran = ByTable::group("test", batch(), pick)
-            .run(short, None, |_, _| async { Ok(()) })
+            .run(short, None, |_, _| async { Ok::<_, String>(()) })
             .await;
         assert_eq!(ran.failed_messages(), vec!["m4"]);
     }
@@ -295,7 +296,7 @@ mod tests {
         let direct = || Payload::Direct(delivery("ignored", &["t/a/1", "t/b/2"]));
         let ok = ByTable::group("test", direct(), pick)
             .run(Deadline::NONE, None, |t, v| async move {
-                Ok(json!({"table": t, "values": v}))
+                Ok::<_, String>(json!({"table": t, "values": v}))
             })
             .await
             .respond("test")

@@ -56,18 +56,39 @@ impl Default for Settings {
     }
 }
 
+/// An environment variable of the function's that cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum BadSetting {
+    #[error("{name}={value}: expected a positive whole number")]
+    NotPositive {
+        name: &'static str,
+        value: String,
+        #[source]
+        source: Option<std::num::ParseIntError>,
+    },
+    #[error("REDRIVE: `{pair}` is not `dead-letter-queue-url=source-queue-url`")]
+    RedrivePair { pair: String },
+}
+
 impl Settings {
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Settings, BadSetting> {
         let d = Settings::default();
-        let number = |name: &str, default: u64| -> Result<u64, String> {
-            match get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("{name}={v}: expected a positive whole number")),
+        let number = |name: &'static str, default: u64| -> Result<u64, BadSetting> {
+            let Some(value) = get(name) else {
+                return Ok(default);
+            };
+            match value.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                Ok(_) => Err(BadSetting::NotPositive {
+                    name,
+                    value,
+                    source: None,
+                }),
+                Err(e) => Err(BadSetting::NotPositive {
+                    name,
+                    value,
+                    source: Some(e),
+                }),
             }
         };
         let mut redrive = Vec::new();
@@ -78,7 +99,7 @@ impl Settings {
         {
             let (dlq, source) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("REDRIVE: `{pair}` is not `dead-letter-queue-url=source-queue-url`"))?;
+                .ok_or_else(|| BadSetting::RedrivePair { pair: pair.to_string() })?;
             redrive.push((dlq.trim().to_string(), source.trim().to_string()));
         }
         Ok(Settings {
@@ -174,7 +195,7 @@ pub fn trigger(payload: &Value) -> Result<Trigger, dms2delta_lambda::Error> {
         });
     }
     if let Some(event) = TaskStateChange::from_event(payload) {
-        return event.map(Trigger::DmsTask).map_err(bad_event);
+        return event.map(Trigger::DmsTask).map_err(|e| bad_event(e.to_string()));
     }
     if payload.get("source").and_then(Value::as_str) == Some("aws.events")
         || payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")

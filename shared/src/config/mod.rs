@@ -30,10 +30,10 @@ pub struct Validated {
     definitions: Vec<HashMap<(String, String), usize>>,
 }
 
-fn cfg_err(path: impl Into<String>, reason: impl Into<String>) -> Error {
+fn cfg_err(path: impl Into<String>, reason: impl std::fmt::Display) -> Error {
     Error::Config {
         path: path.into(),
-        reason: reason.into(),
+        reason: reason.to_string(),
     }
 }
 

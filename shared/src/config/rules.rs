@@ -84,7 +84,7 @@ impl Validated {
                     .iter()
                     .map(dms_column)
                     .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|r| InputProblem::new(BadInputKind::NoColumns, r))?,
+                    .map_err(|r| InputProblem::new(BadInputKind::NoColumns, r.to_string()))?,
             ),
             (None, None) => None,
         };

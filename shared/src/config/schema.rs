@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{Column, CompactConfig, DeleteMode, StorageConfig};
-use crate::types::ColumnType;
+use crate::types::{ColumnType, TypeError};
 
 /// The whole document.
 #[derive(Debug, Clone, Deserialize)]
@@ -551,25 +551,46 @@ impl Loose {
     }
 }
 
-pub(super) fn dms_column(c: &DmsColumn) -> std::result::Result<Column, String> {
+pub(super) fn dms_column(c: &DmsColumn) -> std::result::Result<Column, BadDmsColumn> {
     let precision = c
         .column_precision
         .as_ref()
         .and_then(Loose::as_int)
-        .map(|p| u8::try_from(p).map_err(|_| format!("ColumnPrecision {p} out of range")))
+        .map(|p| u8::try_from(p).map_err(|source| BadDmsColumn::Precision { value: p, source }))
         .transpose()?;
     let scale = c
         .column_scale
         .as_ref()
         .and_then(Loose::as_int)
-        .map(|s| i8::try_from(s).map_err(|_| format!("ColumnScale {s} out of range")))
+        .map(|s| i8::try_from(s).map_err(|source| BadDmsColumn::Scale { value: s, source }))
         .transpose()?;
-    let ty = ColumnType::from_config(&c.column_type, precision, scale).map_err(|e| e.to_string())?;
+    let ty = ColumnType::from_config(&c.column_type, precision, scale)?;
     if c.column_name.is_empty() {
-        return Err("empty ColumnName".into());
+        return Err(BadDmsColumn::NoName);
     }
     Ok(Column {
         name: c.column_name.clone(),
         ty,
     })
+}
+
+/// A column of a DMS table definition that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BadDmsColumn {
+    #[error("ColumnPrecision {value} out of range")]
+    Precision {
+        value: i64,
+        #[source]
+        source: std::num::TryFromIntError,
+    },
+    #[error("ColumnScale {value} out of range")]
+    Scale {
+        value: i64,
+        #[source]
+        source: std::num::TryFromIntError,
+    },
+    #[error("{0}")]
+    Type(#[from] TypeError),
+    #[error("empty ColumnName")]
+    NoName,
 }

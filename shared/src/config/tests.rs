@@ -1,6 +1,6 @@
 use super::*;
 use crate::error::BadInputKind;
-use crate::types::ColumnType;
+use crate::types::{ColumnType, TypeError};
 
 const BASE: &str = r#"
 lake: /tmp/lake
@@ -327,4 +327,57 @@ fn a_dms_task_arn_must_name_a_replication_task() {
         assert_eq!(path, "sources[0].dms_task_arn", "{bad}");
         assert!(reason.contains("not a DMS replication task ARN"), "{bad}: {reason}");
     }
+}
+
+#[test]
+fn a_bad_name_prefix_or_column_definition_keeps_its_message() {
+    let (path, reason) = err_of(&BASE.replace("name: mysql", "name: \"..\""));
+    assert_eq!(path, "sources[0].name");
+    assert_eq!(reason, "`..` is not a usable name");
+    let (path, reason) = err_of(&BASE.replace("name: mysql", "name: \"a/b\""));
+    assert_eq!(path, "sources[0].name");
+    assert_eq!(
+        reason,
+        "`a/b` must be at most 255 characters without `/`, `\\` or control characters"
+    );
+    let (path, reason) = err_of(&BASE.replace("bucket_folder: raw/mysql", "bucket_folder: \"/\""));
+    assert_eq!(path, "sources[0].bucket_folder");
+    assert_eq!(reason, "an empty prefix; omit the field instead");
+    // A prefix's bad folder is reported as that folder's problem.
+    let (path, reason) = err_of(&BASE.replace("bucket_folder: raw/mysql", "bucket_folder: raw/../x"));
+    assert_eq!(path, "sources[0].bucket_folder");
+    assert_eq!(reason, "`..` is not a usable name");
+    let (path, reason) = err_of(&BASE.replace("ColumnPrecision: \"12\"", "ColumnPrecision: \"300\""));
+    assert!(
+        path.starts_with("sources[1].table_definitions.Tables[0].TableColumns[1]"),
+        "{path}"
+    );
+    assert_eq!(reason, "ColumnPrecision 300 out of range");
+}
+
+#[test]
+fn a_bad_dms_column_says_which_part_and_keeps_its_cause() {
+    use std::error::Error as _;
+    let column = |name: &str, ty: &str, precision: Option<i64>| DmsColumn {
+        column_name: name.into(),
+        column_type: ty.into(),
+        column_nullable: None,
+        column_is_pk: None,
+        column_length: None,
+        column_precision: precision.map(Loose::Int),
+        column_scale: None,
+        column_date_format: None,
+    };
+    let e = schema::dms_column(&column("x", "NUMERIC", Some(300))).unwrap_err();
+    assert!(matches!(e, schema::BadDmsColumn::Precision { value: 300, .. }), "{e:?}");
+    assert!(e.source().is_some_and(|s| s.is::<std::num::TryFromIntError>()), "{e:?}");
+    let e = schema::dms_column(&column("x", "NOSUCHTYPE", None)).unwrap_err();
+    assert!(
+        matches!(&e, schema::BadDmsColumn::Type(TypeError::Unknown(t)) if t == "NOSUCHTYPE"),
+        "{e:?}"
+    );
+    assert_eq!(e.to_string(), TypeError::Unknown("NOSUCHTYPE".into()).to_string());
+    let e = schema::dms_column(&column("", "INT4", None)).unwrap_err();
+    assert!(matches!(e, schema::BadDmsColumn::NoName), "{e:?}");
+    assert_eq!(e.to_string(), "empty ColumnName");
 }

@@ -8,6 +8,32 @@ use crate::error::Result;
 use crate::storage::Location;
 use crate::types::ColumnType;
 
+/// A configured name that cannot be one segment of a storage path.
+#[derive(Debug, thiserror::Error)]
+enum BadName {
+    #[error("`{0}` is not a usable name")]
+    Unusable(String),
+    #[error("`{0}` must be at most 255 characters without `/`, `\\` or control characters")]
+    NotASegment(String),
+}
+
+/// A configured folder prefix that cannot be used as given.
+#[derive(Debug, thiserror::Error)]
+enum BadPrefix {
+    #[error("an empty prefix; omit the field instead")]
+    Empty,
+    /// One of its folders is not a usable name; the message is that folder's.
+    #[error("{0}")]
+    Folder(#[from] BadName),
+}
+
+/// A `dms_task_arn` that is not a replication task's ARN: only tasks have table statistics.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{0}` is not a DMS replication task ARN (`arn:aws:dms:<region>:<account>:task:<id>`, as `aws dms describe-replication-tasks` shows it; DMS Serverless replication configs are not supported)"
+)]
+struct NotATaskArn(String);
+
 /// A table's compaction settings, checked where the configuration names them (`path`).
 fn check_compact(c: &CompactConfig, path: &str) -> Result<()> {
     if c.target_file_mb == 0 || c.target_file_mb > 4096 {
@@ -42,7 +68,7 @@ fn check_compact(c: &CompactConfig, path: &str) -> Result<()> {
 
 /// A DMS replication task ARN: `arn:<partition>:dms:<region>:<12-digit account>:task:<id>`.
 /// Only tasks have table statistics (DMS Serverless replications use another API).
-fn check_task_arn(arn: &str) -> std::result::Result<(), String> {
+fn check_task_arn(arn: &str) -> std::result::Result<(), NotATaskArn> {
     let parts: Vec<&str> = arn.split(':').collect();
     let ok = match parts.as_slice() {
         ["arn", partition, "dms", region, account, "task", id] => {
@@ -61,9 +87,7 @@ fn check_task_arn(arn: &str) -> std::result::Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{arn}` is not a DMS replication task ARN (`arn:aws:dms:<region>:<account>:task:<id>`, as `aws dms describe-replication-tasks` shows it; DMS Serverless replication configs are not supported)"
-        ))
+        Err(NotATaskArn(arn.to_string()))
     }
 }
 
@@ -389,22 +413,20 @@ impl Config {
 }
 
 /// A name that is one safe path segment: never `.` or `..`, no separators or control characters.
-fn check_name(name: &str) -> std::result::Result<(), String> {
+fn check_name(name: &str) -> std::result::Result<(), BadName> {
     if name.is_empty() || name == "." || name == ".." {
-        return Err(format!("`{name}` is not a usable name"));
+        return Err(BadName::Unusable(name.to_string()));
     }
     if name.len() > 255 || name.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
-        return Err(format!(
-            "`{name}` must be at most 255 characters without `/`, `\\` or control characters"
-        ));
+        return Err(BadName::NotASegment(name.to_string()));
     }
     Ok(())
 }
 
-fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
+fn check_prefix(prefix: &str) -> std::result::Result<(), BadPrefix> {
     let p = prefix.trim_matches('/');
     if p.is_empty() {
-        return Err("an empty prefix; omit the field instead".into());
+        return Err(BadPrefix::Empty);
     }
     for seg in p.split('/') {
         check_name(seg)?;

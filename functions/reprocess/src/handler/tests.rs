@@ -97,9 +97,23 @@ fn settings_come_from_the_environment_and_mistakes_are_named() {
     );
     assert_eq!((s.reconcile_hours, s.max_files, s.max_redrive), (6, 5000, 10_000));
     let e = Settings::from_env(env(&[("REDRIVE", "https://sqs/only-one")])).unwrap_err();
-    assert!(e.contains("REDRIVE"), "{e}");
-    let e = Settings::from_env(env(&[("MAX_FILES", "0")])).unwrap_err();
-    assert!(e.contains("MAX_FILES"), "{e}");
+    assert!(
+        matches!(&e, BadSetting::RedrivePair { pair } if pair == "https://sqs/only-one"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("REDRIVE"), "{e}");
+    // Zero parses but is refused; a word has the parse error as its cause.
+    for (setting, parsed) in [(&[("MAX_FILES", "0")], true), (&[("RECONCILE_HOURS", "six")], false)] {
+        let (name, value) = setting[0];
+        let e = Settings::from_env(env(setting)).unwrap_err();
+        match &e {
+            BadSetting::NotPositive { name: n, source, .. } => {
+                assert_eq!((*n, source.is_none()), (name, parsed), "{e}")
+            }
+            other => panic!("{name}={value}: {other:?}"),
+        }
+        assert!(e.to_string().starts_with(&format!("{name}={value}:")), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
