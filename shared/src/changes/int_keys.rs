@@ -11,6 +11,16 @@ use crate::error::{BadInputKind, InputProblem};
 
 /// Key types whose values are integers of at most 64 bits, so a key is a `u64`.
 pub(super) fn int_key(t: &DataType) -> bool {
+    casts_to_i64(t)
+        || matches!(
+            t,
+            DataType::UInt64 | DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+        )
+}
+
+/// Integer types that cast to `i64` without loss (the merge-on-read key index keeps those as
+/// `i64`, so their statistics bounds are plain JSON integers).
+pub fn casts_to_i64(t: &DataType) -> bool {
     matches!(
         t,
         DataType::Int8
@@ -20,10 +30,6 @@ pub(super) fn int_key(t: &DataType) -> bool {
             | DataType::UInt8
             | DataType::UInt16
             | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(..)
     )
 }
 

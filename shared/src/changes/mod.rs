@@ -4,6 +4,7 @@
 mod columns;
 mod dedup;
 mod int_keys;
+pub use int_keys::casts_to_i64;
 mod last_row;
 mod sequence;
 

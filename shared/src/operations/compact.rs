@@ -311,24 +311,7 @@ impl<'a> CompactBuilder<'a> {
             Err(e) if is_conflict(&e) => (tomb, 0),
             Err(e) => return Err(derr(e)),
         };
-        let small = tomb
-            .snapshot()
-            .map_err(derr)?
-            .log_data()
-            .iter()
-            .filter(|f| (f.size() as u64) < target / 2)
-            .count();
-        let tomb = if small >= spec.compact.min_small_files {
-            let mut plain = spec.clone();
-            plain.compact.zorder_by_keys = false;
-            match optimize(tomb.clone(), &plain, target).await {
-                Ok((t, _)) => t,
-                Err(e) if is_conflict(&e) => tomb,
-                Err(e) => return Err(derr(e)),
-            }
-        } else {
-            tomb
-        };
+        let (tomb, _) = pack_side_table(tomb, spec, target).await.map_err(derr)?;
         checkpoint_and_clean(&tomb).await.map_err(derr)?;
         Ok(dropped)
     }
@@ -345,29 +328,7 @@ impl CompactBuilder<'_> {
             return Ok((0, 0));
         }
         let derr = |e| delta_err(Stage::Compact, &loc, e);
-        let small = history
-            .snapshot()
-            .map_err(derr)?
-            .log_data()
-            .iter()
-            .filter(|f| (f.size() as u64) < target / 2)
-            .count();
-        let mut files_in = 0;
-        let history = if small >= spec.compact.min_small_files {
-            let mut plain = spec.clone();
-            plain.compact.zorder_by_keys = false;
-            match optimize(history.clone(), &plain, target).await {
-                Ok((t, stats)) => {
-                    files_in = stats.0;
-                    t
-                }
-                // A history commit won; next time.
-                Err(e) if is_conflict(&e) => history,
-                Err(e) => return Err(derr(e)),
-            }
-        } else {
-            history
-        };
+        let (history, files_in) = pack_side_table(history, spec, target).await.map_err(derr)?;
         checkpoint_and_clean(&history).await.map_err(derr)?;
         let vacuumed = match history
             .vacuum()
@@ -468,6 +429,32 @@ pub fn table_of_log_key(lake_prefix: &str, key: &str) -> Option<(String, String,
 
 /// A side table's checkpoint at its latest version, and its log entries past retention gone:
 /// readers then open it from the checkpoint instead of replaying every commit.
+/// Bin-packs a side table (tombstones, history) once it has `min_small_files` small files,
+/// with the table's settings but never z-ordered; a concurrent writer winning leaves it for
+/// the next run. Returns the table and the files rewritten.
+async fn pack_side_table(
+    table: DeltaTable,
+    spec: &TableSpec,
+    target: u64,
+) -> deltalake::DeltaResult<(DeltaTable, u64)> {
+    let small = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|f| (f.size() as u64) < target / 2)
+        .count();
+    if small < spec.compact.min_small_files {
+        return Ok((table, 0));
+    }
+    let mut plain = spec.clone();
+    plain.compact.zorder_by_keys = false;
+    match optimize(table.clone(), &plain, target).await {
+        Ok((t, stats)) => Ok((t, stats.0)),
+        Err(e) if is_conflict(&e) => Ok((table, 0)),
+        Err(e) => Err(e),
+    }
+}
+
 async fn checkpoint_and_clean(table: &DeltaTable) -> deltalake::DeltaResult<()> {
     deltalake::checkpoints::create_checkpoint(table, None).await?;
     deltalake::checkpoints::cleanup_metadata(table, None).await?;

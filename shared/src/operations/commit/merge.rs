@@ -8,7 +8,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::prelude::{lit, when, Expr, SessionContext};
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::operations::merge::MergeMetrics;
+use deltalake::operations::merge::{InsertBuilder, MergeMetrics, UpdateBuilder};
 use deltalake::DeltaTable;
 use serde_json::Value;
 
@@ -79,97 +79,76 @@ pub(super) async fn merge(
         .with_target_alias("target")
         .with_merge_schema(!new_columns.is_empty())
         .with_commit_properties(props);
-    match spec.delete_mode {
-        DeleteMode::Hard => {
-            m = m.when_matched_delete(|d| d.predicate(newer.clone().and(is_delete.clone())))?;
-            m = m.when_matched_update(|u| {
-                let mut u = u.predicate(newer.clone());
-                for c in &data_cols {
-                    u = u.update(target_col(c), value(c));
-                }
-                u = tracked.newer_seqs(u, lit(true));
-                u.update(target_col(SEQ), s(SEQ))
-                    .update(target_col(COMMIT_TS), s(COMMIT_TS))
-            })?;
-            if let Some(older) = tracked.older_predicate() {
-                m = m.when_matched_update(|u| tracked.older_update(u.predicate(older.and(is_delete.clone().not()))))?;
-            }
-            m = m.when_not_matched_insert(|i| {
-                let mut i = i.predicate(s(OP).not_eq(lit("D")));
-                for c in &data_cols {
-                    i = i.set(target_col(c), s(c));
-                }
-                i = tracked.insert_seqs(i, true);
-                i.set(target_col(SEQ), s(SEQ)).set(target_col(COMMIT_TS), s(COMMIT_TS))
-            })?;
+    let soft = spec.delete_mode == DeleteMode::Soft;
+    // The row a change writes: its values, its sequences and, in soft mode, its delete flag.
+    let updated = |mut u: UpdateBuilder| {
+        for c in &data_cols {
+            u = u.update(target_col(c), value(c));
         }
-        DeleteMode::Soft => {
-            // A full delete image is the row as it was deleted, whatever order the changes
-            // came in; a key-only image (PostgreSQL's default replica identity) carries no
-            // values, so the row keeps the ones it has. See merge_on_read's `full_image`.
-            let full_image = data_cols
-                .iter()
-                .filter(|c| !spec.keys.contains(c))
-                .map(|c| s(c).is_not_null())
-                .reduce(Expr::or)
-                .unwrap_or_else(|| lit(false));
-            m = m.when_matched_update(|u| {
-                let mut u = u.predicate(newer.clone().and(is_delete.clone()));
-                for c in data_cols.iter().filter(|c| !spec.keys.contains(c)) {
-                    let image = if tracked.has(c) {
-                        tracked.newer_value(c, full_image.clone())
-                    } else {
-                        when(full_image.clone(), value(c))
-                            .otherwise(t(c))
-                            .unwrap_or_else(|_| t(c))
-                    };
-                    u = u.update(target_col(c), image);
-                }
-                u = tracked.newer_seqs(u, full_image.clone());
-                u.update(target_col(DELETED), s(DELETED))
-                    .update(target_col(DELETED_AT), s(DELETED_AT))
-                    .update(target_col(SEQ), s(SEQ))
-                    .update(target_col(COMMIT_TS), s(COMMIT_TS))
-            })?;
-            m = m.when_matched_update(|u| {
-                let mut u = u.predicate(newer.clone());
-                for c in &data_cols {
-                    u = u.update(target_col(c), value(c));
-                }
-                u = tracked.newer_seqs(u, lit(true));
-                u.update(target_col(SEQ), s(SEQ))
-                    .update(target_col(COMMIT_TS), s(COMMIT_TS))
-                    .update(target_col(DELETED), s(DELETED))
-                    .update(target_col(DELETED_AT), s(DELETED_AT))
-            })?;
-            if let Some(older) = tracked.older_predicate() {
-                m = m.when_matched_update(|u| tracked.older_update(u.predicate(older.and(is_delete.clone().not()))))?;
-            }
-            m = m.when_not_matched_insert(|i| {
-                let mut i = i.predicate(s(OP).not_eq(lit("D")));
-                for c in &data_cols {
-                    i = i.set(target_col(c), s(c));
-                }
-                i = tracked.insert_seqs(i, true);
-                i.set(target_col(SEQ), s(SEQ))
-                    .set(target_col(COMMIT_TS), s(COMMIT_TS))
-                    .set(target_col(DELETED), s(DELETED))
-                    .set(target_col(DELETED_AT), s(DELETED_AT))
-            })?;
-            // A delete for a key never seen leaves a deleted marker row: it is also the
-            // tombstone that keeps a late insert from bringing the key back.
-            m = m.when_not_matched_insert(|i| {
-                let mut i = i.predicate(is_delete.clone());
-                for c in &data_cols {
-                    i = i.set(target_col(c), s(c));
-                }
-                i = tracked.insert_seqs(i, false);
-                i.set(target_col(SEQ), s(SEQ))
-                    .set(target_col(COMMIT_TS), s(COMMIT_TS))
-                    .set(target_col(DELETED), s(DELETED))
-                    .set(target_col(DELETED_AT), s(DELETED_AT))
-            })?;
+        u = tracked.newer_seqs(u, lit(true));
+        u = u
+            .update(target_col(SEQ), s(SEQ))
+            .update(target_col(COMMIT_TS), s(COMMIT_TS));
+        if soft {
+            u = u
+                .update(target_col(DELETED), s(DELETED))
+                .update(target_col(DELETED_AT), s(DELETED_AT));
         }
+        u
+    };
+    let inserted = |mut i: InsertBuilder, row: bool| {
+        for c in &data_cols {
+            i = i.set(target_col(c), s(c));
+        }
+        i = tracked.insert_seqs(i, row);
+        i = i.set(target_col(SEQ), s(SEQ)).set(target_col(COMMIT_TS), s(COMMIT_TS));
+        if soft {
+            i = i
+                .set(target_col(DELETED), s(DELETED))
+                .set(target_col(DELETED_AT), s(DELETED_AT));
+        }
+        i
+    };
+    if soft {
+        // A full delete image is the row as it was deleted, whatever order the changes came
+        // in; a key-only image (PostgreSQL's default replica identity) carries no values, so
+        // the row keeps the ones it has. See merge_on_read's `full_image`.
+        let full_image = data_cols
+            .iter()
+            .filter(|c| !spec.keys.contains(c))
+            .map(|c| s(c).is_not_null())
+            .reduce(Expr::or)
+            .unwrap_or_else(|| lit(false));
+        m = m.when_matched_update(|u| {
+            let mut u = u.predicate(newer.clone().and(is_delete.clone()));
+            for c in data_cols.iter().filter(|c| !spec.keys.contains(c)) {
+                let image = if tracked.has(c) {
+                    tracked.newer_value(c, full_image.clone())
+                } else {
+                    when(full_image.clone(), value(c))
+                        .otherwise(t(c))
+                        .unwrap_or_else(|_| t(c))
+                };
+                u = u.update(target_col(c), image);
+            }
+            u = tracked.newer_seqs(u, full_image.clone());
+            u.update(target_col(DELETED), s(DELETED))
+                .update(target_col(DELETED_AT), s(DELETED_AT))
+                .update(target_col(SEQ), s(SEQ))
+                .update(target_col(COMMIT_TS), s(COMMIT_TS))
+        })?;
+    } else {
+        m = m.when_matched_delete(|d| d.predicate(newer.clone().and(is_delete.clone())))?;
+    }
+    m = m.when_matched_update(|u| updated(u.predicate(newer.clone())))?;
+    if let Some(older) = tracked.older_predicate() {
+        m = m.when_matched_update(|u| tracked.older_update(u.predicate(older.and(is_delete.clone().not()))))?;
+    }
+    m = m.when_not_matched_insert(|i| inserted(i.predicate(s(OP).not_eq(lit("D"))), true))?;
+    if soft {
+        // A delete for a key never seen leaves a deleted marker row: it is also the tombstone
+        // that keeps a late insert from bringing the key back.
+        m = m.when_not_matched_insert(|i| inserted(i.predicate(is_delete.clone()), false))?;
     }
     let (table, metrics) = m.await?;
     Ok((table, Some(metrics)))

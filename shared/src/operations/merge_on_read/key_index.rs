@@ -10,6 +10,8 @@ use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use serde_json::Value;
 
+use crate::changes::casts_to_i64;
+
 /// The changes' keys, for probing data files.
 pub(super) enum KeyIndex {
     /// One integer key: no row encoding.
@@ -18,25 +20,10 @@ pub(super) enum KeyIndex {
     Rows(RowConverter, HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>),
 }
 
-/// Integer types that cast to `i64` without loss (unlike `changes::int_key`, which also takes
-/// `UInt64` and temporal keys as `u64`): the key's stats bounds are then plain JSON integers.
-fn is_small_int(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-    )
-}
-
 impl KeyIndex {
     pub(super) fn build(keys: &[ArrayRef]) -> Result<Self, ArrowError> {
         if let [k] = keys {
-            if is_small_int(k.data_type()) {
+            if casts_to_i64(k.data_type()) {
                 let k = cast(k, &DataType::Int64)?;
                 let k = k.as_primitive::<Int64Type>();
                 let mut map = HashMap::with_capacity_and_hasher(k.len(), Default::default());
