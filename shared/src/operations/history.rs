@@ -517,6 +517,13 @@ pub fn sequence_time(seq: &str) -> Option<i64> {
 /// below it is not a delete gets a delete version at the floor. `newer_file` picks the changes
 /// DMS wrote after a truncate (see [`floor::FILES_AFTER_PROPERTY`]): below the floor by their
 /// sequence, they follow its closing version.
+/// A column as plain text, whatever string type the batch holds it in.
+fn text_column(b: &RecordBatch, name: &str) -> std::result::Result<StringArray, DeltaTableError> {
+    Ok(cast(b.column(b.schema().index_of(name)?), &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone())
+}
+
 pub fn recompute(
     combined: &RecordBatch,
     n_existing: usize,
@@ -525,11 +532,7 @@ pub fn recompute(
     newer_file: Option<&dyn Fn(&str) -> bool>,
 ) -> std::result::Result<Recomputed, DeltaTableError> {
     let schema = combined.schema();
-    let text = |name: &str| -> std::result::Result<StringArray, DeltaTableError> {
-        Ok(cast(combined.column(schema.index_of(name)?), &DataType::Utf8)?
-            .as_string::<i32>()
-            .clone())
-    };
+    let text = |name: &str| text_column(combined, name);
     let seqs = text(SEQ)?;
     let ops = text(OP_COLUMN)?;
     let files = text(SOURCE_FILE)?;
@@ -656,18 +659,11 @@ pub fn recompute(
         let closing_rows = RecordBatch::try_new(schema.clone(), cols)?;
         concat_batches(&schema, &[combined.clone(), closing_rows])?
     };
-    let seqs = cast(combined.column(schema.index_of(SEQ)?), &DataType::Utf8)?
-        .as_string::<i32>()
-        .clone();
-    let ops = cast(combined.column(schema.index_of(OP_COLUMN)?), &DataType::Utf8)?
-        .as_string::<i32>()
-        .clone();
-    let unlogged = cast(combined.column(schema.index_of(UNLOGGED)?), &DataType::Utf8)?
-        .as_string::<i32>()
-        .clone();
-    let closing_files = cast(combined.column(schema.index_of(SOURCE_FILE)?), &DataType::Utf8)?
-        .as_string::<i32>()
-        .clone();
+    let text = |name: &str| text_column(&combined, name);
+    let seqs = text(SEQ)?;
+    let ops = text(OP_COLUMN)?;
+    let unlogged = text(UNLOGGED)?;
+    let closing_files = text(SOURCE_FILE)?;
     let commit_ts = combined
         .column(schema.index_of(COMMIT_TS)?)
         .as_primitive::<TimestampMicrosecondType>()
