@@ -16,6 +16,9 @@
 //! - `python`: `bench/python_pipeline.py`, pyarrow + DuckDB window dedup + the `deltalake`
 //!   package's merge and a delete pass (the Python Lambda recipe);
 //! - `dms2delta_decode`: the decode stage alone;
+//! - `dms2delta_phases`: the `dms2delta` run again with every request the Delta engine makes
+//!   timestamped (a pass-through [`FaultyStore`]), to show where a per-file commit spends its
+//!   time; kept apart so that the throughput lines carry no recording;
 //! - `spark_decode`: `bench/spark_decode.py`, the Glue/PySpark window dedup in local mode, for
 //!   the decode stage.
 //!
@@ -34,15 +37,18 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dms2delta::config::Config;
 use dms2delta::failpoint::Failpoints;
+use dms2delta::faults::{Call, FaultyStore};
+use dms2delta::operations::commit::CommitMetrics;
 use dms2delta::operations::decode::DecodeOutcome;
 use dms2delta::pipeline::Pipeline;
 use dms2delta::sim::{diff, rows_of, simulate, Format, SimOptions, Simulation, Value};
 use dms2delta::storage::{Location, Stores};
+use object_store::ObjectStore;
 use serde_json::{json, Value as Json};
 
 const ENV_CASE: &str = "DMS2DELTA_BENCH_CASE";
@@ -129,7 +135,22 @@ fn files(root: &Path) -> Vec<String> {
 fn child(case: &str, root: &Path) {
     let text = std::fs::read_to_string(root.join("config.yaml")).unwrap();
     let config = Arc::new(Config::from_text(&text).unwrap());
-    let pipeline = Pipeline::new(config.clone(), Arc::new(Stores::new(config.config.storage.clone())));
+    let timeline: Timeline = Arc::default();
+    let mut stores = Stores::new(config.config.storage.clone());
+    if case == "dms2delta_phases" {
+        let t = timeline.clone();
+        stores = stores.with_delta_wrapper(Arc::new(move |inner| {
+            let t = t.clone();
+            Arc::new(FaultyStore::new(inner, move |call, path| {
+                if let Ok(mut v) = t.lock() {
+                    v.push((Instant::now(), call, path.to_string()));
+                }
+                false
+            })) as Arc<dyn ObjectStore>
+        }));
+    }
+    let pipeline = Pipeline::new(config.clone(), Arc::new(stores));
+    let mut phases = PhaseTotals::default();
     let bucket = config.config.sources[0].bucket.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -149,7 +170,7 @@ fn child(case: &str, root: &Path) {
         let run_started = Instant::now();
         for (i, key) in keys.iter().enumerate() {
             let started = Instant::now();
-            match pipeline
+            let decode_ms = match pipeline
                 .decode(&bucket, key, None, Failpoints::default())
                 .await
                 .unwrap()
@@ -157,13 +178,26 @@ fn child(case: &str, root: &Path) {
                 DecodeOutcome::Staged(m) => {
                     rows_in += m.tables.iter().map(|t| t.rows_in).sum::<u64>();
                     rows_out += m.tables.iter().map(|t| t.rows_out).sum::<u64>();
+                    m.duration_ms
                 }
                 other => panic!("{key}: {other:?}"),
-            }
+            };
             match case {
                 "dms2delta" => {
                     pipeline.commit_all().await.unwrap();
                     latencies.push(started.elapsed().as_secs_f64());
+                }
+                "dms2delta_phases" => {
+                    timeline.lock().unwrap().clear();
+                    let commit_started = Instant::now();
+                    let metrics = pipeline.commit_all().await.unwrap();
+                    let commit_ended = Instant::now();
+                    latencies.push(started.elapsed().as_secs_f64());
+                    // The full load's file is not the per-file path being measured.
+                    if !key.contains("LOAD") {
+                        let requests = std::mem::take(&mut *timeline.lock().unwrap());
+                        phases.add(decode_ms, &metrics, commit_started, commit_ended, &requests);
+                    }
                 }
                 "dms2delta_group" => {
                     waiting.push(started);
@@ -190,8 +224,159 @@ fn child(case: &str, root: &Path) {
         _ => keys.len(),
     };
     let r = json!({"files": keys.len(), "changes": rows_in, "rows_out": rows_out, "secs": secs,
-        "latencies": latencies, "invocations": invocations, "maxrss_kib": common::peak_rss_kib()});
+        "latencies": latencies, "invocations": invocations, "maxrss_kib": common::peak_rss_kib(),
+        "phases": phases.to_json()});
     println!("RESULT {r}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where a per-file commit spends its time (`dms2delta_phases`).
+
+/// Every request the Delta engine made during one commit: when, what kind, which object.
+type Timeline = Arc<Mutex<Vec<(Instant, Call, String)>>>;
+
+/// The phase of a commit a request belongs to, by the object it names and what came before it
+/// in the same commit (`merged`: a data file was touched; `committed`: the table's log entry
+/// was written).
+fn phase_of(call: Call, path: &str, merged: bool, committed: bool) -> &'static str {
+    if path.contains("_dms2delta/tombstones") {
+        return "tombstones";
+    }
+    if path.contains("_delta_log") {
+        return match call {
+            Call::Put | Call::Copy => "commit write",
+            _ if committed => "post-commit read-back",
+            // delta-rs lists the log for a conflict check before it writes its entry.
+            _ if merged => "commit write",
+            _ => "log read",
+        };
+    }
+    // Only the MERGE's data file writes are seen here: DataFusion reads the data files through
+    // a store of its own session, not the wrapped one.
+    MERGE
+}
+
+const MERGE: &str = "MERGE plan + execute";
+
+/// The order phases are printed in: a commit runs them in this order.
+const PHASES: [&str; 7] = [
+    "staging read + dedup",
+    "log read",
+    "tombstones",
+    MERGE,
+    "commit write",
+    "post-commit read-back",
+    "staging clean-up",
+];
+
+#[derive(Default)]
+struct PhaseTotals {
+    files: u64,
+    decode_ms: f64,
+    commit_ms: f64,
+    merge_scan_ms: f64,
+    merge_rewrite_ms: f64,
+    tombstones_written: u64,
+    /// Per phase: milliseconds and requests, summed over files.
+    spans: BTreeMap<&'static str, (f64, u64)>,
+}
+
+impl PhaseTotals {
+    /// One commit, split at the requests that open each phase: a phase runs from its first
+    /// request until the next phase's first request. What runs before the first Delta request
+    /// is reading the staged change sets and deduplicating them; what runs after the last is
+    /// deleting the applied change sets. The MERGE makes no request this store sees until it
+    /// writes its data file, so it starts at the last request before that (the tombstones'
+    /// last): its span holds the tombstone filter, planning, the scan and the write.
+    fn add(
+        &mut self,
+        decode_ms: u64,
+        metrics: &[CommitMetrics],
+        start: Instant,
+        end: Instant,
+        requests: &[(Instant, Call, String)],
+    ) {
+        self.files += 1;
+        self.decode_ms += decode_ms as f64;
+        for m in metrics {
+            self.commit_ms += m.duration_ms as f64;
+            self.merge_scan_ms += m.merge_scan_ms as f64;
+            self.merge_rewrite_ms += m.merge_rewrite_ms as f64;
+            self.tombstones_written += m.tombstones_written;
+        }
+        let mut marks: Vec<(Instant, &'static str)> = vec![(start, PHASES[0])];
+        let (mut merged, mut committed) = (false, false);
+        let mut last_request = start;
+        for (t, call, path) in requests {
+            let p = phase_of(*call, path, merged, committed);
+            if p == MERGE && !merged {
+                marks.push((last_request, MERGE));
+                merged = true;
+            }
+            if p == "commit write" && matches!(call, Call::Put | Call::Copy) {
+                committed = true;
+            }
+            if marks.last().map(|m| m.1) != Some(p) {
+                marks.push((*t, p));
+            }
+            self.spans.entry(p).or_default().1 += 1;
+            last_request = *t;
+        }
+        marks.push((last_request, "staging clean-up"));
+        marks.push((end, "end"));
+        for w in marks.windows(2) {
+            let ms = w[1].0.saturating_duration_since(w[0].0).as_secs_f64() * 1e3;
+            self.spans.entry(w[0].1).or_default().0 += ms;
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        if self.files == 0 {
+            return Json::Null;
+        }
+        let n = self.files as f64;
+        let spans: serde_json::Map<String, Json> = PHASES
+            .iter()
+            .map(|p| {
+                let (ms, reqs) = self.spans.get(p).copied().unwrap_or_default();
+                (p.to_string(), json!({"ms": ms / n, "requests": reqs as f64 / n}))
+            })
+            .collect();
+        json!({"files": self.files, "decode_ms": self.decode_ms / n, "commit_ms": self.commit_ms / n,
+            "merge_scan_ms": self.merge_scan_ms / n, "merge_rewrite_ms": self.merge_rewrite_ms / n,
+            "tombstones_written": self.tombstones_written as f64 / n, "spans": spans})
+    }
+}
+
+fn print_phases(p: &Json) {
+    if p.is_null() {
+        return;
+    }
+    println!(
+        "  per-file commit, where the time goes (dms2delta_phases, mean over {} CDC files): decode {:.1} ms (DecodeMetrics), commit {:.1} ms (CommitMetrics) of which MERGE execution {:.1} ms (delta-rs's own measures: scan {:.1}, write {:.1}); tombstones written per file {:.0}",
+        p["files"],
+        p["decode_ms"].as_f64().unwrap_or(0.0),
+        p["commit_ms"].as_f64().unwrap_or(0.0),
+        p["merge_scan_ms"].as_f64().unwrap_or(0.0) + p["merge_rewrite_ms"].as_f64().unwrap_or(0.0),
+        p["merge_scan_ms"].as_f64().unwrap_or(0.0),
+        p["merge_rewrite_ms"].as_f64().unwrap_or(0.0),
+        p["tombstones_written"].as_f64().unwrap_or(0.0),
+    );
+    let line: Vec<String> = PHASES
+        .iter()
+        .map(|name| {
+            let s = &p["spans"][*name];
+            format!(
+                "{name} {:.1} ms/{:.1} req",
+                s["ms"].as_f64().unwrap_or(0.0),
+                s["requests"].as_f64().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    println!(
+        "  commit phases, split at the Delta engine's requests: {}",
+        line.join(" | ")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,6 +534,37 @@ fn main() {
             w.opts.max_file_changes
         );
 
+        // Not a pipeline of its own: the per-file run again, recorded request by request.
+        let phase_root = tmp.path().join("dms2delta_phases");
+        std::fs::create_dir_all(&phase_root).unwrap();
+        std::fs::write(phase_root.join("config.yaml"), config_text(&sim, &phase_root)).unwrap();
+        let phases = match run(
+            Command::new(&exe)
+                .env(ENV_CASE, "dms2delta_phases")
+                .env(ENV_ROOT, &phase_root),
+            "dms2delta_phases",
+        ) {
+            Ok(r) => match verdict(
+                &expected,
+                rt.block_on(read_delta(
+                    &phase_root.join("config.yaml"),
+                    &phase_root.join("lake/oracle/app/t0"),
+                )),
+            ) {
+                Ok(()) => r["phases"].clone(),
+                Err(e) => {
+                    failures += 1;
+                    println!("  dms2delta_phases  FAILED: {e}");
+                    Json::Null
+                }
+            },
+            Err(e) => {
+                failures += 1;
+                println!("  dms2delta_phases  FAILED: {e}");
+                Json::Null
+            }
+        };
+
         let mut pipelines = BTreeMap::new();
         let mut record = |name: &str, r: Result<Json, String>, check: Result<(), String>| {
             let entry = match (r, check) {
@@ -430,8 +646,10 @@ fn main() {
             .and_then(|p| p["changes"].as_u64())
             .unwrap_or(0);
         results.push(json!({"name": w.name, "files": files, "changes": total,
-            "changes_per_file": total as f64 / files.max(1) as f64, "pipelines": pipelines}));
+            "changes_per_file": total as f64 / files.max(1) as f64, "pipelines": pipelines,
+            "phases": phases}));
         ratios(results.last().unwrap());
+        print_phases(&results.last().unwrap()["phases"]);
     }
 
     let out_dir = repo().join("bench/results");
