@@ -360,10 +360,17 @@ impl FeedSegments {
             }
             let version = handle.version().unwrap_or(0);
             let batches = lab.pipeline.read_table(&loc).await.map_err(|e| e.to_string())?;
-            let Some(first) = batches.first() else {
-                return Err(format!("{name}: the table read back as no batch"));
+            // A table whose rows are all deleted reads back as no batch: its columns are the
+            // snapshot's.
+            let schema = match batches.first() {
+                Some(first) => first.schema(),
+                None => handle
+                    .snapshot()
+                    .map_err(|e| format!("{name}: {e}"))?
+                    .snapshot()
+                    .arrow_schema(),
             };
-            let columns: Vec<String> = first.schema().fields().iter().map(|f| f.name().clone()).collect();
+            let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
             let k = lab.sim.key_columns[name];
             let keys: Vec<&str> = lab.sim.columns[name][..k].iter().map(String::as_str).collect();
             let (from, held_columns, mut replay) = self.at.remove(name).unwrap_or_default();
