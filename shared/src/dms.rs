@@ -69,13 +69,16 @@ pub trait LoadProgress: Send + Sync + fmt::Debug {
 /// next to `reloads.settle_after_seconds`; a completed answer stays true for its anchor.
 pub const REMEMBER_ANSWERS_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Each table's (task, schema, table) last answer and when it came.
+type Answers = HashMap<(String, String, String), (std::time::Instant, Option<TableLoad>)>;
+
 /// A [`LoadProgress`] that remembers each table's answer for a while (errors are not
 /// remembered: the next question asks again).
 #[derive(Debug)]
 pub struct Remembered<P> {
     inner: P,
     ttl: std::time::Duration,
-    answers: std::sync::Mutex<HashMap<(String, String, String), (std::time::Instant, Option<TableLoad>)>>,
+    answers: std::sync::Mutex<Answers>,
 }
 
 impl<P: LoadProgress> Remembered<P> {
@@ -87,9 +90,7 @@ impl<P: LoadProgress> Remembered<P> {
         }
     }
 
-    fn answers(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), (std::time::Instant, Option<TableLoad>)>> {
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
         // A panic elsewhere while holding the lock leaves a map that is still valid.
         self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -167,7 +167,7 @@ pub async fn check_history(lab: &Lab, decoded: &[String]) -> Result<HistoryCheck
             .iter()
             .map(|(key, vs)| {
                 let mut live = false;
-                let kept: Vec<SimVersion> = vs
+                let mut kept: Vec<SimVersion> = vs
                     .iter()
                     .filter(|v| {
                         let unread = v
@@ -189,7 +189,6 @@ pub async fn check_history(lab: &Lab, decoded: &[String]) -> Result<HistoryCheck
                         .as_deref()
                         .is_some_and(|f| removed.contains(f) && !read.contains(f))
                 };
-                let mut kept = kept;
                 if vs.iter().any(|v| v.op == 'D' && !v.floor && unread_removed(v)) {
                     let before = |v: &SimVersion| v.file.as_deref().is_some_and(|f| removed.contains(f));
                     if let Some(last) = kept.iter().rposition(before) {
