@@ -60,13 +60,14 @@ DAILY_VOLUMES = [1_000_000, 10_000_000, 100_000_000]
 # name: (label, colour, line style); decode-only stages dashed.
 PIPELINES = {
     "dms2delta": ("dms2delta (Rust Lambdas, end to end)", "tab:blue", "-"),
+    "dms2delta_dv": ("dms2delta, deletion vectors (end to end)", "tab:cyan", "-"),
     "dms2delta_group": ("dms2delta, 10 files per commit (end to end)", "tab:purple", "-"),
     "python": ("Python Lambda + deltalake (end to end)", "tab:orange", "-"),
     "dms2delta_decode": ("dms2delta decode stage", "tab:green", "--"),
     "spark_decode": ("PySpark decode, local[2] (Glue-style)", "tab:red", "--"),
 }
-PEER = {"dms2delta": "python", "dms2delta_group": "python", "dms2delta_decode": "spark_decode"}
-LAMBDAS = ["dms2delta", "dms2delta_group", "python"]
+PEER = {"dms2delta": "python", "dms2delta_dv": "python", "dms2delta_group": "python", "dms2delta_decode": "spark_decode"}
+LAMBDAS = ["dms2delta", "dms2delta_dv", "dms2delta_group", "python"]
 
 
 def measured(workload: dict, name: str) -> dict | None:

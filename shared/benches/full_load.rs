@@ -8,6 +8,14 @@
 //! DMS2DELTA_BENCH_FULL_LOAD=5000000:20 cargo bench -p dms2delta --features delta --bench full_load
 //! ```
 //!
+//! Then the memory of one pass over the same files (the CLI's `run`: every file decoded, then
+//! the pending change sets committed): peak RSS of a child process over half the files and over
+//! all of them, once with a commit's byte budget (`commit.max_staged_bytes`, set small here so
+//! that it binds) and once without one (the budget set beyond what is staged, as before it
+//! existed). Bounded by the batch means the two peaks with the budget match. The children run
+//! with `MALLOC_ARENA_MAX=2`, as `template.yaml` deploys the functions, and once with glibc's
+//! default for comparison.
+//!
 //! Knobs: `DMS2DELTA_BENCH_FULL_LOAD` (`rows:files`, default `2000000:10`),
 //! `DMS2DELTA_BENCH_PYTHON` (a python with `deltalake` and `pyarrow`; default the bench venv
 //! that `bench/run.sh` sets up). Keys are a random permutation spread over the files, as
@@ -73,8 +81,12 @@ fn write_load_files(dir: &Path, rows: usize, files: usize) -> Vec<String> {
 }
 
 fn pipeline(dir: &Path, dv: bool) -> Pipeline {
+    pipeline_with(dir, if dv { "commit:\n  deletion_vectors: true\n" } else { "" })
+}
+
+/// `commit`: a YAML `commit:` block, or nothing.
+fn pipeline_with(dir: &Path, commit: &str) -> Pipeline {
     let d = dir.display();
-    let commit = if dv { "commit:\n  deletion_vectors: true\n" } else { "" };
     let text = format!(
         "lake: {d}/lake\nstaging: {d}/staged\nquarantine: {d}/quarantine\nstorage:\n  buckets:\n    dms: {d}/bucket\n{commit}sources:\n  - name: pg\n    bucket: dms\n    tables:\n      - schema: app\n        table: t\n        keys: [id]\n"
     );
@@ -176,7 +188,63 @@ async fn distinct_keys(dir: &Path) -> usize {
     n
 }
 
+/// A commit's byte budget that binds on this bench's change sets, and one no pass reaches.
+const SMALL_BUDGET: u64 = 8 * 1024 * 1024;
+const NO_BUDGET: u64 = u64::MAX;
+const ENV_ONE_PASS: &str = "DMS2DELTA_BENCH_ONE_PASS";
+
+/// Child process: one pass (decode every file, then commit what is pending) over the first
+/// `n` files linked from `data`, with `budget` as `commit.max_staged_bytes`. Prints
+/// `ONE_PASS <commits> <peak RSS KiB>`.
+fn one_pass_child(spec: &str) {
+    let mut parts = spec.split(':');
+    let mut next = || parts.next().unwrap().to_string();
+    let (data, n, budget) = (PathBuf::from(next()), next().parse::<usize>().unwrap(), next());
+    let names: Vec<String> = next().split(',').take(n).map(str::to_string).collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("bucket")).unwrap();
+    std::os::unix::fs::symlink(data.join("bucket/app"), dir.path().join("bucket/app")).unwrap();
+    let p = pipeline_with(dir.path(), &format!("commit:\n  max_staged_bytes: {budget}\n"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let commits = rt.block_on(async {
+        for f in &names {
+            let out = p
+                .decode("dms", f, Some("etag".into()), Failpoints::default())
+                .await
+                .unwrap();
+            assert!(matches!(out, DecodeOutcome::Staged(_)), "{f}: {out:?}");
+        }
+        p.commit_all().await.unwrap().len()
+    });
+    println!("ONE_PASS {commits} {}", util::peak_rss_kib().unwrap_or(0));
+}
+
+/// Runs [`one_pass_child`] in a child process: (commits, peak RSS MiB). `arenas`: glibc's
+/// `MALLOC_ARENA_MAX` for the child (`None`: glibc's default, 8 per core).
+fn one_pass(data: &Path, names: &[String], n: usize, budget: u64, arenas: Option<&str>) -> (usize, f64) {
+    let exe = std::env::current_exe().unwrap();
+    let spec = format!("{}:{n}:{budget}:{}", data.display(), names.join(","));
+    let mut cmd = Command::new(exe);
+    cmd.env(ENV_ONE_PASS, spec).env_remove("MALLOC_ARENA_MAX");
+    if let Some(a) = arenas {
+        cmd.env("MALLOC_ARENA_MAX", a);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("ONE_PASS ")).unwrap();
+    let (commits, kib) = line.split_once(' ').unwrap();
+    (commits.parse().unwrap(), kib.parse::<f64>().unwrap() / 1024.0)
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var(ENV_ONE_PASS) {
+        one_pass_child(&spec);
+        return;
+    }
     let spec = std::env::var("DMS2DELTA_BENCH_FULL_LOAD").unwrap_or_else(|_| "2000000:10".into());
     let (rows, files): (usize, usize) = match spec.split_once(':') {
         Some((r, f)) => (r.replace('_', "").parse().unwrap(), f.parse().unwrap()),
@@ -227,6 +295,32 @@ fn main() {
             python().display()
         );
     }
+    println!("one pass over the LOAD files (decode all, then commit what is pending), each in its own process:");
+    let half = (files / 2).max(1);
+    let mut peaks = Vec::new();
+    // template.yaml gives the functions MALLOC_ARENA_MAX=2: with glibc's default of 8 arenas
+    // per core, freed memory spread over many arenas keeps the peak creeping up commit after
+    // commit although no commit holds more than its batch.
+    for (label, budget, arenas) in [
+        ("budget 8 MiB, MALLOC_ARENA_MAX=2", SMALL_BUDGET, Some("2")),
+        ("budget 8 MiB, glibc default arenas", SMALL_BUDGET, None),
+        ("no budget, MALLOC_ARENA_MAX=2", NO_BUDGET, Some("2")),
+    ] {
+        let (c1, m1) = one_pass(data.path(), &names, half, budget, arenas);
+        let (c2, m2) = one_pass(data.path(), &names, files, budget, arenas);
+        println!(
+            "  {label:<36} {half:>3} files: {c1:>3} commits, peak RSS {m1:>7.0} MiB | {files:>3} files: {c2:>3} commits, \
+             peak RSS {m2:>7.0} MiB -> {:.2}x",
+            m2 / m1
+        );
+        peaks.push(m2 / m1);
+    }
+    let verdict = if peaks[0] <= 1.2 { "MET" } else { "MISSED" };
+    println!(
+        "  target: one-pass peak RSS bounded by the batch (twice the files, at most 1.2x the peak, budget 8 MiB, \
+         MALLOC_ARENA_MAX=2 as deployed): {:.2}x {verdict}",
+        peaks[0]
+    );
     if let Some(kib) = util::peak_rss_kib() {
         println!("peak RSS of this process: {:.0} MiB", kib as f64 / 1024.0);
     }

@@ -13,6 +13,8 @@
 //!   commit per file;
 //! - `dms2delta_group`: the same with one commit per 10 files, as the commit queue's batches
 //!   (BatchSize 10) group them under load;
+//! - `dms2delta_dv`: `dms2delta` with `commit.deletion_vectors` on (merge-on-read: replaced
+//!   rows are marked in deletion vectors instead of their files being rewritten);
 //! - `python`: `bench/python_pipeline.py`, pyarrow + DuckDB window dedup + the `deltalake`
 //!   package's merge and a delete pass (the Python Lambda recipe);
 //! - `dms2delta_decode`: the decode stage alone;
@@ -183,7 +185,7 @@ fn child(case: &str, root: &Path) {
                 other => panic!("{key}: {other:?}"),
             };
             match case {
-                "dms2delta" => {
+                "dms2delta" | "dms2delta_dv" => {
                     pipeline.commit_all().await.unwrap();
                     latencies.push(started.elapsed().as_secs_f64());
                 }
@@ -219,7 +221,7 @@ fn child(case: &str, root: &Path) {
     };
     // Deployed, a file is one decode invocation, plus one commit invocation per file or group.
     let invocations = match case {
-        "dms2delta" => 2 * keys.len(),
+        "dms2delta" | "dms2delta_dv" => 2 * keys.len(),
         "dms2delta_group" => keys.len() + keys.len().div_ceil(GROUP),
         _ => keys.len(),
     };
@@ -584,10 +586,14 @@ fn main() {
             pipelines.insert(name.to_string(), entry);
         };
 
-        for case in ["dms2delta", "dms2delta_group", "dms2delta_decode"] {
+        for case in ["dms2delta", "dms2delta_dv", "dms2delta_group", "dms2delta_decode"] {
             let root = tmp.path().join(case);
             std::fs::create_dir_all(&root).unwrap();
-            std::fs::write(root.join("config.yaml"), config_text(&sim, &root)).unwrap();
+            let mut config = config_text(&sim, &root);
+            if case == "dms2delta_dv" {
+                config.push_str("commit:\n  deletion_vectors: true\n");
+            }
+            std::fs::write(root.join("config.yaml"), config).unwrap();
             let r = run(Command::new(&exe).env(ENV_CASE, case).env(ENV_ROOT, &root), case);
             let check = if r.is_err() {
                 Ok(())
@@ -694,6 +700,7 @@ fn ratios(w: &Json) {
     let p = &w["pipelines"];
     for (ours, peer) in [
         ("dms2delta", "python"),
+        ("dms2delta_dv", "python"),
         ("dms2delta_group", "python"),
         ("dms2delta_decode", "spark_decode"),
     ] {

@@ -261,6 +261,52 @@ const HEADER_SOURCE: &str = r#"
           - { name: extra, type: INT4 }
 "#;
 
+/// Without deletion vectors a commit retires the rows it replaces by writing their data files
+/// again without them, in its own commit, and only the files statistics say may hold a changed
+/// key: a file of other keys is neither read nor rewritten, and the copied rows are counted.
+#[tokio::test]
+async fn a_copy_on_write_commit_rewrites_only_the_files_holding_a_changed_key() {
+    let m = Mini::new(HEADER_SOURCE, "");
+    m.apply("app/t/20240528-195141301.csv", b"Op,id,name\nI,1,a\nI,2,b\n")
+        .await;
+    let m1 = m
+        .apply("app/t/20240528-195141302.csv", b"Op,id,name\nI,10,j\nI,11,k\n")
+        .await;
+    assert_eq!(
+        (m1.files_scanned, m1.files_removed, m1.files_added),
+        (0, 0, 1),
+        "{m1:?}"
+    );
+    let m2 = m
+        .apply("app/t/20240528-195141303.csv", b"Op,id,name\nU,2,b2\nD,1,\n")
+        .await;
+    // Keys 10 and 11's file is outside the changes' key range: not read, not rewritten.
+    assert_eq!(m2.files_scanned, 1, "{m2:?}");
+    assert_eq!((m2.files_removed, m2.files_added), (1, 1), "{m2:?}");
+    assert_eq!((m2.rows_updated, m2.rows_deleted, m2.rows_copied), (1, 1, 0), "{m2:?}");
+    assert_eq!((m2.dv_files, m2.dv_rows), (0, 0), "{m2:?}");
+    let m3 = m.apply("app/t/20240528-195141304.csv", b"Op,id,name\nU,11,k2\n").await;
+    // Key 10 shares the file: copied unchanged.
+    assert_eq!(
+        (m3.files_scanned, m3.files_removed, m3.rows_copied),
+        (1, 1, 1),
+        "{m3:?}"
+    );
+    assert_eq!(
+        m.rows("pg.app.t", &["id", "name"]).await,
+        vec![vec!["2", "b2"], vec!["10", "j"], vec!["11", "k2"]]
+    );
+    // No deletion vector: any reader of plain Delta tables reads it.
+    let loc = m.location("pg.app.t");
+    let dms2delta::storage::Location::Local { dir } = loc else {
+        panic!("{loc:?}")
+    };
+    let table = deltalake::open_table(url::Url::from_directory_path(&dir).unwrap())
+        .await
+        .unwrap();
+    assert!(!dms2delta::operations::commit::has_deletion_vectors(&table));
+}
+
 async fn a_column_added_at_the_source_is_added_to_the_table(extra: &str) {
     let m = Mini::new(HEADER_SOURCE, extra);
     m.apply("app/t/20240528-195141301.csv", b"Op,id,name\nI,1,a\nI,2,b\n")

@@ -125,6 +125,11 @@ pub struct CommitConfig {
     /// Most change sets one commit gathers for a table.
     #[serde(default = "default_max_change_sets")]
     pub max_change_sets: usize,
+    /// Most bytes of staged change sets (their stored size) one commit gathers for a table; the
+    /// oldest change set is taken whatever its size. Bounds a commit's memory by the batch
+    /// rather than by what is waiting (a one-pass `run` over a whole full load).
+    #[serde(default = "default_max_staged_bytes")]
+    pub max_staged_bytes: u64,
     /// Attempts at a commit that conflicts with concurrent writers before giving up to the queue.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -153,6 +158,7 @@ impl Default for CommitConfig {
     fn default() -> Self {
         CommitConfig {
             max_change_sets: default_max_change_sets(),
+            max_staged_bytes: default_max_staged_bytes(),
             max_attempts: default_max_attempts(),
             backoff_base_ms: default_backoff_base_ms(),
             backoff_max_ms: default_backoff_max_ms(),
@@ -165,6 +171,9 @@ impl Default for CommitConfig {
 
 fn default_max_change_sets() -> usize {
     64
+}
+fn default_max_staged_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 fn default_max_attempts() -> u32 {
     12

@@ -157,6 +157,9 @@ impl Config {
         if c.max_change_sets == 0 {
             return Err(cfg_err("commit.max_change_sets", "must be at least 1"));
         }
+        if c.max_staged_bytes == 0 {
+            return Err(cfg_err("commit.max_staged_bytes", "must be at least 1"));
+        }
         if c.max_attempts == 0 || c.max_attempts > 100 {
             return Err(cfg_err("commit.max_attempts", "must be between 1 and 100"));
         }

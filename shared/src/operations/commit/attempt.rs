@@ -10,7 +10,7 @@ use crate::error::{Error, Result, Stage};
 use crate::failpoint;
 use crate::lake::{self, delta_err, is_conflict};
 use crate::model::columns::{column_of_seq, COMMIT_TS};
-use crate::operations::merge_on_read::{self, DvCounts};
+use crate::operations::merge_on_read::{self, DvCounts, Retire};
 use crate::operations::truncate::written_after;
 use crate::operations::widen::{before_full_rewrite, widen_table};
 use crate::operations::{change_feed, floor, tombstones};
@@ -143,37 +143,26 @@ impl CommitChangesBuilder<'_> {
         };
         let before = table.version();
         let info = commit_info(pending, source.num_rows());
-        // Merge-on-read unless the commit adds columns (copy-on-write evolves the schema). A
-        // first full load's rows only add to a table without deletion vectors too, unless they
-        // meet a row they replace (see `merge_on_read::first_load_range`).
-        let on_read = spec.deletion_vectors && new_columns.is_empty();
-        let appends = !spec.deletion_vectors && new_columns.is_empty() && merge_on_read::is_first_load(&source);
+        // Without a query plan unless the commit adds columns (delta-rs's MERGE evolves the
+        // schema): replaced rows go into deletion vectors where the table uses them, else their
+        // files are written again in the same commit.
         let applied = if source.num_rows() == 0 {
             Ok((table, None, DvCounts::default()))
-        } else if on_read {
-            async {
-                let table = enable_deletion_vectors(table).await?;
-                let applied = merge_on_read::apply(table, spec, source, info.clone(), false).await?;
-                let (table, m, dv) = applied.ok_or_else(|| {
-                    deltalake::DeltaTableError::Generic("merge-on-read declined a table with deletion vectors".into())
-                })?;
-                Ok::<_, deltalake::DeltaTableError>((table, Some(m), dv))
-            }
-            .await
-        } else if appends {
-            async {
-                match merge_on_read::apply(table.clone(), spec, source.clone(), info.clone(), true).await? {
-                    Some((table, m, dv)) => Ok((table, Some(m), dv)),
-                    None => merge(table, spec, source, &new_columns, info.clone())
-                        .await
-                        .map(|(t, m)| (t, m, DvCounts::default())),
-                }
-            }
-            .await
-        } else {
+        } else if !new_columns.is_empty() {
             merge(table, spec, source, &new_columns, info.clone())
                 .await
                 .map(|(t, m)| (t, m, DvCounts::default()))
+        } else {
+            async {
+                let (table, retire) = if spec.deletion_vectors {
+                    (enable_deletion_vectors(table).await?, Retire::DeletionVectors)
+                } else {
+                    (table, Retire::Rewrite)
+                };
+                let (table, m, dv) = merge_on_read::apply(table, spec, source, info.clone(), retire).await?;
+                Ok::<_, deltalake::DeltaTableError>((table, Some(m), dv))
+            }
+            .await
         };
         let (table, merge_metrics, dv) = match applied {
             Ok(v) => v,

@@ -220,10 +220,9 @@ impl<'a> CommitChangesBuilder<'a> {
         let markers = floor_markers(&listed);
         listed.retain(|m| m.location.as_ref().ends_with(".parquet"));
         listed.sort_by(|a, b| (a.last_modified, &a.location).cmp(&(b.last_modified, &b.location)));
-        listed.truncate(
-            self.max_change_sets
-                .unwrap_or(self.config.config.commit.max_change_sets),
-        );
+        let c = &self.config.config.commit;
+        let most = self.max_change_sets.unwrap_or(c.max_change_sets);
+        listed.truncate(gathered(&listed, most, c.max_staged_bytes));
 
         let mut pending = Vec::new();
         for m in listed {
@@ -262,7 +261,6 @@ impl<'a> CommitChangesBuilder<'a> {
         }
 
         let tomb_loc = tombstones::location(&self.config.lake, &spec.lake_path());
-        let c = &self.config.config.commit;
         let result = loop {
             metrics.attempts += 1;
             match self.attempt(&spec, &pending, &table_loc, &tomb_loc).await? {
@@ -367,5 +365,45 @@ impl<'a> CommitChangesBuilder<'a> {
             .map(|ts| (chrono::Utc::now().timestamp_micros() - ts) as f64 / 1e6);
         metrics.duration_ms = started.elapsed().as_millis() as u64;
         Ok(metrics)
+    }
+}
+
+/// How many of the staged change sets `listed` (oldest first) one commit takes: at most `most`,
+/// and no more than `budget` bytes together, but always the oldest.
+fn gathered(listed: &[ObjectMeta], most: usize, budget: u64) -> usize {
+    let mut bytes = 0u64;
+    let within = listed
+        .iter()
+        .take_while(|m| {
+            bytes = bytes.saturating_add(m.size);
+            bytes <= budget
+        })
+        .count();
+    within.max(1).min(most).min(listed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_gathers_change_sets_within_its_count_and_byte_budget() {
+        let sets: Vec<ObjectMeta> = [40u64, 30, 50, 10]
+            .iter()
+            .enumerate()
+            .map(|(i, size)| ObjectMeta {
+                location: Path::from(format!("t/{i}.parquet")),
+                last_modified: chrono::Utc::now(),
+                size: *size,
+                e_tag: None,
+                version: None,
+            })
+            .collect();
+        assert_eq!(gathered(&sets, 64, 1000), 4, "everything fits");
+        assert_eq!(gathered(&sets, 2, 1000), 2, "the count bounds");
+        assert_eq!(gathered(&sets, 64, 70), 2, "40 + 30 fit, 50 more does not");
+        assert_eq!(gathered(&sets, 64, 119), 2, "stops at the first that does not fit");
+        assert_eq!(gathered(&sets, 64, 10), 1, "the oldest is taken whatever its size");
+        assert_eq!(gathered(&[], 64, 10), 0);
     }
 }

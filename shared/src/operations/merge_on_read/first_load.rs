@@ -1,9 +1,7 @@
 //! First full loads: which files a change set holding only rows of a table's first full load
 //! may meet (issue #18).
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use arrow::compute::cast;
-use arrow::datatypes::DataType;
+use arrow::array::{Array, StringArray};
 use serde_json::Value;
 
 use crate::changes::SEQ;
@@ -39,14 +37,6 @@ pub fn first_load_range(seq: &StringArray) -> Option<FirstLoad> {
         lo: lo?.to_string(),
         hi: hi?.to_string(),
     })
-}
-
-/// Whether every change of `source` is a row of one series of its table's first full load.
-pub fn is_first_load(source: &RecordBatch) -> bool {
-    source
-        .column_by_name(SEQ)
-        .and_then(|c| cast(c, &DataType::Utf8).ok())
-        .is_some_and(|c| first_load_range(c.as_string::<i32>()).is_some())
 }
 
 /// See [`first_load_range`].

@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use arrow::array::BooleanArray;
 use deltalake::kernel::{Action, Add};
-use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaResult, DeltaTable};
@@ -13,7 +11,7 @@ use futures::TryStreamExt;
 use roaring::RoaringTreemap;
 
 use super::data_file::{data_file, DataFile};
-use super::parquet_file::{fit, StoreFile};
+use super::rewrite::copy_without;
 use super::{commit, dv_err};
 use crate::deletion_vector;
 
@@ -49,33 +47,13 @@ pub async fn purge_deleted_rows(table: DeltaTable, percent: u32) -> DeltaResult<
     let store = table.object_store();
     let root = table.table_url().clone();
     let mut writer = RecordBatchWriter::for_table(&table)?;
-    let schema = writer.arrow_schema();
     let mut actions = Vec::new();
     for f in &due {
         let deleted = match &f.dv {
             Some(dv) => deletion_vector::read(store.as_ref(), &root, dv).await.map_err(dv_err)?,
             None => RoaringTreemap::new(),
         };
-        let reader = StoreFile {
-            store: store.clone(),
-            path: f.store_path.clone(),
-            size: u64::try_from(f.size).unwrap_or(0),
-        };
-        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
-            .await?
-            .with_batch_size(64 * 1024)
-            .build()?;
-        let mut at = 0u64;
-        while let Some(b) = stream.try_next().await? {
-            let keep: BooleanArray = (0..b.num_rows() as u64)
-                .map(|i| Some(!deleted.contains(at + i)))
-                .collect();
-            at += b.num_rows() as u64;
-            let b = arrow::compute::filter_record_batch(&b, &keep)?;
-            if b.num_rows() > 0 {
-                writer.write(fit(&b, &schema, &f.partition_values)?).await?;
-            }
-        }
+        copy_without(&mut writer, store.clone(), f, &deleted).await?;
         // One file's rows at a time in memory: the writer buffers until it flushes.
         let adds = writer.flush().await?;
         done.files_out += adds.len() as u64;
