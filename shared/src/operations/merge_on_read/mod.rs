@@ -31,6 +31,7 @@ mod rewrite;
 mod scan;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,7 +60,7 @@ use first_load::may_meet_first_load;
 use key_index::KeyIndex;
 use marking::{decide, ColumnSeqs, Marks};
 use rewrite::copy_without;
-use scan::{scan_file, Hits, ScanInput, CONCURRENT_FILES};
+use scan::{scan_file, Hits, ScanInput, CONCURRENT_FILES, KEEP_WHOLE_BYTES};
 
 /// How a commit retires the stored rows its changes replace or delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +166,7 @@ pub async fn apply(
         key_names: Arc::new(spec.keys.clone()),
         key_types: key_cols.iter().map(|k| k.data_type().clone()).collect(),
         columns,
+        keep_whole: AtomicU64::new(if retire == Retire::Rewrite { KEEP_WHOLE_BYTES } else { 0 }),
     });
     let mut hits: Vec<Hits> = futures::stream::iter(candidates.iter().copied())
         .map(|i| {
@@ -272,7 +274,7 @@ pub async fn apply(
                 let mut dropped = hit.deleted_before.clone();
                 dropped.extend(rows.iter().copied());
                 let file = &files[hit.file];
-                let kept = copy_without(&mut writer, input.store.clone(), file, &dropped).await?;
+                let kept = copy_without(&mut writer, input.store.clone(), file, &dropped, hit.whole.clone()).await?;
                 metrics.num_target_rows_copied += kept as usize;
                 metrics.num_target_files_removed += 1;
                 actions.push(file.remove(true));

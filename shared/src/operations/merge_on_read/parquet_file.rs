@@ -1,5 +1,5 @@
-//! Parquet data files read through the table's store: ranged reads (nothing is downloaded
-//! whole), and the columns read made to fit the table's schema.
+//! Parquet data files read through the table's store (small ones fetched whole, large ones by
+//! ranged reads), and the columns read made to fit the table's schema.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,12 +18,51 @@ use futures::FutureExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-/// A data file read through the table's store (ranged reads; nothing is downloaded whole).
+/// Files up to this size are fetched whole, once: on S3 each ranged read (footer, key columns,
+/// matched rows, then the whole file for a rewrite) is a round trip of its own, and a small
+/// file costs less to download than two of them.
+pub(super) const WHOLE_FILE_MAX: u64 = 2 * 1024 * 1024;
+
+/// A data file read through the table's store: fetched whole when small (see
+/// [`WHOLE_FILE_MAX`]), else by ranged reads.
 #[derive(Clone)]
 pub(super) struct StoreFile {
     pub(super) store: Arc<dyn ObjectStore>,
     pub(super) path: Path,
     pub(super) size: u64,
+    /// The file's bytes, when fetched whole.
+    pub(super) whole: Option<Bytes>,
+}
+
+impl StoreFile {
+    /// Opens `path` (of `size` bytes), fetching it whole if it is small.
+    pub(super) async fn open(store: Arc<dyn ObjectStore>, path: Path, size: u64) -> object_store::Result<StoreFile> {
+        let whole = if size <= WHOLE_FILE_MAX {
+            Some(store.get(&path).await?.bytes().await?)
+        } else {
+            None
+        };
+        Ok(StoreFile {
+            store,
+            path,
+            size,
+            whole,
+        })
+    }
+
+    fn slice(&self, range: &std::ops::Range<u64>) -> Option<deltalake::parquet::errors::Result<Bytes>> {
+        let whole = self.whole.as_ref()?;
+        let (start, end) = (usize::try_from(range.start).ok()?, usize::try_from(range.end).ok()?);
+        Some(if start <= end && end <= whole.len() {
+            Ok(whole.slice(start..end))
+        } else {
+            Err(ParquetError::EOF(format!(
+                "{}: range {start}..{end} beyond its {} bytes",
+                self.path,
+                whole.len()
+            )))
+        })
+    }
 }
 
 fn external(e: object_store::Error) -> ParquetError {
@@ -32,14 +71,29 @@ fn external(e: object_store::Error) -> ParquetError {
 
 impl AsyncFileReader for StoreFile {
     fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, deltalake::parquet::errors::Result<Bytes>> {
-        async move { self.store.get_range(&self.path, range).await.map_err(external) }.boxed()
+        async move {
+            match self.slice(&range) {
+                Some(bytes) => bytes,
+                None => self.store.get_range(&self.path, range).await.map_err(external),
+            }
+        }
+        .boxed()
     }
 
     fn get_byte_ranges(
         &mut self,
         ranges: Vec<std::ops::Range<u64>>,
     ) -> BoxFuture<'_, deltalake::parquet::errors::Result<Vec<Bytes>>> {
-        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
+        async move {
+            if self.whole.is_some() {
+                return ranges
+                    .iter()
+                    .map(|r| self.slice(r).unwrap_or_else(|| Ok(Bytes::new())))
+                    .collect();
+            }
+            self.store.get_ranges(&self.path, &ranges).await.map_err(external)
+        }
+        .boxed()
     }
 
     fn get_metadata<'a>(

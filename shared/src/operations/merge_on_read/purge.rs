@@ -53,7 +53,7 @@ pub async fn purge_deleted_rows(table: DeltaTable, percent: u32) -> DeltaResult<
             Some(dv) => deletion_vector::read(store.as_ref(), &root, dv).await.map_err(dv_err)?,
             None => RoaringTreemap::new(),
         };
-        copy_without(&mut writer, store.clone(), f, &deleted).await?;
+        copy_without(&mut writer, store.clone(), f, &deleted, None).await?;
         // One file's rows at a time in memory: the writer buffers until it flushes.
         let adds = writer.flush().await?;
         done.files_out += adds.len() as u64;

@@ -5,6 +5,7 @@
 //! into the caller's writer a batch at a time; the caller flushes and commits.
 
 use arrow::array::BooleanArray;
+use bytes::Bytes;
 use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaResult;
@@ -17,18 +18,25 @@ use super::data_file::DataFile;
 use super::parquet_file::{fit, StoreFile};
 
 /// Writes the rows of `file` whose positions `dropped` lacks into `writer`, in the writer's
-/// schema (partition columns from the file's partition values). Returns the rows kept.
+/// schema (partition columns from the file's partition values). `whole`: the file's bytes, if
+/// the scan already fetched them. Returns the rows kept.
 pub(super) async fn copy_without(
     writer: &mut RecordBatchWriter,
     store: Arc<dyn ObjectStore>,
     file: &DataFile,
     dropped: &RoaringTreemap,
+    whole: Option<Bytes>,
 ) -> DeltaResult<u64> {
     let schema = writer.arrow_schema();
-    let reader = StoreFile {
-        store,
-        path: file.store_path.clone(),
-        size: u64::try_from(file.size).unwrap_or(0),
+    let (path, size) = (file.store_path.clone(), u64::try_from(file.size).unwrap_or(0));
+    let reader = match whole {
+        Some(whole) => StoreFile {
+            store,
+            path,
+            size,
+            whole: Some(whole),
+        },
+        None => StoreFile::open(store, path, size).await?,
     };
     let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
         .await?

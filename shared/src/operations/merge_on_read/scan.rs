@@ -1,12 +1,14 @@
 //! The scan: which stored rows the changes' keys meet, file by file, skipping rows earlier
 //! deletion vectors already deleted; only the matched rows' values are decoded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
+use bytes::Bytes;
 use deltalake::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
 use deltalake::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use deltalake::parquet::file::metadata::PageIndexPolicy;
@@ -32,6 +34,9 @@ pub(super) struct Hits {
     pub(super) changes: Vec<u32>,
     pub(super) old: RecordBatch,
     pub(super) deleted_before: RoaringTreemap,
+    /// The file's bytes, when it was fetched whole and the commit rewrites files (so the copy
+    /// reads them again from memory).
+    pub(super) whole: Option<Bytes>,
 }
 
 pub(super) struct ScanInput {
@@ -43,7 +48,13 @@ pub(super) struct ScanInput {
     pub(super) key_types: Vec<DataType>,
     /// The table columns to read for matched rows.
     pub(super) columns: SchemaRef,
+    /// Bytes of small matched files still to be kept for the copy that follows (copy-on-write;
+    /// zero otherwise): beyond it, the copy fetches the file again.
+    pub(super) keep_whole: AtomicU64,
 }
+
+/// Most bytes of small files a copy-on-write commit keeps between its scan and its copy.
+pub(super) const KEEP_WHOLE_BYTES: u64 = 256 * 1024 * 1024;
 
 pub(super) async fn scan_file(input: Arc<ScanInput>, index: usize, file: Arc<DataFile>) -> DeltaResult<Option<Hits>> {
     let deleted_before = match &file.dv {
@@ -53,11 +64,7 @@ pub(super) async fn scan_file(input: Arc<ScanInput>, index: usize, file: Arc<Dat
         None => RoaringTreemap::new(),
     };
     let size = u64::try_from(file.size).unwrap_or(0);
-    let mut reader = StoreFile {
-        store: input.store.clone(),
-        path: file.store_path.clone(),
-        size,
-    };
+    let mut reader = StoreFile::open(input.store.clone(), file.store_path.clone(), size).await?;
     // The offset index lets the second read skip pages that hold no matched row.
     let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
     let meta = ArrowReaderMetadata::load_async(&mut reader, options).await?;
@@ -108,6 +115,13 @@ pub(super) async fn scan_file(input: Arc<ScanInput>, index: usize, file: Arc<Dat
     let wanted = roots(&mut input.columns.fields().iter().map(|f| f.name().as_str()));
     let selection =
         RowSelection::from_consecutive_ranges(rows.iter().map(|r| *r as usize..*r as usize + 1), at as usize);
+    let whole = reader.whole.clone().filter(|w| {
+        let n = w.len() as u64;
+        input
+            .keep_whole
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(n))
+            .is_ok()
+    });
     let batches: Vec<RecordBatch> = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
         .with_projection(ProjectionMask::roots(meta.parquet_schema(), wanted))
         .with_row_selection(selection)
@@ -138,6 +152,7 @@ pub(super) async fn scan_file(input: Arc<ScanInput>, index: usize, file: Arc<Dat
         changes,
         old,
         deleted_before,
+        whole,
     }))
 }
 
@@ -186,6 +201,7 @@ mod tests {
                 key_names: Arc::new(vec![key.to_string()]),
                 key_types: vec![key_type],
                 columns: schema.clone(),
+                keep_whole: AtomicU64::new(0),
             });
             let views: Vec<_> = table
                 .get_active_add_actions_by_predicate(None)
