@@ -429,34 +429,17 @@ async fn a_warm_commit_reads_no_tombstone_file_it_already_holds() {
     };
     let mut counts = Vec::new();
     for held in [false, true] {
-        let proxy = FaultProxy::start(&moto.url, 0.0, 1).await;
-        let lab = Lab::on_s3_with(&opts, None, Some(&proxy.url), "").await;
-        let p = another_process(&lab, held);
+        let per_commit = gets_per_commit(moto, &opts, held, |l| {
+            l.contains("_dms2delta/tombstones/") && l.ends_with(".parquet")
+        })
+        .await;
         let mut seen = std::collections::HashSet::new();
         let (mut reads, mut again) = (0, 0);
-        for f in &lab.sim.files {
-            lab.upload(&f.key, f.bytes.clone()).await;
-            proxy.requests.take_lines(true);
-            decode_and_commit(&p, &p, &lab.bucket, &f.key).await;
-            let mut now = std::collections::HashSet::new();
-            for (_, line) in proxy.requests.take_lines(false) {
-                let line = line.replace("%2F", "/");
-                let Some(path) = line
-                    .strip_prefix("GET ")
-                    .map(|l| l.split('?').next().unwrap_or(l).to_string())
-                    .filter(|l| l.contains("_dms2delta/tombstones/") && l.ends_with(".parquet"))
-                else {
-                    continue;
-                };
-                reads += 1;
-                if seen.contains(&path) {
-                    again += 1;
-                }
-                now.insert(path);
-            }
-            seen.extend(now);
+        for paths in per_commit {
+            reads += paths.len();
+            again += paths.iter().filter(|p| seen.contains(*p)).count();
+            seen.extend(paths);
         }
-        lab.check().await.unwrap();
         counts.push((reads, again, seen.len()));
     }
     println!(
@@ -465,6 +448,41 @@ async fn a_warm_commit_reads_no_tombstone_file_it_already_holds() {
     );
     assert!(counts[0].1 > 0, "the count saw no tombstone file read again at all");
     assert_eq!(counts[1].1, 0, "a warm commit read a tombstone file it held");
+}
+
+/// Runs `opts`'s history on S3 through a counting proxy, one decode and commit per file in a
+/// process that holds its state or not (`held`), checks the table, and returns, per file, the
+/// paths of the GETs its decode and commit made that `keep` selects (in order, repeats kept).
+async fn gets_per_commit(
+    moto: &support::s3::Moto,
+    opts: &SimOptions,
+    held: bool,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<Vec<String>> {
+    let proxy = FaultProxy::start(&moto.url, 0.0, 1).await;
+    let lab = Lab::on_s3_with(opts, None, Some(&proxy.url), "").await;
+    let p = another_process(&lab, held);
+    let mut per_commit = Vec::new();
+    for f in &lab.sim.files {
+        lab.upload(&f.key, f.bytes.clone()).await;
+        proxy.requests.take_lines(true);
+        decode_and_commit(&p, &p, &lab.bucket, &f.key).await;
+        per_commit.push(
+            proxy
+                .requests
+                .take_lines(false)
+                .into_iter()
+                .filter_map(|(_, line)| {
+                    let line = line.replace("%2F", "/");
+                    line.strip_prefix("GET ")
+                        .map(|l| l.split('?').next().unwrap_or(l).to_string())
+                        .filter(|l| keep(l))
+                })
+                .collect(),
+        );
+    }
+    lab.check().await.unwrap();
+    per_commit
 }
 
 /// A copy-on-write commit fetches each small data file it meets once, whole, and reads it from
@@ -481,36 +499,16 @@ async fn a_commit_fetches_each_small_data_file_it_meets_once() {
         formats: vec![Format::Parquet],
         ..SimOptions::default()
     };
-    let proxy = FaultProxy::start(&moto.url, 0.0, 1).await;
-    let lab = Lab::on_s3_with(&opts, None, Some(&proxy.url), "").await;
-    let p = another_process(&lab, true);
+    let per_commit = gets_per_commit(moto, &opts, true, |l| {
+        l.contains("/part-") && l.ends_with(".parquet") && !l.contains("_dms2delta/") && !l.contains("_delta_log/")
+    })
+    .await;
     let (mut reads, mut again) = (0, 0);
-    for f in &lab.sim.files {
-        lab.upload(&f.key, f.bytes.clone()).await;
-        proxy.requests.take_lines(true);
-        decode_and_commit(&p, &p, &lab.bucket, &f.key).await;
+    for paths in per_commit {
         let mut now = std::collections::HashSet::new();
-        for (_, line) in proxy.requests.take_lines(false) {
-            let line = line.replace("%2F", "/");
-            let Some(path) = line
-                .strip_prefix("GET ")
-                .map(|l| l.split('?').next().unwrap_or(l).to_string())
-                .filter(|l| {
-                    l.contains("/part-")
-                        && l.ends_with(".parquet")
-                        && !l.contains("_dms2delta/")
-                        && !l.contains("_delta_log/")
-                })
-            else {
-                continue;
-            };
-            reads += 1;
-            if !now.insert(path) {
-                again += 1;
-            }
-        }
+        reads += paths.len();
+        again += paths.into_iter().filter(|p| !now.insert(p.clone())).count();
     }
-    lab.check().await.unwrap();
     println!("table data file GETs: {reads}, of a file the same commit had already read: {again}");
     assert!(reads > 0, "no commit read a data file: the count saw nothing");
     assert_eq!(again, 0, "a commit fetched a small data file more than once");
